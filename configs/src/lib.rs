@@ -1,0 +1,15 @@
+//! Pure configuration data for ShardLM, with validation and no IO beyond reading a file.
+//!
+//! * [`ModelConfig`]: the shape of a Qwen2 decoder. Built from a named preset
+//!   ([`ModelConfig::preset`]) or parsed from a Hugging Face `config.json`
+//!   (`Qwen2ForCausalLM`, [`ModelConfig::from_hf_json`]). Validation errors name the field.
+//! * [`FixedPoint`]: the ring encoding parameters (fractional bits of activations and
+//!   weights), shared by every private variant.
+//! * [`Timeouts`]: the network deadlines every channel enforces.
+#![deny(missing_docs)]
+
+mod model;
+mod protocol;
+
+pub use model::{ConfigError, ModelConfig, PRESET_NAMES};
+pub use protocol::{FixedPoint, Timeouts, Variant};

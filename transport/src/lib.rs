@@ -1,0 +1,244 @@
+//! The wire between the two parties.
+//!
+//! Protocol code sees only the [`Channel`] trait: send and receive whole messages on
+//! numbered [`Lane`]s, and read exact [`Counters`]. Two implementations:
+//!
+//! * [`memory::pair`]: two connected endpoints in one process, for two-party tests
+//!   (STYLE.md 9). Same semantics and counters as the network one.
+//! * QUIC (`quic` module, quinn + rustls, mutual TLS with pinned certificates): one
+//!   unidirectional stream per lane and direction, length-prefixed sequenced frames.
+//!
+//! A lane is a one-way ordered stream of messages per direction; lanes do not block
+//! each other. Bulk `u64` payloads travel as raw little-endian bytes
+//! ([`Channel::send_u64s`]); control messages as bincode ([`ChannelExt::send_msg`]).
+//!
+//! **Rounds.** A round is counted when a party receives after having sent since its last
+//! receive: that is a send whose answer it waits for. A pipeline that sends many chunks
+//! before the first answer counts one round, as it should.
+#![deny(missing_docs)]
+
+mod counters;
+pub mod memory;
+
+pub use counters::{Counters, LaneCounters};
+
+use std::time::Duration;
+
+/// A logical one-way stream of messages. Each lane maps to its own transport stream per
+/// direction, so bulk transfers on one lane never delay openings on another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Handshake, session control, small typed messages.
+    Control,
+    /// Masked openings of the two-party protocols (Beaver d/e, truncation).
+    Openings,
+    /// Oblivious-transfer derandomization messages.
+    Ot,
+    /// Masked activations and results of client-assisted linear layers; the index
+    /// lets a pipelined client keep several chunks in flight (v3).
+    Masked(u8),
+}
+
+impl Lane {
+    /// The lane's wire id.
+    pub fn id(self) -> u16 {
+        match self {
+            Lane::Control => 0,
+            Lane::Openings => 1,
+            Lane::Ot => 2,
+            Lane::Masked(i) => 16 + i as u16,
+        }
+    }
+
+    /// Decodes a wire id; `None` for an id no lane has.
+    pub fn from_id(id: u16) -> Option<Lane> {
+        match id {
+            0 => Some(Lane::Control),
+            1 => Some(Lane::Openings),
+            2 => Some(Lane::Ot),
+            16..=271 => Some(Lane::Masked((id - 16) as u8)),
+            _ => None,
+        }
+    }
+}
+
+/// What can go wrong on a channel. Every variant says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Nothing arrived within the deadline.
+    #[error("timed out after {after:?} waiting for {what} from {peer}; the peer may have stopped or the network is down (raise the timeout with --recv-timeout if the link is slow)")]
+    Timeout {
+        /// Who we were waiting for.
+        peer: String,
+        /// What we were waiting for.
+        what: String,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The peer closed the connection or went away.
+    #[error("peer {peer} closed the connection: {reason}")]
+    PeerGone {
+        /// The peer.
+        peer: String,
+        /// Why, as far as we know.
+        reason: String,
+    },
+    /// The peer sent something that breaks the framing rules.
+    #[error("protocol violation from {peer}: {problem}")]
+    Protocol {
+        /// The peer.
+        peer: String,
+        /// What was wrong.
+        problem: String,
+    },
+    /// A message has an unexpected size or encoding.
+    #[error("malformed message on lane {lane:?}: {problem}")]
+    Malformed {
+        /// The lane.
+        lane: Lane,
+        /// What was wrong.
+        problem: String,
+    },
+    /// The handshake found the two parties incompatible.
+    #[error("handshake refused: {0}")]
+    Handshake(String),
+    /// TLS, certificate or socket setup.
+    #[error("transport setup: {0}")]
+    Setup(String),
+    /// Local IO.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Result alias for transport operations.
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+/// A bidirectional, lane-multiplexed message channel to the other party.
+///
+/// Sends are buffered and do not wait for the peer; receives block until a whole message
+/// arrives on that lane, the receive timeout expires, or the peer goes away.
+pub trait Channel: Send {
+    /// Sends one message on `lane`.
+    fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()>;
+
+    /// Receives the next message on `lane`.
+    fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>>;
+
+    /// Exact traffic counters since the channel was created.
+    fn counters(&self) -> Counters;
+
+    /// A short description of the peer for error messages.
+    fn peer(&self) -> String;
+
+    /// Sends ring elements as raw little-endian bytes.
+    fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
+        self.send_bytes(lane, &u64s_to_le_bytes(values))
+    }
+
+    /// Receives exactly `len` ring elements; any other size is [`TransportError::Malformed`].
+    fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
+        let bytes = self.recv_bytes(lane)?;
+        if bytes.len() != len * 8 {
+            return Err(TransportError::Malformed {
+                lane,
+                problem: format!("expected {} u64 ({} bytes), got {} bytes", len, len * 8, bytes.len()),
+            });
+        }
+        Ok(le_bytes_to_u64s(&bytes))
+    }
+}
+
+impl<C: Channel + ?Sized> Channel for &mut C {
+    fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()> {
+        (**self).send_bytes(lane, payload)
+    }
+    fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>> {
+        (**self).recv_bytes(lane)
+    }
+    fn counters(&self) -> Counters {
+        (**self).counters()
+    }
+    fn peer(&self) -> String {
+        (**self).peer()
+    }
+    fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
+        (**self).send_u64s(lane, values)
+    }
+    fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
+        (**self).recv_u64s(lane, len)
+    }
+}
+
+impl<C: Channel + ?Sized> Channel for Box<C> {
+    fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()> {
+        (**self).send_bytes(lane, payload)
+    }
+    fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>> {
+        (**self).recv_bytes(lane)
+    }
+    fn counters(&self) -> Counters {
+        (**self).counters()
+    }
+    fn peer(&self) -> String {
+        (**self).peer()
+    }
+    fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
+        (**self).send_u64s(lane, values)
+    }
+    fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
+        (**self).recv_u64s(lane, len)
+    }
+}
+
+/// Typed control messages over any [`Channel`] (bincode, size-checked by the channel's
+/// frame cap before decoding).
+pub trait ChannelExt: Channel {
+    /// Sends a serde value on `lane`.
+    fn send_msg<T: serde::Serialize>(&mut self, lane: Lane, msg: &T) -> Result<()> {
+        let bytes = bincode::serialize(msg)
+            .map_err(|e| TransportError::Malformed { lane, problem: e.to_string() })?;
+        self.send_bytes(lane, &bytes)
+    }
+
+    /// Receives and decodes a serde value from `lane`.
+    fn recv_msg<T: serde::de::DeserializeOwned>(&mut self, lane: Lane) -> Result<T> {
+        let bytes = self.recv_bytes(lane)?;
+        bincode::deserialize(&bytes).map_err(|e| TransportError::Malformed {
+            lane,
+            problem: format!("cannot decode {}: {e}", std::any::type_name::<T>()),
+        })
+    }
+}
+
+impl<C: Channel + ?Sized> ChannelExt for C {}
+
+/// Encodes ring elements as little-endian bytes.
+pub fn u64s_to_le_bytes(values: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 8);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes little-endian bytes (length a multiple of 8) into ring elements.
+pub fn le_bytes_to_u64s(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("chunks_exact(8) yields 8 bytes")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_ids_round_trip() {
+        for lane in [Lane::Control, Lane::Openings, Lane::Ot, Lane::Masked(0), Lane::Masked(255)] {
+            assert_eq!(Lane::from_id(lane.id()), Some(lane));
+        }
+        assert_eq!(Lane::from_id(3), None);
+        assert_eq!(Lane::from_id(272), None);
+    }
+}
