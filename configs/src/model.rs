@@ -170,7 +170,7 @@ impl ModelConfig {
                 rope_theta: 10_000.0,
                 rms_norm_eps: 1e-6,
                 max_position_embeddings: 2048,
-                eos_token_ids: vec![257],
+                eos_token_ids: vec![256, 258],
             },
             "qwen2.5-0.5b" => Self::qwen25(name, 896, 4864, 24, 14, 2, 151936, true, 1e-6),
             "qwen2.5-1.5b" => Self::qwen25(name, 1536, 8960, 28, 12, 2, 151936, true, 1e-6),

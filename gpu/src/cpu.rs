@@ -1,0 +1,235 @@
+//! The CPU backend: `f32` GEMM on the `gemm` crate, exact ring GEMM with wrapping
+//! `u64` arithmetic, both multi-threaded with rayon.
+
+use crate::{check_shapes, Backend, BackendError};
+use rayon::prelude::*;
+
+/// Multi-threaded CPU backend.
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// A CPU backend on rayon's global pool.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+/// Rows of `w` handled by one rayon task in the matrix-vector paths.
+const GEMV_ROWS_PER_TASK: usize = 64;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn matmul_f32(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), BackendError> {
+        check_shapes("matmul_f32", x.len(), w.len(), out.len(), m, k, n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        if m <= 2 {
+            // Decode: memory-bound matrix-vector products; split the weight rows over
+            // threads and stream each row once.
+            gemv_f32(x, w, m, k, n, out);
+            return Ok(());
+        }
+        let threads = rayon::current_num_threads().max(1);
+        // SAFETY: the slices were checked above to hold exactly m*k, n*k and m*n
+        // elements; the strides below describe those row-major layouts (lhs = x with row
+        // stride k, rhs = w^T read from w with column stride k, dst with row stride n),
+        // so every index gemm forms is in bounds, and `out` is not aliased by x or w.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+            );
+        }
+        Ok(())
+    }
+
+    fn ring_matmul(
+        &self,
+        x: &[u64],
+        w: &[u64],
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError> {
+        check_shapes("ring_matmul", x.len(), w.len(), out.len(), m, k, n)?;
+        ring_matmul_cpu(x, w, m, k, n, out);
+        Ok(())
+    }
+}
+
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent accumulators so the compiler can keep them in vector lanes.
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        let (pa, pb) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for l in 0..8 {
+            acc[l] += pa[l] * pb[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+fn gemv_f32(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    // out is m x n; compute column blocks [j0, j1) for every row of x at once.
+    let mut cols: Vec<f32> = vec![0.0; n * m];
+    cols.par_chunks_mut(GEMV_ROWS_PER_TASK * m).enumerate().for_each(|(t, block)| {
+        let j0 = t * GEMV_ROWS_PER_TASK;
+        for (jj, slot) in block.chunks_mut(m).enumerate() {
+            let row = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
+            for (i, s) in slot.iter_mut().enumerate() {
+                *s = dot_f32(&x[i * k..(i + 1) * k], row);
+            }
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = cols[j * m + i];
+        }
+    }
+}
+
+/// Exact `x * w^T mod 2^64`: every product and sum wraps, so the result is the ring
+/// product whatever the magnitudes. Parallel over output rows, blocked over `w` rows so
+/// a block of weights stays in cache while all rows of `x` use it.
+pub(crate) fn ring_matmul_cpu(x: &[u64], w: &[u64], m: usize, k: usize, n: usize, out: &mut [u64]) {
+    const JB: usize = 16;
+    if m <= 2 {
+        out.par_chunks_mut(1).enumerate().for_each(|(idx, o)| {
+            let (i, j) = (idx / n, idx % n);
+            o[0] = ring_dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+        });
+        return;
+    }
+    // Parallel over blocks of output columns (weight rows); each task computes all m
+    // rows for its columns, writing through a transposed scratch to avoid aliasing.
+    let mut cols = vec![0u64; n * m];
+    cols.par_chunks_mut(JB * m).enumerate().for_each(|(t, block)| {
+        let j0 = t * JB;
+        for (jj, slot) in block.chunks_mut(m).enumerate() {
+            let row = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
+            for (i, s) in slot.iter_mut().enumerate() {
+                *s = ring_dot(&x[i * k..(i + 1) * k], row);
+            }
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = cols[j * m + i];
+        }
+    }
+}
+
+fn ring_dot(a: &[u64], b: &[u64]) -> u64 {
+    let mut acc = [0u64; 4];
+    let chunks = a.len() / 4;
+    for c in 0..chunks {
+        for l in 0..4 {
+            acc[l] = acc[l].wrapping_add(a[c * 4 + l].wrapping_mul(b[c * 4 + l]));
+        }
+    }
+    let mut s = acc[0].wrapping_add(acc[1]).wrapping_add(acc[2]).wrapping_add(acc[3]);
+    for i in chunks * 4..a.len() {
+        s = s.wrapping_add(a[i].wrapping_mul(b[i]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn naive_f32(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for t in 0..k {
+                    s += x[i * k + t] as f64 * w[j * k + t] as f64;
+                }
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn f32_matmul_matches_naive_for_gemm_and_gemv_paths() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        for &(m, k, n) in &[(1, 37, 130), (2, 64, 65), (3, 5, 7), (17, 96, 200), (98, 64, 33)] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let mut out = vec![0.0; m * n];
+            CpuBackend::new().matmul_f32(&x, &w, m, k, n, &mut out).unwrap();
+            let want = naive_f32(&x, &w, m, k, n);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "({m},{k},{n}): {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn ring_matmul_wraps_exactly() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        for &(m, k, n) in &[(1, 9, 5), (2, 33, 17), (5, 64, 40), (40, 31, 3)] {
+            let mut x: Vec<u64> = (0..m * k).map(|_| rng.gen()).collect();
+            let w: Vec<u64> = (0..n * k).map(|_| rng.gen()).collect();
+            x[0] = u64::MAX;
+            let mut out = vec![0; m * n];
+            CpuBackend::new().ring_matmul(&x, &w, m, k, n, &mut out).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let want = (0..k).fold(0u64, |s, t| s.wrapping_add(x[i * k + t].wrapping_mul(w[j * k + t])));
+                    assert_eq!(out[i * n + j], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_reported_not_panics() {
+        let mut out = vec![0.0; 4];
+        let err = CpuBackend::new().matmul_f32(&[0.0; 3], &[0.0; 4], 2, 2, 2, &mut out).unwrap_err();
+        assert!(err.to_string().contains("matmul_f32"));
+    }
+}

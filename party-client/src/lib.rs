@@ -1,0 +1,6 @@
+//! The client party (P0) of ShardLM as a library: text handling, evaluation, and the
+//! command implementations behind `shardlm-client`.
+#![deny(missing_docs)]
+
+pub mod eval;
+pub mod text;
