@@ -206,12 +206,11 @@ impl ModelConfig {
     pub fn from_hf_json(text: &str, name: &str) -> Result<Self, ConfigError> {
         let hf: HfConfig = serde_json::from_str(text)
             .map_err(|e| ConfigError::Parse { path: "config.json".into(), message: e.to_string() })?;
-        let arch_ok = hf
-            .architectures
-            .as_ref()
-            .map(|a| a.iter().any(|s| s == "Qwen2ForCausalLM"))
-            .unwrap_or(false)
-            || hf.model_type.as_deref() == Some("qwen2");
+        // Declared architectures decide; without them, the model type must be qwen2.
+        let arch_ok = match &hf.architectures {
+            Some(a) if !a.is_empty() => a.iter().any(|s| s == "Qwen2ForCausalLM"),
+            _ => hf.model_type.as_deref() == Some("qwen2"),
+        };
         if !arch_ok {
             let found = hf
                 .architectures

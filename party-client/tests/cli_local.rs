@@ -1,0 +1,180 @@
+//! `shardlm-client` as a user runs it, on synthesized and oracle models: local
+//! generation and eval work, and every bad input gives a one-line error that names the
+//! file and the problem, a non-zero exit, and no panic.
+
+use shardlm_configs::ModelConfig;
+use shardlm_protocols::model::synth::write_synthetic_model;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn client() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shardlm-client"))
+}
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn tiny_model(dir: &Path) {
+    write_synthetic_model(&ModelConfig::preset("tiny").unwrap(), dir, 3).unwrap();
+}
+
+/// Runs and expects failure; returns stderr. Checks the error is one line, names
+/// `must_name`, and nothing panicked.
+fn fails(cmd: &mut Command, must_name: &[&str]) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "want exactly one error line, got: {err}");
+    for s in must_name {
+        assert!(lines[0].contains(s), "error should mention `{s}`: {err}");
+    }
+    err
+}
+
+fn generate(dir: &Path) -> Command {
+    let mut c = client();
+    c.args(["generate", "--local", "--max-tokens", "4", "-p", "hi", "--model-dir"]).arg(dir);
+    c
+}
+
+#[test]
+fn generate_local_streams_text_on_a_synthetic_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    let out = generate(tmp.path()).args(["--timing", "--chat"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prefill"));
+    // Sampling with a seed is reproducible; different seeds are allowed to differ.
+    let run = |seed: &str| {
+        generate(tmp.path()).args(["--temperature", "1.0", "--top-p", "0.9", "--seed", seed]).output().unwrap().stdout
+    };
+    assert_eq!(run("5"), run("5"));
+}
+
+#[test]
+fn eval_local_reproduces_the_oracle_and_writes_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_file = tmp.path().join("eval.json");
+    let dir = shared().join("oracle/tiny-qwen2");
+    let out = client()
+        .args(["eval", "--variant", "local", "--greedy", "8", "--all-positions", "--model-dir"])
+        .arg(&dir)
+        .arg("--cases")
+        .arg(dir.join("reference.json"))
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 4);
+    for c in cases {
+        assert_eq!(c["top20_ids"].as_array().unwrap().len(), 20);
+        assert_eq!(c["greedy"].as_array().unwrap().len(), 8);
+        assert_eq!(c["vs_reference"]["greedy_equal"], true);
+        assert!(c["vs_reference"]["max_abs_logit_diff"].as_f64().unwrap() < 1e-3);
+        assert!(c["seconds"].as_f64().is_some());
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    fails(&mut generate(&tmp.path().join("nope")), &["nope", "model directory"]);
+    tiny_model(tmp.path());
+    std::fs::remove_file(tmp.path().join("tokenizer.json")).unwrap();
+    fails(&mut generate(tmp.path()), &["tokenizer.json"]);
+    tiny_model(tmp.path());
+    std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
+    fails(&mut generate(tmp.path()), &["model.safetensors"]);
+    tiny_model(tmp.path());
+    std::fs::remove_file(tmp.path().join("config.json")).unwrap();
+    fails(&mut generate(tmp.path()), &["config.json", "not found"]);
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    let p = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&p).unwrap().replace("Qwen2ForCausalLM", "LlamaForCausalLM");
+    std::fs::write(&p, text).unwrap();
+    fails(&mut generate(tmp.path()), &["config.json", "LlamaForCausalLM"]);
+}
+
+/// Rewrites the synthetic checkpoint with one tensor replaced.
+fn rewrite_tensor(dir: &Path, name: &str, dtype: safetensors::Dtype, shape: Vec<usize>, bytes: Vec<u8>) {
+    let path = dir.join("model.safetensors");
+    let data = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+    let mut views = Vec::new();
+    for (n, v) in st.tensors() {
+        if n == name {
+            continue;
+        }
+        views.push((n, safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()));
+    }
+    views.push((name.to_string(), safetensors::tensor::TensorView::new(dtype, shape, &bytes).unwrap()));
+    let out = safetensors::serialize(views, &None).unwrap();
+    std::fs::write(&path, out).unwrap();
+}
+
+#[test]
+fn unsupported_dtype_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    rewrite_tensor(tmp.path(), "model.norm.weight", safetensors::Dtype::F64, vec![64], vec![0u8; 64 * 8]);
+    fails(&mut generate(tmp.path()), &["model.safetensors", "model.norm.weight", "F64"]);
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    rewrite_tensor(tmp.path(), "model.norm.weight", safetensors::Dtype::BF16, vec![65], vec![0u8; 65 * 2]);
+    fails(&mut generate(tmp.path()), &["model.safetensors", "model.norm.weight", "[65]", "[64]"]);
+}
+
+#[test]
+fn truncated_weights_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    let p = tmp.path().join("model.safetensors");
+    let data = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &data[..data.len() / 2]).unwrap();
+    fails(&mut generate(tmp.path()), &["model.safetensors", "not a valid safetensors file"]);
+}
+
+#[test]
+fn cases_with_out_of_range_tokens_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_model(tmp.path());
+    let cases = tmp.path().join("cases.json");
+    std::fs::write(&cases, r#"{"cases": [{"input_ids": [1, 2, 3]}, {"input_ids": [9707, 11]}]}"#).unwrap();
+    let mut c = client();
+    c.args(["eval", "--variant", "local", "--model-dir"])
+        .arg(tmp.path())
+        .arg("--cases")
+        .arg(&cases)
+        .arg("--out")
+        .arg(tmp.path().join("out.json"));
+    fails(&mut c, &["cases.json", "case 1", "9707", "out of range"]);
+}
+
+#[test]
+fn chat_formatting_reproduces_the_reference_input_ids() {
+    // The reference's input_ids were made by transformers' apply_chat_template.
+    let dir = shared().join("models/qwen2.5-coder-0.5b-instruct");
+    let codec = shardlm_client::text::TextCodec::load(&dir.join("tokenizer.json")).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got = codec.encode_prompt(case["prompt"].as_str().unwrap(), true).unwrap();
+        assert_eq!(got, want, "prompt {:?}", case["prompt"]);
+    }
+}
