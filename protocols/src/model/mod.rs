@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod load;
 pub mod ops;
 pub mod plain;
+pub mod planner;
 pub mod qwen2;
 pub mod sampling;
 pub mod synth;
