@@ -18,3 +18,4 @@ pub mod mpc;
 pub mod prg;
 pub mod ring;
 pub mod share;
+pub mod variants;
