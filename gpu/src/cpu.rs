@@ -90,6 +90,12 @@ impl Backend for CpuBackend {
         ring_matmul_cpu(x, w, m, k, n, out);
         Ok(())
     }
+
+    fn ring_matmul_prepared(&self, x: &[u64], w: &crate::RingMatrix, m: usize, out: &mut [u64]) -> Result<(), BackendError> {
+        check_shapes("ring_matmul_prepared", x.len(), w.n * w.k, out.len(), m, w.k, w.n)?;
+        crate::ring::ring_matmul_limbs(x, w, m, out);
+        Ok(())
+    }
 }
 
 fn dot_f32(a: &[f32], b: &[f32]) -> f32 {

@@ -63,8 +63,8 @@ struct Run {
 
 fn run_v2(md: &ModelDir, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u8) -> Run {
     let fixed = FixedPoint::default();
-    let ring = Arc::new(RingWeights::encode(w, fixed));
     let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    let ring = Arc::new(RingWeights::encode(w, fixed, backend.as_ref()).unwrap());
     let (c_chan, s_chan) = memory::pair();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let server = V2Server::new(ring.clone(), backend.clone());

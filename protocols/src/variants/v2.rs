@@ -25,7 +25,7 @@ use crate::model::kernels::{self, LayerCache, Rope, Tensor};
 use crate::model::{Linear, Logits, ModelOps, Norm, Rows, Weights};
 use rayon::prelude::*;
 use shardlm_configs::{FixedPoint, ModelConfig};
-use shardlm_gpu::Backend;
+use shardlm_gpu::{Backend, RingMatrix};
 use shardlm_transport::{Channel, Lane, TransportError};
 use std::sync::Arc;
 
@@ -68,25 +68,26 @@ pub fn decode(v: u64, frac_bits: u32) -> f64 {
 pub struct RingWeights {
     config: ModelConfig,
     fixed: FixedPoint,
-    units: Vec<(Linear, Vec<u64>)>,
+    units: Vec<(Linear, RingMatrix)>,
 }
 
 impl RingWeights {
-    /// Encodes every linear unit of `w`.
-    pub fn encode(w: &Weights, fixed: FixedPoint) -> Self {
+    /// Encodes every linear unit of `w` and prepares it on `backend` (on a GPU backend:
+    /// uploads it once).
+    pub fn encode(w: &Weights, fixed: FixedPoint, backend: &dyn Backend) -> Result<Self, V2Error> {
         let units = Linear::all(&w.config)
             .into_iter()
             .map(|lin| {
                 let v = w.linear(lin);
-                let enc = v.weight.par_iter().map(|&x| encode(x, fixed.weight_frac_bits)).collect();
-                (lin, enc)
+                let enc: Vec<u64> = v.weight.par_iter().map(|&x| encode(x, fixed.weight_frac_bits)).collect();
+                Ok((lin, backend.prepare_ring(&enc, v.d_out, v.d_in)?))
             })
-            .collect();
-        Self { config: w.config.clone(), fixed, units }
+            .collect::<Result<_, V2Error>>()?;
+        Ok(Self { config: w.config.clone(), fixed, units })
     }
 
-    /// `enc(W)` of a unit, `d_out x d_in`.
-    pub fn unit(&self, lin: Linear) -> &[u64] {
+    /// `enc(W)` of a unit, `d_out x d_in`, prepared for ring GEMM.
+    pub fn unit(&self, lin: Linear) -> &RingMatrix {
         let i = match lin {
             Linear::LmHead => self.units.len() - 1,
             Linear::Qkv(l) => 4 * l,
@@ -133,9 +134,9 @@ pub fn mask_image(
     r: &[u64],
     n: usize,
 ) -> Result<Vec<u64>, V2Error> {
-    let (d_in, d_out) = linear.dims(weights.config());
+    let (_, d_out) = linear.dims(weights.config());
     let mut s = vec![0u64; n * d_out];
-    backend.ring_matmul(r, weights.unit(linear), n, d_in, d_out, &mut s)?;
+    backend.ring_matmul_prepared(r, weights.unit(linear), n, &mut s)?;
     Ok(s)
 }
 
@@ -338,7 +339,7 @@ impl V2Server {
             let n = bytes.len() / (8 * d_in);
             let y = shardlm_transport::le_bytes_to_u64s(&bytes);
             let mut z = vec![0u64; n * d_out];
-            self.backend.ring_matmul(&y, self.weights.unit(lin), n, d_in, d_out, &mut z)?;
+            self.backend.ring_matmul_prepared(&y, self.weights.unit(lin), n, &mut z)?;
             chan.send_u64s(V2_LANE, &z)?;
             stats.requests += 1;
             if lin == Linear::LmHead {
