@@ -2,5 +2,6 @@
 //! command implementations behind `shardlm-client`.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod eval;
 pub mod text;

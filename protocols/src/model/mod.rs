@@ -17,6 +17,7 @@ pub mod planner;
 pub mod qwen2;
 pub mod sampling;
 pub mod synth;
+pub mod timing;
 pub mod weights;
 
 pub use load::{LoadError, ModelDir};
