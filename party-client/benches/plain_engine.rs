@@ -30,16 +30,22 @@ fn main() {
     let md = ModelDir::open(&dir).expect("model dir");
     let weights = Arc::new(md.load_weights().expect("weights"));
     println!("model {} loaded in {:.2} s; {} rayon threads", md.config.name, t.elapsed().as_secs_f64(), rayon::current_num_threads());
-    let mut engine = PlainEngine::new(weights, Arc::new(shardlm_gpu::CpuBackend::new()));
+    let mut engine = shardlm_protocols::model::timing::Timed::new(PlainEngine::new(weights, Arc::new(shardlm_gpu::CpuBackend::new())));
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 1000 + (i * 7919) % 20000).collect();
 
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for run in 0..=runs {
-        engine.reset();
+        engine.inner.reset();
+        engine.times = Default::default();
         let t = Instant::now();
         let l = forward(&mut engine, &md.config, &prompt, 0, Rows::Last).expect("prefill").expect("logits");
         let p = t.elapsed().as_secs_f64();
+        if run == runs {
+            let mut v: Vec<_> = engine.times.by_op.iter().map(|(k, d)| (*k, d.as_secs_f64() * 1e3)).collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1));
+            println!("prefill phases (ms): {}", v.iter().map(|(k, ms)| format!("{k} {ms:.1}")).collect::<Vec<_>>().join(", "));
+        }
         let mut next = argmax(l.last());
         let t = Instant::now();
         for i in 0..decode_len {
