@@ -18,9 +18,42 @@
 #![deny(missing_docs)]
 
 mod counters;
+pub mod frame;
+pub mod handshake;
+pub mod identity;
 pub mod memory;
+pub mod quic;
 
 pub use counters::{Counters, LaneCounters};
+pub use identity::{keygen, Identity};
+pub use quic::{QuicChannel, QuicClient, QuicConfig, QuicServer};
+
+/// Application codes a channel is closed with ([`Channel::close`]); the peer's error says
+/// which it was.
+pub mod close_code {
+    /// The session ended normally.
+    pub const NORMAL: u32 = 0;
+    /// The application handshake found the parties incompatible.
+    pub const HANDSHAKE_REJECTED: u32 = 1;
+    /// The peer broke the framing rules.
+    pub const PROTOCOL_VIOLATION: u32 = 2;
+    /// The channel was dropped without an explicit close.
+    pub const DROPPED: u32 = 3;
+}
+
+/// The error a receiver reports when the peer closed the channel with `code`/`reason`.
+pub(crate) fn closed_by_peer(peer: String, code: u64, reason: &str) -> TransportError {
+    if code == u64::from(close_code::HANDSHAKE_REJECTED) {
+        return TransportError::Handshake(format!("{peer} refused the session: {reason}"));
+    }
+    let reason = match (code, reason.is_empty()) {
+        (c, true) if c == u64::from(close_code::NORMAL) => "it ended the session".to_string(),
+        (c, false) if c == u64::from(close_code::NORMAL) => reason.to_string(),
+        (c, true) => format!("close code {c}"),
+        (c, false) => format!("{reason} (close code {c})"),
+    };
+    TransportError::PeerGone { peer, reason }
+}
 
 use std::time::Duration;
 
@@ -124,6 +157,27 @@ pub trait Channel: Send {
     /// Receives the next message on `lane`.
     fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>>;
 
+    /// Receives the next message on `lane`, waiting at most `timeout` instead of the
+    /// channel's receive timeout (handshakes use their own deadline). The default ignores
+    /// `timeout`.
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        let _ = timeout;
+        self.recv_bytes(lane)
+    }
+
+    /// Sends one owned message; implementations that can avoid a copy do.
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        self.send_bytes(lane, &payload)
+    }
+
+    /// Closes the channel: queued messages are still delivered (best effort, bounded by
+    /// the channel's timeouts), then the peer's pending and later receives fail with an
+    /// error carrying `code` (see [`close_code`]) and `reason`. Idempotent. The default
+    /// does nothing.
+    fn close(&mut self, code: u32, reason: &str) {
+        let _ = (code, reason);
+    }
+
     /// Exact traffic counters since the channel was created.
     fn counters(&self) -> Counters;
 
@@ -132,7 +186,7 @@ pub trait Channel: Send {
 
     /// Sends ring elements as raw little-endian bytes.
     fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
-        self.send_bytes(lane, &u64s_to_le_bytes(values))
+        self.send_vec(lane, u64s_to_le_bytes(values))
     }
 
     /// Receives exactly `len` ring elements; any other size is [`TransportError::Malformed`].
@@ -167,6 +221,15 @@ impl<C: Channel + ?Sized> Channel for &mut C {
     fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
         (**self).recv_u64s(lane, len)
     }
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        (**self).recv_bytes_within(lane, timeout)
+    }
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        (**self).send_vec(lane, payload)
+    }
+    fn close(&mut self, code: u32, reason: &str) {
+        (**self).close(code, reason)
+    }
 }
 
 impl<C: Channel + ?Sized> Channel for Box<C> {
@@ -187,6 +250,15 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     }
     fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
         (**self).recv_u64s(lane, len)
+    }
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        (**self).recv_bytes_within(lane, timeout)
+    }
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        (**self).send_vec(lane, payload)
+    }
+    fn close(&mut self, code: u32, reason: &str) {
+        (**self).close(code, reason)
     }
 }
 
