@@ -515,9 +515,9 @@ impl Gone {
             ConnectionError::TimedOut => Gone::IdleTimeout(idle),
             ConnectionError::LocallyClosed => Gone::Local("this side closed the connection".into()),
             ConnectionError::Reset => Gone::Other("the peer reset the connection (it probably restarted)".into()),
-            ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => Gone::CertRejected(format!(
-                "the peer rejected our certificate {own_fp}: ask its operator to allow this fingerprint"
-            )),
+            ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => {
+                Gone::CertRejected(own_fp.to_string())
+            }
             other => Gone::Other(format!("connection failed: {other}")),
         }
     }
@@ -539,7 +539,9 @@ impl Gone {
             }
             Gone::Protocol(problem) => TransportError::Protocol { peer, problem },
             Gone::Malformed { lane, problem } => TransportError::Malformed { lane, problem },
-            Gone::CertRejected(msg) => TransportError::Setup(msg),
+            Gone::CertRejected(own_fp) => TransportError::Setup(format!(
+                "{peer} rejected our certificate {own_fp}: ask its operator to allow this fingerprint"
+            )),
         }
     }
 }
@@ -676,6 +678,9 @@ impl QuicChannel {
             return;
         }
         self.closed = true;
+        // Before the connection closes, so our own receives report this reason rather
+        // than a bare "locally closed" (a reason the peer gave first is kept).
+        self.shared.set_gone(Gone::Local(format!("this side closed the channel ({reason})")));
         let tasks: Vec<_> = self.writers.drain().map(|(_, w)| {
             drop(w.tx);
             w.task
@@ -696,7 +701,6 @@ impl QuicChannel {
                 let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
             }
         });
-        self.shared.set_gone(Gone::Local(format!("this side closed the channel ({reason})")));
     }
 
     /// Test hook: stop the network runtime without closing, as if the process died.

@@ -38,7 +38,7 @@ impl PinnedVerifier {
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some(fp.clone());
         }
-        if self.allowed.iter().any(|a| *a == fp) {
+        if self.allowed.contains(&fp) {
             Ok(())
         } else {
             Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
