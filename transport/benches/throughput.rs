@@ -14,12 +14,25 @@ fn mib_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
+/// `SHARDLM_BENCH_WORKERS` (runtime threads per endpoint) and `SHARDLM_BENCH_UDP`
+/// (MTU discovery upper bound) override the defaults.
+fn config() -> QuicConfig {
+    let mut cfg = QuicConfig::default();
+    if let Some(w) = std::env::var("SHARDLM_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+        cfg.worker_threads = w;
+    }
+    if let Some(u) = std::env::var("SHARDLM_BENCH_UDP").ok().and_then(|v| v.parse().ok()) {
+        cfg.max_udp_payload = u;
+    }
+    cfg
+}
+
 fn quic_pair() -> (shardlm_transport::QuicChannel, shardlm_transport::QuicChannel) {
     let server_id = Identity::generate("bench-server").expect("keygen");
     let client_id = Identity::generate("bench-client").expect("keygen");
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], QuicConfig::default()).expect("bind");
-    let client = QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), QuicConfig::default())
+    let server = QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], config()).expect("bind");
+    let client = QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), config())
         .expect("connect");
     let srv = server.accept().expect("server open").expect("accept");
     // The server endpoint may go: accepted channels keep the runtime alive.
@@ -138,7 +151,13 @@ fn tcp_ping_pong() {
 
 fn main() {
     let total: usize = std::env::var("SHARDLM_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    println!("loopback, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let cfg = config();
+    println!(
+        "loopback, {} CPUs, {} runtime workers per endpoint, max UDP payload {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cfg.worker_threads,
+        cfg.max_udp_payload
+    );
     quic_bulk(total, 1);
     quic_bulk(total, 16);
     quic_bulk(total, 64);

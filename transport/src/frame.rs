@@ -147,14 +147,15 @@ impl FrameEncoder {
 }
 
 /// The receiving half of a lane: validates each header against the lane state and
-/// collects payloads into whole messages. The IO driver fills the buffer it is handed,
-/// so payload bytes are copied once, from the socket buffer into the message.
+/// collects payloads into whole messages. The IO driver appends the payload chunks it
+/// reads, so payload bytes are copied once, from the receive buffer into the message.
 #[derive(Debug)]
 pub struct Reassembler {
     lane: Lane,
     limits: FrameLimits,
     expected_seq: u64,
     partial: Vec<u8>,
+    frame_remaining: usize,
     in_message: bool,
     pending_more: bool,
 }
@@ -167,6 +168,7 @@ impl Reassembler {
             limits,
             expected_seq: 0,
             partial: Vec::new(),
+            frame_remaining: 0,
             in_message: false,
             pending_more: false,
         }
@@ -212,21 +214,36 @@ impl Reassembler {
         Ok(())
     }
 
-    /// Checks `header` and returns the buffer its payload must be read into. Call
-    /// [`Reassembler::finish_frame`] once the buffer is filled.
-    pub fn begin_frame(&mut self, header: &FrameHeader) -> Result<&mut [u8]> {
+    /// Checks `header` and starts its frame; feed its payload to
+    /// [`Reassembler::extend`], then call [`Reassembler::finish_frame`].
+    pub fn begin_frame(&mut self, header: &FrameHeader) -> Result<()> {
         self.check(header)?;
         self.expected_seq += 1;
         self.in_message = true;
         self.pending_more = header.more;
-        let start = self.partial.len();
-        self.partial.resize(start + header.len as usize, 0);
-        Ok(&mut self.partial[start..])
+        self.frame_remaining = header.len as usize;
+        self.partial.reserve(self.frame_remaining);
+        Ok(())
     }
 
-    /// Completes the frame begun last; returns the message if it was the last chunk.
+    /// Payload bytes the current frame still expects.
+    pub fn frame_remaining(&self) -> usize {
+        self.frame_remaining
+    }
+
+    /// Appends payload of the current frame; returns how many bytes of `bytes` it took
+    /// (never more than [`Reassembler::frame_remaining`]).
+    pub fn extend(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.frame_remaining);
+        self.partial.extend_from_slice(&bytes[..n]);
+        self.frame_remaining -= n;
+        n
+    }
+
+    /// Completes the current frame once its payload is in; returns the message if it
+    /// was the last chunk. `None` while payload is missing.
     pub fn finish_frame(&mut self) -> Option<Vec<u8>> {
-        if self.pending_more {
+        if self.pending_more || self.frame_remaining > 0 {
             return None;
         }
         self.in_message = false;
@@ -235,7 +252,7 @@ impl Reassembler {
 
     /// Whether a message is partly received (a stream ending now is truncated).
     pub fn mid_message(&self) -> bool {
-        self.in_message && self.pending_more
+        self.in_message && (self.pending_more || self.frame_remaining > 0)
     }
 }
 
@@ -287,9 +304,8 @@ impl FrameDecoder {
                 self.reassembler.check(&header)?;
                 return Ok(None);
             }
-            let src = &self.buf[self.pos..self.pos + len];
-            let dst = self.reassembler.begin_frame(&header)?;
-            dst.copy_from_slice(src);
+            self.reassembler.begin_frame(&header)?;
+            self.reassembler.extend(&self.buf[self.pos..self.pos + len]);
             self.pos += len;
             self.current = None;
             if let Some(msg) = self.reassembler.finish_frame() {

@@ -13,8 +13,8 @@
 //! stream reassembles messages into a per-lane queue that `recv_bytes` pops, so lanes
 //! never block each other and the peer's sends never wait for our receives. Sends hand
 //! the framed message (header + zero-copy payload slices) to a per-lane writer task and
-//! return at once; QUIC flow control (windows sized for 10 Gbit/s x 10 ms and more)
-//! paces the writer. Counters are exactly those of the in-memory pair, plus the
+//! return at once, unless `send_buffer` bytes are already waiting for the network; QUIC
+//! flow control (windows sized for 10 Gbit/s x 10 ms and more) paces the writer. Counters are exactly those of the in-memory pair, plus the
 //! framing bytes (13 per frame, 2 per lane opened).
 //!
 //! **Threads.** The [`Channel`] API is synchronous. Each endpoint owns a small tokio
@@ -74,6 +74,9 @@ pub struct QuicConfig {
     pub max_udp_payload: u16,
     /// Worker threads of the endpoint's tokio runtime (default 2).
     pub worker_threads: usize,
+    /// Sent bytes a channel may hold before the network takes them; a send waits for
+    /// room beyond this (default 256 MiB). One larger message is always accepted alone.
+    pub send_buffer: usize,
 }
 
 impl Default for QuicConfig {
@@ -87,6 +90,7 @@ impl Default for QuicConfig {
             socket_buffer: 8 << 20,
             max_udp_payload: 1452,
             worker_threads: 2,
+            send_buffer: 256 << 20,
         }
     }
 }
@@ -551,6 +555,8 @@ struct Inbox {
     lanes: HashMap<Lane, VecDeque<Vec<u8>>>,
     open_lanes: Vec<Lane>,
     gone: Option<Gone>,
+    /// Payload bytes handed to writer tasks and not yet written to QUIC.
+    queued_send: usize,
 }
 
 /// State shared by the channel (consumer) and its reader/writer tasks (producers).
@@ -573,6 +579,13 @@ impl Shared {
     fn gone(&self) -> Option<Gone> {
         lock(&self.inbox).gone.clone()
     }
+
+    fn release_send(&self, len: usize) {
+        let mut inbox = lock(&self.inbox);
+        inbox.queued_send = inbox.queued_send.saturating_sub(len);
+        drop(inbox);
+        self.ready.notify_all();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -581,7 +594,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct LaneWriter {
     encoder: FrameEncoder,
-    tx: mpsc::UnboundedSender<Vec<Bytes>>,
+    tx: mpsc::UnboundedSender<(Vec<Bytes>, usize)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -593,6 +606,7 @@ pub struct QuicChannel {
     counters: Counters,
     timeouts: Timeouts,
     max_frame: u32,
+    send_buffer: usize,
     peer: String,
     peer_fingerprint: String,
     own_fingerprint: String,
@@ -634,6 +648,7 @@ impl QuicChannel {
             counters: Counters::default(),
             timeouts: cfg.timeouts,
             max_frame: cfg.limits.max_frame,
+            send_buffer: cfg.send_buffer,
             peer,
             peer_fingerprint,
             own_fingerprint,
@@ -656,6 +671,30 @@ impl QuicChannel {
     /// The current smoothed round-trip time estimate.
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
+    }
+
+    /// Waits until `len` more bytes fit in the send buffer, and reserves them.
+    fn reserve_send(&self, lane: Lane, len: usize) -> Result<()> {
+        let deadline = Instant::now() + self.timeouts.recv;
+        let mut inbox = lock(&self.shared.inbox);
+        loop {
+            if let Some(g) = &inbox.gone {
+                return Err(g.to_error(&self.peer));
+            }
+            if inbox.queued_send == 0 || inbox.queued_send + len <= self.send_buffer {
+                inbox.queued_send += len;
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(TransportError::Timeout {
+                    peer: self.peer.clone(),
+                    what: format!("the network to take {} queued bytes before a send on lane {lane:?}", inbox.queued_send),
+                    after: self.timeouts.recv,
+                });
+            }
+            inbox = self.shared.ready.wait_timeout(inbox, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+        }
     }
 
     fn check_usable(&self) -> Result<()> {
@@ -721,6 +760,7 @@ impl Channel for QuicChannel {
     fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
         self.check_usable()?;
         let len = payload.len();
+        self.reserve_send(lane, len)?;
         let (writer, opened) = match self.writers.entry(lane) {
             Entry::Occupied(o) => (o.into_mut(), false),
             Entry::Vacant(v) => {
@@ -738,7 +778,7 @@ impl Channel for QuicChannel {
         };
         let msg = writer.encoder.encode(Bytes::from(payload));
         let framing = msg.framing_len + if opened { LANE_PREAMBLE_LEN } else { 0 };
-        if writer.tx.send(msg.chunks).is_err() {
+        if writer.tx.send((msg.chunks, len)).is_err() {
             // The writer stopped: it recorded why.
             return Err(self.shared.gone().unwrap_or(Gone::Other("lane writer stopped".into())).to_error(&self.peer));
         }
@@ -892,9 +932,20 @@ async fn read_lane_inner(
             return Ok(());
         }
         let h = FrameHeader::decode(&header);
-        let buf = reassembler.begin_frame(&h).map_err(Gone::from_transport)?;
-        if !buf.is_empty() && !read_full(stream, buf, Some(lane), idle, own_fp).await? {
-            return Err(Gone::Protocol(format!("lane {lane:?} ended before the payload of frame {}", h.seq)));
+        reassembler.begin_frame(&h).map_err(Gone::from_transport)?;
+        while reassembler.frame_remaining() > 0 {
+            match stream.read_chunk(reassembler.frame_remaining(), true).await {
+                Ok(Some(chunk)) => {
+                    reassembler.extend(&chunk.bytes);
+                }
+                Ok(None) => {
+                    return Err(Gone::Protocol(format!(
+                        "lane {lane:?} ended inside the payload of frame {}",
+                        h.seq
+                    )))
+                }
+                Err(e) => return Err(read_error(e, Some(lane), idle, own_fp)),
+            }
         }
         if let Some(msg) = reassembler.finish_frame() {
             let mut inbox = lock(&shared.inbox);
@@ -908,7 +959,7 @@ async fn read_lane_inner(
 async fn write_lane(
     conn: Connection,
     lane: Lane,
-    mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
+    mut rx: mpsc::UnboundedReceiver<(Vec<Bytes>, usize)>,
     shared: Arc<Shared>,
     idle: Duration,
     own_fp: String,
@@ -921,8 +972,9 @@ async fn write_lane(
     let result = async {
         let mut stream = conn.open_uni().await.map_err(|e| Gone::from_connection(&e, idle, &own_fp))?;
         stream.write_all(&lane.id().to_le_bytes()).await.map_err(write_err)?;
-        while let Some(mut chunks) = rx.recv().await {
+        while let Some((mut chunks, len)) = rx.recv().await {
             stream.write_all_chunks(&mut chunks).await.map_err(write_err)?;
+            shared.release_send(len);
         }
         // The channel is closing: end the stream and wait until the peer has everything.
         if stream.finish().is_ok() {

@@ -263,3 +263,29 @@ fn bad_setup_inputs_are_clear_errors() {
     assert!(e.contains("is not a certificate fingerprint"), "{e}");
     assert_eq!(resolve_addr("quic://127.0.0.1:4433").unwrap(), SocketAddr::from(([127, 0, 0, 1], 4433)));
 }
+
+#[test]
+fn sends_wait_for_room_in_a_small_send_buffer() {
+    let mut config = cfg();
+    config.send_buffer = 1 << 20;
+    let s = setup(config.clone());
+    let (mut c, mut srv) = connect(&s, config);
+    let msg = vec![0xABu8; 256 << 10];
+    for _ in 0..40 {
+        c.send_bytes(Lane::Masked(9), &msg).unwrap();
+    }
+    // A message larger than the whole buffer still goes, alone.
+    c.send_bytes(Lane::Masked(9), &vec![1u8; 3 << 20]).unwrap();
+    for _ in 0..40 {
+        assert_eq!(srv.recv_bytes(Lane::Masked(9)).unwrap(), msg);
+    }
+    assert_eq!(srv.recv_bytes(Lane::Masked(9)).unwrap().len(), 3 << 20);
+}
+
+#[test]
+fn endpoint_types_can_move_between_threads() {
+    fn send<T: Send>() {}
+    fn shared<T: Send + Sync>() {}
+    send::<QuicChannel>();
+    shared::<QuicServer>();
+}
