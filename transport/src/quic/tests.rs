@@ -289,3 +289,71 @@ fn endpoint_types_can_move_between_threads() {
     send::<QuicChannel>();
     shared::<QuicServer>();
 }
+
+/// A raw QUIC client with a valid certificate that writes `bytes` on one lane stream.
+fn raw_peer_writes(s: &Setup, bytes: Vec<u8>) -> (QuicChannel, Arc<Rt>, Connection) {
+    let rt = Arc::new(Rt::new(1).unwrap());
+    let transport = Arc::new(transport_config(&cfg()).unwrap());
+    let (client_cfg, _) = client_config(&s.client_id, s.server.fingerprint(), transport).unwrap();
+    let socket = udp_socket(localhost(), 1 << 20).unwrap();
+    let addr = s.server.local_addr();
+    let conn = rt
+        .run(async move {
+            let endpoint = new_endpoint(socket, None).unwrap();
+            let conn = endpoint.connect_with(client_cfg, addr, SERVER_NAME).unwrap().await.unwrap();
+            let mut stream = conn.open_uni().await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+            stream.finish().unwrap();
+            conn
+        })
+        .unwrap();
+    let srv = s.server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
+    (srv, rt, conn)
+}
+
+#[test]
+fn framing_violations_close_the_connection_with_a_named_error() {
+    let s = setup(cfg());
+    // Unknown lane id.
+    let (mut srv, rt, conn) = raw_peer_writes(&s, 3u16.to_le_bytes().to_vec());
+    let e = srv.recv_bytes(Lane::Control).unwrap_err();
+    assert!(matches!(e, TransportError::Protocol { .. }) && e.to_string().contains("unknown lane id 3"), "{e}");
+    let closed = rt.run(async move { conn.closed().await }).unwrap();
+    assert!(
+        matches!(&closed, ConnectionError::ApplicationClosed(ac) if ac.error_code == VarInt::from_u32(close_code::PROTOCOL_VIOLATION)),
+        "{closed:?}"
+    );
+
+    // Sequence gap on a valid lane.
+    let mut bytes = Lane::Openings.id().to_le_bytes().to_vec();
+    bytes.extend(FrameHeader::decode(&[5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]).encode());
+    bytes.push(42);
+    let (mut srv, _rt, _conn) = raw_peer_writes(&s, bytes);
+    let e = srv.recv_bytes(Lane::Openings).unwrap_err();
+    assert!(
+        matches!(e, TransportError::Malformed { lane: Lane::Openings, .. }) && e.to_string().contains("expected frame 0, got frame 5"),
+        "{e}"
+    );
+
+    // A stream that ends inside a chunked message.
+    let mut bytes = Lane::Ot.id().to_le_bytes().to_vec();
+    bytes.extend(FrameEncoder::new(4).encode_to_vec(&[1, 2, 3, 4, 5, 6]));
+    bytes.truncate(bytes.len() - HEADER_LEN - 2);
+    let (mut srv, _rt, _conn) = raw_peer_writes(&s, bytes);
+    let e = srv.recv_bytes(Lane::Ot).unwrap_err();
+    assert!(e.to_string().contains("ended in the middle of a chunked message"), "{e}");
+}
+
+#[test]
+fn nobody_listening_is_a_connect_timeout() {
+    let mut config = cfg();
+    config.timeouts.connect = Duration::from_millis(500);
+    let id = Identity::generate("x").unwrap();
+    // A bound but silent UDP socket: nothing answers.
+    let silent = std::net::UdpSocket::bind(localhost()).unwrap();
+    let t0 = Instant::now();
+    let e = QuicClient::connect(silent.local_addr().unwrap(), &id, &id.fingerprint(), config).unwrap_err();
+    assert!(matches!(e, TransportError::Timeout { .. }), "{e:?}");
+    assert!(e.to_string().contains("is the server running"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+}
