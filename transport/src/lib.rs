@@ -5,8 +5,9 @@
 //!
 //! * [`memory::pair`]: two connected endpoints in one process, for two-party tests
 //!   (STYLE.md 9). Same semantics and counters as the network one.
-//! * QUIC (`quic` module, quinn + rustls, mutual TLS with pinned certificates): one
-//!   unidirectional stream per lane and direction, length-prefixed sequenced frames.
+//! * [`quic`]: quinn + rustls, mutual TLS with pinned certificates ([`identity`]), one
+//!   unidirectional stream per lane and direction, length-prefixed sequenced frames
+//!   ([`frame`]), then the application [`handshake`] on the control lane.
 //!
 //! A lane is a one-way ordered stream of messages per direction; lanes do not block
 //! each other. Bulk `u64` payloads travel as raw little-endian bytes
@@ -15,6 +16,40 @@
 //! **Rounds.** A round is counted when a party receives after having sent since its last
 //! receive: that is a send whose answer it waits for. A pipeline that sends many chunks
 //! before the first answer counts one round, as it should.
+//!
+//! # Wiring a server and a client
+//!
+//! ```no_run
+//! use shardlm_transport::handshake::{client_handshake, server_handshake, ClientHello, Request, ServerInfo};
+//! use shardlm_transport::{keygen, quic, Channel, Identity, QuicClient, QuicConfig, QuicServer};
+//! # fn main() -> shardlm_transport::Result<()> {
+//! # let dir = std::path::Path::new("/tmp/id");
+//! # let info: ServerInfo = todo!();
+//! # let client_fp = String::new();
+//! // `keygen` subcommand: write cert.pem/key.pem, print the fingerprint to hand over.
+//! println!("{}", keygen(dir, "shardlm-server")?);
+//!
+//! // `serve`: accept clients, one thread per connection.
+//! let cfg = QuicConfig::default();
+//! let server = QuicServer::bind("0.0.0.0:4433".parse().unwrap(), &Identity::load(dir)?, &[client_fp], cfg.clone())?;
+//! while let Some(accepted) = server.accept() {
+//!     let Ok(mut chan) = accepted else { continue }; // log the error: wrong certificate, ...
+//!     let (info, t) = (info.clone(), cfg.timeouts.handshake);
+//!     std::thread::spawn(move || {
+//!         let hello = server_handshake(&mut chan, &info, t)?;
+//!         if let Request::Session { .. } = hello.request { /* run the protocol on `chan` */ }
+//!         chan.close(0, "done");
+//!         Ok::<_, shardlm_transport::TransportError>(())
+//!     });
+//! }
+//!
+//! // `health` / `info` / sessions on the client side.
+//! let addr = quic::resolve_addr("quic://server.example:4433")?;
+//! let mut chan = QuicClient::connect(addr, &Identity::load(dir)?, "blake3:...", cfg.clone())?;
+//! let info = client_handshake(&mut chan, &ClientHello::new(Request::Info), cfg.timeouts.handshake)?;
+//! chan.close(0, "done");
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 mod counters;
