@@ -60,10 +60,12 @@ fn quic_bulk(total_mib: usize, msg_mib: usize) {
     let d = t0.elapsed();
     let _s = receiver.join().expect("receiver");
     let framing = c.counters().framing_bytes_sent;
+    let udp_sent = c.udp_bytes().0;
     println!(
-        "quic  bulk {total_mib} MiB in {msg_mib} MiB messages: {:8.1} MiB/s  ({:.2} s, framing {framing} B)",
+        "quic  bulk {total_mib} MiB in {msg_mib} MiB messages: {:8.1} MiB/s  ({:.2} s, framing {framing} B, UDP {:.2}% over payload)",
         mib_per_s(total_mib << 20, d),
-        d.as_secs_f64()
+        d.as_secs_f64(),
+        (udp_sent as f64 / (total_mib << 20) as f64 - 1.0) * 100.0
     );
 }
 

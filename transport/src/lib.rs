@@ -321,9 +321,9 @@ impl<C: Channel + ?Sized> ChannelExt for C {}
 
 /// Encodes ring elements as little-endian bytes.
 pub fn u64s_to_le_bytes(values: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 8);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    let mut out = vec![0u8; values.len() * 8];
+    for (dst, v) in out.chunks_exact_mut(8).zip(values) {
+        dst.copy_from_slice(&v.to_le_bytes());
     }
     out
 }

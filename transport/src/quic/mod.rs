@@ -241,6 +241,11 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
         tracing::debug!("cannot raise the UDP send buffer to {buffer} bytes: {e}");
     }
     socket.bind(&addr.into()).map_err(bind_err)?;
+    tracing::debug!(
+        "UDP {addr}: receive buffer {:?}, send buffer {:?} bytes (asked for {buffer}; raise net.core.rmem_max/wmem_max for more)",
+        socket.recv_buffer_size().ok(),
+        socket.send_buffer_size().ok()
+    );
     Ok(socket.into())
 }
 
@@ -326,8 +331,10 @@ impl QuicServer {
     }
 
     /// Waits for the next client. `None` once the server is closed; `Some(Err(_))` for a
-    /// client that failed to connect (wrong certificate, handshake timeout): log it and
-    /// keep accepting. The channel is `Send`: move it to its own thread.
+    /// client that failed to connect (wrong certificate, TLS handshake not done within
+    /// `timeouts.connect`): log it and keep accepting. TLS handshakes run concurrently in
+    /// the background, so a slow client does not hold up others. The channel is `Send`:
+    /// move it to its own thread.
     pub fn accept(&self) -> Option<Result<QuicChannel>> {
         let next = lock(&self.accepted).recv().ok()?;
         Some(next.map(|c| self.channel(c)))
@@ -671,6 +678,13 @@ impl QuicChannel {
     /// The current smoothed round-trip time estimate.
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
+    }
+
+    /// UDP bytes (sent, received) on this connection so far, including QUIC, TLS and
+    /// retransmissions: the real wire cost next to [`Counters`]' payload and framing.
+    pub fn udp_bytes(&self) -> (u64, u64) {
+        let stats = self.conn.stats();
+        (stats.udp_tx.bytes, stats.udp_rx.bytes)
     }
 
     /// Waits until `len` more bytes fit in the send buffer, and reserves them.
