@@ -473,6 +473,11 @@ impl QuicClient {
                 .connect_with(client_cfg, addr, SERVER_NAME)
                 .map_err(|e| TransportError::Setup(format!("cannot connect to {addr}: {e}")))?;
             let result = tokio::time::timeout(timeout, connecting).await;
+            if !matches!(result, Ok(Ok(_))) {
+                // Let our CONNECTION_CLOSE (e.g. the certificate alert) reach the server
+                // before the runtime goes, so its log says why.
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            }
             Ok::<_, TransportError>((endpoint, result))
         })??;
         let own_fp = identity.fingerprint();

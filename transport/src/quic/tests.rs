@@ -357,3 +357,33 @@ fn nobody_listening_is_a_connect_timeout() {
     assert!(e.to_string().contains("is the server running"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(2));
 }
+
+#[test]
+fn both_parties_send_bulk_before_receiving_without_deadlock() {
+    let mut config = cfg();
+    config.send_buffer = 1 << 20; // sends block on the network, not on the peer's receives
+    let s = setup(config.clone());
+    let (c, srv) = connect(&s, config);
+    let n = (8usize << 20) / 8;
+    let party = |mut ch: QuicChannel, seed: u64| {
+        std::thread::spawn(move || {
+            let mine: Vec<u64> = (0..n as u64).map(|i| i ^ seed).collect();
+            for lane in [Lane::Masked(0), Lane::Masked(1), Lane::Openings] {
+                ch.send_u64s(lane, &mine).unwrap();
+            }
+            let mut theirs = Vec::new();
+            for lane in [Lane::Openings, Lane::Masked(1), Lane::Masked(0)] {
+                theirs.push(ch.recv_u64s(lane, n).unwrap());
+            }
+            (ch, theirs)
+        })
+    };
+    let (a, b) = (party(c, 1), party(srv, 2));
+    let ((_c, from_server), (_s, from_client)) = (a.join().unwrap(), b.join().unwrap());
+    for v in from_server {
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ 2));
+    }
+    for v in from_client {
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ 1));
+    }
+}
