@@ -18,22 +18,37 @@ fn mib_per_s(bytes: usize, d: Duration) -> f64 {
 /// (MTU discovery upper bound) override the defaults.
 fn config() -> QuicConfig {
     let mut cfg = QuicConfig::default();
-    if let Some(w) = std::env::var("SHARDLM_BENCH_WORKERS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(w) = std::env::var("SHARDLM_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         cfg.worker_threads = w;
     }
-    if let Some(u) = std::env::var("SHARDLM_BENCH_UDP").ok().and_then(|v| v.parse().ok()) {
+    if let Some(u) = std::env::var("SHARDLM_BENCH_UDP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         cfg.max_udp_payload = u;
     }
     cfg
 }
 
-fn quic_pair() -> (shardlm_transport::QuicChannel, shardlm_transport::QuicChannel) {
+fn quic_pair() -> (
+    shardlm_transport::QuicChannel,
+    shardlm_transport::QuicChannel,
+) {
     let server_id = Identity::generate("bench-server").expect("keygen");
     let client_id = Identity::generate("bench-client").expect("keygen");
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], config()).expect("bind");
-    let client = QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), config())
-        .expect("connect");
+    let server =
+        QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], config()).expect("bind");
+    let client = QuicClient::connect(
+        server.local_addr(),
+        &client_id,
+        server.fingerprint(),
+        config(),
+    )
+    .expect("connect");
     let srv = server.accept().expect("server open").expect("accept");
     // The server endpoint may go: accepted channels keep the runtime alive.
     (client, srv)
@@ -89,7 +104,10 @@ fn quic_ping_pong() {
     }
     let d = t0.elapsed();
     let _s = echo.join().expect("echo");
-    println!("quic  ping-pong 8 B: {:8.1} us per round trip ({PINGS} rounds)", d.as_secs_f64() * 1e6 / PINGS as f64);
+    println!(
+        "quic  ping-pong 8 B: {:8.1} us per round trip ({PINGS} rounds)",
+        d.as_secs_f64() * 1e6 / PINGS as f64
+    );
 }
 
 fn tcp_pair() -> (TcpStream, TcpStream) {
@@ -148,15 +166,23 @@ fn tcp_ping_pong() {
     }
     let d = t0.elapsed();
     echo.join().expect("echo");
-    println!("tcp   ping-pong 8 B: {:8.1} us per round trip ({PINGS} rounds)", d.as_secs_f64() * 1e6 / PINGS as f64);
+    println!(
+        "tcp   ping-pong 8 B: {:8.1} us per round trip ({PINGS} rounds)",
+        d.as_secs_f64() * 1e6 / PINGS as f64
+    );
 }
 
 fn main() {
-    let total: usize = std::env::var("SHARDLM_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
+    let total: usize = std::env::var("SHARDLM_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let cfg = config();
     println!(
         "loopback, {} CPUs, {} runtime workers per endpoint, max UDP payload {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         cfg.worker_threads,
         cfg.max_udp_payload
     );

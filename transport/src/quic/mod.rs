@@ -98,20 +98,29 @@ impl Default for QuicConfig {
 impl QuicConfig {
     /// The defaults with the given deadlines.
     pub fn with_timeouts(timeouts: Timeouts) -> Self {
-        QuicConfig { timeouts, ..Default::default() }
+        QuicConfig {
+            timeouts,
+            ..Default::default()
+        }
     }
 }
 
 /// Parses a server address as users type it: `host:port` or `quic://host:port`,
 /// resolving host names.
 pub fn resolve_addr(text: &str) -> Result<SocketAddr> {
-    let hostport = text.trim().strip_prefix("quic://").unwrap_or(text.trim()).trim_end_matches('/');
+    let hostport = text
+        .trim()
+        .strip_prefix("quic://")
+        .unwrap_or(text.trim())
+        .trim_end_matches('/');
     let mut addrs = hostport.to_socket_addrs().map_err(|e| {
-        TransportError::Setup(format!("cannot resolve server address {text:?} (expected host:port): {e}"))
+        TransportError::Setup(format!(
+            "cannot resolve server address {text:?} (expected host:port): {e}"
+        ))
     })?;
-    addrs
-        .next()
-        .ok_or_else(|| TransportError::Setup(format!("server address {text:?} resolves to nothing")))
+    addrs.next().ok_or_else(|| {
+        TransportError::Setup(format!("server address {text:?} resolves to nothing"))
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -132,7 +141,10 @@ impl Rt {
             .enable_all()
             .build()
             .map_err(|e| TransportError::Setup(format!("cannot start the network runtime: {e}")))?;
-        Ok(Rt { handle: rt.handle().clone(), rt: Some(rt) })
+        Ok(Rt {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
     }
 
     /// Runs `fut` on the runtime and waits for it on this (non-runtime) thread.
@@ -145,7 +157,8 @@ impl Rt {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().map_err(|_| TransportError::Setup("the network runtime stopped".into()))
+        rx.recv()
+            .map_err(|_| TransportError::Setup("the network runtime stopped".into()))
     }
 }
 
@@ -171,9 +184,14 @@ fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig> {
         .stream_receive_window(VarInt::from_u32(cfg.stream_window))
         .receive_window(VarInt::from_u32(cfg.connection_window))
         .send_window(cfg.send_window);
-    let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle)
-        .map_err(|e| TransportError::Setup(format!("idle timeout {:?} is out of range: {e}", cfg.timeouts.idle)))?;
-    t.max_idle_timeout(Some(idle)).keep_alive_interval(Some(cfg.timeouts.idle / 3));
+    let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle).map_err(|e| {
+        TransportError::Setup(format!(
+            "idle timeout {:?} is out of range: {e}",
+            cfg.timeouts.idle
+        ))
+    })?;
+    t.max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(cfg.timeouts.idle / 3));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(cfg.max_udp_payload);
     t.mtu_discovery_config(Some(mtu));
@@ -192,7 +210,8 @@ fn server_config(
     transport: Arc<TransportConfig>,
 ) -> Result<(quinn::ServerConfig, Seen)> {
     let provider = provider();
-    let verifier = PinnedVerifier::new(allowed.to_vec(), provider.signature_verification_algorithms);
+    let verifier =
+        PinnedVerifier::new(allowed.to_vec(), provider.signature_verification_algorithms);
     let seen = verifier.seen();
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -201,15 +220,23 @@ fn server_config(
         .with_single_cert(vec![identity.cert().clone()], identity.key())
         .map_err(|e| setup_err("server certificate")(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     sc.transport_config(transport);
     Ok((sc, seen))
 }
 
-fn client_config(identity: &Identity, server_fp: &str, transport: Arc<TransportConfig>) -> Result<(quinn::ClientConfig, Seen)> {
+fn client_config(
+    identity: &Identity,
+    server_fp: &str,
+    transport: Arc<TransportConfig>,
+) -> Result<(quinn::ClientConfig, Seen)> {
     let provider = provider();
-    let verifier = PinnedVerifier::new(vec![server_fp.to_string()], provider.signature_verification_algorithms);
+    let verifier = PinnedVerifier::new(
+        vec![server_fp.to_string()],
+        provider.signature_verification_algorithms,
+    );
     let seen = verifier.seen();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -219,7 +246,8 @@ fn client_config(identity: &Identity, server_fp: &str, transport: Arc<TransportC
         .with_client_auth_cert(vec![identity.cert().clone()], identity.key())
         .map_err(|e| setup_err("client certificate")(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
     cc.transport_config(transport);
     Ok((cc, seen))
@@ -233,7 +261,8 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
             "cannot bind UDP {addr}: {e} (is another process using the port? choose another one)"
         ))
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::debug!("cannot raise the UDP receive buffer to {buffer} bytes: {e}");
     }
@@ -249,22 +278,39 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-fn new_endpoint(socket: std::net::UdpSocket, server: Option<quinn::ServerConfig>) -> Result<Endpoint> {
-    Endpoint::new(EndpointConfig::default(), server, socket, Arc::new(quinn::TokioRuntime))
-        .map_err(|e| TransportError::Setup(format!("cannot start the QUIC endpoint: {e}")))
+fn new_endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> Result<Endpoint> {
+    Endpoint::new(
+        EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| TransportError::Setup(format!("cannot start the QUIC endpoint: {e}")))
 }
 
 fn peer_fingerprint(conn: &Connection) -> Option<String> {
-    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
     certs.first().map(|c| cert_fingerprint(c))
 }
 
 /// TLS alerts a peer sends when it refuses our certificate.
 fn is_certificate_alert(code: quinn::TransportErrorCode) -> bool {
     use rustls::AlertDescription as A;
-    [A::AccessDenied, A::BadCertificate, A::CertificateUnknown, A::CertificateRequired, A::UnknownCA]
-        .into_iter()
-        .any(|a| code == quinn::TransportErrorCode::crypto(u8::from(a)))
+    [
+        A::AccessDenied,
+        A::BadCertificate,
+        A::CertificateUnknown,
+        A::CertificateRequired,
+        A::UnknownCA,
+    ]
+    .into_iter()
+    .any(|a| code == quinn::TransportErrorCode::crypto(u8::from(a)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -289,9 +335,16 @@ pub struct QuicServer {
 impl QuicServer {
     /// Binds `addr` (UDP) and starts accepting clients whose certificate fingerprint is in
     /// `allowed_clients` (as printed by `keygen`; `blake3:` prefix optional).
-    pub fn bind(addr: SocketAddr, identity: &Identity, allowed_clients: &[String], cfg: QuicConfig) -> Result<QuicServer> {
-        let allowed: Vec<String> =
-            allowed_clients.iter().map(|f| normalize_fingerprint(f)).collect::<Result<_>>()?;
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &Identity,
+        allowed_clients: &[String],
+        cfg: QuicConfig,
+    ) -> Result<QuicServer> {
+        let allowed: Vec<String> = allowed_clients
+            .iter()
+            .map(|f| normalize_fingerprint(f))
+            .collect::<Result<_>>()?;
         if allowed.is_empty() {
             return Err(TransportError::Setup(
                 "no client fingerprint is allowed, so no client could connect: pass the fingerprint that the \
@@ -315,9 +368,20 @@ impl QuicServer {
             handshake_timeout: cfg.timeouts.connect,
             own_fingerprint: identity.fingerprint(),
         };
-        rt.handle.spawn(accept_loop(endpoint.clone(), Arc::new(acceptor), tx));
-        tracing::info!("listening on {local_addr} (QUIC, ALPN shardlm/1), fingerprint {}", identity.fingerprint());
-        Ok(QuicServer { rt, endpoint, local_addr, fingerprint: identity.fingerprint(), cfg, accepted: Mutex::new(rx) })
+        rt.handle
+            .spawn(accept_loop(endpoint.clone(), Arc::new(acceptor), tx));
+        tracing::info!(
+            "listening on {local_addr} (QUIC, ALPN shardlm/1), fingerprint {}",
+            identity.fingerprint()
+        );
+        Ok(QuicServer {
+            rt,
+            endpoint,
+            local_addr,
+            fingerprint: identity.fingerprint(),
+            cfg,
+            accepted: Mutex::new(rx),
+        })
     }
 
     /// The bound address (useful after binding port 0).
@@ -356,12 +420,27 @@ impl QuicServer {
 
     /// Stops accepting and closes every connection of this endpoint.
     pub fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(close_code::NORMAL), b"server shutting down");
+        self.endpoint.close(
+            VarInt::from_u32(close_code::NORMAL),
+            b"server shutting down",
+        );
     }
 
     fn channel(&self, c: Connected) -> QuicChannel {
-        let peer = format!("client {} ({})", c.conn.remote_address(), short_fp(&c.peer_fingerprint));
-        QuicChannel::new(self.rt.clone(), None, c.conn, &self.cfg, peer, c.peer_fingerprint, self.fingerprint.clone())
+        let peer = format!(
+            "client {} ({})",
+            c.conn.remote_address(),
+            short_fp(&c.peer_fingerprint)
+        );
+        QuicChannel::new(
+            self.rt.clone(),
+            None,
+            c.conn,
+            &self.cfg,
+            peer,
+            c.peer_fingerprint,
+            self.fingerprint.clone(),
+        )
     }
 }
 
@@ -380,7 +459,11 @@ struct Acceptor {
     own_fingerprint: String,
 }
 
-async fn accept_loop(endpoint: Endpoint, acceptor: Arc<Acceptor>, tx: std::sync::mpsc::Sender<Result<Connected>>) {
+async fn accept_loop(
+    endpoint: Endpoint,
+    acceptor: Arc<Acceptor>,
+    tx: std::sync::mpsc::Sender<Result<Connected>>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let acceptor = acceptor.clone();
         let tx = tx.clone();
@@ -397,9 +480,9 @@ async fn accept_loop(endpoint: Endpoint, acceptor: Arc<Acceptor>, tx: std::sync:
 async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected> {
     let remote = incoming.remote_address();
     let (config, seen) = server_config(&a.identity, &a.allowed, a.transport.clone())?;
-    let connecting = incoming
-        .accept_with(Arc::new(config))
-        .map_err(|e| TransportError::Setup(format!("cannot accept the connection from {remote}: {e}")))?;
+    let connecting = incoming.accept_with(Arc::new(config)).map_err(|e| {
+        TransportError::Setup(format!("cannot accept the connection from {remote}: {e}"))
+    })?;
     match tokio::time::timeout(a.handshake_timeout, connecting).await {
         Err(_) => Err(TransportError::Timeout {
             peer: format!("client {remote}"),
@@ -419,8 +502,12 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
             })
         }
         Ok(Ok(conn)) => {
-            let peer_fingerprint = peer_fingerprint(&conn).unwrap_or_else(|| "unknown certificate".into());
-            Ok(Connected { conn, peer_fingerprint })
+            let peer_fingerprint =
+                peer_fingerprint(&conn).unwrap_or_else(|| "unknown certificate".into());
+            Ok(Connected {
+                conn,
+                peer_fingerprint,
+            })
         }
     }
 }
@@ -428,9 +515,11 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
 /// A connection-level failure during setup, as a user-facing error.
 fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str) -> TransportError {
     match e {
-        ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => TransportError::Setup(format!(
+        ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => {
+            TransportError::Setup(format!(
             "{peer} rejected our certificate {own_fp}: ask its operator to allow this fingerprint"
-        )),
+        ))
+        }
         ConnectionError::TimedOut => TransportError::Timeout {
             peer: peer.into(),
             what: "the QUIC handshake (is the server running and is UDP reachable?)".into(),
@@ -455,7 +544,12 @@ impl QuicClient {
     /// Connects to `addr`, accepting only a server whose certificate fingerprint is
     /// `server_fingerprint` (as printed by the server's `keygen`; `blake3:` optional), and
     /// presenting `identity` as the client certificate. Bounded by `timeouts.connect`.
-    pub fn connect(addr: SocketAddr, identity: &Identity, server_fingerprint: &str, cfg: QuicConfig) -> Result<QuicChannel> {
+    pub fn connect(
+        addr: SocketAddr,
+        identity: &Identity,
+        server_fingerprint: &str,
+        cfg: QuicConfig,
+    ) -> Result<QuicChannel> {
         let expected = normalize_fingerprint(server_fingerprint)?;
         let rt = Arc::new(Rt::new(cfg.worker_threads)?);
         let transport = Arc::new(transport_config(&cfg)?);
@@ -500,7 +594,15 @@ impl QuicClient {
             }
             (endpoint, Ok(Ok(conn))) => {
                 let peer = format!("server {addr}");
-                Ok(QuicChannel::new(rt, Some(endpoint), conn, &cfg, peer, expected, own_fp))
+                Ok(QuicChannel::new(
+                    rt,
+                    Some(endpoint),
+                    conn,
+                    &cfg,
+                    peer,
+                    expected,
+                    own_fp,
+                ))
             }
         }
     }
@@ -530,7 +632,9 @@ impl Gone {
             },
             ConnectionError::TimedOut => Gone::IdleTimeout(idle),
             ConnectionError::LocallyClosed => Gone::Local("this side closed the connection".into()),
-            ConnectionError::Reset => Gone::Other("the peer reset the connection (it probably restarted)".into()),
+            ConnectionError::Reset => {
+                Gone::Other("the peer reset the connection (it probably restarted)".into())
+            }
             ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => {
                 Gone::CertRejected(own_fp.to_string())
             }
@@ -631,7 +735,10 @@ pub struct QuicChannel {
 
 impl std::fmt::Debug for QuicChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuicChannel").field("peer", &self.peer).field("closed", &self.closed).finish_non_exhaustive()
+        f.debug_struct("QuicChannel")
+            .field("peer", &self.peer)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
     }
 }
 
@@ -708,11 +815,19 @@ impl QuicChannel {
             if now >= deadline {
                 return Err(TransportError::Timeout {
                     peer: self.peer.clone(),
-                    what: format!("the network to take {} queued bytes before a send on lane {lane:?}", inbox.queued_send),
+                    what: format!(
+                        "the network to take {} queued bytes before a send on lane {lane:?}",
+                        inbox.queued_send
+                    ),
                     after: self.timeouts.recv,
                 });
             }
-            inbox = self.shared.ready.wait_timeout(inbox, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            inbox = self
+                .shared
+                .ready
+                .wait_timeout(inbox, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -738,11 +853,17 @@ impl QuicChannel {
         self.closed = true;
         // Before the connection closes, so our own receives report this reason rather
         // than a bare "locally closed" (a reason the peer gave first is kept).
-        self.shared.set_gone(Gone::Local(format!("this side closed the channel ({reason})")));
-        let tasks: Vec<_> = self.writers.drain().map(|(_, w)| {
-            drop(w.tx);
-            w.task
-        }).collect();
+        self.shared.set_gone(Gone::Local(format!(
+            "this side closed the channel ({reason})"
+        )));
+        let tasks: Vec<_> = self
+            .writers
+            .drain()
+            .map(|(_, w)| {
+                drop(w.tx);
+                w.task
+            })
+            .collect();
         let conn = self.conn.clone();
         let endpoint = self.endpoint.clone();
         let linger = self.timeouts.idle;
@@ -792,14 +913,25 @@ impl Channel for QuicChannel {
                     self.timeouts.idle,
                     self.own_fingerprint.clone(),
                 ));
-                (v.insert(LaneWriter { encoder: FrameEncoder::new(self.max_frame), tx, task }), true)
+                (
+                    v.insert(LaneWriter {
+                        encoder: FrameEncoder::new(self.max_frame),
+                        tx,
+                        task,
+                    }),
+                    true,
+                )
             }
         };
         let msg = writer.encoder.encode(Bytes::from(payload));
         let framing = msg.framing_len + if opened { LANE_PREAMBLE_LEN } else { 0 };
         if writer.tx.send((msg.chunks, len)).is_err() {
             // The writer stopped: it recorded why.
-            return Err(self.shared.gone().unwrap_or(Gone::Other("lane writer stopped".into())).to_error(&self.peer));
+            return Err(self
+                .shared
+                .gone()
+                .unwrap_or(Gone::Other("lane writer stopped".into()))
+                .to_error(&self.peer));
         }
         self.counters.on_send(lane, len, framing);
         Ok(())
@@ -829,7 +961,12 @@ impl Channel for QuicChannel {
                     after: timeout,
                 });
             }
-            inbox = self.shared.ready.wait_timeout(inbox, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            inbox = self
+                .shared
+                .ready
+                .wait_timeout(inbox, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -854,11 +991,24 @@ impl Drop for QuicChannel {
 
 /// Accepts the peer's lane streams and spawns a reader per stream; records why the
 /// connection ended.
-async fn demux(conn: Connection, shared: Arc<Shared>, limits: FrameLimits, idle: Duration, own_fp: String) {
+async fn demux(
+    conn: Connection,
+    shared: Arc<Shared>,
+    limits: FrameLimits,
+    idle: Duration,
+    own_fp: String,
+) {
     loop {
         match conn.accept_uni().await {
             Ok(stream) => {
-                tokio::spawn(read_lane(stream, conn.clone(), shared.clone(), limits, idle, own_fp.clone()));
+                tokio::spawn(read_lane(
+                    stream,
+                    conn.clone(),
+                    shared.clone(),
+                    limits,
+                    idle,
+                    own_fp.clone(),
+                ));
             }
             Err(e) => {
                 shared.set_gone(Gone::from_connection(&e, idle, &own_fp));
@@ -880,7 +1030,10 @@ async fn read_lane(
         if let Gone::Protocol(p) | Gone::Malformed { problem: p, .. } = &gone {
             let reason = format!("protocol violation: {p}");
             shared.set_gone(gone.clone());
-            conn.close(VarInt::from_u32(close_code::PROTOCOL_VIOLATION), reason.as_bytes());
+            conn.close(
+                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+                reason.as_bytes(),
+            );
         } else {
             shared.set_gone(gone);
         }
@@ -890,7 +1043,9 @@ async fn read_lane(
 fn read_error(e: quinn::ReadError, lane: Option<Lane>, idle: Duration, own_fp: &str) -> Gone {
     match e {
         quinn::ReadError::ConnectionLost(c) => Gone::from_connection(&c, idle, own_fp),
-        quinn::ReadError::Reset(code) => Gone::Protocol(format!("the peer reset lane {lane:?} with code {code}")),
+        quinn::ReadError::Reset(code) => {
+            Gone::Protocol(format!("the peer reset lane {lane:?} with code {code}"))
+        }
         other => Gone::Other(format!("reading lane {lane:?}: {other}")),
     }
 }
@@ -933,11 +1088,14 @@ async fn read_lane_inner(
         return Ok(());
     }
     let id = u16::from_le_bytes(id);
-    let lane = Lane::from_id(id).ok_or_else(|| Gone::Protocol(format!("stream opened for unknown lane id {id}")))?;
+    let lane = Lane::from_id(id)
+        .ok_or_else(|| Gone::Protocol(format!("stream opened for unknown lane id {id}")))?;
     {
         let mut inbox = lock(&shared.inbox);
         if inbox.open_lanes.contains(&lane) {
-            return Err(Gone::Protocol(format!("a second stream was opened for lane {lane:?}")));
+            return Err(Gone::Protocol(format!(
+                "a second stream was opened for lane {lane:?}"
+            )));
         }
         inbox.open_lanes.push(lane);
     }
@@ -946,7 +1104,9 @@ async fn read_lane_inner(
     loop {
         if !read_full(stream, &mut header, Some(lane), idle, own_fp).await? {
             if reassembler.mid_message() {
-                return Err(Gone::Protocol(format!("lane {lane:?} ended in the middle of a chunked message")));
+                return Err(Gone::Protocol(format!(
+                    "lane {lane:?} ended in the middle of a chunked message"
+                )));
             }
             return Ok(());
         }
@@ -985,14 +1145,25 @@ async fn write_lane(
 ) {
     let write_err = |e: quinn::WriteError| match e {
         quinn::WriteError::ConnectionLost(c) => Gone::from_connection(&c, idle, &own_fp),
-        quinn::WriteError::Stopped(code) => Gone::Protocol(format!("the peer stopped reading lane {lane:?} (code {code})")),
+        quinn::WriteError::Stopped(code) => Gone::Protocol(format!(
+            "the peer stopped reading lane {lane:?} (code {code})"
+        )),
         other => Gone::Other(format!("writing lane {lane:?}: {other}")),
     };
     let result = async {
-        let mut stream = conn.open_uni().await.map_err(|e| Gone::from_connection(&e, idle, &own_fp))?;
-        stream.write_all(&lane.id().to_le_bytes()).await.map_err(write_err)?;
+        let mut stream = conn
+            .open_uni()
+            .await
+            .map_err(|e| Gone::from_connection(&e, idle, &own_fp))?;
+        stream
+            .write_all(&lane.id().to_le_bytes())
+            .await
+            .map_err(write_err)?;
         while let Some((mut chunks, len)) = rx.recv().await {
-            stream.write_all_chunks(&mut chunks).await.map_err(write_err)?;
+            stream
+                .write_all_chunks(&mut chunks)
+                .await
+                .map_err(write_err)?;
             shared.release_send(len);
         }
         // The channel is closing: end the stream and wait until the peer has everything.
