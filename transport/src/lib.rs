@@ -20,34 +20,31 @@
 //! # Wiring a server and a client
 //!
 //! ```no_run
-//! use shardlm_transport::handshake::{client_handshake, server_handshake, ClientHello, Request, ServerInfo};
-//! use shardlm_transport::{keygen, quic, Channel, Identity, QuicClient, QuicConfig, QuicServer};
+//! use shardlm_transport::handshake::ServerInfo;
+//! use shardlm_transport::{close_code, keygen, quic, Channel, Identity, QuicClient, QuicConfig, QuicServer};
 //! # fn main() -> shardlm_transport::Result<()> {
 //! # let dir = std::path::Path::new("/tmp/id");
 //! # let info: ServerInfo = todo!();
 //! # let client_fp = String::new();
-//! // `keygen` subcommand: write cert.pem/key.pem, print the fingerprint to hand over.
+//! // `keygen`: write cert.pem/key.pem (key 0600), print the fingerprint to hand over.
 //! println!("{}", keygen(dir, "shardlm-server")?);
 //!
-//! // `serve`: accept clients, one thread per connection.
+//! // `serve`: one thread per client; Info/Health are answered, sessions reach the closure.
 //! let cfg = QuicConfig::default();
 //! let server = QuicServer::bind("0.0.0.0:4433".parse().unwrap(), &Identity::load(dir)?, &[client_fp], cfg.clone())?;
-//! while let Some(accepted) = server.accept() {
-//!     let Ok(mut chan) = accepted else { continue }; // log the error: wrong certificate, ...
-//!     let (info, t) = (info.clone(), cfg.timeouts.handshake);
-//!     std::thread::spawn(move || {
-//!         let hello = server_handshake(&mut chan, &info, t)?;
-//!         if let Request::Session { .. } = hello.request { /* run the protocol on `chan` */ }
-//!         chan.close(0, "done");
-//!         Ok::<_, shardlm_transport::TransportError>(())
-//!     });
-//! }
+//! println!("listening on {}, fingerprint {}", server.local_addr(), server.fingerprint());
+//! server.serve(&info, |mut chan, hello| {
+//!     // run the protocol named in hello.request on `chan`, then:
+//!     chan.close(close_code::NORMAL, "done");
+//!     Ok(())
+//! });
 //!
-//! // `health` / `info` / sessions on the client side.
+//! // Client: `info`, `health`, or a session.
 //! let addr = quic::resolve_addr("quic://server.example:4433")?;
-//! let mut chan = QuicClient::connect(addr, &Identity::load(dir)?, "blake3:...", cfg.clone())?;
-//! let info = client_handshake(&mut chan, &ClientHello::new(Request::Info), cfg.timeouts.handshake)?;
-//! chan.close(0, "done");
+//! let id = Identity::load(dir)?;
+//! let info = QuicClient::info(addr, &id, "blake3:...", cfg.clone())?;
+//! let rtt = QuicClient::health(addr, &id, "blake3:...", cfg.clone())?;
+//! let (mut chan, info) = QuicClient::session(addr, &id, "blake3:...", cfg, "v3-mpc", &info.fingerprint, [0; 16])?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]

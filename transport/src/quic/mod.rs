@@ -27,6 +27,7 @@
 //! (`timeouts.idle`, with keep-alives at a third of it): a vanished peer is an error,
 //! never a hang.
 
+mod service;
 mod verify;
 
 #[cfg(test)]

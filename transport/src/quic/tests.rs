@@ -6,7 +6,7 @@ use crate::handshake::{
 };
 use crate::ChannelExt;
 
-fn cfg() -> QuicConfig {
+pub(super) fn cfg() -> QuicConfig {
     QuicConfig::with_timeouts(Timeouts {
         connect: Duration::from_secs(5),
         handshake: Duration::from_secs(5),
@@ -245,7 +245,7 @@ fn wrong_server_fingerprint_is_rejected_on_both_sides() {
     );
 }
 
-fn server_info() -> ServerInfo {
+pub(super) fn server_info() -> ServerInfo {
     ServerInfo {
         model: "tiny".into(),
         architecture: "Qwen2ForCausalLM".into(),
