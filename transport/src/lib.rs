@@ -36,7 +36,7 @@
 //! server.serve(&info, |mut chan, hello| {
 //!     // run the protocol named in hello.request on `chan`, then:
 //!     chan.close(close_code::NORMAL, "done");
-//!     Ok(())
+//!     Ok::<(), shardlm_transport::TransportError>(())
 //! });
 //!
 //! // Client: `info`, `health`, or a session.
@@ -180,7 +180,8 @@ pub type Result<T, E = TransportError> = std::result::Result<T, E>;
 
 /// A bidirectional, lane-multiplexed message channel to the other party.
 ///
-/// Sends are buffered and do not wait for the peer; receives block until a whole message
+/// Sends are buffered and never wait for the peer's receives (a network channel may wait
+/// for the network when much is already queued); receives block until a whole message
 /// arrives on that lane, the receive timeout expires, or the peer goes away.
 pub trait Channel: Send {
     /// Sends one message on `lane`.

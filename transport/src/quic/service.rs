@@ -20,9 +20,10 @@ impl QuicServer {
     /// channel. The handler should [`QuicChannel::close`] with
     /// [`close_code::NORMAL`] when done. Failed connections, refused handshakes and
     /// handler errors are logged (tracing) and do not stop the loop.
-    pub fn serve<F>(&self, info: &ServerInfo, handler: F)
+    pub fn serve<F, E>(&self, info: &ServerInfo, handler: F)
     where
-        F: Fn(QuicChannel, ClientHello) -> Result<()> + Send + Sync + 'static,
+        F: Fn(QuicChannel, ClientHello) -> Result<(), E> + Send + Sync + 'static,
+        E: std::fmt::Display,
     {
         let handler = Arc::new(handler);
         let info = Arc::new(info.clone());
@@ -146,7 +147,7 @@ mod tests {
         let (addr, fp) = (server.local_addr(), server.fingerprint().to_string());
         let srv = server.clone();
         let serving = std::thread::spawn(move || {
-            srv.serve(&server_info(), |mut chan, _hello| {
+            srv.serve(&server_info(), |mut chan, _hello| -> Result<()> {
                 let v = chan.recv_u64s(Lane::Openings, 2)?;
                 chan.send_u64s(Lane::Openings, &[v[0] + v[1]])?;
                 chan.recv_bytes(Lane::Control)?; // the client's goodbye
