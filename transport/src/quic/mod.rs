@@ -11,7 +11,8 @@
 //! opened on the first send; its first two bytes are the lane id, then frames as in
 //! [`crate::frame`]. On the receiving side one task accepts streams and one task per
 //! stream reassembles messages into a per-lane queue that `recv_bytes` pops, so lanes
-//! never block each other and the peer's sends never wait for our receives. Sends hand
+//! never block each other and the peer's sends never wait for our receives (received
+//! messages are held until taken; each is capped by `limits.max_message`). Sends hand
 //! the framed message (header + zero-copy payload slices) to a per-lane writer task and
 //! return at once, unless `send_buffer` bytes are already waiting for the network; QUIC
 //! flow control (windows sized for 10 Gbit/s x 10 ms and more) paces the writer. Counters are exactly those of the in-memory pair, plus the
