@@ -5,8 +5,9 @@
 //!
 //! * [`memory::pair`]: two connected endpoints in one process, for two-party tests
 //!   (STYLE.md 9). Same semantics and counters as the network one.
-//! * QUIC (`quic` module, quinn + rustls, mutual TLS with pinned certificates): one
-//!   unidirectional stream per lane and direction, length-prefixed sequenced frames.
+//! * [`quic`]: quinn + rustls, mutual TLS with pinned certificates ([`identity`]), one
+//!   unidirectional stream per lane and direction, length-prefixed sequenced frames
+//!   ([`frame`]), then the application [`handshake`] on the control lane.
 //!
 //! A lane is a one-way ordered stream of messages per direction; lanes do not block
 //! each other. Bulk `u64` payloads travel as raw little-endian bytes
@@ -15,12 +16,76 @@
 //! **Rounds.** A round is counted when a party receives after having sent since its last
 //! receive: that is a send whose answer it waits for. A pipeline that sends many chunks
 //! before the first answer counts one round, as it should.
+//!
+//! # Wiring a server and a client
+//!
+//! ```no_run
+//! use shardlm_transport::handshake::ServerInfo;
+//! use shardlm_transport::{close_code, keygen, quic, Channel, Identity, QuicClient, QuicConfig, QuicServer};
+//! # fn main() -> shardlm_transport::Result<()> {
+//! # let dir = std::path::Path::new("/tmp/id");
+//! # let info: ServerInfo = todo!();
+//! # let client_fp = String::new();
+//! // `keygen`: write cert.pem/key.pem (key 0600), print the fingerprint to hand over.
+//! println!("{}", keygen(dir, "shardlm-server")?);
+//!
+//! // `serve`: one thread per client; Info/Health are answered, sessions reach the closure.
+//! let cfg = QuicConfig::default();
+//! let server = QuicServer::bind("0.0.0.0:4433".parse().unwrap(), &Identity::load(dir)?, &[client_fp], cfg.clone())?;
+//! println!("listening on {}, fingerprint {}", server.local_addr(), server.fingerprint());
+//! server.serve(&info, |mut chan, hello| {
+//!     // run the protocol named in hello.request on `chan`, then:
+//!     chan.close(close_code::NORMAL, "done");
+//!     Ok::<(), shardlm_transport::TransportError>(())
+//! });
+//!
+//! // Client: `info`, `health`, or a session.
+//! let addr = quic::resolve_addr("quic://server.example:4433")?;
+//! let id = Identity::load(dir)?;
+//! let info = QuicClient::info(addr, &id, "blake3:...", cfg.clone())?;
+//! let rtt = QuicClient::health(addr, &id, "blake3:...", cfg.clone())?;
+//! let (mut chan, info) = QuicClient::session(addr, &id, "blake3:...", cfg, "v3-mpc", &info.fingerprint, [0; 16])?;
+//! # Ok(()) }
+//! ```
 #![deny(missing_docs)]
 
 mod counters;
+pub mod frame;
+pub mod handshake;
+pub mod identity;
 pub mod memory;
+pub mod quic;
 
 pub use counters::{Counters, LaneCounters};
+pub use identity::{keygen, Identity};
+pub use quic::{QuicChannel, QuicClient, QuicConfig, QuicServer};
+
+/// Application codes a channel is closed with ([`Channel::close`]); the peer's error says
+/// which it was.
+pub mod close_code {
+    /// The session ended normally.
+    pub const NORMAL: u32 = 0;
+    /// The application handshake found the parties incompatible.
+    pub const HANDSHAKE_REJECTED: u32 = 1;
+    /// The peer broke the framing rules.
+    pub const PROTOCOL_VIOLATION: u32 = 2;
+    /// The channel was dropped without an explicit close.
+    pub const DROPPED: u32 = 3;
+}
+
+/// The error a receiver reports when the peer closed the channel with `code`/`reason`.
+pub(crate) fn closed_by_peer(peer: String, code: u64, reason: &str) -> TransportError {
+    if code == u64::from(close_code::HANDSHAKE_REJECTED) {
+        return TransportError::Handshake(format!("{peer} refused the session: {reason}"));
+    }
+    let reason = match (code, reason.is_empty()) {
+        (c, true) if c == u64::from(close_code::NORMAL) => "it ended the session".to_string(),
+        (c, false) if c == u64::from(close_code::NORMAL) => reason.to_string(),
+        (c, true) => format!("close code {c}"),
+        (c, false) => format!("{reason} (close code {c})"),
+    };
+    TransportError::PeerGone { peer, reason }
+}
 
 use std::time::Duration;
 
@@ -115,7 +180,8 @@ pub type Result<T, E = TransportError> = std::result::Result<T, E>;
 
 /// A bidirectional, lane-multiplexed message channel to the other party.
 ///
-/// Sends are buffered and do not wait for the peer; receives block until a whole message
+/// Sends are buffered and never wait for the peer's receives (a network channel may wait
+/// for the network when much is already queued); receives block until a whole message
 /// arrives on that lane, the receive timeout expires, or the peer goes away.
 pub trait Channel: Send {
     /// Sends one message on `lane`.
@@ -123,6 +189,27 @@ pub trait Channel: Send {
 
     /// Receives the next message on `lane`.
     fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>>;
+
+    /// Receives the next message on `lane`, waiting at most `timeout` instead of the
+    /// channel's receive timeout (handshakes use their own deadline). The default ignores
+    /// `timeout`.
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        let _ = timeout;
+        self.recv_bytes(lane)
+    }
+
+    /// Sends one owned message; implementations that can avoid a copy do.
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        self.send_bytes(lane, &payload)
+    }
+
+    /// Closes the channel: queued messages are still delivered (best effort, bounded by
+    /// the channel's timeouts), then the peer's pending and later receives fail with an
+    /// error carrying `code` (see [`close_code`]) and `reason`. Idempotent. The default
+    /// does nothing.
+    fn close(&mut self, code: u32, reason: &str) {
+        let _ = (code, reason);
+    }
 
     /// Exact traffic counters since the channel was created.
     fn counters(&self) -> Counters;
@@ -132,7 +219,7 @@ pub trait Channel: Send {
 
     /// Sends ring elements as raw little-endian bytes.
     fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
-        self.send_bytes(lane, &u64s_to_le_bytes(values))
+        self.send_vec(lane, u64s_to_le_bytes(values))
     }
 
     /// Receives exactly `len` ring elements; any other size is [`TransportError::Malformed`].
@@ -167,6 +254,15 @@ impl<C: Channel + ?Sized> Channel for &mut C {
     fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
         (**self).recv_u64s(lane, len)
     }
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        (**self).recv_bytes_within(lane, timeout)
+    }
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        (**self).send_vec(lane, payload)
+    }
+    fn close(&mut self, code: u32, reason: &str) {
+        (**self).close(code, reason)
+    }
 }
 
 impl<C: Channel + ?Sized> Channel for Box<C> {
@@ -187,6 +283,15 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     }
     fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
         (**self).recv_u64s(lane, len)
+    }
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        (**self).recv_bytes_within(lane, timeout)
+    }
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        (**self).send_vec(lane, payload)
+    }
+    fn close(&mut self, code: u32, reason: &str) {
+        (**self).close(code, reason)
     }
 }
 
@@ -214,9 +319,9 @@ impl<C: Channel + ?Sized> ChannelExt for C {}
 
 /// Encodes ring elements as little-endian bytes.
 pub fn u64s_to_le_bytes(values: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 8);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    let mut out = vec![0u8; values.len() * 8];
+    for (dst, v) in out.chunks_exact_mut(8).zip(values) {
+        dst.copy_from_slice(&v.to_le_bytes());
     }
     out
 }

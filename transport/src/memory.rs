@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 struct Queues {
     lanes: HashMap<Lane, VecDeque<Vec<u8>>>,
     sender_gone: bool,
+    /// Set by an explicit close: (code, reason).
+    close: Option<(u32, String)>,
 }
 
 #[derive(Default)]
@@ -66,16 +68,31 @@ impl MemoryChannel {
 
 impl Channel for MemoryChannel {
     fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()> {
+        self.send_vec(lane, payload.to_vec())
+    }
+
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+        let len = payload.len();
         let mut q = self.outgoing.queues.lock().expect("memory channel lock poisoned");
-        q.lanes.entry(lane).or_default().push_back(payload.to_vec());
+        if q.sender_gone {
+            return Err(TransportError::PeerGone {
+                peer: self.peer_name.into(),
+                reason: format!("{} already closed this channel", self.name),
+            });
+        }
+        q.lanes.entry(lane).or_default().push_back(payload);
         drop(q);
         self.outgoing.ready.notify_all();
-        self.counters.on_send(lane, payload.len(), 0);
+        self.counters.on_send(lane, len, 0);
         Ok(())
     }
 
     fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + self.recv_timeout;
+        self.recv_bytes_within(lane, self.recv_timeout)
+    }
+
+    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
         let mut q = self.incoming.queues.lock().expect("memory channel lock poisoned");
         loop {
             if let Some(msg) = q.lanes.get_mut(&lane).and_then(|l| l.pop_front()) {
@@ -84,9 +101,12 @@ impl Channel for MemoryChannel {
                 return Ok(msg);
             }
             if q.sender_gone {
-                return Err(TransportError::PeerGone {
-                    peer: self.peer_name.into(),
-                    reason: format!("in-memory peer dropped while {} waited on lane {lane:?}", self.name),
+                return Err(match &q.close {
+                    Some((code, reason)) => crate::closed_by_peer(self.peer_name.into(), u64::from(*code), reason),
+                    None => TransportError::PeerGone {
+                        peer: self.peer_name.into(),
+                        reason: format!("in-memory peer dropped while {} waited on lane {lane:?}", self.name),
+                    },
                 });
             }
             let now = Instant::now();
@@ -94,7 +114,7 @@ impl Channel for MemoryChannel {
                 return Err(TransportError::Timeout {
                     peer: self.peer_name.into(),
                     what: format!("a message on lane {lane:?}"),
-                    after: self.recv_timeout,
+                    after: timeout,
                 });
             }
             q = self
@@ -108,6 +128,16 @@ impl Channel for MemoryChannel {
 
     fn counters(&self) -> Counters {
         self.counters.clone()
+    }
+
+    fn close(&mut self, code: u32, reason: &str) {
+        if let Ok(mut q) = self.outgoing.queues.lock() {
+            if !q.sender_gone {
+                q.sender_gone = true;
+                q.close = Some((code, reason.to_string()));
+            }
+        }
+        self.outgoing.ready.notify_all();
     }
 
     fn peer(&self) -> String {

@@ -1,0 +1,294 @@
+//! The application handshake, on [`Lane::Control`] right after the connection is up.
+//!
+//! ```text
+//! P0 (client) -- ClientHello { protocol_version, request } -->  P1 (server)
+//! P0          <-- ServerHello::Accepted(ServerInfo) | Rejected(Mismatch) --  P1
+//! ```
+//!
+//! `Request::Session` asks for a two-party session: the server checks the protocol
+//! version, that it serves the variant, and that both parties loaded the same checkpoint
+//! (model fingerprint, DESIGN.md 1). `Info` and `Health` only need the protocol version.
+//! On a mismatch the server answers `Rejected`, closes the channel with
+//! [`close_code::HANDSHAKE_REJECTED`] and a message naming the field, and both sides
+//! return [`TransportError::Handshake`] with that message.
+//!
+//! [`check_hello`] is the pure decision; [`client_handshake`] and [`server_handshake`]
+//! drive it over any [`Channel`].
+
+use crate::{close_code, Channel, ChannelExt, Lane, Result, TransportError};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// The wire protocol version; bump on any incompatible change of frames or messages.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// What a client asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A two-party session.
+    Session {
+        /// Protocol variant name (`v2`, `v3-mpc`, ...).
+        variant: String,
+        /// blake3 fingerprint of the client's config + weights.
+        model_fingerprint: String,
+        /// Random id chosen by the client (material bookkeeping, logs).
+        session_id: [u8; 16],
+    },
+    /// The server's [`ServerInfo`], then close.
+    Info,
+    /// Liveness check, then close.
+    Health,
+}
+
+/// The client's first message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// [`PROTOCOL_VERSION`] of the client.
+    pub protocol_version: u32,
+    /// What it asks for.
+    pub request: Request,
+}
+
+impl ClientHello {
+    /// A hello at this build's [`PROTOCOL_VERSION`].
+    pub fn new(request: Request) -> Self {
+        ClientHello {
+            protocol_version: PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+/// What a server serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Model name (e.g. `qwen2.5-0.5b`).
+    pub model: String,
+    /// Architecture (e.g. `Qwen2ForCausalLM`).
+    pub architecture: String,
+    /// blake3 fingerprint of config + weights.
+    pub fingerprint: String,
+    /// Variant names served.
+    pub variants: Vec<String>,
+    /// Compute devices (e.g. `cuda:0 NVIDIA H100`).
+    pub devices: Vec<String>,
+    /// Server software version.
+    pub version: String,
+    /// The server's [`PROTOCOL_VERSION`].
+    pub protocol_version: u32,
+}
+
+/// Why a server refused a client: one field, both values, and what to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mismatch {
+    /// The field that differs (`protocol version`, `variant`, `model fingerprint`).
+    pub field: String,
+    /// The server's value.
+    pub server: String,
+    /// The client's value.
+    pub client: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} differs: server has {}, client has {}; {}",
+            self.field, self.server, self.client, self.hint
+        )
+    }
+}
+
+/// The server's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerHello {
+    /// Go ahead; here is what the server serves.
+    Accepted(ServerInfo),
+    /// Incompatible; the connection closes next.
+    Rejected(Mismatch),
+}
+
+/// Decides whether `server` can serve `hello`. Pure.
+pub fn check_hello(hello: &ClientHello, server: &ServerInfo) -> Result<(), Mismatch> {
+    if hello.protocol_version != server.protocol_version {
+        return Err(Mismatch {
+            field: "protocol version".into(),
+            server: server.protocol_version.to_string(),
+            client: hello.protocol_version.to_string(),
+            hint: "run the same ShardLM release on both hosts".into(),
+        });
+    }
+    if let Request::Session {
+        variant,
+        model_fingerprint,
+        ..
+    } = &hello.request
+    {
+        if !server.variants.iter().any(|v| v == variant) {
+            return Err(Mismatch {
+                field: "variant".into(),
+                server: format!("[{}]", server.variants.join(", ")),
+                client: variant.clone(),
+                hint: "choose a variant the server serves, or start the server with it enabled"
+                    .into(),
+            });
+        }
+        if model_fingerprint != &server.fingerprint {
+            return Err(Mismatch {
+                field: "model fingerprint".into(),
+                server: server.fingerprint.clone(),
+                client: model_fingerprint.clone(),
+                hint: format!(
+                    "both parties must load the same checkpoint (server serves {})",
+                    server.model
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Client side: sends `hello`, waits up to `timeout` for the answer, and returns the
+/// server's info. A rejection closes the channel and becomes
+/// [`TransportError::Handshake`] naming the field.
+pub fn client_handshake<C: Channel + ?Sized>(
+    chan: &mut C,
+    hello: &ClientHello,
+    timeout: Duration,
+) -> Result<ServerInfo> {
+    chan.send_msg(Lane::Control, hello)?;
+    let bytes = chan.recv_bytes_within(Lane::Control, timeout)?;
+    let answer: ServerHello = bincode::deserialize(&bytes).map_err(|e| TransportError::Protocol {
+        peer: chan.peer(),
+        problem: format!(
+            "cannot decode the server's handshake answer ({e}); is it a ShardLM server of a compatible release?"
+        ),
+    })?;
+    match answer {
+        ServerHello::Accepted(info) => {
+            // A server of an older release might not check; refuse locally too.
+            if let Err(m) = check_hello(hello, &info) {
+                chan.close(close_code::HANDSHAKE_REJECTED, &m.to_string());
+                return Err(TransportError::Handshake(m.to_string()));
+            }
+            Ok(info)
+        }
+        ServerHello::Rejected(m) => {
+            chan.close(close_code::HANDSHAKE_REJECTED, &m.to_string());
+            Err(TransportError::Handshake(m.to_string()))
+        }
+    }
+}
+
+/// Server side: waits up to `timeout` for the client's hello, checks it against `ours`,
+/// answers, and returns the hello (the caller then serves the request; for `Info` and
+/// `Health` it just closes). A mismatch is answered with `Rejected`, the channel is
+/// closed, and the result is [`TransportError::Handshake`] naming the field.
+pub fn server_handshake<C: Channel + ?Sized>(
+    chan: &mut C,
+    ours: &ServerInfo,
+    timeout: Duration,
+) -> Result<ClientHello> {
+    let bytes = chan.recv_bytes_within(Lane::Control, timeout)?;
+    let hello: ClientHello = match bincode::deserialize(&bytes) {
+        Ok(h) => h,
+        Err(e) => {
+            let problem = format!("cannot decode the client's hello ({e}); is it a ShardLM client of a compatible release?");
+            chan.close(close_code::PROTOCOL_VIOLATION, &problem);
+            return Err(TransportError::Protocol {
+                peer: chan.peer(),
+                problem,
+            });
+        }
+    };
+    match check_hello(&hello, ours) {
+        Ok(()) => {
+            chan.send_msg(Lane::Control, &ServerHello::Accepted(ours.clone()))?;
+            Ok(hello)
+        }
+        Err(m) => {
+            let message = m.to_string();
+            // Best effort: the close below carries the same message if this is lost.
+            let _ = chan.send_msg(Lane::Control, &ServerHello::Rejected(m));
+            chan.close(close_code::HANDSHAKE_REJECTED, &message);
+            Err(TransportError::Handshake(message))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory;
+
+    pub(crate) fn info() -> ServerInfo {
+        ServerInfo {
+            model: "tiny".into(),
+            architecture: "Qwen2ForCausalLM".into(),
+            fingerprint: "blake3:aaaa".into(),
+            variants: vec!["v2".into(), "v3-mpc".into()],
+            devices: vec!["cpu".into()],
+            version: "0.1.0".into(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    fn session(variant: &str, fp: &str) -> ClientHello {
+        ClientHello::new(Request::Session {
+            variant: variant.into(),
+            model_fingerprint: fp.into(),
+            session_id: [7; 16],
+        })
+    }
+
+    #[test]
+    fn check_names_the_field() {
+        assert!(check_hello(&session("v2", "blake3:aaaa"), &info()).is_ok());
+        assert!(check_hello(&ClientHello::new(Request::Health), &info()).is_ok());
+        let m = check_hello(&session("v3-ot", "blake3:aaaa"), &info()).unwrap_err();
+        assert_eq!(m.field, "variant");
+        let m = check_hello(&session("v2", "blake3:bbbb"), &info()).unwrap_err();
+        assert_eq!(
+            m.to_string(),
+            "model fingerprint differs: server has blake3:aaaa, client has blake3:bbbb; \
+             both parties must load the same checkpoint (server serves tiny)"
+        );
+        let mut old = ClientHello::new(Request::Info);
+        old.protocol_version = 0;
+        assert_eq!(
+            check_hello(&old, &info()).unwrap_err().field,
+            "protocol version"
+        );
+    }
+
+    #[test]
+    fn drivers_over_memory_pair() {
+        let t = Duration::from_secs(5);
+        let (mut c, mut s) = memory::pair();
+        let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t));
+        let got = client_handshake(&mut c, &session("v3-mpc", "blake3:aaaa"), t).unwrap();
+        assert_eq!(got, info());
+        assert_eq!(
+            server.join().unwrap().unwrap(),
+            session("v3-mpc", "blake3:aaaa")
+        );
+
+        let (mut c, mut s) = memory::pair();
+        let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t));
+        let cerr = client_handshake(&mut c, &session("v2", "blake3:bbbb"), t)
+            .unwrap_err()
+            .to_string();
+        let serr = server.join().unwrap().unwrap_err().to_string();
+        for e in [&cerr, &serr] {
+            assert!(
+                e.contains(
+                    "model fingerprint differs: server has blake3:aaaa, client has blake3:bbbb"
+                ),
+                "{e}"
+            );
+        }
+    }
+}
