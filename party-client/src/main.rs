@@ -3,16 +3,21 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use shardlm_client::bench::{self, RunMeasurement};
 use shardlm_client::eval::{self, CaseResult};
+use shardlm_client::session::{finish, parse_server, LocalModel, Loopback, Private, Remote};
 use shardlm_client::text::{StreamDecoder, TextCodec};
-use shardlm_configs::Variant;
-use shardlm_protocols::model::generate::generate;
+use shardlm_configs::{FixedPoint, Timeouts, Variant};
+use shardlm_protocols::model::generate::{generate, Generation};
 use shardlm_protocols::model::sampling::{argmax, Sampler, SamplingConfig};
-use shardlm_protocols::model::{ModelDir, PlainEngine, Rows, Weights};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use shardlm_protocols::model::timing::Timed;
+use shardlm_protocols::model::{ModelOps, PlainEngine, Rows};
+use shardlm_protocols::variants::v2::RingWeights;
+use shardlm_transport::{Counters, Identity, QuicClient, QuicConfig};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(name = "shardlm-client", version, about = "ShardLM client party: private LLM inference where the GPU host never sees the prompt")]
@@ -23,13 +28,105 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Synthesize a tiny model, run both parties on loopback, generate privately, and
+    /// print the private and plaintext outputs side by side with traffic and times.
+    Demo(DemoArgs),
     /// Generate text for a prompt, streaming tokens as they come.
     Generate(GenerateArgs),
     /// Run a variant over a cases file and write top-20 logits and greedy tokens per case.
     Eval(EvalArgs),
+    /// Time repeated generations and write the JSON report.
+    Benchmark(BenchmarkArgs),
+    /// Check that a server answers, and how fast.
+    Health(ServerArgs),
+    /// Show a server's model, fingerprint, variants and devices.
+    Info(ServerArgs),
+    /// Write this party's certificate and key (key mode 0600) and print the fingerprint
+    /// to give to the server (`--allow-client`).
+    Keygen(KeygenArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
+struct TimeoutArgs {
+    /// Seconds to wait for the QUIC connection.
+    #[arg(long, default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Seconds without any packet before the connection is declared dead.
+    #[arg(long, default_value_t = 30.0)]
+    idle_timeout: f64,
+    /// Seconds to wait for each answer of the server.
+    #[arg(long, default_value_t = 120.0)]
+    recv_timeout: f64,
+}
+
+impl TimeoutArgs {
+    fn timeouts(&self) -> Result<Timeouts> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                bail!("--{name} must be a positive number of seconds, got {v}")
+            }
+        };
+        Ok(Timeouts {
+            connect: secs("connect-timeout", self.connect_timeout)?,
+            handshake: secs("connect-timeout", self.connect_timeout)?,
+            idle: secs("idle-timeout", self.idle_timeout)?,
+            recv: secs("recv-timeout", self.recv_timeout)?,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// Server address: host:port, quic://host:port or http://host:port.
+    #[arg(short = 's', long = "server")]
+    server: String,
+    /// Directory with this client's cert.pem and key.pem (`shardlm-client keygen`).
+    #[arg(long)]
+    identity: PathBuf,
+    /// The server's certificate fingerprint (printed by `shardlm-server keygen`).
+    #[arg(long)]
+    server_fingerprint: String,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+impl ServerArgs {
+    fn remote(&self) -> Result<Remote> {
+        Ok(Remote {
+            addr: parse_server(&self.server)?,
+            identity: Identity::load(&self.identity)?,
+            server_fingerprint: self.server_fingerprint.clone(),
+            config: QuicConfig::with_timeouts(self.timeouts.timeouts()?),
+        })
+    }
+}
+
+/// How a private variant reaches its server party.
+#[derive(Args, Clone)]
+struct PartyArgs {
+    /// Server address: host:port, quic://host:port or http://host:port.
+    #[arg(short = 's', long = "server", conflicts_with_all = ["loopback", "local"])]
+    server: Option<String>,
+    /// Run the server party in this process over QUIC on 127.0.0.1, with ephemeral
+    /// identities and material dealt on the fly.
+    #[arg(long, conflicts_with = "local")]
+    loopback: bool,
+    /// Run the plaintext engine in this process (no server, no privacy).
+    #[arg(long)]
+    local: bool,
+    /// This client's identity directory (with `-s`).
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// The server's certificate fingerprint (with `-s`).
+    #[arg(long)]
+    server_fingerprint: Option<String>,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+#[derive(Args, Clone)]
 struct SamplingArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
@@ -56,12 +153,14 @@ impl SamplingArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Run the plaintext engine in this process (no server, no privacy): the reference.
-    #[arg(long)]
-    local: bool,
-    /// Hugging Face model directory.
+    /// Hugging Face model directory (the client's copy of the public weights).
     #[arg(long, env = "SHARDLM_MODEL_DIR")]
     model_dir: PathBuf,
+    /// Private variant.
+    #[arg(long, default_value = "v2")]
+    variant: Variant,
+    #[command(flatten)]
+    party: PartyArgs,
     /// The prompt.
     #[arg(short, long)]
     prompt: String,
@@ -73,7 +172,7 @@ struct GenerateArgs {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Print prefill time and decode throughput at the end.
+    /// Print prefill time, decode throughput and traffic at the end.
     #[arg(long)]
     timing: bool,
 }
@@ -86,6 +185,8 @@ struct EvalArgs {
     /// Hugging Face model directory.
     #[arg(long, env = "SHARDLM_MODEL_DIR")]
     model_dir: PathBuf,
+    #[command(flatten)]
+    party: PartyArgs,
     /// Cases file (`{"cases": [{"input_ids": [...]}, ...]}`).
     #[arg(long)]
     cases: PathBuf,
@@ -100,13 +201,68 @@ struct EvalArgs {
     all_positions: bool,
 }
 
+#[derive(Args)]
+struct BenchmarkArgs {
+    /// Hugging Face model directory.
+    #[arg(long, env = "SHARDLM_MODEL_DIR")]
+    model_dir: PathBuf,
+    /// Variant to measure (`local` is the plaintext engine).
+    #[arg(long, default_value = "v2")]
+    endpoint: Variant,
+    #[command(flatten)]
+    party: PartyArgs,
+    /// The prompt.
+    #[arg(short, long)]
+    prompt: String,
+    /// Format the prompt as one user turn of the Qwen chat template.
+    #[arg(long)]
+    chat: bool,
+    /// New tokens per run.
+    #[arg(long, default_value_t = 8)]
+    max_tokens: usize,
+    /// Measured runs.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Unmeasured warmup runs.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Prompt for the demo.
+    #[arg(short, long, default_value = "Hello from ShardLM!")]
+    prompt: String,
+    /// New tokens.
+    #[arg(long, default_value_t = 24)]
+    max_tokens: usize,
+    /// Where to write the synthetic model (default: a temporary directory).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Output directory for cert.pem and key.pem.
+    #[arg(long)]
+    out: PathBuf,
+}
+
 fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => cmd_demo(a),
         Command::Generate(a) => cmd_generate(a),
         Command::Eval(a) => cmd_eval(a),
+        Command::Benchmark(a) => cmd_benchmark(a),
+        Command::Health(a) => cmd_health(a),
+        Command::Info(a) => cmd_info(a),
+        Command::Keygen(a) => cmd_keygen(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -117,72 +273,137 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn load_local(model_dir: &Path) -> Result<(ModelDir, Arc<Weights>)> {
-    let dir = ModelDir::open(model_dir)?;
-    let weights = Arc::new(dir.load_weights()?);
-    Ok((dir, weights))
+/// How a command computes: the plaintext engine, or a private variant.
+enum Mode {
+    Local,
+    Private(Box<Private>),
+}
+
+impl Mode {
+    fn new(variant: Variant, party: &PartyArgs, model: &LocalModel) -> Result<Mode> {
+        if party.local || variant == Variant::Local {
+            return Ok(Mode::Local);
+        }
+        if variant != Variant::V2 {
+            bail!("variant `{variant}` is not available in this build; use `--variant v2` or `--local`");
+        }
+        let (backend, _) = shardlm_gpu::best_available();
+        let timeouts = party.timeouts.timeouts()?;
+        let (remote, loopback) = if party.loopback {
+            let lb = Loopback::start(model, backend.clone(), timeouts)?;
+            (lb.remote.clone(), Some(lb))
+        } else {
+            let Some(server) = &party.server else {
+                bail!("say where the server party is: `-s HOST:PORT`, or `--loopback` to run it in this process, or `--local` for the plaintext engine");
+            };
+            let identity = party.identity.as_ref().context("`-s` needs `--identity DIR` (make one with `shardlm-client keygen --out DIR`)")?;
+            let server_fingerprint = party
+                .server_fingerprint
+                .clone()
+                .context("`-s` needs `--server-fingerprint` (printed by `shardlm-server keygen` on the server)")?;
+            let remote = Remote {
+                addr: parse_server(server)?,
+                identity: Identity::load(identity)?,
+                server_fingerprint,
+                config: QuicConfig::with_timeouts(timeouts),
+            };
+            (remote, None)
+        };
+        // The client acts as its own dealer (DESIGN.md section 1): masks for each session
+        // are dealt before it starts, from the client's copy of the public weights.
+        let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.as_ref())?);
+        Ok(Mode::Private(Box::new(Private::new(variant, remote, loopback, ring, backend))))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Mode::Local => "local plaintext engine".into(),
+            Mode::Private(p) => format!("{} with server {}", p.variant, p.remote.addr),
+        }
+    }
+}
+
+fn print_stream(codec: &TextCodec) -> impl FnMut(u32) + '_ {
+    let mut stream = StreamDecoder::new(codec);
+    move |t| {
+        if let Ok(s) = stream.push(t) {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(s.as_bytes());
+            let _ = out.flush();
+        }
+    }
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
-    if !a.local {
-        bail!("only `--local` (the plaintext engine) is available in this build; private generation needs `-s HOST:PORT --variant v2`");
-    }
     let sampling = a.sampling.config()?;
     let t_load = Instant::now();
-    let (dir, weights) = load_local(&a.model_dir)?;
-    let codec = TextCodec::load(&dir.tokenizer)?;
-    let load_s = t_load.elapsed().as_secs_f64();
+    let model = LocalModel::load(&a.model_dir)?;
+    let codec = TextCodec::load(&model.dir.tokenizer)?;
     let prompt = codec.encode_prompt(&a.prompt, a.chat)?;
-    let (backend, _) = shardlm_gpu::best_available();
-    let mut engine = PlainEngine::new(weights.clone(), backend);
-    engine.check_tokens(&prompt)?;
+    let mut mode = Mode::new(a.variant, &a.party, &model)?;
+    let load_s = t_load.elapsed().as_secs_f64();
     let mut sampler = Sampler::new(sampling);
-    let mut stream = StreamDecoder::new(&codec);
-    let mut stdout = std::io::stdout();
-    let mut stream_err = None;
-    let g = generate(&mut engine, &dir.config, &prompt, a.max_tokens, &mut sampler, false, |t| {
-        match stream.push(t) {
-            Ok(s) => {
-                let _ = stdout.write_all(s.as_bytes());
-                let _ = stdout.flush();
-            }
-            Err(e) => stream_err = Some(e),
+    let config = &model.dir.config;
+    let (g, traffic) = match &mut mode {
+        Mode::Local => {
+            let (backend, _) = shardlm_gpu::best_available();
+            let mut engine = PlainEngine::new(model.weights.clone(), backend);
+            engine.check_tokens(&prompt)?;
+            (generate(&mut engine, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?, None)
         }
-    })?;
+        Mode::Private(p) => {
+            let mut client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
+            let g = generate(&mut client, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?;
+            (g, Some(finish(client)?))
+        }
+    };
     println!();
     let _ = std::io::stdout().flush();
-    if let Some(e) = stream_err {
-        return Err(e);
-    }
     if a.timing {
         eprintln!(
-            "timing: load {:.2} s, prompt {} tokens, prefill {:.3} s, {} new tokens, decode {:.2} tokens/s",
+            "timing ({}): setup {:.2} s, prompt {} tokens, prefill {:.3} s, {} new tokens, decode {:.2} tokens/s",
+            mode.describe(),
             load_s,
             prompt.len(),
             g.prefill.as_secs_f64(),
             g.tokens.len(),
             g.decode_tokens_per_second()
         );
+        if let Some(c) = traffic {
+            eprintln!("traffic: {} bytes sent, {} bytes received, {} rounds", c.bytes_sent(), c.bytes_received(), c.rounds);
+        }
     }
     Ok(())
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
-    if a.variant != Variant::Local {
-        bail!("variant `{}` is not available for eval in this build; use `--variant local`", a.variant);
-    }
-    let (dir, weights) = load_local(&a.model_dir)?;
-    let cases = eval::read_cases(&a.cases, dir.config.vocab_size)?;
-    let (backend, _) = shardlm_gpu::best_available();
-    let mut engine = PlainEngine::new(weights, backend);
+    let model = LocalModel::load(&a.model_dir)?;
+    let config = model.dir.config.clone();
+    let cases = eval::read_cases(&a.cases, config.vocab_size)?;
+    let mut mode = Mode::new(a.variant, &a.party, &model)?;
     let rows = if a.all_positions { Rows::All } else { Rows::Last };
     let mut results = Vec::with_capacity(cases.len());
     let t_all = Instant::now();
+    let (backend, _) = shardlm_gpu::best_available();
+    let mut engine = PlainEngine::new(model.weights.clone(), backend);
     for (i, case) in cases.iter().enumerate() {
-        engine.reset();
         let t = Instant::now();
-        let (logits, greedy) = eval::run_case(&mut engine, &dir.config, &case.input_ids, a.greedy, rows)
-            .with_context(|| format!("case {i}"))?;
+        let (logits, greedy, traffic) = match &mut mode {
+            Mode::Local => {
+                engine.reset();
+                let (l, g) = eval::run_case(&mut engine, &config, &case.input_ids, a.greedy, rows)
+                    .with_context(|| format!("case {i}"))?;
+                (l, g, Counters::default())
+            }
+            Mode::Private(p) => {
+                let mut client = p.open(&model, case.input_ids.len(), a.greedy, rows)?;
+                let t = Instant::now();
+                let (l, g) = eval::run_case(&mut client, &config, &case.input_ids, a.greedy, rows)
+                    .with_context(|| format!("case {i}"))?;
+                let _ = t;
+                (l, g, finish(client)?)
+            }
+        };
         let seconds = t.elapsed().as_secs_f64();
         let argmax_all = a.all_positions.then(|| (0..logits.rows()).map(|r| argmax(logits.row(r))).collect::<Vec<_>>());
         let (top20_ids, top20_logits) = eval::top20(logits.last());
@@ -192,7 +413,11 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 "case {i}: max |logit diff| {:.2e}, top-1 {}, greedy {}{}",
                 c.max_abs_logit_diff,
                 if c.top1_equal { "equal" } else { "DIFFERS" },
-                match c.greedy_equal { Some(true) => "equal", Some(false) => "DIFFERS", None => "n/a" },
+                match c.greedy_equal {
+                    Some(true) => "equal",
+                    Some(false) => "DIFFERS",
+                    None => "n/a",
+                },
                 c.argmax_agree.map(|(a, n)| format!(", argmax {a}/{n} positions")).unwrap_or_default()
             );
         }
@@ -203,22 +428,233 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
             top20_logits,
             argmax_all_positions: argmax_all,
             greedy,
-            bytes_sent: 0,
-            bytes_received: 0,
-            rounds: 0,
+            bytes_sent: traffic.bytes_sent(),
+            bytes_received: traffic.bytes_received(),
+            rounds: traffic.rounds,
             seconds,
             vs_reference,
         });
     }
     let out = serde_json::json!({
-        "model": dir.config.name,
+        "model": config.name,
         "variant": a.variant.to_string(),
+        "mode": mode.describe(),
         "greedy_tokens": a.greedy,
         "seconds": t_all.elapsed().as_secs_f64(),
         "cases": results,
     });
-    let text = serde_json::to_string_pretty(&out)?;
-    std::fs::write(&a.out, text).with_context(|| format!("{}: cannot write results", a.out.display()))?;
+    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?).with_context(|| format!("{}: cannot write results", a.out.display()))?;
     eprintln!("wrote {} cases to {}", results.len(), a.out.display());
+    Ok(())
+}
+
+/// One timed generation on any implementation.
+fn measured_run<O>(ops: O, config: &shardlm_configs::ModelConfig, prompt: &[u32], max_new: usize) -> Result<(RunMeasurement, O)>
+where
+    O: ModelOps,
+    O::Error: std::error::Error + Send + Sync + 'static,
+{
+    let mut timed = Timed::new(ops);
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let t = Instant::now();
+    let g: Generation = generate(&mut timed, config, prompt, max_new, &mut sampler, true, |_| {})?;
+    let total = t.elapsed();
+    let embed = timed.times.get("embed");
+    Ok((
+        RunMeasurement {
+            embedding_ms: embed.as_secs_f64() * 1e3 / (g.decode.len() + 1) as f64,
+            prefill_ms: g.prefill.as_secs_f64() * 1e3,
+            total_ms: total.as_secs_f64() * 1e3,
+            new_tokens: g.tokens.len(),
+            decode_ms: g.decode.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
+            traffic: Counters::default(),
+            phases: timed.times.clone(),
+        },
+        timed.inner,
+    ))
+}
+
+fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let model = LocalModel::load(&a.model_dir)?;
+    let config = model.dir.config.clone();
+    let codec = TextCodec::load(&model.dir.tokenizer)?;
+    let prompt = codec.encode_prompt(&a.prompt, a.chat)?;
+    let mut mode = Mode::new(a.endpoint, &a.party, &model)?;
+    let (backend, _) = shardlm_gpu::best_available();
+    let total = a.warmup + a.runs;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} runs ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message(format!("benchmark {}", a.endpoint));
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut runs = Vec::with_capacity(a.runs);
+    for i in 0..total {
+        let m = match &mut mode {
+            Mode::Local => {
+                let engine = PlainEngine::new(model.weights.clone(), backend.clone());
+                measured_run(engine, &config, &prompt, a.max_tokens)?.0
+            }
+            Mode::Private(p) => {
+                let client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
+                let (mut m, client) = measured_run(client, &config, &prompt, a.max_tokens)?;
+                m.traffic = finish(client)?;
+                m
+            }
+        };
+        if i >= a.warmup {
+            runs.push(m);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let gpu = match &mode {
+        Mode::Local => backend.name(),
+        Mode::Private(p) => QuicClient::info(p.remote.addr, &p.remote.identity, &p.remote.server_fingerprint, p.remote.config.clone())
+            .map(|i| i.devices.join(", "))
+            .unwrap_or_else(|_| "unknown".into()),
+    };
+    let cfg = serde_json::json!({
+        "prompt_tokens": prompt.len(),
+        "max_new_tokens": a.max_tokens,
+        "runs": a.runs,
+        "warmup": a.warmup,
+        "mode": mode.describe(),
+        "fixed_point": {"frac_bits": FixedPoint::default().frac_bits, "weight_frac_bits": FixedPoint::default().weight_frac_bits},
+        "client_threads": rayon_threads(),
+    });
+    let report = bench::report(&config.name, &gpu, &a.endpoint.to_string(), cfg, &runs);
+    std::fs::write(&a.output, serde_json::to_string_pretty(&report)?).with_context(|| format!("{}: cannot write report", a.output.display()))?;
+    eprintln!(
+        "{}: prefill {:.1} ms (p50 {:.1}), total {:.1} ms, {:.2} tokens/s, {} bytes sent, {} received, {} rounds per run; report in {}",
+        a.endpoint,
+        report.results.prefill.mean,
+        report.results.prefill.p50,
+        report.results.total.mean,
+        report.results.tokens_per_second,
+        report.bytes_sent,
+        report.bytes_received,
+        report.rounds,
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let tmp;
+    let dir = match &a.model_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let t0 = Instant::now();
+    let config = shardlm_configs::ModelConfig::preset("tiny")?;
+    shardlm_protocols::model::synth::write_synthetic_model(&config, &dir, 7)?;
+    let model = LocalModel::load(&dir)?;
+    let codec = TextCodec::load(&model.dir.tokenizer)?;
+    let prompt = codec.encode_prompt(&a.prompt, true)?;
+    println!("ShardLM demo: synthetic `tiny` Qwen2 model ({} parameters) in {}", config.parameter_count(), dir.display());
+    println!("prompt: {:?} ({} tokens, chat-formatted)", a.prompt, prompt.len());
+
+    let (backend, note) = shardlm_gpu::best_available();
+    let mut engine = PlainEngine::new(model.weights.clone(), backend.clone());
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let t = Instant::now();
+    let plain = generate(&mut engine, &config, &prompt, a.max_tokens, &mut sampler, false, |_| {})?;
+    let plain_s = t.elapsed().as_secs_f64();
+
+    let party = PartyArgs {
+        server: None,
+        loopback: true,
+        local: false,
+        identity: None,
+        server_fingerprint: None,
+        timeouts: TimeoutArgs { connect_timeout: 10.0, idle_timeout: 30.0, recv_timeout: 60.0 },
+    };
+    let mut mode = Mode::new(Variant::V2, &party, &model)?;
+    let Mode::Private(p) = &mut mode else { bail!("demo needs the v2 variant") };
+    let t = Instant::now();
+    let client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
+    let deal_s = t.elapsed().as_secs_f64();
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let mut client = client;
+    let t = Instant::now();
+    let private = generate(&mut client, &config, &prompt, a.max_tokens, &mut sampler, false, |_| {})?;
+    let private_s = t.elapsed().as_secs_f64();
+    let traffic = finish(client)?;
+
+    let show = |ids: &[u32]| codec.decode(ids).map(|s| format!("{s:?}"));
+    println!();
+    println!("{:<22} {}", "backend:", note);
+    println!("{:<22} {}", "plaintext (local):", show(&plain.tokens)?);
+    println!("{:<22} {}", "private (v2, QUIC):", show(&private.tokens)?);
+    println!("{:<22} {:?}", "plaintext token ids:", plain.tokens);
+    println!("{:<22} {:?}", "private token ids:", private.tokens);
+    println!(
+        "{:<22} {}",
+        "identical tokens:",
+        if plain.tokens == private.tokens { "yes" } else { "NO (see eval for logit differences)" }
+    );
+    println!(
+        "{:<22} {} bytes sent, {} bytes received, {} rounds ({} forward passes)",
+        "private traffic:",
+        traffic.bytes_sent(),
+        traffic.bytes_received(),
+        traffic.rounds,
+        private.tokens.len()
+    );
+    println!(
+        "{:<22} plaintext {:.1} ms, private {:.1} ms (prefill {:.1} ms), dealing {:.1} ms, total {:.2} s",
+        "times:",
+        plain_s * 1e3,
+        private_s * 1e3,
+        private.prefill.as_secs_f64() * 1e3,
+        deal_s * 1e3,
+        t0.elapsed().as_secs_f64()
+    );
+    if plain.tokens != private.tokens {
+        bail!("the private generation differs from the plaintext one");
+    }
+    Ok(())
+}
+
+fn cmd_health(a: ServerArgs) -> Result<()> {
+    let r = a.remote()?;
+    let t = QuicClient::health(r.addr, &r.identity, &r.server_fingerprint, r.config)?;
+    println!("ok: {} answered in {:.1} ms", r.addr, t.as_secs_f64() * 1e3);
+    Ok(())
+}
+
+fn cmd_info(a: ServerArgs) -> Result<()> {
+    let r = a.remote()?;
+    let info = QuicClient::info(r.addr, &r.identity, &r.server_fingerprint, r.config)?;
+    println!("server:       {}", r.addr);
+    println!("model:        {}", info.model);
+    println!("architecture: {}", info.architecture);
+    println!("fingerprint:  {}", info.fingerprint);
+    println!("variants:     {}", info.variants.join(", "));
+    println!("devices:      {}", info.devices.join(", "));
+    println!("version:      {} (protocol {})", info.version, info.protocol_version);
+    Ok(())
+}
+
+fn cmd_keygen(a: KeygenArgs) -> Result<()> {
+    let fp = shardlm_transport::keygen(&a.out, "shardlm-client")?;
+    println!("{fp}");
+    eprintln!("wrote {}/cert.pem and key.pem; give the server this fingerprint for --allow-client", a.out.display());
     Ok(())
 }

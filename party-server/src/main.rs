@@ -1,10 +1,25 @@
 //! `shardlm-server`: the server party (P1). It holds the GPU and serves sessions; it
 //! never sees the prompt or the output.
+//!
+//! * `serve`: load a checkpoint once (ring-encoded, prepared on the backend), listen on
+//!   QUIC with mutual TLS, answer `info`/`health`, and run each client's session of a
+//!   served variant on its own thread. Ctrl-C stops accepting and closes connections.
+//! * `keygen`: write this party's certificate and key and print its fingerprint.
+//! * `synth-model`: seeded random weights of a preset's shape, for work without downloads.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shardlm_configs::ModelConfig;
+use shardlm_configs::{FixedPoint, ModelConfig, Timeouts, Variant};
+use shardlm_gpu::DeviceChoice;
+use shardlm_protocols::model::fingerprint::fingerprint;
+use shardlm_protocols::model::ModelDir;
+use shardlm_protocols::variants::server::{ServerParty, SERVED_VARIANTS};
+use shardlm_transport::handshake::{Request, ServerInfo, PROTOCOL_VERSION};
+use shardlm_transport::{close_code, Identity, QuicConfig, QuicServer};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "shardlm-server", version, about = "ShardLM server party: serves private inference sessions")]
@@ -15,9 +30,83 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve private inference sessions over QUIC.
+    Serve(ServeArgs),
+    /// Write this party's certificate and key (key mode 0600) and print the fingerprint
+    /// to give to clients (`--server-fingerprint`).
+    Keygen(KeygenArgs),
     /// Write a synthetic checkpoint: seeded random weights of a preset's exact shape,
     /// bf16 safetensors, and a byte-level tokenizer.
     SynthModel(SynthArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Hugging Face model directory.
+    #[arg(long, env = "SHARDLM_MODEL_DIR")]
+    model_dir: PathBuf,
+    /// Expected architecture preset (e.g. `qwen2.5-1.5b`); the checkpoint must have its shape.
+    #[arg(long, env = "SHARDLM_MODEL_ARCH")]
+    model_arch: Option<String>,
+    /// UDP port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "SHARDLM_PORT", default_value_t = 4433)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: std::net::IpAddr,
+    /// Directory with this server's cert.pem and key.pem (`shardlm-server keygen`).
+    #[arg(long)]
+    identity: PathBuf,
+    /// Fingerprint of a client allowed to connect (repeatable); clients print theirs with
+    /// `shardlm-client keygen`.
+    #[arg(long = "allow-client", required = true, num_args = 1..)]
+    allow_client: Vec<String>,
+    /// Number of GPUs to use; without CUDA in this build or on this host, 0.
+    #[arg(long, env = "SHARDLM_NUM_GPUS", default_value_t = 0)]
+    num_gpus: usize,
+    /// Compute device: auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+#[derive(Args)]
+struct TimeoutArgs {
+    /// Seconds to wait for the peer's handshake.
+    #[arg(long, default_value_t = 10.0)]
+    handshake_timeout: f64,
+    /// Seconds without any packet before a connection is declared dead.
+    #[arg(long, default_value_t = 30.0)]
+    idle_timeout: f64,
+    /// Seconds to wait for each message of a session.
+    #[arg(long, default_value_t = 120.0)]
+    recv_timeout: f64,
+}
+
+impl TimeoutArgs {
+    fn timeouts(&self) -> Result<Timeouts> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                bail!("--{name} must be a positive number of seconds, got {v}")
+            }
+        };
+        Ok(Timeouts {
+            connect: Timeouts::default().connect,
+            handshake: secs("handshake-timeout", self.handshake_timeout)?,
+            idle: secs("idle-timeout", self.idle_timeout)?,
+            recv: secs("recv-timeout", self.recv_timeout)?,
+        })
+    }
+}
+
+#[derive(Args)]
+struct KeygenArgs {
+    /// Output directory for cert.pem and key.pem.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -34,10 +123,12 @@ struct SynthArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Keygen(a) => keygen(a),
         Command::SynthModel(a) => synth(a),
     };
     match result {
@@ -47,6 +138,107 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let timeouts = a.timeouts.timeouts()?;
+    let identity = Identity::load(&a.identity)?;
+    let (backend, note) = match (a.device, a.num_gpus) {
+        (DeviceChoice::Auto, n) if n > 0 => {
+            let (b, note) = shardlm_gpu::best_available();
+            if !b.name().starts_with("cuda") {
+                tracing::warn!("SHARDLM_NUM_GPUS={n} but no GPU backend is available: {note}");
+            }
+            (b, note)
+        }
+        (choice, _) => shardlm_gpu::open(choice)?,
+    };
+    eprintln!("backend: {note}");
+    let dir = ModelDir::open(&a.model_dir)?;
+    if let Some(arch) = &a.model_arch {
+        let want = ModelConfig::preset(arch).with_context(|| format!("SHARDLM_MODEL_ARCH / --model-arch `{arch}`"))?;
+        check_arch(&want, &dir.config).with_context(|| format!("{} is not a {arch} checkpoint", a.model_dir.display()))?;
+    }
+    let t = std::time::Instant::now();
+    let fp = fingerprint(&dir)?;
+    let weights = dir.load_weights()?;
+    let party = Arc::new(ServerParty::new(&weights, FixedPoint::default(), backend)?);
+    drop(weights);
+    eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
+
+    let info = ServerInfo {
+        model: dir.config.name.clone(),
+        architecture: "Qwen2ForCausalLM".into(),
+        fingerprint: fp,
+        variants: SERVED_VARIANTS.iter().map(|v| v.to_string()).collect(),
+        devices: vec![party.backend_name().to_string()],
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: PROTOCOL_VERSION,
+    };
+    let cfg = QuicConfig::with_timeouts(timeouts);
+    let server = Arc::new(QuicServer::bind(SocketAddr::new(a.bind, a.port), &identity, &a.allow_client, cfg)?);
+    println!("listening on {} (server fingerprint {})", server.local_addr(), server.fingerprint());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let stopper = server.clone();
+    std::thread::Builder::new()
+        .name("shardlm-signal".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+                eprintln!("shutting down: no new sessions, closing connections");
+                stopper.close();
+            }
+        })
+        .context("starting the signal thread")?;
+
+    server.serve(&info, move |mut chan, hello| {
+        let Request::Session { variant, .. } = &hello.request else { return Ok(()) };
+        let variant: Variant = variant.parse().map_err(|e| format!("{e}"))?;
+        let t = std::time::Instant::now();
+        match party.serve_session(&mut chan, variant) {
+            Ok(stats) => {
+                tracing::info!(
+                    "session done: {} requests, {} forward passes, {:.2} s",
+                    stats.requests,
+                    stats.forward_passes,
+                    t.elapsed().as_secs_f64()
+                );
+                chan.close(close_code::NORMAL, "session complete");
+                Ok(())
+            }
+            Err(e) => {
+                chan.close(close_code::PROTOCOL_VIOLATION, &e.to_string());
+                Err(e.to_string())
+            }
+        }
+    });
+    Ok(())
+}
+
+fn check_arch(want: &ModelConfig, got: &ModelConfig) -> Result<()> {
+    let fields = [
+        ("hidden_size", want.hidden_size, got.hidden_size),
+        ("intermediate_size", want.intermediate_size, got.intermediate_size),
+        ("num_hidden_layers", want.num_hidden_layers, got.num_hidden_layers),
+        ("num_attention_heads", want.num_attention_heads, got.num_attention_heads),
+        ("num_key_value_heads", want.num_key_value_heads, got.num_key_value_heads),
+        ("vocab_size", want.vocab_size, got.vocab_size),
+    ];
+    for (name, w, g) in fields {
+        if w != g {
+            bail!("{name} is {g}, the preset has {w}");
+        }
+    }
+    Ok(())
+}
+
+fn keygen(a: KeygenArgs) -> Result<()> {
+    let fp = shardlm_transport::keygen(&a.out, "shardlm-server")?;
+    println!("{fp}");
+    eprintln!("wrote {}/cert.pem and key.pem; give clients this fingerprint for --server-fingerprint", a.out.display());
+    Ok(())
 }
 
 fn synth(a: SynthArgs) -> Result<()> {

@@ -165,6 +165,54 @@ impl MaskSource for InProcessDealer {
     }
 }
 
+/// Masks dealt ahead of time for a whole planned session, consumed in order: what a
+/// material file holds, kept in memory (`--loopback`, tests). Dealing before the session
+/// keeps the dealer's work out of the online timings.
+pub struct DealtMasks {
+    queue: std::collections::VecDeque<(Linear, usize, MaskedLinear)>,
+}
+
+impl DealtMasks {
+    /// Deals every masked linear request of `plan` (from [`crate::model::planner::Planner`]).
+    pub fn deal(
+        plan: &[crate::model::planner::PlannedOp],
+        weights: &RingWeights,
+        backend: &dyn Backend,
+        seed: [u8; 32],
+    ) -> Result<Self, V2Error> {
+        use rand_chacha::rand_core::{RngCore, SeedableRng};
+        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+        let mut queue = std::collections::VecDeque::new();
+        for op in plan {
+            if let crate::model::planner::PlannedOp::Linear { linear, rows, d_in, .. } = op {
+                let r: Vec<u64> = (0..rows * d_in).map(|_| rng.next_u64()).collect();
+                let s = mask_image(backend, weights, *linear, &r, *rows)?;
+                queue.push_back((*linear, *rows, MaskedLinear { r, s }));
+            }
+        }
+        Ok(Self { queue })
+    }
+
+    /// Requests left.
+    pub fn remaining(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl MaskSource for DealtMasks {
+    fn next_masked_linear(&mut self, linear: Linear, n: usize, _d_in: usize, _d_out: usize) -> Result<MaskedLinear, V2Error> {
+        match self.queue.pop_front() {
+            Some((l, rows, m)) if l == linear && rows == n => Ok(m),
+            Some((l, rows, _)) => Err(V2Error::Material(format!(
+                "the dealt plan expected {l:?} on {rows} positions next, the forward pass asks for {linear:?} on {n}; deal for this prompt length"
+            ))),
+            None => Err(V2Error::Material(
+                "material exhausted: the session needs more tokens than were dealt; raise --max-new-tokens or --prompt-tokens of the dealer".into(),
+            )),
+        }
+    }
+}
+
 /// The client party of v2: plaintext nonlinear layers, masked linear requests.
 pub struct V2Client<C, M> {
     weights: Arc<Weights>,

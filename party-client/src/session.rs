@@ -1,0 +1,201 @@
+//! Sessions with a server party: loading the client's copy of the public model,
+//! connecting over QUIC (mutual TLS, pinned fingerprints, application handshake), an
+//! in-process loopback server with ephemeral identities, and building the client side
+//! of a private variant on the connected channel.
+
+use anyhow::{anyhow, Context, Result};
+use shardlm_configs::{FixedPoint, Timeouts, Variant};
+use shardlm_gpu::Backend;
+use shardlm_protocols::model::fingerprint::fingerprint;
+use shardlm_protocols::model::{ModelDir, Weights};
+use shardlm_protocols::variants::server::{ServerParty, SERVED_VARIANTS};
+use shardlm_transport::handshake::{ServerInfo, PROTOCOL_VERSION};
+use shardlm_protocols::model::planner::Planner;
+use shardlm_protocols::model::Rows;
+use shardlm_protocols::variants::v2::{DealtMasks, RingWeights, V2Client};
+use shardlm_transport::{close_code, Channel, Counters, Identity, QuicChannel, QuicClient, QuicConfig, QuicServer};
+use std::time::Duration;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The client's copy of the public model.
+pub struct LocalModel {
+    /// The directory.
+    pub dir: ModelDir,
+    /// Weights (the client uses embeddings, norm gains and biases).
+    pub weights: Arc<Weights>,
+    /// Fingerprint compared in the handshake.
+    pub fingerprint: String,
+}
+
+impl LocalModel {
+    /// Loads a model directory and its fingerprint.
+    pub fn load(path: &Path) -> Result<Self> {
+        let dir = ModelDir::open(path)?;
+        let fingerprint = fingerprint(&dir)?;
+        let weights = Arc::new(dir.load_weights()?);
+        Ok(Self { dir, weights, fingerprint })
+    }
+}
+
+/// Where and how to reach the server party.
+#[derive(Clone)]
+pub struct Remote {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// This client's identity.
+    pub identity: Identity,
+    /// The server's pinned certificate fingerprint.
+    pub server_fingerprint: String,
+    /// Transport settings.
+    pub config: QuicConfig,
+}
+
+/// Parses `host:port`, `quic://host:port` or `http://host:port` (the seed's form).
+pub fn parse_server(text: &str) -> Result<SocketAddr> {
+    let t = text.trim();
+    let t = t.strip_prefix("http://").or_else(|| t.strip_prefix("https://")).unwrap_or(t);
+    let t = t.trim_end_matches('/');
+    Ok(shardlm_transport::quic::resolve_addr(t)?)
+}
+
+impl Remote {
+    /// Opens a session of `variant` for `model`: connect, handshake, return the channel.
+    pub fn session(&self, variant: Variant, model: &LocalModel) -> Result<(QuicChannel, ServerInfo)> {
+        let mut id = [0u8; 16];
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        id.copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..16]);
+        QuicClient::session(
+            self.addr,
+            &self.identity,
+            &self.server_fingerprint,
+            self.config.clone(),
+            variant.name(),
+            &model.fingerprint,
+            id,
+        )
+        .with_context(|| format!("opening a {variant} session with {}", self.addr))
+    }
+}
+
+/// A server party running in this process on 127.0.0.1 with ephemeral identities:
+/// `--loopback` and `demo`. Traffic goes through real QUIC.
+pub struct Loopback {
+    /// How the client reaches it.
+    pub remote: Remote,
+    server: Arc<QuicServer>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Loopback {
+    /// Prepares the server party for `model` on `backend` and starts serving.
+    pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: Timeouts) -> Result<Self> {
+        let server_id = Identity::generate("shardlm-server")?;
+        let client_id = Identity::generate("shardlm-client")?;
+        let party = Arc::new(ServerParty::new(&model.weights, FixedPoint::default(), backend.clone())?);
+        let info = ServerInfo {
+            model: model.dir.config.name.clone(),
+            architecture: "Qwen2ForCausalLM".into(),
+            fingerprint: model.fingerprint.clone(),
+            variants: SERVED_VARIANTS.iter().map(|v| v.to_string()).collect(),
+            devices: vec![backend.name()],
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION,
+        };
+        let config = QuicConfig::with_timeouts(timeouts);
+        let server = Arc::new(QuicServer::bind(
+            "127.0.0.1:0".parse().map_err(|e| anyhow!("{e}"))?,
+            &server_id,
+            &[client_id.fingerprint()],
+            config.clone(),
+        )?);
+        let remote = Remote {
+            addr: server.local_addr(),
+            identity: client_id,
+            server_fingerprint: server.fingerprint().to_string(),
+            config,
+        };
+        let s = server.clone();
+        let thread = std::thread::Builder::new().name("shardlm-loopback-server".into()).spawn(move || {
+            s.serve(&info, move |mut chan, hello| {
+                let shardlm_transport::handshake::Request::Session { variant, .. } = &hello.request else { return Ok(()) };
+                let variant: Variant = variant.parse().map_err(|e| format!("{e}"))?;
+                match party.serve_session(&mut chan, variant) {
+                    Ok(_) => {
+                        chan.close(close_code::NORMAL, "session complete");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        chan.close(close_code::PROTOCOL_VIOLATION, &e.to_string());
+                        Err(e.to_string())
+                    }
+                }
+            })
+        })?;
+        Ok(Self { remote, server, thread: Some(thread) })
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.server.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A private variant's client side, ready to open sessions: the server it talks to
+/// (remote or in-process), and the dealer state for masks made on the fly.
+pub struct Private {
+    /// The variant.
+    pub variant: Variant,
+    /// The server.
+    pub remote: Remote,
+    _loopback: Option<Loopback>,
+    ring: Arc<RingWeights>,
+    backend: Arc<dyn Backend>,
+    sessions: u64,
+}
+
+impl Private {
+    /// A private client for `variant` talking to `remote`; `loopback` is kept alive with
+    /// it; `ring` are the client's ring-encoded weights for dealing masks.
+    pub fn new(variant: Variant, remote: Remote, loopback: Option<Loopback>, ring: Arc<RingWeights>, backend: Arc<dyn Backend>) -> Self {
+        Self { variant, remote, _loopback: loopback, ring, backend, sessions: 0 }
+    }
+
+    /// Deals masks for a session of `prompt_tokens` + `max_new` tokens and connects.
+    pub fn open(
+        &mut self,
+        model: &LocalModel,
+        prompt_tokens: usize,
+        max_new: usize,
+        rows: Rows,
+    ) -> Result<V2Client<QuicChannel, DealtMasks>> {
+        let plan = Planner::session(&model.dir.config, prompt_tokens, max_new.max(1), rows);
+        self.sessions += 1;
+        let mut seed = [0u8; 32];
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mut h = blake3::Hasher::new_derive_key("shardlm client dealer seed");
+        h.update(&now.to_le_bytes());
+        h.update(&self.sessions.to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        seed.copy_from_slice(h.finalize().as_bytes());
+        let masks = DealtMasks::deal(&plan, &self.ring, self.backend.as_ref(), seed)?;
+        let (chan, _) = self.remote.session(self.variant, model)?;
+        Ok(V2Client::new(model.weights.clone(), FixedPoint::default(), chan, masks))
+    }
+}
+
+/// Ends a v2 session cleanly and returns its traffic.
+pub fn finish(client: V2Client<QuicChannel, DealtMasks>) -> Result<Counters> {
+    let mut chan = client.finish()?;
+    // Wait for the server to close after the end frame, so nothing is cut off.
+    let counters = chan.counters();
+    let _ = chan.recv_bytes_within(shardlm_transport::Lane::Control, Duration::from_secs(5));
+    chan.close(close_code::NORMAL, "done");
+    Ok(counters)
+}
+

@@ -1,0 +1,265 @@
+//! v2 over real QUIC on 127.0.0.1 (issue 5's acceptance): on `../shared/oracle/tiny-qwen2`
+//! the private greedy tokens equal the plaintext engine's for every case and the
+//! last-position logits are within 1e-2; every linear unit moves exactly
+//! `8 n (d_in + d_out)` payload bytes with framing under 1%, and a forward pass takes
+//! `4 layers + 1` rounds. Then the two binaries as a user runs them: keygen, serve,
+//! info, health, generate; wrong fingerprints, a wrong model and a vanished server.
+
+use shardlm_client::session::{finish, LocalModel, Loopback, Private};
+use shardlm_configs::{FixedPoint, Timeouts, Variant};
+use shardlm_protocols::model::qwen2::forward;
+use shardlm_protocols::model::sampling::argmax;
+use shardlm_protocols::model::{Linear, PlainEngine, Rows};
+use shardlm_protocols::variants::v2::{RingWeights, V2_LANE};
+use shardlm_transport::Channel;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn oracle_cases() -> Vec<Vec<u32>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shared().join("oracle/tiny-qwen2/reference.json")).unwrap()).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect()
+}
+
+fn short_timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(5),
+        handshake: Duration::from_secs(5),
+        idle: Duration::from_secs(5),
+        recv: Duration::from_secs(30),
+    }
+}
+
+#[test]
+fn v2_over_quic_matches_plaintext_with_exact_traffic() {
+    let model = LocalModel::load(&shared().join("oracle/tiny-qwen2")).unwrap();
+    let c = model.dir.config.clone();
+    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    let lb = Loopback::start(&model, backend.clone(), short_timeouts()).unwrap();
+    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.as_ref()).unwrap());
+    let mut private = Private::new(Variant::V2, lb.remote.clone(), None, ring, backend.clone());
+    let mut plain = PlainEngine::new(model.weights.clone(), backend);
+    let greedy_n = 8;
+    for (i, ids) in oracle_cases().iter().enumerate() {
+        plain.reset();
+        let mut client = private.open(&model, ids.len(), greedy_n, Rows::Last).unwrap();
+        let mut pos = 0;
+        let mut step: Vec<u32> = ids.clone();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for pass in 0..greedy_n {
+            let before = client.channel().counters();
+            let pl = forward(&mut client, &c, &step, pos, Rows::Last).unwrap().unwrap();
+            let delta = client.channel().counters().since(&before);
+            let pp = forward(&mut plain, &c, &step, pos, Rows::Last).unwrap().unwrap();
+            if pass == 0 {
+                let d = pl.last().iter().zip(pp.last()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                assert!(d < 1e-2, "case {i}: last-position logits differ by {d}");
+            }
+            // Exact traffic for this forward pass.
+            let n = step.len() as u64;
+            let want_bytes: u64 = Linear::all(&c)
+                .into_iter()
+                .map(|l| {
+                    let (d_in, d_out) = l.dims(&c);
+                    8 * if l == Linear::LmHead { 1 } else { n } * (d_in + d_out) as u64
+                })
+                .sum();
+            let lane = delta.lane(V2_LANE);
+            assert_eq!(lane.bytes_sent + lane.bytes_received, want_bytes, "case {i} pass {pass}");
+            assert_eq!(delta.bytes_sent() + delta.bytes_received(), want_bytes, "case {i} pass {pass}: other lanes");
+            assert_eq!(delta.rounds, 4 * c.num_hidden_layers as u64 + 1, "case {i} pass {pass}: rounds");
+            // Framing: each request and each answer is one frame, so the server's framing
+            // mirrors ours; both together stay under 1% of the pass's payload.
+            let payload = delta.bytes_sent() + delta.bytes_received();
+            assert!(2 * delta.framing_bytes_sent * 100 <= payload, "case {i}: framing {} x 2 of {payload}", delta.framing_bytes_sent);
+            got.push(argmax(pl.last()));
+            want.push(argmax(pp.last()));
+            pos += step.len();
+            step = vec![*got.last().unwrap()];
+        }
+        assert_eq!(got, want, "case {i}: greedy tokens");
+        finish(client).unwrap();
+    }
+}
+
+// ---- the binaries --------------------------------------------------------------
+
+fn client() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_shardlm-client"))
+}
+
+fn server_bin() -> PathBuf {
+    // Both binaries land in the same target directory.
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_shardlm-client"));
+    me.with_file_name(format!("shardlm-server{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn keygen(bin: Command, dir: &Path) -> String {
+    let mut bin = bin;
+    let out = bin.arg("keygen").arg("--out").arg(dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(model: &Path, identity: &Path, allow: &str) -> Server {
+    let mut child = Command::new(server_bin())
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "5", "--model-dir"])
+        .arg(model)
+        .arg("--identity")
+        .arg(identity)
+        .args(["--allow-client", allow])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("shardlm-server is built next to shardlm-client (cargo test builds both)");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().nth(2).unwrap_or_default().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "server said: {line}");
+    Server { child, addr }
+}
+
+#[test]
+fn two_binaries_serve_info_health_generate_and_refuse_bad_peers() {
+    if !server_bin().exists() {
+        panic!("{} missing: run the workspace tests (`cargo test --workspace`)", server_bin().display());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (sid, cid, other) = (tmp.path().join("server-id"), tmp.path().join("client-id"), tmp.path().join("other-id"));
+    let server_fp = keygen(Command::new(server_bin()), &sid);
+    let client_fp = keygen(client(), &cid);
+    let other_fp = keygen(client(), &other);
+    assert!(server_fp.starts_with("blake3:") && client_fp.starts_with("blake3:"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(cid.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let model = tmp.path().join("tiny");
+    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 5).unwrap();
+    let server = start_server(&model, &sid, &client_fp);
+    let with_id = |cmd: &str, id: &Path, fp: &str| {
+        let mut c = client();
+        c.arg(cmd).args(["-s", &format!("quic://{}", server.addr), "--server-fingerprint", fp, "--identity"]).arg(id);
+        c
+    };
+
+    let out = with_id("info", &cid, &server_fp).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("v2") && text.contains("blake3:"), "{text}");
+    let out = with_id("health", &cid, &server_fp).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Private generation equals local generation.
+    let gen = |extra: &[&str]| {
+        let mut c = client();
+        c.args(["generate", "-p", "hello there", "--max-tokens", "6", "--model-dir"]).arg(&model).args(extra);
+        c.output().unwrap()
+    };
+    let local = gen(&["--local"]);
+    let private = gen(&[
+        "-s",
+        &format!("http://{}", server.addr),
+        "--identity",
+        cid.to_str().unwrap(),
+        "--server-fingerprint",
+        &server_fp,
+        "--timing",
+    ]);
+    assert!(private.status.success(), "{}", String::from_utf8_lossy(&private.stderr));
+    assert_eq!(local.stdout, private.stdout);
+    assert!(String::from_utf8_lossy(&private.stderr).contains("rounds"));
+
+    // A client the server does not know, and a server the client does not expect.
+    let out = with_id("info", &other, &server_fp).output().unwrap();
+    assert!(!out.status.success());
+    let out = with_id("info", &cid, &other_fp).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&other_fp[7..19]), "{err}");
+    assert!(!err.contains("panicked"));
+
+    // A different model on the client: refused by the handshake, naming the fingerprint.
+    let model2 = tmp.path().join("tiny2");
+    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model2, 6).unwrap();
+    let mut c = client();
+    c.args(["generate", "-p", "x", "--max-tokens", "2", "--model-dir"]).arg(&model2);
+    c.args(["-s", &server.addr, "--identity", cid.to_str().unwrap(), "--server-fingerprint", &server_fp]);
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("model fingerprint"), "{err}");
+
+    // The server vanishes: the client reports it within its timeouts, no hang.
+    drop(server);
+    let t = std::time::Instant::now();
+    let mut c = client();
+    c.args(["generate", "-p", "x", "--max-tokens", "2", "--connect-timeout", "2", "--model-dir"]).arg(&model);
+    c.args(["-s", "127.0.0.1:9", "--identity", cid.to_str().unwrap(), "--server-fingerprint", &server_fp]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn eval_v2_loopback_reproduces_the_plaintext_engine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shared().join("oracle/tiny-qwen2");
+    let run = |variant: &str, extra: &[&str]| -> serde_json::Value {
+        let out_file = tmp.path().join(format!("{variant}.json"));
+        let out = client()
+            .args(["eval", "--variant", variant, "--greedy", "8", "--model-dir"])
+            .arg(&dir)
+            .arg("--cases")
+            .arg(dir.join("reference.json"))
+            .arg("--out")
+            .arg(&out_file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap()
+    };
+    let local = run("local", &[]);
+    let v2 = run("v2", &["--loopback"]);
+    for (a, b) in local["cases"].as_array().unwrap().iter().zip(v2["cases"].as_array().unwrap()) {
+        assert_eq!(a["greedy"], b["greedy"]);
+        assert_eq!(a["top20_ids"].as_array().unwrap()[0], b["top20_ids"].as_array().unwrap()[0]);
+        assert!(b["bytes_sent"].as_u64().unwrap() > 0 && b["rounds"].as_u64().unwrap() > 0);
+        let la: Vec<f64> = a["top20_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let lb: Vec<f64> = b["top20_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(la.iter().zip(&lb).all(|(x, y)| (x - y).abs() < 1e-2));
+    }
+}
+
+#[test]
+fn demo_runs_and_agrees() {
+    let out = client().args(["demo", "--max-tokens", "8"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("identical tokens:      yes"), "{text}");
+    assert!(text.contains("rounds"));
+}
