@@ -407,16 +407,7 @@ impl Backend for FileBackend {
                 path: self.shard.clone(),
                 detail: "is truncated".into(),
             })?;
-            out.push(
-                bytes
-                    .chunks_exact(8)
-                    .map(|b| {
-                        let mut w = [0u8; 8];
-                        w.copy_from_slice(b);
-                        u64::from_le_bytes(w)
-                    })
-                    .collect(),
-            );
+            out.push(le_words(bytes));
         }
         Ok(out)
     }
@@ -424,6 +415,27 @@ impl Backend for FileBackend {
     fn total(&self, component: &str) -> Option<u64> {
         Some(self.totals.get(component).copied().unwrap_or(0))
     }
+
+    fn peek(&self, component: &str, offset: u64, len: u64) -> Option<Vec<u64>> {
+        let sec = self.sections.get(component)?;
+        if offset.checked_add(len)? > sec.words {
+            return None;
+        }
+        let start = usize::try_from(sec.offset + offset * 8).ok()?;
+        let bytes = self.map.get(start..start + (len as usize) * 8)?;
+        Some(le_words(bytes))
+    }
+}
+
+fn le_words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|b| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            u64::from_le_bytes(w)
+        })
+        .collect()
 }
 
 impl<R: Role> Material<R> {

@@ -346,6 +346,22 @@ pub(crate) trait Backend: Send {
     fn raw_parts(&mut self, req: &MaterialRequest, offsets: &[u64]) -> Result<Vec<Vec<u64>>, MaterialError>;
     /// Words available in a component stream (`None`: unlimited).
     fn total(&self, component: &str) -> Option<u64>;
+    /// Reads raw words without consuming them (`None`: not stored, e.g. the ideal dealer
+    /// or past the end).
+    fn peek(&self, _component: &str, _offset: u64, _len: u64) -> Option<Vec<u64>> {
+        None
+    }
+}
+
+/// The shape record a request expects at the head of its `shape` component, if any.
+fn expected_shape(req: &MaterialRequest) -> Option<Vec<u64>> {
+    match *req {
+        MaterialRequest::MatrixTriple { m, k, n } => Some(vec![m as u64, k as u64, n as u64]),
+        MaterialRequest::MaskedLinear { n, d_in, d_out, weight } => {
+            Some(vec![n as u64, d_in as u64, d_out as u64, weight as u64])
+        }
+        _ => None,
+    }
 }
 
 /// A party's material, from an [`IdealDealer`] or a dealer bundle.
@@ -378,6 +394,15 @@ impl<R: Role> Material<R> {
         let comps = layout(req)?;
         let me = R::ID as usize;
         let offsets: Vec<u64> = comps.iter().map(|c| self.cursors.get(&c.name).copied().unwrap_or(0)).collect();
+        // Records with a shape: check the next record is the one this step asks for
+        // before consuming anything.
+        if let (Some(want), Some(first)) = (expected_shape(req), comps.first()) {
+            if first.src[me] == Src::Raw {
+                if let Some(got) = self.backend.peek(&first.name, offsets[0], first.len) {
+                    check_shape(&req.kind(), &got, &want)?;
+                }
+            }
+        }
         let mut next = self.cursors.clone();
         for (c, &off) in comps.iter().zip(&offsets) {
             if c.src[me] == Src::Absent {
