@@ -41,7 +41,7 @@ mod deal;
 pub mod file;
 mod ideal;
 
-pub use file::{BundleWriter, Manifest, FORMAT_VERSION};
+pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WORDS, FORMAT_VERSION};
 pub use ideal::IdealDealer;
 
 use crate::mpc::{AndTriples, DaBits, MaskedLinear, MatrixTriple, RandomOts, SquarePairs, Triples};
@@ -383,9 +383,26 @@ impl<R: Role> Material<R> {
         Material { seed, cursors, backend, _role: PhantomData }
     }
 
-    /// Words consumed so far per component stream.
+    /// Words consumed so far per component stream. The two parties consume the same
+    /// sequence, so a session handshake can compare these (or a digest) to check both
+    /// stand at the same place of the bundle.
     pub fn consumed(&self) -> &BTreeMap<String, u64> {
         &self.cursors
+    }
+
+    /// Skips forward to at least `targets` per stream (never back), journaled: lets two
+    /// parties realign after one of them crashed mid-session (both advance to the
+    /// elementwise maximum of their [`Material::consumed`]). Skipped material is never
+    /// used.
+    pub fn advance_to(&mut self, targets: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
+        let mut next = self.cursors.clone();
+        for (k, &v) in targets {
+            let c = next.entry(k.clone()).or_insert(0);
+            *c = (*c).max(v);
+        }
+        self.backend.commit(&next)?;
+        self.cursors = next;
+        Ok(())
     }
 
     /// Takes the components of `req` for this party, in layout order (absent ones empty).
