@@ -129,9 +129,7 @@ impl Prg {
                 v.copy_from_slice(iv);
                 Core::Aes(Box::new(ctr::Ctr128BE::<Aes128>::new(&k.into(), &v.into())))
             }
-            PrgKind::Blake3Xof => {
-                Core::Blake3(Box::new(blake3::Hasher::new_keyed(&seed.0).finalize_xof()))
-            }
+            PrgKind::Blake3Xof => Core::Blake3(Box::new(blake3::Hasher::new_keyed(&seed.0).finalize_xof())),
         };
         Prg { core }
     }
@@ -222,10 +220,8 @@ mod tests {
         let mut p = Prg::with_kind(&Seed(seed), PrgKind::Aes128Ctr);
         let mut out = [0u8; 16];
         p.fill(&mut out);
-        let expect = [
-            0x69, 0xc4, 0xe0, 0xd8, 0x6a, 0x7b, 0x04, 0x30, 0xd8, 0xcd, 0xb7, 0x80, 0x70, 0xb4, 0xc5,
-            0x5a,
-        ];
+        let expect =
+            [0x69, 0xc4, 0xe0, 0xd8, 0x6a, 0x7b, 0x04, 0x30, 0xd8, 0xcd, 0xb7, 0x80, 0x70, 0xb4, 0xc5, 0x5a];
         assert_eq!(out, expect);
     }
 

@@ -5,8 +5,8 @@ mod common;
 
 use common::two_party;
 use shardlm_protocols::material::{
-    BundleWriter, IdealDealer, Manifest, Material, MaterialError, MaterialRequest, MaterialSource,
-    MaskedLinearSource, NoWeights,
+    BundleWriter, IdealDealer, Manifest, MaskedLinearSource, Material, MaterialError, MaterialRequest,
+    MaterialSource, NoWeights,
 };
 use shardlm_protocols::mpc::beaver;
 use shardlm_protocols::prg::Seed;
@@ -243,7 +243,10 @@ fn exhausted_error_names_the_dealer_flags() {
     let mut m = Material::<P1>::open(dir.path(), None).unwrap();
     let err = m.take_triples(101).unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("--max-new-tokens") && msg.contains("--prompt-tokens") && msg.contains("--sessions"), "{msg}");
+    assert!(
+        msg.contains("--max-new-tokens") && msg.contains("--prompt-tokens") && msg.contains("--sessions"),
+        "{msg}"
+    );
     assert!(msg.contains("triples"), "{msg}");
     // A kind never dealt is exhausted too.
     assert!(m.take_dabits(1).is_ok());
@@ -318,4 +321,31 @@ fn wrong_party_model_and_missing_files_are_clear() {
     let req = MaterialRequest::MaskedLinear { n: 1, d_in: 2, d_out: 2, weight: 3 };
     assert!(matches!(w.push(&req, &NoWeights), Err(MaterialError::Weights { id: 3, .. })));
     let _ = Shares::<P0>::default();
+}
+
+#[test]
+fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
+    use shardlm_protocols::material::Recorder;
+    // A "forward pass" generic over the material source.
+    fn pass<S: MaterialSource<P0> + MaskedLinearSource>(m: &mut S) {
+        m.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
+        m.take_triples(12).unwrap();
+        m.take_trunc_ots(12, 16).unwrap();
+        m.take_matrix_triple(2, 3, 4).unwrap();
+    }
+    let mut rec = Recorder::<P0>::new();
+    pass(&mut rec);
+    let reqs = rec.into_requests();
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(reqs[0].raw_words(0).unwrap(), 4 + 4 * D_OUT as u64);
+    assert_eq!(reqs[1].raw_words(1).unwrap(), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(8)).unwrap();
+    for r in &reqs {
+        w.push(r, &weight).unwrap();
+    }
+    w.finish().unwrap();
+    let mut m = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+    pass(&mut m);
+    assert!(m.take_triples(1).is_err(), "the bundle holds exactly what the pass takes");
 }

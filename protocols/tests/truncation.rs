@@ -58,7 +58,10 @@ fn run_chunk(chunk: u64, n: usize) -> (u64, u64) {
         match want.wrapping_sub(t[i]) {
             0 => exact += 1,
             1 => low += 1,
-            d => panic!("x = {} truncated to {} but x >> {F} = {} (off by {})", x[i] as i64, t[i] as i64, want as i64, d as i64),
+            d => panic!(
+                "x = {} truncated to {} but x >> {F} = {} (off by {})",
+                x[i] as i64, t[i] as i64, want as i64, d as i64
+            ),
         }
     }
     (low, exact)
@@ -150,6 +153,7 @@ fn local_truncation_fails_at_predicted_rate() {
     let small: Vec<u64> = (0..n).map(|i| (i as u64) << 10).collect();
     let (s0, s1) = share(&small, &mut rng);
     let t = reconstruct(&trunc::local_truncate(&s0, F), &trunc::local_truncate(&s1, F)).unwrap();
-    let bad = (0..n).filter(|&i| (arith_shr(small[i], F).wrapping_sub(t[i]) as i64).unsigned_abs() > 1).count();
+    let bad =
+        (0..n).filter(|&i| (arith_shr(small[i], F).wrapping_sub(t[i]) as i64).unsigned_abs() > 1).count();
     assert!(bad <= 2, "{bad} failures for small inputs");
 }

@@ -17,7 +17,11 @@ pub(crate) fn deal(
 ) -> Result<[Vec<Vec<u64>>; 2], MaterialError> {
     let comps = layout(req)?;
     if offsets.len() != comps.len() {
-        return Err(MaterialError::Mismatch(format!("{} offsets for {} components", offsets.len(), comps.len())));
+        return Err(MaterialError::Mismatch(format!(
+            "{} offsets for {} components",
+            offsets.len(),
+            comps.len()
+        )));
     }
     // Party p's seeded component i.
     let g = |p: usize, i: usize| seeded(seeds[p], &comps[i].name, offsets[i], comps[i].len);
@@ -79,10 +83,7 @@ pub(crate) fn deal(
 fn chosen(idx: &[u64], strings: &[u64], n_choices: usize, bits: u32, count: usize) -> Vec<u64> {
     let mask = ring::low_mask(bits);
     let sel = n_choices as u64 - 1;
-    (0..count)
-        .into_par_iter()
-        .map(|i| strings[i * n_choices + (idx[i] & sel) as usize] & mask)
-        .collect()
+    (0..count).into_par_iter().map(|i| strings[i * n_choices + (idx[i] & sel) as usize] & mask).collect()
 }
 
 /// P1's raw components without dealing the rest: P1's only raw parts are public shapes.

@@ -26,9 +26,7 @@
 //! that party's seed.
 
 use super::ideal::party_seeds;
-use super::{
-    deal, io_err, layout, Backend, LinearWeights, Material, MaterialError, MaterialRequest, Src,
-};
+use super::{deal, io_err, layout, Backend, LinearWeights, Material, MaterialError, MaterialRequest, Src};
 use crate::prg::{PrgKind, Seed, DEFAULT_PRG};
 use crate::share::Role;
 use memmap2::Mmap;
@@ -94,7 +92,9 @@ impl Manifest {
         let path = dir.join("manifest.json");
         let text = fs::read_to_string(&path).map_err(|e| MaterialError::Format {
             path: path.clone(),
-            detail: format!("cannot read the bundle manifest ({e}); is this a bundle written by `shardlm-client dealer`?"),
+            detail: format!(
+                "cannot read the bundle manifest ({e}); is this a bundle written by `shardlm-client dealer`?"
+            ),
         })?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| MaterialError::Format {
             path: path.clone(),
@@ -155,7 +155,12 @@ impl std::fmt::Debug for BundleWriter {
 impl BundleWriter {
     /// Starts a bundle in `dir` (created if missing; refused if it already holds a
     /// bundle). `seed` is the dealer's secret seed: draw it from the OS.
-    pub fn create(dir: &Path, model_fingerprint: &str, variant: &str, seed: Seed) -> Result<BundleWriter, MaterialError> {
+    pub fn create(
+        dir: &Path,
+        model_fingerprint: &str,
+        variant: &str,
+        seed: Seed,
+    ) -> Result<BundleWriter, MaterialError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         for f in ["manifest.json", "p0.shard", "p1.shard", "p0.journal", "p1.journal"] {
             if dir.join(f).exists() {
@@ -180,7 +185,8 @@ impl BundleWriter {
     /// Deals one request for both parties and appends it.
     pub fn push(&mut self, req: &MaterialRequest, weights: &dyn LinearWeights) -> Result<(), MaterialError> {
         let comps = layout(req)?;
-        let offsets: Vec<u64> = comps.iter().map(|c| self.cursors.get(&c.name).copied().unwrap_or(0)).collect();
+        let offsets: Vec<u64> =
+            comps.iter().map(|c| self.cursors.get(&c.name).copied().unwrap_or(0)).collect();
         let parts = deal(req, [&self.seeds[0], &self.seeds[1]], &offsets, weights)?;
         for (p, raw) in parts.into_iter().enumerate() {
             let mut raw = raw.into_iter();
@@ -191,7 +197,9 @@ impl BundleWriter {
                 if c.src[p] != Src::Raw {
                     continue;
                 }
-                let words = raw.next().ok_or_else(|| MaterialError::Mismatch(format!("dealer produced no {}", c.name)))?;
+                let words = raw
+                    .next()
+                    .ok_or_else(|| MaterialError::Mismatch(format!("dealer produced no {}", c.name)))?;
                 let dir = &self.dir;
                 let entry = match self.tmp[p].entry(c.name.clone()) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
@@ -247,10 +255,8 @@ impl BundleWriter {
             shards,
             counts: [("p0".to_string(), c0), ("p1".to_string(), c1)].into_iter().collect(),
         };
-        let json = serde_json::to_string_pretty(&manifest).map_err(|e| MaterialError::Format {
-            path: dir.join("manifest.json"),
-            detail: e.to_string(),
-        })?;
+        let json = serde_json::to_string_pretty(&manifest)
+            .map_err(|e| MaterialError::Format { path: dir.join("manifest.json"), detail: e.to_string() })?;
         write_durably(&dir.join("manifest.json"), json.as_bytes())?;
         Ok(manifest)
     }
@@ -292,7 +298,9 @@ fn write_shard(
     let mut pos = PREAMBLE;
     let mut sections = BTreeMap::new();
     for (stream, (tmp_path, w)) in tmps {
-        let file = w.into_inner().map_err(|e| MaterialError::Io { path: tmp_path.clone(), source: e.into_error() })?;
+        let file = w
+            .into_inner()
+            .map_err(|e| MaterialError::Io { path: tmp_path.clone(), source: e.into_error() })?;
         drop(file);
         pad_to(&mut f, &part, &mut pos)?;
         let mut src = File::open(&tmp_path).map_err(io_err(&tmp_path))?;
@@ -302,8 +310,10 @@ fn write_shard(
         fs::remove_file(&tmp_path).map_err(io_err(&tmp_path))?;
     }
     pad_to(&mut f, &part, &mut pos)?;
-    let trailer = Trailer { party: PARTIES[p].into(), seed: seed.to_hex(), prg: DEFAULT_PRG, sections, totals };
-    let json = serde_json::to_vec(&trailer).map_err(|e| MaterialError::Format { path: part.clone(), detail: e.to_string() })?;
+    let trailer =
+        Trailer { party: PARTIES[p].into(), seed: seed.to_hex(), prg: DEFAULT_PRG, sections, totals };
+    let json = serde_json::to_vec(&trailer)
+        .map_err(|e| MaterialError::Format { path: part.clone(), detail: e.to_string() })?;
     f.write_all(&json).map_err(io_err(&part))?;
     let mut pre = [0u8; PREAMBLE as usize];
     pre[..8].copy_from_slice(MAGIC);
@@ -387,10 +397,8 @@ impl FileBackend {
             seq: self.seq,
             cursors: cursors.clone(),
         };
-        let bytes = serde_json::to_vec(&j).map_err(|e| MaterialError::Format {
-            path: self.journal_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let bytes = serde_json::to_vec(&j)
+            .map_err(|e| MaterialError::Format { path: self.journal_path.clone(), detail: e.to_string() })?;
         write_durably(&self.journal_path, &bytes)
     }
 }
@@ -439,7 +447,11 @@ impl Backend for FileBackend {
                 left: 0,
             })?;
             if off.checked_add(c.len).is_none_or(|end| end > sec.words) {
-                return Err(MaterialError::Exhausted { kind: c.name.clone(), needed: c.len, left: sec.words.saturating_sub(off) });
+                return Err(MaterialError::Exhausted {
+                    kind: c.name.clone(),
+                    needed: c.len,
+                    left: sec.words.saturating_sub(off),
+                });
             }
             let start = (sec.offset + off * 8) as usize;
             let end = start + (c.len * 8) as usize;
@@ -523,18 +535,26 @@ impl<R: Role> Material<R> {
             });
         }
         let lock_path = dir.join(format!("{party}.lock"));
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
         let locked = fs4::fs_std::FileExt::try_lock_exclusive(&lock).map_err(io_err(&lock_path))?;
         if !locked {
             return Err(MaterialError::Locked { shard, lock: lock_path });
         }
         let info = manifest.shards.get(party).ok_or_else(|| MaterialError::Format {
             path: dir.join("manifest.json"),
-            detail: format!("the manifest lists no {party} shard; regenerate with `shardlm-client dealer ...`"),
+            detail: format!(
+                "the manifest lists no {party} shard; regenerate with `shardlm-client dealer ...`"
+            ),
         })?;
         let file = File::open(&shard).map_err(io_err(&shard))?;
         let map = map_read_only(&file).map_err(io_err(&shard))?;
-        let corrupted = |detail: &str| MaterialError::Corrupted { path: shard.clone(), detail: detail.into() };
+        let corrupted =
+            |detail: &str| MaterialError::Corrupted { path: shard.clone(), detail: detail.into() };
         if map.len() < PREAMBLE as usize || &map[..8] != MAGIC {
             return Err(corrupted("is not a shard (bad magic or truncated)"));
         }
@@ -559,8 +579,8 @@ impl<R: Role> Material<R> {
             .checked_add(t_len)
             .and_then(|end| map.get(t_off as usize..end as usize))
             .ok_or_else(|| corrupted("is truncated (trailer out of bounds)"))?;
-        let trailer: Trailer =
-            serde_json::from_slice(trailer_bytes).map_err(|e| corrupted(&format!("has a bad trailer ({e})")))?;
+        let trailer: Trailer = serde_json::from_slice(trailer_bytes)
+            .map_err(|e| corrupted(&format!("has a bad trailer ({e})")))?;
         for (name, s) in &trailer.sections {
             let end = s.words.checked_mul(8).and_then(|b| b.checked_add(s.offset));
             if end.is_none_or(|e| e > t_off) || s.offset % ALIGN != 0 {
@@ -571,7 +591,10 @@ impl<R: Role> Material<R> {
         if trailer.prg != DEFAULT_PRG {
             return Err(MaterialError::Format {
                 path: shard,
-                detail: format!("dealt with PRG {:?} but this build uses {DEFAULT_PRG:?}; regenerate the bundle", trailer.prg),
+                detail: format!(
+                    "dealt with PRG {:?} but this build uses {DEFAULT_PRG:?}; regenerate the bundle",
+                    trailer.prg
+                ),
             });
         }
         let journal_path = dir.join(format!("{party}.journal"));
@@ -579,7 +602,9 @@ impl<R: Role> Material<R> {
             Ok(bytes) => {
                 let j: Journal = serde_json::from_slice(&bytes).map_err(|e| MaterialError::Format {
                     path: journal_path.clone(),
-                    detail: format!("unreadable journal ({e}); refusing to guess what was consumed: deal a new bundle"),
+                    detail: format!(
+                        "unreadable journal ({e}); refusing to guess what was consumed: deal a new bundle"
+                    ),
                 })?;
                 if j.bundle_id != manifest.bundle_id || j.party != party {
                     return Err(MaterialError::Format {

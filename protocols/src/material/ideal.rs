@@ -2,7 +2,9 @@
 //! demand by the same [`super::deal`] the bundle writer uses. For tests and local demos:
 //! P0's half holds both parties' seeds, which a real deployment never does.
 
-use super::{deal, p1_raw_parts, Backend, LinearWeights, Material, MaterialError, MaterialRequest, NoWeights};
+use super::{
+    deal, p1_raw_parts, Backend, LinearWeights, Material, MaterialError, MaterialRequest, NoWeights,
+};
 use crate::prg::Seed;
 use crate::share::{P0, P1};
 use std::collections::BTreeMap;

@@ -11,7 +11,9 @@
 //!   `manifest.json`, `p0.shard`, `p1.shard`, a journal and a lock per party
 //!   ([`file`] module doc has the format).
 //!
-//! The dealer's generation of every kind is in one place ([`deal`]), used by both.
+//! The dealer's generation of every kind is in one place (`deal.rs`), used by both.
+//! [`Recorder`] implements the same traits and records the requests a forward pass
+//! makes, for the planner.
 //!
 //! # Seed compression
 //!
@@ -40,9 +42,11 @@
 mod deal;
 pub mod file;
 mod ideal;
+mod recorder;
 
 pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WORDS, FORMAT_VERSION};
-pub use ideal::IdealDealer;
+pub use ideal::{IdealDealer, SharedWeights};
+pub use recorder::Recorder;
 
 use crate::mpc::{AndTriples, DaBits, MaskedLinear, MatrixTriple, RandomOts, SquarePairs, Triples};
 use crate::prg::{Prg, Seed};
@@ -194,6 +198,13 @@ pub enum MaterialRequest {
 }
 
 impl MaterialRequest {
+    /// Raw words this request stores in `party`'s shard (0 for P0, 1 for P1); the rest
+    /// of its material is seed-derived. Errors on an invalid request.
+    pub fn raw_words(&self, party: u8) -> Result<u64, MaterialError> {
+        let p = usize::from(party.min(1));
+        Ok(layout(self)?.iter().filter(|c| c.src[p] == Src::Raw).map(|c| c.len).sum())
+    }
+
     /// The kind's name, as counted in the manifest and named in errors.
     pub fn kind(&self) -> String {
         match self {
@@ -203,7 +214,9 @@ impl MaterialRequest {
             MaterialRequest::TruncOts { bits, .. } => format!("trunc-ots-{bits}b"),
             MaterialRequest::AndTriples(_) => "and-triples".into(),
             MaterialRequest::DaBits(_) => "dabits".into(),
-            MaterialRequest::RandomOts { n_choices, bits, .. } => format!("random-ots-1of{n_choices}-{bits}b"),
+            MaterialRequest::RandomOts { n_choices, bits, .. } => {
+                format!("random-ots-1of{n_choices}-{bits}b")
+            }
             MaterialRequest::MaskedLinear { .. } => "masked-linear".into(),
         }
     }
@@ -251,7 +264,12 @@ pub trait MaterialSource<R: Role> {
     /// `n` daBits.
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError>;
     /// `count` 1-of-`n_choices` random OTs on `bits`-bit strings.
-    fn take_random_ots(&mut self, n_choices: usize, bits: u32, count: usize) -> Result<RandomOts<R>, MaterialError>;
+    fn take_random_ots(
+        &mut self,
+        n_choices: usize,
+        bits: u32,
+        count: usize,
+    ) -> Result<RandomOts<R>, MaterialError>;
 }
 
 /// P0's client-assisted linear-layer material (v2, v3). P1 gets nothing for these.
@@ -286,9 +304,15 @@ pub(crate) struct Component {
 pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialError> {
     use Src::*;
     let kind = req.kind();
-    let c = |part: &str, len: u64, p0: Src, p1: Src| Component { name: format!("{kind}.{part}"), len, src: [p0, p1] };
+    let c = |part: &str, len: u64, p0: Src, p1: Src| Component {
+        name: format!("{kind}.{part}"),
+        len,
+        src: [p0, p1],
+    };
     let mul = |a: usize, b: usize| -> Result<u64, MaterialError> {
-        (a as u64).checked_mul(b as u64).ok_or_else(|| MaterialError::InvalidRequest(format!("{req:?} is too large")))
+        (a as u64)
+            .checked_mul(b as u64)
+            .ok_or_else(|| MaterialError::InvalidRequest(format!("{req:?} is too large")))
     };
     Ok(match *req {
         MaterialRequest::Triples(n) | MaterialRequest::AndTriples(n) => {
@@ -305,9 +329,15 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
         MaterialRequest::DaBits(n) => vec![c("b", n as u64, Seed, Seed), c("r", n as u64, Raw, Seed)],
         MaterialRequest::TruncOts { n, bits } => {
             if !(1..=62).contains(&bits) {
-                return Err(MaterialError::InvalidRequest(format!("truncation shift {bits} is outside 1..=62")));
+                return Err(MaterialError::InvalidRequest(format!(
+                    "truncation shift {bits} is outside 1..=62"
+                )));
             }
-            vec![c("idx", n as u64, Seed, Absent), c("strings", mul(n, 2)?, Absent, Seed), c("chosen", n as u64, Raw, Absent)]
+            vec![
+                c("idx", n as u64, Seed, Absent),
+                c("strings", mul(n, 2)?, Absent, Seed),
+                c("chosen", n as u64, Raw, Absent),
+            ]
         }
         MaterialRequest::RandomOts { n_choices, bits, count } => {
             if n_choices < 2 || !n_choices.is_power_of_two() || n_choices > 1 << 16 {
@@ -316,7 +346,9 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
                 )));
             }
             if !(1..=64).contains(&bits) {
-                return Err(MaterialError::InvalidRequest(format!("OT string width {bits} is outside 1..=64")));
+                return Err(MaterialError::InvalidRequest(format!(
+                    "OT string width {bits} is outside 1..=64"
+                )));
             }
             vec![
                 c("idx", count as u64, Seed, Absent),
@@ -379,7 +411,11 @@ impl<R: Role> std::fmt::Debug for Material<R> {
 }
 
 impl<R: Role> Material<R> {
-    pub(crate) fn from_backend(seed: Seed, cursors: BTreeMap<String, u64>, backend: Box<dyn Backend>) -> Self {
+    pub(crate) fn from_backend(
+        seed: Seed,
+        cursors: BTreeMap<String, u64>,
+        backend: Box<dyn Backend>,
+    ) -> Self {
         Material { seed, cursors, backend, _role: PhantomData }
     }
 
@@ -410,7 +446,8 @@ impl<R: Role> Material<R> {
     pub(crate) fn take(&mut self, req: &MaterialRequest) -> Result<Vec<Vec<u64>>, MaterialError> {
         let comps = layout(req)?;
         let me = R::ID as usize;
-        let offsets: Vec<u64> = comps.iter().map(|c| self.cursors.get(&c.name).copied().unwrap_or(0)).collect();
+        let offsets: Vec<u64> =
+            comps.iter().map(|c| self.cursors.get(&c.name).copied().unwrap_or(0)).collect();
         // Records with a shape: check the next record is the one this step asks for
         // before consuming anything.
         if let (Some(want), Some(first)) = (expected_shape(req), comps.first()) {
@@ -442,7 +479,9 @@ impl<R: Role> Material<R> {
             out.push(match c.src[me] {
                 Src::Seed => seeded(&self.seed, &c.name, off, c.len),
                 Src::Raw => {
-                    let v = raw.next().ok_or_else(|| MaterialError::Mismatch(format!("missing raw part {}", c.name)))?;
+                    let v = raw
+                        .next()
+                        .ok_or_else(|| MaterialError::Mismatch(format!("missing raw part {}", c.name)))?;
                     if v.len() as u64 != c.len {
                         return Err(MaterialError::Mismatch(format!(
                             "raw part {} has {} words, expected {}",
@@ -469,9 +508,7 @@ fn check_shape(kind: &str, got: &[u64], want: &[u64]) -> Result<(), MaterialErro
     Ok(())
 }
 
-fn take_parts<const N: usize>(
-    parts: Vec<Vec<u64>>,
-) -> Result<[Vec<u64>; N], MaterialError> {
+fn take_parts<const N: usize>(parts: Vec<Vec<u64>>) -> Result<[Vec<u64>; N], MaterialError> {
     parts.try_into().map_err(|_| MaterialError::Mismatch("wrong number of components".into()))
 }
 
@@ -507,8 +544,14 @@ impl<R: Role> MaterialSource<R> for Material<R> {
         Ok(DaBits { bits: b.into_iter().map(|w| w & 1).collect(), arith: Shares::from_raw(r) })
     }
 
-    fn take_random_ots(&mut self, n_choices: usize, bits: u32, count: usize) -> Result<RandomOts<R>, MaterialError> {
-        let [idx, strings, chosen] = take_parts(self.take(&MaterialRequest::RandomOts { n_choices, bits, count })?)?;
+    fn take_random_ots(
+        &mut self,
+        n_choices: usize,
+        bits: u32,
+        count: usize,
+    ) -> Result<RandomOts<R>, MaterialError> {
+        let [idx, strings, chosen] =
+            take_parts(self.take(&MaterialRequest::RandomOts { n_choices, bits, count })?)?;
         Ok(ots_from_parts::<R>(n_choices, bits, count, idx, strings, chosen))
     }
 }
@@ -539,7 +582,8 @@ impl MaskedLinearSource for Material<P0> {
         d_out: usize,
         weight: u32,
     ) -> Result<MaskedLinear, MaterialError> {
-        let [shape, r, s] = take_parts(self.take(&MaterialRequest::MaskedLinear { n, d_in, d_out, weight })?)?;
+        let [shape, r, s] =
+            take_parts(self.take(&MaterialRequest::MaskedLinear { n, d_in, d_out, weight })?)?;
         check_shape("masked linear", &shape, &[n as u64, d_in as u64, d_out as u64, weight as u64])?;
         Ok(MaskedLinear { n, d_in, d_out, weight, r, s })
     }

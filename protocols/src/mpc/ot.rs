@@ -82,7 +82,11 @@ pub fn receiver_finish(st: ReceiverState, answer: &[u64]) -> Result<Vec<u64>, Mp
 }
 
 /// Driver, P0: receives `T_i[choices[i]]` for each OT.
-pub fn receive<C: Channel + ?Sized>(ch: &mut C, choices: &[u64], ots: RandomOts<P0>) -> Result<Vec<u64>, MpcError> {
+pub fn receive<C: Channel + ?Sized>(
+    ch: &mut C,
+    choices: &[u64],
+    ots: RandomOts<P0>,
+) -> Result<Vec<u64>, MpcError> {
     let (n, count, bits) = (ots.n_choices(), ots.count(), ots.bits());
     let (st, msg) = receiver_start(choices, ots)?;
     ch.send_u64s(Lane::Ot, &msg)?;

@@ -65,7 +65,11 @@ pub struct TruncP0State {
 }
 
 /// Core, P0 step 1: returns the state and the message (packed bits `b = m0 XOR c`).
-pub fn p0_start(x0: &Shares<P0>, shift: u32, ots: RandomOts<P0>) -> Result<(TruncP0State, Vec<u64>), MpcError> {
+pub fn p0_start(
+    x0: &Shares<P0>,
+    shift: u32,
+    ots: RandomOts<P0>,
+) -> Result<(TruncP0State, Vec<u64>), MpcError> {
     check_params(shift, x0.len(), ots.count(), ots.n_choices(), ots.bits())?;
     let x: Vec<u64> = x0.as_slice().iter().map(|v| v.wrapping_add(TRUNC_BOUND)).collect();
     let b: Vec<u64> = x.iter().zip(ots.indices()).map(|(v, c)| (v >> 63) ^ (c & 1)).collect();
