@@ -245,6 +245,21 @@ mod tests {
     }
 
     #[test]
+    fn gemm_abt_odd_shapes_match_naive() {
+        for (m, k, n) in [(1, 1, 1), (3, 5, 1), (1, 4, 33), (5, 3, 70), (2, 0, 3), (0, 3, 2)] {
+            let a: Vec<u64> = (0..m * k).map(|i| (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+            let b: Vec<u64> = (0..n * k).map(|i| (i as u64 + 7).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).collect();
+            let c = gemm_abt(&a, &b, m, k, n);
+            assert_eq!(c.len(), m * n);
+            for i in 0..m {
+                for j in 0..n {
+                    assert_eq!(c[i * n + j], dot(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k]));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn pack_round_trip() {
         for width in [1u32, 3, 16, 17, 63, 64] {
             let vals: Vec<u64> =

@@ -469,7 +469,7 @@ impl<R: Role> Material<R> {
                     return Err(MaterialError::Exhausted { kind: c.name.clone(), needed: c.len, left });
                 }
             }
-            next.insert(c.name.clone(), off + c.len);
+            next.insert(c.name.clone(), off.saturating_add(c.len));
         }
         self.backend.commit(&next)?;
         self.cursors = next;

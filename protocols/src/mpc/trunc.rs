@@ -130,8 +130,9 @@ pub fn p0_finish(st: TruncP0State, answer: &[u64]) -> Result<Shares<P0>, MpcErro
     Ok(Shares::from_raw(t0))
 }
 
-/// Driver: faithful truncation of `x` by `shift` bits. P1 draws its fresh masks from
-/// `rng` (P0 ignores it).
+/// Driver: faithful truncation of `x` by `shift` bits. P1 draws its fresh masks `r` from
+/// `rng`, which must be a cryptographic generator seeded from fresh OS entropy (e.g. a
+/// [`crate::prg::Prg`] of a [`crate::prg::Seed::random`]); P0 ignores it.
 pub fn truncate<R: Role, C: Channel + ?Sized>(
     ch: &mut C,
     x: Shares<R>,
