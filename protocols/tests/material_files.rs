@@ -349,3 +349,35 @@ fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
     pass(&mut m);
     assert!(m.take_triples(1).is_err(), "the bundle holds exactly what the pass takes");
 }
+
+/// v2 linear layer end to end: dealer bundle for P0, server holds only the public
+/// weight; exact `enc(X) enc(W)^T`, traffic exactly `8 n (d_in + d_out)` bytes.
+#[test]
+fn client_assisted_linear_layer_is_exact() {
+    use shardlm_protocols::mpc::linear;
+    use shardlm_transport::{Channel, Lane};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3;
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(4)).unwrap();
+    w.push(&MaterialRequest::MaskedLinear { n, d_in: D_IN, d_out: D_OUT, weight: 7 }, &weight).unwrap();
+    w.finish().unwrap();
+    let xs: Vec<f64> = (0..n * D_IN).map(|i| (i as f64 * 0.7).cos() * 40.0).collect();
+    let x = ring::encode_vec_f64(&xs, 16);
+    let wt = weight(7).unwrap();
+    let p = dir.path();
+    let ((y, c0), c1) = common::two_party(
+        |ch| {
+            let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
+            let ml = m.take_masked_linear(n, D_IN, D_OUT, 7).unwrap();
+            (linear::client(ch, Lane::Masked(0), &x, ml).unwrap(), ch.counters())
+        },
+        |ch| {
+            linear::server(ch, Lane::Masked(0), &wt, n, D_IN, D_OUT).unwrap();
+            ch.counters()
+        },
+    );
+    assert_eq!(y, ring::gemm_abt(&x, &wt, n, D_IN, D_OUT));
+    let bytes = c0.bytes_sent() + c1.bytes_sent();
+    assert_eq!(bytes, 8 * (n * (D_IN + D_OUT)) as u64);
+    assert_eq!(c0.rounds, 1);
+}

@@ -16,6 +16,7 @@
 //! | boolean AND (64 per word) | [`boolean`] | 16 bytes per word | 1 |
 //! | bit to arithmetic (daBit) | [`boolean`] | 1 bit | 1 |
 //! | 1-of-N random-OT lookup | [`ot`] | P0 `log2 N` bits, P1 `N * bits` bits | 1 |
+//! | client-assisted linear `n x d_in -> d_out` (v2) | [`linear`] | P0 `8 n d_in`, P1 `8 n d_out` bytes | 1 |
 //!
 //! The correlated randomness they consume is in [`correlations`]; where it comes from
 //! (an ideal dealer in tests, dealer files in deployment) is [`crate::material`].
@@ -23,6 +24,7 @@
 pub mod beaver;
 pub mod boolean;
 pub mod correlations;
+pub mod linear;
 pub mod open;
 pub mod ot;
 pub mod trunc;
