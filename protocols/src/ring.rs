@@ -189,14 +189,21 @@ pub fn pack_bits(values: &[u64], width: u32) -> Vec<u64> {
 /// Inverse of [`pack_bits`]: `count` values of `width` bits. Returns `None` if `words`
 /// is too short.
 pub fn unpack_bits(words: &[u64], width: u32, count: usize) -> Option<Vec<u64>> {
+    unpack_bits_at(words, 0, width, count)
+}
+
+/// `count` values of `width` bits starting at bit `bit_offset` of `words` (packed as by
+/// [`pack_bits`]). Returns `None` if `words` is too short.
+pub fn unpack_bits_at(words: &[u64], bit_offset: usize, width: u32, count: usize) -> Option<Vec<u64>> {
     let width = width.clamp(1, 64) as usize;
-    if words.len() < (count * width).div_ceil(64) {
+    let end = count.checked_mul(width)?.checked_add(bit_offset)?;
+    if words.len() < end.div_ceil(64) {
         return None;
     }
     let mask = low_mask(width as u32);
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
-        let bit = i * width;
+        let bit = bit_offset + i * width;
         let (w, off) = (bit / 64, bit % 64);
         let mut v = words[w] >> off;
         if off + width > 64 {
@@ -247,8 +254,10 @@ mod tests {
     #[test]
     fn gemm_abt_odd_shapes_match_naive() {
         for (m, k, n) in [(1, 1, 1), (3, 5, 1), (1, 4, 33), (5, 3, 70), (2, 0, 3), (0, 3, 2)] {
-            let a: Vec<u64> = (0..m * k).map(|i| (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
-            let b: Vec<u64> = (0..n * k).map(|i| (i as u64 + 7).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).collect();
+            let a: Vec<u64> =
+                (0..m * k).map(|i| (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+            let b: Vec<u64> =
+                (0..n * k).map(|i| (i as u64 + 7).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)).collect();
             let c = gemm_abt(&a, &b, m, k, n);
             assert_eq!(c.len(), m * n);
             for i in 0..m {
@@ -269,5 +278,10 @@ mod tests {
             assert_eq!(unpack_bits(&p, width, 100).unwrap(), vals);
         }
         assert!(unpack_bits(&[0], 16, 5).is_none());
+        let vals: Vec<u64> = (0..50u64).map(|i| i * 977 % 8192).collect();
+        let p = pack_bits(&vals, 13);
+        for start in [0usize, 1, 4, 5, 31] {
+            assert_eq!(unpack_bits_at(&p, start * 13, 13, 50 - start).unwrap(), vals[start..]);
+        }
     }
 }

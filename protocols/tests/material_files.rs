@@ -337,8 +337,9 @@ fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
     pass(&mut rec);
     let reqs = rec.into_requests();
     assert_eq!(reqs.len(), 4);
-    assert_eq!(reqs[0].raw_words(0).unwrap(), 4 + 4 * D_OUT as u64);
-    assert_eq!(reqs[1].raw_words(1).unwrap(), 0);
+    assert_eq!(reqs[0].raw_bytes(0).unwrap(), 8.0 * (4 + 4 * D_OUT) as f64);
+    assert_eq!(reqs[1].raw_bytes(1).unwrap(), 0.0);
+    assert_eq!(reqs[2].raw_bytes(0).unwrap(), 24.0); // 12 packed 16-bit strings
     let dir = tempfile::tempdir().unwrap();
     let mut w = BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(8)).unwrap();
     for r in &reqs {
@@ -380,4 +381,33 @@ fn client_assisted_linear_layer_is_exact() {
     let bytes = c0.bytes_sent() + c1.bytes_sent();
     assert_eq!(bytes, 8 * (n * (D_IN + D_OUT)) as u64);
     assert_eq!(c0.rounds, 1);
+}
+
+/// Packed OT strings (P0 stores 16-bit strings in 2 bytes) read back exactly, in pieces
+/// that straddle words, across a reopen; the shard holds 2 bytes per truncation.
+#[test]
+fn packed_ot_strings_read_back_in_any_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(77)).unwrap();
+    for n in [3usize, 5, 64, 1, 1000, 7] {
+        w.push(&MaterialRequest::TruncOts { n, bits: 16 }, &NoWeights).unwrap();
+        w.push(&MaterialRequest::RandomOts { n_choices: 8, bits: 13, count: n }, &NoWeights).unwrap();
+    }
+    let m = w.finish().unwrap();
+    // 1080 strings of 16 bits and 1080 of 13 bits, plus preamble, alignment and trailer.
+    assert!(m.shards["p0"].bytes < 64 + 2160 + 1760 + 128 + 2048, "p0 shard {} bytes", m.shards["p0"].bytes);
+    let (mut i0, _) = IdealDealer::new(Seed::from_u64(77)).split();
+    let want_t = i0.take_trunc_ots(1080, 16).unwrap();
+    let want_r = i0.take_random_ots(8, 13, 1080).unwrap();
+    let (mut got_t, mut got_r) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for piece in [1usize, 2, 61, 3, 500, 13, 500] {
+        let mut f = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+        got_t.extend_from_slice(f.take_trunc_ots(piece, 16).unwrap().chosen());
+        got_r.extend_from_slice(f.take_random_ots(8, 13, piece).unwrap().chosen());
+        at += piece;
+    }
+    assert_eq!(at, 1080);
+    assert_eq!(got_t, want_t.chosen());
+    assert_eq!(got_r, want_r.chosen());
 }

@@ -8,7 +8,8 @@
 //! * `p0.shard`, `p1.shard`: one per party. Layout: a 64-byte preamble (`SHLMSHRD`,
 //!   format version `u32`, party `u32`, trailer offset `u64`, trailer length `u64`, all
 //!   little-endian), then every raw component stream of that party as a raw
-//!   little-endian `u64` array starting at a 64-byte aligned offset, then a JSON trailer
+//!   little-endian `u64` array starting at a 64-byte aligned offset (streams of narrow
+//!   values, the OT strings, bit-packed at their width), then a JSON trailer
 //!   (the party's seed, each stream's offset and length, the words available in every
 //!   component stream, seeded ones included). Memory-mapped on open; the whole file's
 //!   blake3 is checked against the manifest before anything is used.
@@ -113,11 +114,75 @@ impl Manifest {
     }
 }
 
-/// A stream's place in a shard.
+/// A stream's place in a shard: `elements` values of `bits` bits packed into `words`
+/// little-endian `u64` words from byte `offset`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Section {
     offset: u64,
     words: u64,
+    elements: u64,
+    bits: u32,
+}
+
+impl Section {
+    /// Elements `off..off + len`, or `None` if out of range or the map is too short.
+    fn read(&self, map: &[u8], off: u64, len: u64) -> Option<Vec<u64>> {
+        if off.checked_add(len)? > self.elements {
+            return None;
+        }
+        let bits = u64::from(self.bits);
+        let first_bit = off * bits;
+        let (w0, w1) = (first_bit / 64, ((off + len) * bits).div_ceil(64));
+        let start = usize::try_from(self.offset + w0 * 8).ok()?;
+        let end = usize::try_from(self.offset + w1 * 8).ok()?;
+        let words = le_words(map.get(start..end)?);
+        if self.bits == 64 {
+            return Some(words);
+        }
+        crate::ring::unpack_bits_at(&words, (first_bit % 64) as usize, self.bits, len as usize)
+    }
+}
+
+/// A raw stream being written: values packed at `bits` bits into a temporary file.
+struct StreamWriter {
+    path: PathBuf,
+    out: BufWriter<File>,
+    bits: u32,
+    acc: u64,
+    nbits: u32,
+    elements: u64,
+}
+
+impl StreamWriter {
+    fn push(&mut self, values: &[u64]) -> Result<(), MaterialError> {
+        let w = self.bits;
+        let mask = crate::ring::low_mask(w);
+        let mut bytes = Vec::with_capacity(values.len() * w as usize / 8 + 8);
+        for &v in values {
+            let v = v & mask;
+            self.acc = if self.nbits == 0 { v } else { self.acc | (v << self.nbits) };
+            let total = self.nbits + w;
+            if total >= 64 {
+                bytes.extend_from_slice(&self.acc.to_le_bytes());
+                let used = 64 - self.nbits;
+                self.acc = if used >= 64 { 0 } else { v >> used };
+                self.nbits = total - 64;
+            } else {
+                self.nbits = total;
+            }
+        }
+        self.elements += values.len() as u64;
+        self.out.write_all(&bytes).map_err(io_err(&self.path))
+    }
+
+    /// Flushes the last partial word and closes the file.
+    fn finish(mut self) -> Result<(PathBuf, u64, u32), MaterialError> {
+        if self.nbits > 0 {
+            self.out.write_all(&self.acc.to_le_bytes()).map_err(io_err(&self.path))?;
+        }
+        self.out.flush().map_err(io_err(&self.path))?;
+        Ok((self.path, self.elements, self.bits))
+    }
 }
 
 /// The JSON trailer of a shard.
@@ -142,7 +207,7 @@ pub struct BundleWriter {
     seeds: [Seed; 2],
     cursors: BTreeMap<String, u64>,
     present: [BTreeMap<String, ()>; 2],
-    tmp: [BTreeMap<String, (PathBuf, BufWriter<File>)>; 2],
+    tmp: [BTreeMap<String, StreamWriter>; 2],
     counts: [BTreeMap<String, KindCount>; 2],
 }
 
@@ -206,14 +271,17 @@ impl BundleWriter {
                     std::collections::btree_map::Entry::Vacant(v) => {
                         let path = dir.join(format!(".{}.{}.tmp", PARTIES[p], c.name));
                         let f = File::create(&path).map_err(io_err(&path))?;
-                        v.insert((path, BufWriter::with_capacity(1 << 20, f)))
+                        v.insert(StreamWriter {
+                            path,
+                            out: BufWriter::with_capacity(1 << 20, f),
+                            bits: c.bits,
+                            acc: 0,
+                            nbits: 0,
+                            elements: 0,
+                        })
                     }
                 };
-                let mut bytes = Vec::with_capacity(words.len() * 8);
-                for w in &words {
-                    bytes.extend_from_slice(&w.to_le_bytes());
-                }
-                entry.1.write_all(&bytes).map_err(io_err(&entry.0))?;
+                entry.push(&words)?;
             }
             if comps.iter().any(|c| c.src[p] != Src::Absent) {
                 let k = self.counts[p].entry(req.kind()).or_default();
@@ -287,7 +355,7 @@ fn write_shard(
     dir: &Path,
     p: usize,
     seed: &Seed,
-    tmps: BTreeMap<String, (PathBuf, BufWriter<File>)>,
+    tmps: BTreeMap<String, StreamWriter>,
     totals: BTreeMap<String, u64>,
 ) -> Result<ShardInfo, MaterialError> {
     let name = format!("{}.shard", PARTIES[p]);
@@ -297,15 +365,12 @@ fn write_shard(
     f.write_all(&[0u8; PREAMBLE as usize]).map_err(io_err(&part))?;
     let mut pos = PREAMBLE;
     let mut sections = BTreeMap::new();
-    for (stream, (tmp_path, w)) in tmps {
-        let file = w
-            .into_inner()
-            .map_err(|e| MaterialError::Io { path: tmp_path.clone(), source: e.into_error() })?;
-        drop(file);
+    for (stream, w) in tmps {
+        let (tmp_path, elements, bits) = w.finish()?;
         pad_to(&mut f, &part, &mut pos)?;
         let mut src = File::open(&tmp_path).map_err(io_err(&tmp_path))?;
         let n = std::io::copy(&mut src, &mut f).map_err(io_err(&part))?;
-        sections.insert(stream, Section { offset: pos, words: n / 8 });
+        sections.insert(stream, Section { offset: pos, words: n / 8, elements, bits });
         pos += n;
         fs::remove_file(&tmp_path).map_err(io_err(&tmp_path))?;
     }
@@ -446,20 +511,24 @@ impl Backend for FileBackend {
                 needed: c.len,
                 left: 0,
             })?;
-            if off.checked_add(c.len).is_none_or(|end| end > sec.words) {
+            if sec.bits != c.bits {
+                return Err(MaterialError::Corrupted {
+                    path: self.shard.clone(),
+                    detail: format!("stores {} at {} bits, expected {}", c.name, sec.bits, c.bits),
+                });
+            }
+            if off.checked_add(c.len).is_none_or(|end| end > sec.elements) {
                 return Err(MaterialError::Exhausted {
                     kind: c.name.clone(),
                     needed: c.len,
-                    left: sec.words.saturating_sub(off),
+                    left: sec.elements.saturating_sub(off),
                 });
             }
-            let start = (sec.offset + off * 8) as usize;
-            let end = start + (c.len * 8) as usize;
-            let bytes = self.map.get(start..end).ok_or_else(|| MaterialError::Corrupted {
+            let values = sec.read(&self.map, off, c.len).ok_or_else(|| MaterialError::Corrupted {
                 path: self.shard.clone(),
-                detail: "is truncated".into(),
+                detail: format!("is truncated (stream {})", c.name),
             })?;
-            out.push(le_words(bytes));
+            out.push(values);
         }
         Ok(out)
     }
@@ -469,13 +538,7 @@ impl Backend for FileBackend {
     }
 
     fn peek(&self, component: &str, offset: u64, len: u64) -> Option<Vec<u64>> {
-        let sec = self.sections.get(component)?;
-        if offset.checked_add(len)? > sec.words {
-            return None;
-        }
-        let start = usize::try_from(sec.offset + offset * 8).ok()?;
-        let bytes = self.map.get(start..start + (len as usize) * 8)?;
-        Some(le_words(bytes))
+        self.sections.get(component)?.read(&self.map, offset, len)
     }
 }
 
@@ -583,7 +646,12 @@ impl<R: Role> Material<R> {
             .map_err(|e| corrupted(&format!("has a bad trailer ({e})")))?;
         for (name, s) in &trailer.sections {
             let end = s.words.checked_mul(8).and_then(|b| b.checked_add(s.offset));
-            if end.is_none_or(|e| e > t_off) || s.offset % ALIGN != 0 {
+            let fits = s.elements.checked_mul(u64::from(s.bits)).map(|b| b.div_ceil(64) <= s.words);
+            if end.is_none_or(|e| e > t_off)
+                || s.offset % ALIGN != 0
+                || !(1..=64).contains(&s.bits)
+                || fits != Some(true)
+            {
                 return Err(corrupted(&format!("has section {name} out of bounds")));
             }
         }

@@ -29,8 +29,8 @@
 //! | matrix triples | `shape` raw/raw (3), `A`, `B` seed/seed, `C` raw / seed | mn + 3 | 3 |
 //! | AND triples | like triples, XOR and AND | words | 0 |
 //! | daBits | `b` (low bit) seed/seed, `r` raw: `r0 = (b0 ^ b1) - r1` / seed | n | 0 |
-//! | random OTs, 1-of-N | `idx` seed/-, `strings` -/seed (N per OT), `chosen` raw/- | count | 0 |
-//! | truncation OTs | random OTs with N = 2, strings of F bits | n | 0 |
+//! | random OTs, 1-of-N | `idx` seed/-, `strings` -/seed (N per OT), `chosen` raw/- | count x bits/64 (packed) | 0 |
+//! | truncation OTs | random OTs with N = 2, strings of F bits | n F/64 (2 bytes each for F = 16) | 0 |
 //! | masked linear (v2) | `shape` raw/- (4), `R` seed/-, `S = R enc(W)^T` raw/- | n d_out + 4 | 0 |
 //!
 //! P1's material is all seed: the server's shard is a few hundred bytes. The raw parts
@@ -198,11 +198,16 @@ pub enum MaterialRequest {
 }
 
 impl MaterialRequest {
-    /// Raw words this request stores in `party`'s shard (0 for P0, 1 for P1); the rest
-    /// of its material is seed-derived. Errors on an invalid request.
-    pub fn raw_words(&self, party: u8) -> Result<u64, MaterialError> {
+    /// Raw bytes this request stores in `party`'s shard (0 for P0, 1 for P1), packed
+    /// widths included; the rest of its material is seed-derived. Errors on an invalid
+    /// request.
+    pub fn raw_bytes(&self, party: u8) -> Result<f64, MaterialError> {
         let p = usize::from(party.min(1));
-        Ok(layout(self)?.iter().filter(|c| c.src[p] == Src::Raw).map(|c| c.len).sum())
+        Ok(layout(self)?
+            .iter()
+            .filter(|c| c.src[p] == Src::Raw)
+            .map(|c| c.len as f64 * f64::from(c.bits) / 8.0)
+            .sum())
     }
 
     /// The kind's name, as counted in the manifest and named in errors.
@@ -292,12 +297,14 @@ pub(crate) enum Src {
     Absent,
 }
 
-/// One stream of a kind: its name, the words one request takes, and its source per party.
+/// One stream of a kind: its name, the elements one request takes, its source per
+/// party, and the bits per element when stored raw (packed).
 #[derive(Clone, Debug)]
 pub(crate) struct Component {
     pub name: String,
     pub len: u64,
     pub src: [Src; 2],
+    pub bits: u32,
 }
 
 /// The words a request takes from each party's streams (P0, P1).
@@ -308,6 +315,12 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
         name: format!("{kind}.{part}"),
         len,
         src: [p0, p1],
+        bits: 64,
+    };
+    // P0's chosen OT strings are stored packed at their width (2 bytes, not 8, for F = 16).
+    let packed = |mut comp: Component, bits: u32| {
+        comp.bits = bits;
+        comp
     };
     let mul = |a: usize, b: usize| -> Result<u64, MaterialError> {
         (a as u64)
@@ -336,7 +349,7 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
             vec![
                 c("idx", n as u64, Seed, Absent),
                 c("strings", mul(n, 2)?, Absent, Seed),
-                c("chosen", n as u64, Raw, Absent),
+                packed(c("chosen", n as u64, Raw, Absent), bits),
             ]
         }
         MaterialRequest::RandomOts { n_choices, bits, count } => {
@@ -353,7 +366,7 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
             vec![
                 c("idx", count as u64, Seed, Absent),
                 c("strings", mul(count, n_choices)?, Absent, Seed),
-                c("chosen", count as u64, Raw, Absent),
+                packed(c("chosen", count as u64, Raw, Absent), bits),
             ]
         }
         MaterialRequest::MaskedLinear { n, d_in, d_out, .. } => vec![
