@@ -89,6 +89,20 @@ fn one_of_n_ot() {
     lookup(256, 13, 100, 9);
 }
 
+/// Several takes from one dealer stay correlated (each party's streams advance in step).
+#[test]
+fn repeated_takes_stay_correlated() {
+    let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(12)).split();
+    for count in [3usize, 1, 17, 64] {
+        let (o0, o1) = (m0.take_trunc_ots(count, 16).unwrap(), m1.take_trunc_ots(count, 16).unwrap());
+        let (r0, r1) = (m0.take_random_ots(8, 5, count).unwrap(), m1.take_random_ots(8, 5, count).unwrap());
+        for i in 0..count {
+            assert_eq!(o0.chosen()[i], o1.strings()[2 * i + o0.indices()[i] as usize]);
+            assert_eq!(r0.chosen()[i], r1.strings()[8 * i + r0.indices()[i] as usize]);
+        }
+    }
+}
+
 #[test]
 fn ot_rejects_bad_choices() {
     let (mut m0, _) = IdealDealer::new(Seed::from_u64(1)).split();

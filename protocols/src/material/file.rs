@@ -481,6 +481,14 @@ impl Drop for FileBackend {
 
 impl Backend for FileBackend {
     fn commit(&mut self, cursors: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
+        // Only this party's streams are journaled (the other party's positions are
+        // implied by the request sequence).
+        let cursors: BTreeMap<String, u64> = cursors
+            .iter()
+            .filter(|(k, _)| self.totals.contains_key(*k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let cursors = &cursors;
         let covered = cursors.iter().all(|(k, v)| self.reserved.get(k).copied().unwrap_or(0) >= *v);
         if !covered {
             let mut reserved = self.reserved.clone();

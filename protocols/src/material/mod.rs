@@ -432,9 +432,10 @@ impl<R: Role> Material<R> {
         Material { seed, cursors, backend, _role: PhantomData }
     }
 
-    /// Words consumed so far per component stream. The two parties consume the same
+    /// Elements consumed so far per component stream. The two parties consume the same
     /// sequence, so a session handshake can compare these (or a digest) to check both
-    /// stand at the same place of the bundle.
+    /// stand at the same place of the bundle. Compare the streams both parties hold
+    /// (after a reopen from files only a party's own streams are restored).
     pub fn consumed(&self) -> &BTreeMap<String, u64> {
         &self.cursors
     }
@@ -473,6 +474,9 @@ impl<R: Role> Material<R> {
         let mut next = self.cursors.clone();
         for (c, &off) in comps.iter().zip(&offsets) {
             if c.src[me] == Src::Absent {
+                // Not this party's, but its position still moves with the sequence: the
+                // ideal dealer reads the other party's stream at this offset.
+                next.insert(c.name.clone(), off.saturating_add(c.len));
                 continue;
             }
             let total = self.backend.total(&c.name);
