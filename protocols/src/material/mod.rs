@@ -9,7 +9,7 @@
 //! * [`IdealDealer`]: both parties' material from one seed, in memory (tests).
 //! * dealer bundle files ([`BundleWriter`], [`Material::open`]): a directory with
 //!   `manifest.json`, `p0.shard`, `p1.shard`, a journal and a lock per party
-//!   ([`file`] module doc has the format).
+//!   ([`mod@file`] module doc has the format).
 //!
 //! The dealer's generation of every kind is in one place (`deal.rs`), used by both.
 //! [`Recorder`] implements the same traits and records the requests a forward pass
