@@ -153,3 +153,38 @@ fn shape_errors_are_errors_not_panics() {
     assert!(beaver::mul_finish(st, &[0; 5]).is_err());
     let _ = Shares::<P1>::default();
 }
+
+/// A layer step's openings batched: a product, a square and a matrix product in one
+/// message per direction, one round.
+#[test]
+fn batched_step_is_one_message_one_round() {
+    use shardlm_protocols::mpc::exchange_batch;
+    let x: Vec<u64> = (0..12).map(|i| i * 11 + 2).collect();
+    let y: Vec<u64> = (0..12).map(|i| i * 5 + 9).collect();
+    let (x0, x1) = share(&x, &mut rng(1));
+    let (y0, y1) = share(&y, &mut rng(2));
+    let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(3)).split();
+    fn step<R: shardlm_protocols::share::Role>(
+        ch: &mut impl Channel,
+        x: &Shares<R>,
+        y: &Shares<R>,
+        m: &mut impl MaterialSource<R>,
+    ) -> (Vec<Shares<R>>, shardlm_transport::Counters) {
+        let (s1, a) = beaver::mul_start(x, y, m.take_triples(12).unwrap()).unwrap();
+        let (s2, b) = beaver::square_start(x, m.take_square_pairs(12).unwrap()).unwrap();
+        let (s3, c) = beaver::matmul_start(x, y, m.take_matrix_triple(3, 4, 3).unwrap()).unwrap();
+        let peer = exchange_batch(ch, Lane::Openings, &[&a, &b, &c]).unwrap();
+        let out = vec![
+            beaver::mul_finish(s1, &peer[0]).unwrap(),
+            beaver::square_finish(s2, &peer[1]).unwrap(),
+            beaver::matmul_finish(s3, &peer[2]).unwrap(),
+        ];
+        (out, ch.counters())
+    }
+    let ((z0, c0), (z1, _)) = two_party(|ch| step(ch, &x0, &y0, &mut m0), |ch| step(ch, &x1, &y1, &mut m1));
+    assert_eq!(reconstruct(&z0[0], &z1[0]).unwrap(), ring::mul(&x, &y));
+    assert_eq!(reconstruct(&z0[1], &z1[1]).unwrap(), ring::mul(&x, &x));
+    assert_eq!(reconstruct(&z0[2], &z1[2]).unwrap(), ring::gemm(&x, &y, 3, 4, 3));
+    assert_eq!(c0.lane(Lane::Openings).messages_sent, 1);
+    assert_eq!(c0.rounds, 1);
+}

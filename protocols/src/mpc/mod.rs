@@ -64,6 +64,32 @@ pub(crate) fn check_len(op: &'static str, what: &str, got: usize, want: usize) -
     Ok(())
 }
 
+/// Exchanges several symmetric core messages (both parties send messages of the same
+/// lengths, as the Beaver, AND, daBit and open cores do) as ONE message each way on
+/// `lane`, and splits the peer's answer back: how a layer step batches all its openings
+/// into one round. Example: `let (s1, m1) = beaver::mul_start(..)?; let (s2, m2) =
+/// beaver::square_start(..)?; let peer = exchange_batch(ch, Lane::Openings, &[&m1, &m2])?;
+/// beaver::mul_finish(s1, &peer[0])?; beaver::square_finish(s2, &peer[1])?`.
+pub fn exchange_batch<C: Channel + ?Sized>(
+    ch: &mut C,
+    lane: Lane,
+    msgs: &[&[u64]],
+) -> Result<Vec<Vec<u64>>, MpcError> {
+    let total: usize = msgs.iter().map(|m| m.len()).sum();
+    let mut all = Vec::with_capacity(total);
+    for m in msgs {
+        all.extend_from_slice(m);
+    }
+    let peer = exchange(ch, lane, &all, total)?;
+    let mut out = Vec::with_capacity(msgs.len());
+    let mut at = 0;
+    for m in msgs {
+        out.push(peer[at..at + m.len()].to_vec());
+        at += m.len();
+    }
+    Ok(out)
+}
+
 /// Sends `msg` and receives the peer's message of `peer_len` words on `lane`: both
 /// parties send first, so this is one round.
 pub(crate) fn exchange<C: Channel + ?Sized>(
