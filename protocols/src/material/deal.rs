@@ -1,0 +1,95 @@
+//! The dealer's generation of every kind, in one place: given both parties' seeds and the
+//! component offsets of a request, the raw components of each party (layout order).
+//! Used by the [`super::IdealDealer`] (on demand) and the [`super::BundleWriter`] (to
+//! disk), so the two can never disagree.
+
+use super::{layout, seeded, LinearWeights, MaterialError, MaterialRequest};
+use crate::prg::Seed;
+use crate::ring;
+use rayon::prelude::*;
+
+/// Raw components of both parties for `req` at `offsets`: `[p0 parts, p1 parts]`.
+pub(crate) fn deal(
+    req: &MaterialRequest,
+    seeds: [&Seed; 2],
+    offsets: &[u64],
+    weights: &dyn LinearWeights,
+) -> Result<[Vec<Vec<u64>>; 2], MaterialError> {
+    let comps = layout(req)?;
+    if offsets.len() != comps.len() {
+        return Err(MaterialError::Mismatch(format!(
+            "{} offsets for {} components",
+            offsets.len(),
+            comps.len()
+        )));
+    }
+    // Party p's seeded component i.
+    let g = |p: usize, i: usize| seeded(seeds[p], &comps[i].name, offsets[i], comps[i].len);
+    Ok(match *req {
+        MaterialRequest::Triples(_) => {
+            let (a, b) = (ring::add(&g(0, 0), &g(1, 0)), ring::add(&g(0, 1), &g(1, 1)));
+            let c0 = ring::sub(&ring::mul(&a, &b), &g(1, 2));
+            [vec![c0], vec![]]
+        }
+        MaterialRequest::AndTriples(_) => {
+            let a: Vec<u64> = g(0, 0).iter().zip(g(1, 0)).map(|(x, y)| x ^ y).collect();
+            let b: Vec<u64> = g(0, 1).iter().zip(g(1, 1)).map(|(x, y)| x ^ y).collect();
+            let c0 = a.iter().zip(&b).zip(g(1, 2)).map(|((a, b), c1)| (a & b) ^ c1).collect();
+            [vec![c0], vec![]]
+        }
+        MaterialRequest::SquarePairs(_) => {
+            let a = ring::add(&g(0, 0), &g(1, 0));
+            let aa0 = a.iter().zip(g(1, 1)).map(|(a, aa1)| a.wrapping_mul(*a).wrapping_sub(aa1)).collect();
+            [vec![aa0], vec![]]
+        }
+        MaterialRequest::MatrixTriple { m, k, n } => {
+            let a = ring::add(&g(0, 1), &g(1, 1));
+            let b = ring::add(&g(0, 2), &g(1, 2));
+            let c0 = ring::sub(&ring::gemm(&a, &b, m, k, n), &g(1, 3));
+            let shape = vec![m as u64, k as u64, n as u64];
+            [vec![shape.clone(), c0], vec![shape]]
+        }
+        MaterialRequest::DaBits(_) => {
+            let r0 = g(0, 0)
+                .iter()
+                .zip(g(1, 0))
+                .zip(g(1, 1))
+                .map(|((b0, b1), r1)| ((b0 ^ b1) & 1).wrapping_sub(r1))
+                .collect();
+            [vec![r0], vec![]]
+        }
+        MaterialRequest::TruncOts { n, bits } => [vec![chosen(&g(0, 0), &g(1, 1), 2, bits, n)], vec![]],
+        MaterialRequest::RandomOts { n_choices, bits, count } => {
+            [vec![chosen(&g(0, 0), &g(1, 1), n_choices, bits, count)], vec![]]
+        }
+        MaterialRequest::MaskedLinear { n, d_in, d_out, weight } => {
+            let w = weights
+                .linear_weight(weight)
+                .map_err(|detail| MaterialError::Weights { id: weight, detail })?;
+            if w.len() as u64 != (d_out as u64) * (d_in as u64) {
+                return Err(MaterialError::Weights {
+                    id: weight,
+                    detail: format!("has {} elements, expected d_out x d_in = {d_out} x {d_in}", w.len()),
+                });
+            }
+            let r = g(0, 1);
+            let s = ring::gemm_abt(&r, &w, n, d_in, d_out);
+            [vec![vec![n as u64, d_in as u64, d_out as u64, weight as u64], s], vec![]]
+        }
+    })
+}
+
+/// P0's chosen strings: `strings[i * N + (idx[i] mod N)]` reduced to `bits` bits.
+fn chosen(idx: &[u64], strings: &[u64], n_choices: usize, bits: u32, count: usize) -> Vec<u64> {
+    let mask = ring::low_mask(bits);
+    let sel = n_choices as u64 - 1;
+    (0..count).into_par_iter().map(|i| strings[i * n_choices + (idx[i] & sel) as usize] & mask).collect()
+}
+
+/// P1's raw components without dealing the rest: P1's only raw parts are public shapes.
+pub(crate) fn p1_raw_parts(req: &MaterialRequest) -> Vec<Vec<u64>> {
+    match *req {
+        MaterialRequest::MatrixTriple { m, k, n } => vec![vec![m as u64, k as u64, n as u64]],
+        _ => vec![],
+    }
+}

@@ -1,0 +1,190 @@
+//! Shares and Beaver products: property tests, two parties on two threads.
+
+mod common;
+
+use common::two_party;
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use shardlm_protocols::material::{IdealDealer, MaterialSource};
+use shardlm_protocols::mpc::{beaver, open, trunc};
+use shardlm_protocols::prg::Seed;
+use shardlm_protocols::ring;
+use shardlm_protocols::share::{reconstruct, share, Shares, P0, P1};
+use shardlm_transport::{Channel, Lane};
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reconstruct_of_share_is_identity(x in proptest::collection::vec(any::<u64>(), 0..200), seed in any::<u64>()) {
+        let (a, b) = share(&x, &mut rng(seed));
+        prop_assert_eq!(reconstruct(&a, &b).unwrap(), x);
+    }
+
+    #[test]
+    fn beaver_elementwise_products_are_exact(
+        x in proptest::collection::vec(any::<u64>(), 1..100),
+        seed in any::<u64>(),
+    ) {
+        let mut r = rng(seed);
+        let y: Vec<u64> = x.iter().map(|v| v.rotate_left(17) ^ seed).collect();
+        let (x0, x1) = share(&x, &mut r);
+        let (y0, y1) = share(&y, &mut r);
+        let (sq0_in, sq1_in) = (x0.clone(), x1.clone());
+        let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+        let n = x.len();
+        let ((z0, s0), (z1, s1)) = two_party(
+            |ch| {
+                let z = beaver::mul(ch, &x0, &y0, m0.take_triples(n).unwrap()).unwrap();
+                let s = beaver::square(ch, &sq0_in, m0.take_square_pairs(n).unwrap()).unwrap();
+                (z, s)
+            },
+            |ch| {
+                let z = beaver::mul(ch, &x1, &y1, m1.take_triples(n).unwrap()).unwrap();
+                let s = beaver::square(ch, &sq1_in, m1.take_square_pairs(n).unwrap()).unwrap();
+                (z, s)
+            },
+        );
+        prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::mul(&x, &y));
+        prop_assert_eq!(reconstruct(&s0, &s1).unwrap(), ring::mul(&x, &x));
+    }
+
+    #[test]
+    fn beaver_matrix_products_are_exact(m in 1usize..7, k in 1usize..9, n in 1usize..7, seed in any::<u64>()) {
+        let mut r = rng(seed);
+        let x: Vec<u64> = (0..m * k).map(|_| r.next_u64()).collect();
+        let y: Vec<u64> = (0..k * n).map(|_| r.next_u64()).collect();
+        let (x0, x1) = share(&x, &mut r);
+        let (y0, y1) = share(&y, &mut r);
+        let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+        let (z0, z1) = two_party(
+            |ch| beaver::matmul(ch, &x0, &y0, m0.take_matrix_triple(m, k, n).unwrap()).unwrap(),
+            |ch| beaver::matmul(ch, &x1, &y1, m1.take_matrix_triple(m, k, n).unwrap()).unwrap(),
+        );
+        prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::gemm(&x, &y, m, k, n));
+    }
+
+    /// Fixed-point products: Beaver then faithful truncation lands within one unit in the
+    /// last place of the exact product (floor), never further.
+    #[test]
+    fn fixed_point_products_within_one_ulp(
+        xs in proptest::collection::vec(-1000.0f64..1000.0, 1..64),
+        seed in any::<u64>(),
+    ) {
+        const F: u32 = 16;
+        let mut r = rng(seed);
+        let ys: Vec<f64> = xs.iter().map(|v| (v * 0.37).sin() * 900.0).collect();
+        let (xe, ye) = (ring::encode_vec_f64(&xs, F), ring::encode_vec_f64(&ys, F));
+        let (x0, x1) = share(&xe, &mut r);
+        let (y0, y1) = share(&ye, &mut r);
+        let n = xs.len();
+        let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+        let (t0, t1) = two_party(
+            |ch| {
+                let z = beaver::mul(ch, &x0, &y0, m0.take_triples(n).unwrap()).unwrap();
+                trunc::truncate(ch, z, F, m0.take_trunc_ots(n, F).unwrap(), &mut rng(1)).unwrap()
+            },
+            |ch| {
+                let z = beaver::mul(ch, &x1, &y1, m1.take_triples(n).unwrap()).unwrap();
+                trunc::truncate(ch, z, F, m1.take_trunc_ots(n, F).unwrap(), &mut rng(2)).unwrap()
+            },
+        );
+        let t = reconstruct(&t0, &t1).unwrap();
+        for i in 0..n {
+            let exact = ((xe[i] as i64 as i128) * (ye[i] as i64 as i128)) >> F;
+            let diff = exact - (t[i] as i64 as i128);
+            prop_assert!(diff == 0 || diff == 1, "element {i}: exact {exact}, got {}", t[i] as i64);
+        }
+    }
+}
+
+use rand_core::RngCore;
+
+#[test]
+fn open_reveals_to_both_and_costs_one_round() {
+    let x: Vec<u64> = (0..1000).map(|i| i * 7).collect();
+    let (x0, x1) = share(&x, &mut rng(5));
+    let ((a, c0), (b, c1)) = two_party(
+        |ch| (open::open(ch, &x0).unwrap(), ch.counters()),
+        |ch| (open::open(ch, &x1).unwrap(), ch.counters()),
+    );
+    assert_eq!(a, x);
+    assert_eq!(b, x);
+    for c in [c0, c1] {
+        assert_eq!(c.lane(Lane::Openings).bytes_sent, 8000);
+        assert_eq!(c.lane(Lane::Openings).messages_sent, 1);
+        assert_eq!(c.rounds, 1);
+    }
+}
+
+#[test]
+fn matmul_traffic_is_one_message_per_matrix() {
+    let (m, k, n) = (8, 16, 4);
+    let x = vec![3u64; m * k];
+    let y = vec![5u64; k * n];
+    let (x0, x1) = share(&x, &mut rng(1));
+    let (y0, y1) = share(&y, &mut rng(2));
+    let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(9)).split();
+    let (c0, _) = two_party(
+        |ch| {
+            beaver::matmul(ch, &x0, &y0, m0.take_matrix_triple(m, k, n).unwrap()).unwrap();
+            ch.counters()
+        },
+        |ch| beaver::matmul(ch, &x1, &y1, m1.take_matrix_triple(m, k, n).unwrap()).unwrap(),
+    );
+    assert_eq!(c0.lane(Lane::Openings).bytes_sent, 8 * (m * k + k * n) as u64);
+    assert_eq!(c0.lane(Lane::Openings).messages_sent, 1);
+    assert_eq!(c0.rounds, 1);
+}
+
+#[test]
+fn shape_errors_are_errors_not_panics() {
+    let (mut m0, _) = IdealDealer::new(Seed::from_u64(1)).split();
+    let x = Shares::<P0>::from_raw(vec![1, 2, 3]);
+    let y = Shares::<P0>::from_raw(vec![1, 2]);
+    assert!(beaver::mul_start(&x, &y, m0.take_triples(3).unwrap()).is_err());
+    assert!(beaver::mul_start(&x, &x, m0.take_triples(2).unwrap()).is_err());
+    let (st, _) = beaver::mul_start(&x, &x, m0.take_triples(3).unwrap()).unwrap();
+    assert!(beaver::mul_finish(st, &[0; 5]).is_err());
+    let _ = Shares::<P1>::default();
+}
+
+/// A layer step's openings batched: a product, a square and a matrix product in one
+/// message per direction, one round.
+#[test]
+fn batched_step_is_one_message_one_round() {
+    use shardlm_protocols::mpc::exchange_batch;
+    let x: Vec<u64> = (0..12).map(|i| i * 11 + 2).collect();
+    let y: Vec<u64> = (0..12).map(|i| i * 5 + 9).collect();
+    let (x0, x1) = share(&x, &mut rng(1));
+    let (y0, y1) = share(&y, &mut rng(2));
+    let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(3)).split();
+    fn step<R: shardlm_protocols::share::Role>(
+        ch: &mut impl Channel,
+        x: &Shares<R>,
+        y: &Shares<R>,
+        m: &mut impl MaterialSource<R>,
+    ) -> (Vec<Shares<R>>, shardlm_transport::Counters) {
+        let (s1, a) = beaver::mul_start(x, y, m.take_triples(12).unwrap()).unwrap();
+        let (s2, b) = beaver::square_start(x, m.take_square_pairs(12).unwrap()).unwrap();
+        let (s3, c) = beaver::matmul_start(x, y, m.take_matrix_triple(3, 4, 3).unwrap()).unwrap();
+        let peer = exchange_batch(ch, Lane::Openings, &[&a, &b, &c]).unwrap();
+        let out = vec![
+            beaver::mul_finish(s1, &peer[0]).unwrap(),
+            beaver::square_finish(s2, &peer[1]).unwrap(),
+            beaver::matmul_finish(s3, &peer[2]).unwrap(),
+        ];
+        (out, ch.counters())
+    }
+    let ((z0, c0), (z1, _)) = two_party(|ch| step(ch, &x0, &y0, &mut m0), |ch| step(ch, &x1, &y1, &mut m1));
+    assert_eq!(reconstruct(&z0[0], &z1[0]).unwrap(), ring::mul(&x, &y));
+    assert_eq!(reconstruct(&z0[1], &z1[1]).unwrap(), ring::mul(&x, &x));
+    assert_eq!(reconstruct(&z0[2], &z1[2]).unwrap(), ring::gemm(&x, &y, 3, 4, 3));
+    assert_eq!(c0.lane(Lane::Openings).messages_sent, 1);
+    assert_eq!(c0.rounds, 1);
+}
