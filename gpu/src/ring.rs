@@ -51,6 +51,14 @@ impl RingMatrix {
         }
     }
 
+    /// The matrix back in ring encoding, `n x k`.
+    pub fn to_ring(&self) -> Vec<u64> {
+        match &self.raw {
+            Some(raw) => raw.clone(),
+            None => self.values.par_iter().map(|&v| v as i64 as u64).collect(),
+        }
+    }
+
     /// Whether products go through exact f64 limb GEMMs (else wrapping integer loops).
     pub fn uses_limbs(&self) -> bool {
         self.raw.is_none()

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use shardlm_client::bench::{self, RunMeasurement};
 use shardlm_client::eval::{self, CaseResult};
-use shardlm_client::session::{finish, parse_server, LocalModel, Loopback, Private, Remote};
+use shardlm_client::session::{parse_server, LocalModel, Loopback, MaterialPlan, Private, Remote};
 use shardlm_client::text::{StreamDecoder, TextCodec};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_protocols::model::generate::{generate, Generation};
@@ -44,6 +44,33 @@ enum Command {
     /// Write this party's certificate and key (key mode 0600) and print the fingerprint
     /// to give to the server (`--allow-client`).
     Keygen(KeygenArgs),
+    /// Deal one-time material offline into a bundle (manifest.json, p0.shard, p1.shard).
+    Dealer(DealerArgs),
+}
+
+#[derive(Args)]
+struct DealerArgs {
+    /// Hugging Face model directory (the public weights).
+    #[arg(long, env = "SHARDLM_MODEL_DIR")]
+    model_dir: PathBuf,
+    /// Variant the material is for.
+    #[arg(long, default_value = "v2")]
+    variant: Variant,
+    /// Prompt length of each session, in tokens.
+    #[arg(long)]
+    prompt_tokens: usize,
+    /// New tokens per session.
+    #[arg(long)]
+    max_new_tokens: usize,
+    /// Sessions in the bundle.
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Material for every position's logits in the prefill (`eval --all-positions`).
+    #[arg(long)]
+    all_positions: bool,
+    /// Output directory (must not hold a bundle).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -122,6 +149,10 @@ struct PartyArgs {
     /// The server's certificate fingerprint (with `-s`).
     #[arg(long)]
     server_fingerprint: Option<String>,
+    /// Dealer bundle for this client's sessions (`shardlm-client dealer`); without it the
+    /// client deals each session itself just before it starts.
+    #[arg(long)]
+    material: Option<PathBuf>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
 }
@@ -252,7 +283,7 @@ struct KeygenArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,shardlm_transport::quic::service=error".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -263,6 +294,7 @@ fn main() -> std::process::ExitCode {
         Command::Health(a) => cmd_health(a),
         Command::Info(a) => cmd_info(a),
         Command::Keygen(a) => cmd_keygen(a),
+        Command::Dealer(a) => cmd_dealer(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -309,10 +341,16 @@ impl Mode {
             };
             (remote, None)
         };
-        // The client acts as its own dealer (DESIGN.md section 1): masks for each session
-        // are dealt before it starts, from the client's copy of the public weights.
-        let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.as_ref())?);
-        Ok(Mode::Private(Box::new(Private::new(variant, remote, loopback, ring, backend))))
+        let material = match &party.material {
+            Some(dir) => MaterialPlan::Bundle { dir: dir.clone(), open: None },
+            // The client acts as its own dealer (DESIGN.md section 1): each session's
+            // material is dealt before it starts, from the client's copy of the weights.
+            None => MaterialPlan::DealPerSession {
+                ring: Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?),
+                dir: tempfile::Builder::new().prefix("shardlm-material-").tempdir()?,
+            },
+        };
+        Ok(Mode::Private(Box::new(Private::new(variant, remote, loopback, material))))
     }
 
     fn describe(&self) -> String {
@@ -354,7 +392,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         Mode::Private(p) => {
             let mut client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
             let g = generate(&mut client, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?;
-            (g, Some(finish(client)?))
+            (g, Some(p.finish(client)?))
         }
     };
     println!();
@@ -401,7 +439,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 let (l, g) = eval::run_case(&mut client, &config, &case.input_ids, a.greedy, rows)
                     .with_context(|| format!("case {i}"))?;
                 let _ = t;
-                (l, g, finish(client)?)
+                (l, g, p.finish(client)?)
             }
         };
         let seconds = t.elapsed().as_secs_f64();
@@ -506,7 +544,7 @@ fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
             Mode::Private(p) => {
                 let client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
                 let (mut m, client) = measured_run(client, &config, &prompt, a.max_tokens)?;
-                m.traffic = finish(client)?;
+                m.traffic = p.finish(client)?;
                 m
             }
         };
@@ -583,6 +621,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         local: false,
         identity: None,
         server_fingerprint: None,
+        material: None,
         timeouts: TimeoutArgs { connect_timeout: 10.0, idle_timeout: 30.0, recv_timeout: 60.0 },
     };
     let mut mode = Mode::new(Variant::V2, &party, &model)?;
@@ -595,7 +634,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     let t = Instant::now();
     let private = generate(&mut client, &config, &prompt, a.max_tokens, &mut sampler, false, |_| {})?;
     let private_s = t.elapsed().as_secs_f64();
-    let traffic = finish(client)?;
+    let traffic = p.finish(client)?;
 
     let show = |ids: &[u32]| codec.decode(ids).map(|s| format!("{s:?}"));
     println!();
@@ -656,5 +695,52 @@ fn cmd_keygen(a: KeygenArgs) -> Result<()> {
     let fp = shardlm_transport::keygen(&a.out, "shardlm-client")?;
     println!("{fp}");
     eprintln!("wrote {}/cert.pem and key.pem; give the server this fingerprint for --allow-client", a.out.display());
+    Ok(())
+}
+
+fn cmd_dealer(a: DealerArgs) -> Result<()> {
+    if a.variant != Variant::V2 {
+        bail!("the dealer makes `--variant v2` material in this build; `{}` is not available yet", a.variant);
+    }
+    if a.prompt_tokens == 0 || a.max_new_tokens == 0 || a.sessions == 0 {
+        bail!("--prompt-tokens, --max-new-tokens and --sessions must be at least 1");
+    }
+    let t = Instant::now();
+    let model = LocalModel::load(&a.model_dir)?;
+    let (backend, note) = shardlm_gpu::best_available();
+    let ring = RingWeights::encode(&model.weights, FixedPoint::default(), backend)?;
+    let seed = shardlm_protocols::prg::Seed::random(&mut rand::rngs::OsRng);
+    let mut writer = shardlm_protocols::material::BundleWriter::create(&a.out, &model.fingerprint, a.variant.name(), seed)?;
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("dealing [{bar:30}] {pos}/{len} requests ({elapsed}, eta {eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let rows = if a.all_positions { Rows::All } else { Rows::Last };
+    shardlm_protocols::variants::v2::deal_sessions(&mut writer, &ring, a.prompt_tokens, a.max_new_tokens, rows, a.sessions, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    let manifest = writer.finish()?;
+    bar.finish_and_clear();
+    let bytes: u64 = manifest.shards.values().map(|s| s.bytes).sum();
+    println!(
+        "bundle {} for {} ({}): {} sessions of {} + {} tokens, {:.1} MB ({}), {:.1} s on {}",
+        a.out.display(),
+        a.variant,
+        model.fingerprint,
+        a.sessions,
+        a.prompt_tokens,
+        a.max_new_tokens,
+        bytes as f64 / 1e6,
+        manifest.shards.iter().map(|(p, s)| format!("{p} {:.1} MB", s.bytes as f64 / 1e6)).collect::<Vec<_>>().join(", "),
+        t.elapsed().as_secs_f64(),
+        note
+    );
     Ok(())
 }

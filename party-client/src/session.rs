@@ -3,16 +3,20 @@
 //! in-process loopback server with ephemeral identities, and building the client side
 //! of a private variant on the connected channel.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::{ModelDir, Weights};
 use shardlm_protocols::variants::server::{ServerParty, SERVED_VARIANTS};
 use shardlm_transport::handshake::{ServerInfo, PROTOCOL_VERSION};
-use shardlm_protocols::model::planner::Planner;
 use shardlm_protocols::model::Rows;
-use shardlm_protocols::variants::v2::{DealtMasks, RingWeights, V2Client};
+use shardlm_protocols::material::{BundleWriter, Manifest, Material};
+use shardlm_protocols::prg::Seed;
+use shardlm_protocols::share::P0;
+use shardlm_protocols::variants::v2::{deal_sessions, RingWeights, V2Client};
+use rand::rngs::OsRng;
+use std::path::PathBuf;
 use shardlm_transport::{close_code, Channel, Counters, Identity, QuicChannel, QuicClient, QuicConfig, QuicServer};
 use std::time::Duration;
 use std::net::SocketAddr;
@@ -146,56 +150,87 @@ impl Drop for Loopback {
     }
 }
 
+/// Where a private client's one-time material comes from.
+pub enum MaterialPlan {
+    /// The client deals each session itself just before it starts (the default
+    /// deployment: the client is its own dealer), into a private temporary bundle.
+    DealPerSession {
+        /// The client's ring-encoded weights.
+        ring: Arc<RingWeights>,
+        /// Where the per-session bundles go.
+        dir: tempfile::TempDir,
+    },
+    /// A bundle made offline by `shardlm-client dealer`.
+    Bundle {
+        /// The bundle directory.
+        dir: PathBuf,
+        /// The open material, kept between sessions.
+        open: Option<Material<P0>>,
+    },
+}
+
 /// A private variant's client side, ready to open sessions: the server it talks to
-/// (remote or in-process), and the dealer state for masks made on the fly.
+/// (remote or in-process) and where its material comes from.
 pub struct Private {
     /// The variant.
     pub variant: Variant,
     /// The server.
     pub remote: Remote,
     _loopback: Option<Loopback>,
-    ring: Arc<RingWeights>,
-    backend: Arc<dyn Backend>,
+    material: MaterialPlan,
     sessions: u64,
 }
 
+/// The client of a v2 session over QUIC with file-backed material.
+pub type V2Session = V2Client<QuicChannel, Material<P0>>;
+
 impl Private {
-    /// A private client for `variant` talking to `remote`; `loopback` is kept alive with
-    /// it; `ring` are the client's ring-encoded weights for dealing masks.
-    pub fn new(variant: Variant, remote: Remote, loopback: Option<Loopback>, ring: Arc<RingWeights>, backend: Arc<dyn Backend>) -> Self {
-        Self { variant, remote, _loopback: loopback, ring, backend, sessions: 0 }
+    /// A private client for `variant` talking to `remote`; `loopback` is kept alive with it.
+    pub fn new(variant: Variant, remote: Remote, loopback: Option<Loopback>, material: MaterialPlan) -> Self {
+        Self { variant, remote, _loopback: loopback, material, sessions: 0 }
     }
 
-    /// Deals masks for a session of `prompt_tokens` + `max_new` tokens and connects.
-    pub fn open(
-        &mut self,
-        model: &LocalModel,
-        prompt_tokens: usize,
-        max_new: usize,
-        rows: Rows,
-    ) -> Result<V2Client<QuicChannel, DealtMasks>> {
-        let plan = Planner::session(&model.dir.config, prompt_tokens, max_new.max(1), rows);
+    /// Gets material for a session of `prompt_tokens` + `max_new` tokens and connects.
+    pub fn open(&mut self, model: &LocalModel, prompt_tokens: usize, max_new: usize, rows: Rows) -> Result<V2Session> {
         self.sessions += 1;
-        let mut seed = [0u8; 32];
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let mut h = blake3::Hasher::new_derive_key("shardlm client dealer seed");
-        h.update(&now.to_le_bytes());
-        h.update(&self.sessions.to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        seed.copy_from_slice(h.finalize().as_bytes());
-        let masks = DealtMasks::deal(&plan, &self.ring, self.backend.as_ref(), seed)?;
+        let masks = match &mut self.material {
+            MaterialPlan::DealPerSession { ring, dir } => {
+                let bundle = dir.path().join(format!("session-{}", self.sessions));
+                let mut w = BundleWriter::create(&bundle, &model.fingerprint, self.variant.name(), Seed::random(&mut OsRng))?;
+                deal_sessions(&mut w, ring, prompt_tokens, max_new, rows, 1, |_, _| {})?;
+                w.finish()?;
+                Material::<P0>::open(&bundle, Some(&model.fingerprint))?
+            }
+            MaterialPlan::Bundle { dir, open } => {
+                let mut m = match open.take() {
+                    Some(m) => m,
+                    None => Material::<P0>::open(dir, Some(&model.fingerprint))?,
+                };
+                let manifest = Manifest::read(dir)?;
+                if manifest.variant != self.variant.name() {
+                    bail!("{}: the bundle was dealt for {}, this session is {}", dir.display(), manifest.variant, self.variant);
+                }
+                let start = manifest.next_session_start(m.consumed()).cloned().with_context(|| {
+                    format!("{}: every session of this bundle is used; deal more with `shardlm-client dealer --sessions K`", dir.display())
+                })?;
+                m.advance_to(&start)?;
+                m
+            }
+        };
         let (chan, _) = self.remote.session(self.variant, model)?;
         Ok(V2Client::new(model.weights.clone(), FixedPoint::default(), chan, masks))
     }
-}
 
-/// Ends a v2 session cleanly and returns its traffic.
-pub fn finish(client: V2Client<QuicChannel, DealtMasks>) -> Result<Counters> {
-    let mut chan = client.finish()?;
-    // Wait for the server to close after the end frame, so nothing is cut off.
-    let counters = chan.counters();
-    let _ = chan.recv_bytes_within(shardlm_transport::Lane::Control, Duration::from_secs(5));
-    chan.close(close_code::NORMAL, "done");
-    Ok(counters)
+    /// Ends a session cleanly, keeps its material source, and returns the traffic.
+    pub fn finish(&mut self, client: V2Session) -> Result<Counters> {
+        let (mut chan, masks) = client.finish_with_material()?;
+        if let MaterialPlan::Bundle { open, .. } = &mut self.material {
+            *open = Some(masks);
+        }
+        let counters = chan.counters();
+        // Wait for the server to close after the end frame, so nothing is cut off.
+        let _ = chan.recv_bytes_within(shardlm_transport::Lane::Control, Duration::from_secs(5));
+        chan.close(close_code::NORMAL, "done");
+        Ok(counters)
+    }
 }
-

@@ -5,7 +5,7 @@
 //! `4 layers + 1` rounds. Then the two binaries as a user runs them: keygen, serve,
 //! info, health, generate; wrong fingerprints, a wrong model and a vanished server.
 
-use shardlm_client::session::{finish, LocalModel, Loopback, Private};
+use shardlm_client::session::{LocalModel, Loopback, MaterialPlan, Private};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_protocols::model::qwen2::forward;
 use shardlm_protocols::model::sampling::argmax;
@@ -48,8 +48,9 @@ fn v2_over_quic_matches_plaintext_with_exact_traffic() {
     let c = model.dir.config.clone();
     let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
     let lb = Loopback::start(&model, backend.clone(), short_timeouts()).unwrap();
-    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.as_ref()).unwrap());
-    let mut private = Private::new(Variant::V2, lb.remote.clone(), None, ring, backend.clone());
+    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.clone()).unwrap());
+    let material = MaterialPlan::DealPerSession { ring, dir: tempfile::tempdir().unwrap() };
+    let mut private = Private::new(Variant::V2, lb.remote.clone(), None, material);
     let mut plain = PlainEngine::new(model.weights.clone(), backend);
     let greedy_n = 8;
     for (i, ids) in oracle_cases().iter().enumerate() {
@@ -90,7 +91,7 @@ fn v2_over_quic_matches_plaintext_with_exact_traffic() {
             step = vec![*got.last().unwrap()];
         }
         assert_eq!(got, want, "case {i}: greedy tokens");
-        finish(client).unwrap();
+        private.finish(client).unwrap();
     }
 }
 
@@ -262,4 +263,73 @@ fn demo_runs_and_agrees() {
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("identical tokens:      yes"), "{text}");
     assert!(text.contains("rounds"));
+}
+
+#[test]
+fn dealer_bundle_serves_its_sessions_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shared().join("oracle/tiny-qwen2");
+    let bundle = tmp.path().join("bundle");
+    let out = client()
+        .args(["dealer", "--variant", "v2", "--prompt-tokens", "6", "--max-new-tokens", "3", "--sessions", "2", "--model-dir"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["variant"], "v2");
+    assert_eq!(manifest["sessions"].as_array().unwrap().len(), 2);
+    // v2 gives the server nothing to hold: its shard is tiny, the client's holds S.
+    assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() < 4096);
+
+    let cases = tmp.path().join("cases.json");
+    std::fs::write(&cases, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}, {"input_ids": [1, 2, 3, 4, 5, 6]}]}"#).unwrap();
+    let eval = |cases: &Path| {
+        client()
+            .args(["eval", "--variant", "v2", "--loopback", "--greedy", "3", "--model-dir"])
+            .arg(&dir)
+            .arg("--cases")
+            .arg(cases)
+            .arg("--out")
+            .arg(tmp.path().join("out.json"))
+            .arg("--material")
+            .arg(&bundle)
+            .output()
+            .unwrap()
+    };
+    let out = eval(&cases);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Both sessions are spent: a third is refused and the message names the flag.
+    let one = tmp.path().join("one.json");
+    std::fs::write(&one, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}]}"#).unwrap();
+    let out = eval(&one);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--sessions"), "{err}");
+
+    // A prompt of another length than dealt is refused before anything is consumed.
+    let bundle2 = tmp.path().join("bundle2");
+    let out = client()
+        .args(["dealer", "--prompt-tokens", "5", "--max-new-tokens", "2", "--model-dir"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&bundle2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = client()
+        .args(["eval", "--variant", "v2", "--loopback", "--greedy", "2", "--model-dir"])
+        .arg(&dir)
+        .arg("--cases")
+        .arg(&one)
+        .arg("--out")
+        .arg(tmp.path().join("out2.json"))
+        .arg("--material")
+        .arg(&bundle2)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("dealer"), "{err}");
+    assert!(!err.contains("panicked"));
 }

@@ -7,7 +7,9 @@ use shardlm_configs::FixedPoint;
 use shardlm_protocols::model::qwen2::forward;
 use shardlm_protocols::model::sampling::argmax;
 use shardlm_protocols::model::{Linear, ModelDir, PlainEngine, Rows, Weights};
-use shardlm_protocols::variants::v2::{InProcessDealer, RingWeights, V2Client, V2Server, V2_LANE};
+use shardlm_protocols::material::IdealDealer;
+use shardlm_protocols::prg::Seed;
+use shardlm_protocols::variants::v2::{RingWeights, V2Client, V2Server, V2_LANE};
 use shardlm_transport::{memory, Channel, Counters, Lane, Result as TResult};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -64,15 +66,15 @@ struct Run {
 fn run_v2(md: &ModelDir, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u8) -> Run {
     let fixed = FixedPoint::default();
     let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
-    let ring = Arc::new(RingWeights::encode(w, fixed, backend.as_ref()).unwrap());
+    let ring = Arc::new(RingWeights::encode(w, fixed, backend).unwrap());
     let (c_chan, s_chan) = memory::pair();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let server = V2Server::new(ring.clone(), backend.clone());
+    let server = V2Server::new(ring.clone());
     let mut tap = Tap { inner: s_chan, seen: seen.clone() };
     let server_thread = std::thread::spawn(move || server.serve_session(&mut tap).map(|s| (s, tap)));
 
-    let dealer = InProcessDealer::new(ring, backend, [seed; 32]);
-    let mut client = V2Client::new(w.clone(), fixed, c_chan, dealer);
+    let (masks, _) = IdealDealer::new(Seed([seed; 32])).with_weights(ring).split();
+    let mut client = V2Client::new(w.clone(), fixed, c_chan, masks);
     let mut per_pass = Vec::new();
     let before = client.channel().counters();
     let l = forward(&mut client, &md.config, ids, 0, Rows::Last).unwrap().unwrap();
@@ -175,6 +177,6 @@ fn server_view_does_not_depend_on_the_prompt() {
     // 15 dof: p < 1e-6 at about 60.
     assert!(chi < 60.0, "two-sample chi-square {chi:.1}: the two views are distinguishable");
     // Sanity of the test itself: unmasked encodings would fail it badly.
-    let raw: Vec<u8> = (0..all_a.len() / 8).flat_map(|i| shardlm_protocols::variants::v2::encode((i % 7) as f32 * 0.1, 16).to_le_bytes()).collect();
+    let raw: Vec<u8> = (0..all_a.len() / 8).flat_map(|i| shardlm_protocols::ring::encode_f32((i % 7) as f32 * 0.1, 16).to_le_bytes()).collect();
     assert!(chi_square_bytes(&raw) > 1000.0);
 }

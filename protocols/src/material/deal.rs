@@ -63,17 +63,10 @@ pub(crate) fn deal(
             [vec![chosen(&g(0, 0), &g(1, 1), n_choices, bits, count)], vec![]]
         }
         MaterialRequest::MaskedLinear { n, d_in, d_out, weight } => {
-            let w = weights
-                .linear_weight(weight)
-                .map_err(|detail| MaterialError::Weights { id: weight, detail })?;
-            if w.len() as u64 != (d_out as u64) * (d_in as u64) {
-                return Err(MaterialError::Weights {
-                    id: weight,
-                    detail: format!("has {} elements, expected d_out x d_in = {d_out} x {d_in}", w.len()),
-                });
-            }
             let r = g(0, 1);
-            let s = ring::gemm_abt(&r, &w, n, d_in, d_out);
+            let s = weights
+                .mask_image(weight, &r, n, d_in, d_out)
+                .map_err(|detail| MaterialError::Weights { id: weight, detail })?;
             [vec![vec![n as u64, d_in as u64, d_out as u64, weight as u64], s], vec![]]
         }
     })

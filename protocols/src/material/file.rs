@@ -85,6 +85,19 @@ pub struct Manifest {
     pub shards: BTreeMap<String, ShardInfo>,
     /// Counts per party, then per kind.
     pub counts: BTreeMap<String, BTreeMap<String, KindCount>>,
+    /// Where each dealt session starts: the stream cursors at its first request. A party
+    /// that ends a session early (an end-of-sequence token) skips to the next start, so
+    /// sessions never share material and never misalign.
+    #[serde(default)]
+    pub sessions: Vec<BTreeMap<String, u64>>,
+}
+
+impl Manifest {
+    /// The first session start at or after `consumed` on every stream: where the next
+    /// session must begin. `None` when no dealt session is left.
+    pub fn next_session_start(&self, consumed: &BTreeMap<String, u64>) -> Option<&BTreeMap<String, u64>> {
+        self.sessions.iter().find(|start| consumed.iter().all(|(k, &v)| v <= start.get(k).copied().unwrap_or(0)))
+    }
 }
 
 impl Manifest {
@@ -209,6 +222,7 @@ pub struct BundleWriter {
     present: [BTreeMap<String, ()>; 2],
     tmp: [BTreeMap<String, StreamWriter>; 2],
     counts: [BTreeMap<String, KindCount>; 2],
+    sessions: Vec<BTreeMap<String, u64>>,
 }
 
 impl std::fmt::Debug for BundleWriter {
@@ -244,7 +258,13 @@ impl BundleWriter {
             present: Default::default(),
             tmp: Default::default(),
             counts: Default::default(),
+            sessions: Vec::new(),
         })
+    }
+
+    /// Marks the start of a session: the requests pushed from here on belong to it.
+    pub fn start_session(&mut self) {
+        self.sessions.push(self.cursors.clone());
     }
 
     /// Deals one request for both parties and appends it.
@@ -297,7 +317,7 @@ impl BundleWriter {
 
     /// Lays out the shards, writes the manifest and returns it.
     pub fn finish(self) -> Result<Manifest, MaterialError> {
-        let BundleWriter { dir, model_fingerprint, variant, seeds, cursors, present, tmp, counts } = self;
+        let BundleWriter { dir, model_fingerprint, variant, seeds, cursors, present, tmp, counts, sessions } = self;
         let mut shards = BTreeMap::new();
         let mut hashes = Vec::new();
         for (p, tmps) in tmp.into_iter().enumerate() {
@@ -322,6 +342,7 @@ impl BundleWriter {
             prg: DEFAULT_PRG,
             shards,
             counts: [("p0".to_string(), c0), ("p1".to_string(), c1)].into_iter().collect(),
+            sessions,
         };
         let json = serde_json::to_string_pretty(&manifest)
             .map_err(|e| MaterialError::Format { path: dir.join("manifest.json"), detail: e.to_string() })?;

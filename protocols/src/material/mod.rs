@@ -232,6 +232,17 @@ impl MaterialRequest {
 pub trait LinearWeights {
     /// Weight `id`; an error string if there is no such weight.
     fn linear_weight(&self, id: u32) -> Result<Cow<'_, [u64]>, String>;
+
+    /// `S = R enc(W_id)^T` (`n x d_out`) for a mask `R` (`n x d_in`). The default
+    /// multiplies with [`crate::ring::gemm_abt`]; holders of prepared weights override it
+    /// with a faster exact backend GEMM.
+    fn mask_image(&self, id: u32, r: &[u64], n: usize, d_in: usize, d_out: usize) -> Result<Vec<u64>, String> {
+        let w = self.linear_weight(id)?;
+        if w.len() as u64 != (d_out as u64) * (d_in as u64) {
+            return Err(format!("has {} elements, expected d_out x d_in = {d_out} x {d_in}", w.len()));
+        }
+        Ok(crate::ring::gemm_abt(r, &w, n, d_in, d_out))
+    }
 }
 
 /// No weights: any masked-linear request fails with [`MaterialError::Weights`].

@@ -36,6 +36,17 @@ impl Linear {
         v
     }
 
+    /// The unit's weight id in dealer material: its index in [`Linear::all`] order.
+    pub fn weight_id(self, layers: usize) -> u32 {
+        (match self {
+            Linear::Qkv(l) => 4 * l,
+            Linear::O(l) => 4 * l + 1,
+            Linear::GateUp(l) => 4 * l + 2,
+            Linear::Down(l) => 4 * l + 3,
+            Linear::LmHead => 4 * layers,
+        }) as u32
+    }
+
     /// `(d_in, d_out)` of this unit.
     pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
         match self {

@@ -22,8 +22,9 @@ pub struct ServerParty {
 impl ServerParty {
     /// Prepares the model: weights in ring encoding, prepared on the backend once.
     pub fn new(weights: &Weights, fixed: FixedPoint, backend: Arc<dyn Backend>) -> Result<Self, V2Error> {
-        let ring = Arc::new(RingWeights::encode(weights, fixed, backend.as_ref())?);
-        Ok(Self { config: weights.config.clone(), backend_name: backend.name(), v2: V2Server::new(ring, backend) })
+        let backend_name = backend.name();
+        let ring = Arc::new(RingWeights::encode(weights, fixed, backend)?);
+        Ok(Self { config: weights.config.clone(), backend_name, v2: V2Server::new(ring) })
     }
 
     /// The model shape.

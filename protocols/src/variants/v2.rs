@@ -21,12 +21,17 @@
 //! answers units in [`Linear::all`] order, takes `n` from the payload length, and ends
 //! the session on an empty frame.
 
+use crate::material::{BundleWriter, LinearWeights, MaskedLinearSource, MaterialError, MaterialRequest};
 use crate::model::kernels::{self, LayerCache, Rope, Tensor};
+use crate::model::planner::{PlannedOp, Planner};
 use crate::model::{Linear, Logits, ModelOps, Norm, Rows, Weights};
+use crate::mpc::linear as masked;
+use crate::ring::{decode, encode_f32};
 use rayon::prelude::*;
 use shardlm_configs::{FixedPoint, ModelConfig};
 use shardlm_gpu::{Backend, RingMatrix};
 use shardlm_transport::{Channel, Lane, TransportError};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The lane v2 requests travel on.
@@ -39,8 +44,11 @@ pub enum V2Error {
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// Material is missing, exhausted, or does not fit the request.
-    #[error("material: {0}")]
-    Material(String),
+    #[error(transparent)]
+    Material(#[from] MaterialError),
+    /// The masked-linear core rejected its operands.
+    #[error(transparent)]
+    Mpc(#[from] crate::mpc::MpcError),
     /// The peer sent something the protocol does not allow.
     #[error("protocol violation: {0}")]
     Protocol(String),
@@ -52,38 +60,41 @@ pub enum V2Error {
     Backend(#[from] shardlm_gpu::BackendError),
 }
 
-/// Encodes `x` with `frac_bits` fractional bits into the ring (round to nearest, two's
-/// complement).
-pub fn encode(x: f32, frac_bits: u32) -> u64 {
-    ((x as f64) * (1u64 << frac_bits) as f64).round() as i64 as u64
-}
-
-/// Decodes a ring element with `frac_bits` fractional bits as a signed value.
-pub fn decode(v: u64, frac_bits: u32) -> f64 {
-    (v as i64) as f64 / (1u64 << frac_bits) as f64
-}
-
 /// The public weights in ring encoding, `enc(W)` with `F_w` fractional bits, per linear
 /// unit: what the server multiplies by and what the dealer computes `S` with.
 pub struct RingWeights {
     config: ModelConfig,
     fixed: FixedPoint,
     units: Vec<(Linear, RingMatrix)>,
+    backend: Arc<dyn Backend>,
 }
 
 impl RingWeights {
     /// Encodes every linear unit of `w` and prepares it on `backend` (on a GPU backend:
     /// uploads it once).
-    pub fn encode(w: &Weights, fixed: FixedPoint, backend: &dyn Backend) -> Result<Self, V2Error> {
+    pub fn encode(w: &Weights, fixed: FixedPoint, backend: Arc<dyn Backend>) -> Result<Self, V2Error> {
         let units = Linear::all(&w.config)
             .into_iter()
             .map(|lin| {
                 let v = w.linear(lin);
-                let enc: Vec<u64> = v.weight.par_iter().map(|&x| encode(x, fixed.weight_frac_bits)).collect();
+                let enc: Vec<u64> = v.weight.par_iter().map(|&x| encode_f32(x, fixed.weight_frac_bits)).collect();
                 Ok((lin, backend.prepare_ring(&enc, v.d_out, v.d_in)?))
             })
             .collect::<Result<_, V2Error>>()?;
-        Ok(Self { config: w.config.clone(), fixed, units })
+        Ok(Self { config: w.config.clone(), fixed, units, backend })
+    }
+
+    /// The unit with a dealer weight id.
+    pub fn unit_by_id(&self, id: u32) -> Option<(Linear, &RingMatrix)> {
+        self.units.get(id as usize).map(|(l, m)| (*l, m))
+    }
+
+    /// `Y enc(W)^T` for a unit on the backend: the server's answer, the dealer's `S`.
+    pub fn multiply(&self, lin: Linear, y: &[u64], n: usize) -> Result<Vec<u64>, V2Error> {
+        let m = self.unit(lin);
+        let mut z = vec![0u64; n * m.n];
+        self.backend.ring_matmul_prepared(y, m, n, &mut z)?;
+        Ok(z)
     }
 
     /// `enc(W)` of a unit, `d_out x d_in`, prepared for ring GEMM.
@@ -110,107 +121,60 @@ impl RingWeights {
     }
 }
 
-/// A mask and its image for one request: `R` (`n x d_in`) and `S = R enc(W)^T`
-/// (`n x d_out`). Held by the client only; used once.
-pub struct MaskedLinear {
-    /// The mask.
-    pub r: Vec<u64>,
-    /// Its image under the unit's weights.
-    pub s: Vec<u64>,
+/// The dealer reads weights by id ([`Linear::weight_id`]) and computes `S` with the
+/// backend's exact prepared ring GEMM.
+impl LinearWeights for RingWeights {
+    fn linear_weight(&self, id: u32) -> Result<Cow<'_, [u64]>, String> {
+        let (_, m) = self.unit_by_id(id).ok_or_else(|| format!("the model has no linear unit {id}"))?;
+        Ok(Cow::Owned(m.to_ring()))
+    }
+
+    fn mask_image(&self, id: u32, r: &[u64], n: usize, d_in: usize, d_out: usize) -> Result<Vec<u64>, String> {
+        let (lin, m) = self.unit_by_id(id).ok_or_else(|| format!("the model has no linear unit {id}"))?;
+        if (m.k, m.n) != (d_in, d_out) {
+            return Err(format!("{lin:?} is {}x{}, the request says {d_out}x{d_in}", m.n, m.k));
+        }
+        self.multiply(lin, r, n).map_err(|e| e.to_string())
+    }
 }
 
-/// Where the client's one-time masks come from: the dealer's material file, or an
-/// in-process dealer in tests. Each call must return fresh material.
-pub trait MaskSource {
-    /// The material for the next request of `linear` on `n` positions.
-    fn next_masked_linear(&mut self, linear: Linear, n: usize, d_in: usize, d_out: usize) -> Result<MaskedLinear, V2Error>;
-}
-
-/// Computes `S = R * enc(W)^T` for a mask: the dealer's work for one request.
-pub fn mask_image(
-    backend: &dyn Backend,
+/// The masked-linear requests of `sessions` planned sessions, each marked as a session
+/// in the bundle, pushed into a dealer bundle. `on_request` sees progress (done, total).
+pub fn deal_sessions(
+    writer: &mut BundleWriter,
     weights: &RingWeights,
-    linear: Linear,
-    r: &[u64],
-    n: usize,
-) -> Result<Vec<u64>, V2Error> {
-    let (_, d_out) = linear.dims(weights.config());
-    let mut s = vec![0u64; n * d_out];
-    backend.ring_matmul_prepared(r, weights.unit(linear), n, &mut s)?;
-    Ok(s)
-}
-
-/// An in-process dealer: fresh uniform masks from a seeded ChaCha stream and their
-/// images. For tests and `--loopback` runs; the same math as the material files.
-pub struct InProcessDealer {
-    weights: Arc<RingWeights>,
-    backend: Arc<dyn Backend>,
-    rng: rand_chacha::ChaCha20Rng,
-}
-
-impl InProcessDealer {
-    /// A dealer over ring weights, seeded.
-    pub fn new(weights: Arc<RingWeights>, backend: Arc<dyn Backend>, seed: [u8; 32]) -> Self {
-        use rand_chacha::rand_core::SeedableRng;
-        Self { weights, backend, rng: rand_chacha::ChaCha20Rng::from_seed(seed) }
-    }
-}
-
-impl MaskSource for InProcessDealer {
-    fn next_masked_linear(&mut self, linear: Linear, n: usize, d_in: usize, _d_out: usize) -> Result<MaskedLinear, V2Error> {
-        use rand_chacha::rand_core::RngCore;
-        let r: Vec<u64> = (0..n * d_in).map(|_| self.rng.next_u64()).collect();
-        let s = mask_image(self.backend.as_ref(), &self.weights, linear, &r, n)?;
-        Ok(MaskedLinear { r, s })
-    }
-}
-
-/// Masks dealt ahead of time for a whole planned session, consumed in order: what a
-/// material file holds, kept in memory (`--loopback`, tests). Dealing before the session
-/// keeps the dealer's work out of the online timings.
-pub struct DealtMasks {
-    queue: std::collections::VecDeque<(Linear, usize, MaskedLinear)>,
-}
-
-impl DealtMasks {
-    /// Deals every masked linear request of `plan` (from [`crate::model::planner::Planner`]).
-    pub fn deal(
-        plan: &[crate::model::planner::PlannedOp],
-        weights: &RingWeights,
-        backend: &dyn Backend,
-        seed: [u8; 32],
-    ) -> Result<Self, V2Error> {
-        use rand_chacha::rand_core::{RngCore, SeedableRng};
-        let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
-        let mut queue = std::collections::VecDeque::new();
-        for op in plan {
-            if let crate::model::planner::PlannedOp::Linear { linear, rows, d_in, .. } = op {
-                let r: Vec<u64> = (0..rows * d_in).map(|_| rng.next_u64()).collect();
-                let s = mask_image(backend, weights, *linear, &r, *rows)?;
-                queue.push_back((*linear, *rows, MaskedLinear { r, s }));
-            }
-        }
-        Ok(Self { queue })
-    }
-
-    /// Requests left.
-    pub fn remaining(&self) -> usize {
-        self.queue.len()
-    }
-}
-
-impl MaskSource for DealtMasks {
-    fn next_masked_linear(&mut self, linear: Linear, n: usize, _d_in: usize, _d_out: usize) -> Result<MaskedLinear, V2Error> {
-        match self.queue.pop_front() {
-            Some((l, rows, m)) if l == linear && rows == n => Ok(m),
-            Some((l, rows, _)) => Err(V2Error::Material(format!(
-                "the dealt plan expected {l:?} on {rows} positions next, the forward pass asks for {linear:?} on {n}; deal for this prompt length"
-            ))),
-            None => Err(V2Error::Material(
-                "material exhausted: the session needs more tokens than were dealt; raise --max-new-tokens or --prompt-tokens of the dealer".into(),
-            )),
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    rows: Rows,
+    sessions: usize,
+    mut on_request: impl FnMut(usize, usize),
+) -> Result<(), V2Error> {
+    let plan = Planner::session(weights.config(), prompt_tokens, max_new_tokens.max(1), rows);
+    let requests = plan_requests(weights.config(), &plan);
+    let total = requests.len() * sessions;
+    for s in 0..sessions {
+        writer.start_session();
+        for (i, req) in requests.iter().enumerate() {
+            writer.push(req, weights)?;
+            on_request(s * requests.len() + i + 1, total);
         }
     }
+    Ok(())
+}
+
+/// v2's material for a plan: one masked-linear request per linear unit call.
+pub fn plan_requests(config: &ModelConfig, plan: &[PlannedOp]) -> Vec<MaterialRequest> {
+    plan.iter()
+        .filter_map(|op| match op {
+            PlannedOp::Linear { linear, rows, d_in, d_out } => Some(MaterialRequest::MaskedLinear {
+                n: *rows,
+                d_in: *d_in,
+                d_out: *d_out,
+                weight: linear.weight_id(config.num_hidden_layers),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The client party of v2: plaintext nonlinear layers, masked linear requests.
@@ -223,7 +187,7 @@ pub struct V2Client<C, M> {
     cache: Vec<LayerCache>,
 }
 
-impl<C: Channel, M: MaskSource> V2Client<C, M> {
+impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
     /// A client for one session over `chan`, drawing masks from `masks`. `weights` are
     /// the public weights (the client uses embeddings, norm gains and biases).
     pub fn new(weights: Arc<Weights>, fixed: FixedPoint, chan: C, masks: M) -> Self {
@@ -243,13 +207,18 @@ impl<C: Channel, M: MaskSource> V2Client<C, M> {
     }
 
     /// Ends the session: tells the server with an empty frame and returns the channel.
-    pub fn finish(mut self) -> Result<C, V2Error> {
+    pub fn finish(self) -> Result<C, V2Error> {
+        self.finish_with_material().map(|(c, _)| c)
+    }
+
+    /// Like [`V2Client::finish`], also returning the material source for the next session.
+    pub fn finish_with_material(mut self) -> Result<(C, M), V2Error> {
         self.chan.send_bytes(V2_LANE, &[])?;
-        Ok(self.chan)
+        Ok((self.chan, self.masks))
     }
 }
 
-impl<C: Channel, M: MaskSource> ModelOps for V2Client<C, M> {
+impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
     type Act = Tensor;
     type Error = V2Error;
 
@@ -277,26 +246,18 @@ impl<C: Channel, M: MaskSource> ModelOps for V2Client<C, M> {
     }
 
     fn linear(&mut self, x: &Tensor, linear: Linear) -> Result<Tensor, V2Error> {
-        let (d_in, d_out) = linear.dims(&self.weights.config);
+        let c = &self.weights.config;
+        let (d_in, d_out) = linear.dims(c);
         let n = x.rows;
-        let m = self.masks.next_masked_linear(linear, n, d_in, d_out)?;
-        if m.r.len() != n * d_in || m.s.len() != n * d_out {
-            return Err(V2Error::Material(format!(
-                "mask for {linear:?} has {}+{} elements, the request needs {}x{} and {}x{}",
-                m.r.len(),
-                m.s.len(),
-                n,
-                d_in,
-                n,
-                d_out
-            )));
-        }
+        let material = self.masks.take_masked_linear(n, d_in, d_out, linear.weight_id(c.num_hidden_layers))?;
         let f = self.fixed.frac_bits;
-        let y: Vec<u64> = x.data.par_iter().zip(&m.r).map(|(&v, &r)| encode(v, f).wrapping_add(r)).collect();
-        self.chan.send_u64s(V2_LANE, &y)?;
+        let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
+        let (state, y) = masked::client_request(&x_enc, material)?;
+        self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&y))?;
         let z = self.chan.recv_u64s(V2_LANE, n * d_out)?;
+        let product = masked::client_finish(state, &z)?;
         let bits = f + self.fixed.weight_frac_bits;
-        let mut out: Vec<f32> = z.par_iter().zip(&m.s).map(|(&z, &s)| decode(z.wrapping_sub(s), bits) as f32).collect();
+        let mut out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
         if let Some(b) = self.weights.linear(linear).bias {
             for row in out.chunks_mut(d_out) {
                 row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
@@ -353,13 +314,12 @@ pub struct ServerSessionStats {
 /// The server party of v2: answers masked linear requests with `Y enc(W)^T`.
 pub struct V2Server {
     weights: Arc<RingWeights>,
-    backend: Arc<dyn Backend>,
 }
 
 impl V2Server {
     /// A server over ring-encoded weights (shared by all sessions).
-    pub fn new(weights: Arc<RingWeights>, backend: Arc<dyn Backend>) -> Self {
-        Self { weights, backend }
+    pub fn new(weights: Arc<RingWeights>) -> Self {
+        Self { weights }
     }
 
     /// Serves one session until the client's empty end frame. Every request is checked
@@ -386,9 +346,9 @@ impl V2Server {
             }
             let n = bytes.len() / (8 * d_in);
             let y = shardlm_transport::le_bytes_to_u64s(&bytes);
-            let mut z = vec![0u64; n * d_out];
-            self.backend.ring_matmul_prepared(&y, self.weights.unit(lin), n, &mut z)?;
-            chan.send_u64s(V2_LANE, &z)?;
+            let z = self.weights.multiply(lin, &y, n)?;
+            debug_assert_eq!(z.len(), n * d_out);
+            chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&z))?;
             stats.requests += 1;
             if lin == Linear::LmHead {
                 stats.forward_passes += 1;
