@@ -332,4 +332,74 @@ fn dealer_bundle_serves_its_sessions_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("dealer"), "{err}");
     assert!(!err.contains("panicked"));
+
+    // No material where --material points, and material for another model: refused
+    // before a connection is made (nothing prompt-dependent leaves the client).
+    let other_model = tmp.path().join("tiny");
+    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &other_model, 2).unwrap();
+    let other_bundle = tmp.path().join("other-bundle");
+    let out = client()
+        .args(["dealer", "--prompt-tokens", "6", "--max-new-tokens", "2", "--model-dir"])
+        .arg(&other_model)
+        .arg("--out")
+        .arg(&other_bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let id = tmp.path().join("client-id");
+    keygen(client(), &id);
+    for (bundle, needle) in [(tmp.path().join("nothing-here"), "manifest"), (other_bundle, "model")] {
+        // -s to a port where nothing listens: if the client tried to connect first, the
+        // error would be a connection timeout instead of the material error.
+        let out = client()
+            .args(["eval", "--variant", "v2", "--greedy", "2", "-s", "127.0.0.1:9", "--server-fingerprint", "blake3:00", "--model-dir"])
+            .arg(&dir)
+            .arg("--identity")
+            .arg(&id)
+            .arg("--cases")
+            .arg(&one)
+            .arg("--out")
+            .arg(tmp.path().join("out3.json"))
+            .arg("--material")
+            .arg(&bundle)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{needle}: {err}");
+        assert!(!err.contains("connect"), "material must be checked before connecting: {err}");
+    }
+}
+
+/// With `SHARDLM_REAL_MODEL_DIR` (Qwen2.5-Coder-0.5B-Instruct): v2 over QUIC loopback
+/// gives greedy_16 identical to the plaintext engine on the nine reference prompts.
+#[test]
+fn real_model_v2_greedy_16_equals_plaintext() {
+    let Ok(model) = std::env::var("SHARDLM_REAL_MODEL_DIR") else {
+        eprintln!("skipped: set SHARDLM_REAL_MODEL_DIR to a Qwen2.5-Coder-0.5B-Instruct directory (../shared/tools/fetch-qwen2.5-coder-0.5b.sh)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = shared().join("models/qwen2.5-coder-0.5b-instruct/reference.json");
+    let run = |variant: &str, extra: &[&str]| -> serde_json::Value {
+        let out_file = tmp.path().join(format!("{variant}.json"));
+        let out = client()
+            .args(["eval", "--variant", variant, "--greedy", "16", "--model-dir", &model])
+            .arg("--cases")
+            .arg(&cases)
+            .arg("--out")
+            .arg(&out_file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap()
+    };
+    let local = run("local", &[]);
+    let v2 = run("v2", &["--loopback"]);
+    let (lc, vc) = (local["cases"].as_array().unwrap(), v2["cases"].as_array().unwrap());
+    assert_eq!(lc.len(), 9);
+    for (i, (a, b)) in lc.iter().zip(vc).enumerate() {
+        assert_eq!(a["greedy"], b["greedy"], "case {i}");
+        assert_eq!(b["vs_reference"]["greedy_equal"], true, "case {i} against transformers");
+    }
 }
