@@ -93,8 +93,7 @@ impl Backend for CpuBackend {
 
     fn ring_matmul_prepared(&self, x: &[u64], w: &crate::RingMatrix, m: usize, out: &mut [u64]) -> Result<(), BackendError> {
         check_shapes("ring_matmul_prepared", x.len(), w.n * w.k, out.len(), m, w.k, w.n)?;
-        crate::ring::ring_matmul_limbs(x, w, m, out);
-        Ok(())
+        crate::ring::ring_matmul_limbs(x, w, m, out)
     }
 }
 

@@ -13,7 +13,12 @@
 //! `cuda`; [`best_available`] picks the best backend present at run time and says which.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod ring;
+
+#[cfg(feature = "cuda")]
+pub use cuda::{driver_present, CudaBackend};
 
 pub use cpu::CpuBackend;
 pub use ring::{limb_bits_for, RingMatrix};
@@ -24,10 +29,10 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// CUDA was asked for but this binary was built without the `cuda` feature.
-    #[error("CUDA requested but this build has no CUDA support: rebuild with `--features cuda`, or use `--device cpu`")]
+    #[error("this build has no CUDA support: rebuild with `--features cuda`, or use `--device cpu`")]
     CudaNotCompiled,
     /// CUDA was asked for but no usable driver or device was found at run time.
-    #[error("CUDA requested but unavailable: {0}; use `--device cpu`")]
+    #[error("CUDA unavailable: {0}; use `--device cpu`")]
     CudaUnavailable(String),
     /// An unknown device name was given.
     #[error("unknown device `{0}`: expected `cpu`, `cuda` or `auto`")]
@@ -97,12 +102,28 @@ impl std::str::FromStr for DeviceChoice {
 pub fn open(choice: DeviceChoice) -> Result<(Arc<dyn Backend>, String), BackendError> {
     match choice {
         DeviceChoice::Cpu => Ok((Arc::new(CpuBackend::new()), "cpu backend (requested)".into())),
-        DeviceChoice::Cuda => Err(BackendError::CudaNotCompiled),
-        DeviceChoice::Auto => Ok((
-            Arc::new(CpuBackend::new()),
-            "cpu backend (this build has no CUDA support; `--features cuda` adds it)".into(),
-        )),
+        DeviceChoice::Cuda => open_cuda().map(|b| {
+            let note = format!("{} (requested)", b.name());
+            (b, note)
+        }),
+        DeviceChoice::Auto => match open_cuda() {
+            Ok(b) => {
+                let note = b.name();
+                Ok((b, note))
+            }
+            Err(e) => Ok((Arc::new(CpuBackend::new()), format!("cpu backend ({e})"))),
+        },
     }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda() -> Result<Arc<dyn Backend>, BackendError> {
+    Ok(Arc::new(CudaBackend::new(0)?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda() -> Result<Arc<dyn Backend>, BackendError> {
+    Err(BackendError::CudaNotCompiled)
 }
 
 /// The best backend present at run time, with a note saying which and why.

@@ -16,7 +16,7 @@
 use rayon::prelude::*;
 
 /// A weight matrix prepared for exact ring GEMM: `n x k`, stored as `f64` integers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RingMatrix {
     /// Output features.
     pub n: usize,
@@ -29,6 +29,15 @@ pub struct RingMatrix {
     pub(crate) values: Vec<f64>,
     /// The original ring values, when they cannot go through the limb path.
     pub(crate) raw: Option<Vec<u64>>,
+    /// A device-resident copy owned by a GPU backend (opaque here).
+    pub(crate) device: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RingMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RingMatrix({}x{}, |w| < 2^{}, {})", self.n, self.k, self.magnitude_bits,
+            if self.device.is_some() { "on device".to_string() } else { format!("{}-bit limbs", self.limb_bits) })
+    }
 }
 
 /// The exactness condition of the limb path: `k * (2^limb - 1) * 2^magnitude < 2^53`.
@@ -45,13 +54,18 @@ impl RingMatrix {
         let limb_bits = limb_bits_for(k, magnitude_bits);
         if limb_bits >= 8 {
             let values = w.par_iter().map(|&v| v as i64 as f64).collect();
-            Self { n, k, magnitude_bits, limb_bits, values, raw: None }
+            Self { n, k, magnitude_bits, limb_bits, values, raw: None, device: None }
         } else {
-            Self { n, k, magnitude_bits, limb_bits, values: Vec::new(), raw: Some(w.to_vec()) }
+            Self { n, k, magnitude_bits, limb_bits, values: Vec::new(), raw: Some(w.to_vec()), device: None }
         }
     }
 
-    /// The matrix back in ring encoding, `n x k`.
+    /// A matrix that lives only on a device (its backend multiplies it).
+    pub fn on_device(n: usize, k: usize, device: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        Self { n, k, magnitude_bits: 64, limb_bits: 0, values: Vec::new(), raw: None, device: Some(device) }
+    }
+
+    /// The matrix back in ring encoding, `n x k` (empty for a device-only matrix).
     pub fn to_ring(&self) -> Vec<u64> {
         match &self.raw {
             Some(raw) => raw.clone(),
@@ -66,17 +80,23 @@ impl RingMatrix {
 }
 
 /// `out = x * w^T mod 2^64` for a prepared `w`. `x` is `m x k`.
-pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) {
+pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) -> Result<(), crate::BackendError> {
     let (n, k) = (w.n, w.k);
+    if w.raw.is_none() && w.values.len() != n * k {
+        return Err(crate::BackendError::Shape {
+            op: "ring_matmul_prepared",
+            detail: "this matrix was prepared on a GPU backend; multiply it there".into(),
+        });
+    }
     if let Some(raw) = &w.raw {
         super::cpu::ring_matmul_cpu(x, raw, m, k, n, out);
-        return;
+        return Ok(());
     }
     if m <= 4 {
         // Decode steps: memory-bound; one pass over the weights with wrapping integer
         // products (the f64 values are exact integers).
         ring_gemv_small_m(x, &w.values, m, k, n, out);
-        return;
+        return Ok(());
     }
     let b = w.limb_bits;
     let limbs = 64u32.div_ceil(b);
@@ -92,6 +112,7 @@ pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [
             *o = o.wrapping_add((a as i64 as u64).wrapping_shl(shift));
         });
     }
+    Ok(())
 }
 
 fn ring_gemv_small_m(x: &[u64], w: &[f64], m: usize, k: usize, n: usize, out: &mut [u64]) {
@@ -167,7 +188,7 @@ mod tests {
             .collect();
         let rm = RingMatrix::new(&w, n, k);
         let mut out = vec![0u64; m * n];
-        ring_matmul_limbs(&x, &rm, m, &mut out);
+        ring_matmul_limbs(&x, &rm, m, &mut out).unwrap();
         assert_eq!(out, naive(&x, &w, m, k, n), "m={m} k={k} n={n} wbits={wbits} limbs={}", rm.limb_bits);
     }
 
