@@ -153,6 +153,9 @@ struct PartyArgs {
     /// client deals each session itself just before it starts.
     #[arg(long)]
     material: Option<PathBuf>,
+    /// v3: rows per pipelined chunk (default: about four chunks per request, >= 8 rows).
+    #[arg(long)]
+    chunk_rows: Option<usize>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
 }
@@ -316,8 +319,8 @@ impl Mode {
         if party.local || variant == Variant::Local {
             return Ok(Mode::Local);
         }
-        if variant != Variant::V2 {
-            bail!("variant `{variant}` is not available in this build; use `--variant v2` or `--local`");
+        if !matches!(variant, Variant::V2 | Variant::V3) {
+            bail!("variant `{variant}` is not available in this build; use `--variant v2`, `--variant v3` or `--local`");
         }
         let (backend, _) = shardlm_gpu::best_available();
         let timeouts = party.timeouts.timeouts()?;
@@ -350,7 +353,7 @@ impl Mode {
                 dir: tempfile::Builder::new().prefix("shardlm-material-").tempdir()?,
             },
         };
-        Ok(Mode::Private(Box::new(Private::new(variant, remote, loopback, material))))
+        Ok(Mode::Private(Box::new(Private::new(variant, remote, loopback, material).with_chunk_rows(party.chunk_rows))))
     }
 
     fn describe(&self) -> String {
@@ -622,6 +625,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         identity: None,
         server_fingerprint: None,
         material: None,
+        chunk_rows: None,
         timeouts: TimeoutArgs { connect_timeout: 10.0, idle_timeout: 30.0, recv_timeout: 60.0 },
     };
     let mut mode = Mode::new(Variant::V2, &party, &model)?;
@@ -699,8 +703,8 @@ fn cmd_keygen(a: KeygenArgs) -> Result<()> {
 }
 
 fn cmd_dealer(a: DealerArgs) -> Result<()> {
-    if a.variant != Variant::V2 {
-        bail!("the dealer makes `--variant v2` material in this build; `{}` is not available yet", a.variant);
+    if !matches!(a.variant, Variant::V2 | Variant::V3) {
+        bail!("the dealer makes `--variant v2` and `--variant v3` material in this build; `{}` is not available yet", a.variant);
     }
     if a.prompt_tokens == 0 || a.max_new_tokens == 0 || a.sessions == 0 {
         bail!("--prompt-tokens, --max-new-tokens and --sessions must be at least 1");

@@ -14,7 +14,7 @@ use shardlm_protocols::model::Rows;
 use shardlm_protocols::material::{BundleWriter, Manifest, Material};
 use shardlm_protocols::prg::Seed;
 use shardlm_protocols::share::P0;
-use shardlm_protocols::variants::v2::{deal_sessions, RingWeights, V2Client};
+use shardlm_protocols::variants::v2::{deal_sessions, Pipeline, RingWeights, V2Client};
 use rand::rngs::OsRng;
 use std::path::PathBuf;
 use shardlm_transport::{close_code, Channel, Counters, Identity, QuicChannel, QuicClient, QuicConfig, QuicServer};
@@ -179,6 +179,7 @@ pub struct Private {
     _loopback: Option<Loopback>,
     material: MaterialPlan,
     sessions: u64,
+    chunk_rows: Option<usize>,
 }
 
 /// The client of a v2 session over QUIC with file-backed material.
@@ -187,7 +188,13 @@ pub type V2Session = V2Client<QuicChannel, Material<P0>>;
 impl Private {
     /// A private client for `variant` talking to `remote`; `loopback` is kept alive with it.
     pub fn new(variant: Variant, remote: Remote, loopback: Option<Loopback>, material: MaterialPlan) -> Self {
-        Self { variant, remote, _loopback: loopback, material, sessions: 0 }
+        Self { variant, remote, _loopback: loopback, material, sessions: 0, chunk_rows: None }
+    }
+
+    /// v3: overrides the automatic chunk size.
+    pub fn with_chunk_rows(mut self, rows: Option<usize>) -> Self {
+        self.chunk_rows = rows;
+        self
     }
 
     /// Gets material for a session of `prompt_tokens` + `max_new` tokens and connects.
@@ -218,7 +225,11 @@ impl Private {
             }
         };
         let (chan, _) = self.remote.session(self.variant, model)?;
-        Ok(V2Client::new(model.weights.clone(), FixedPoint::default(), chan, masks))
+        let client = V2Client::new(model.weights.clone(), FixedPoint::default(), chan, masks);
+        Ok(match self.variant {
+            Variant::V3 => client.with_pipeline(Pipeline { chunk_rows: self.chunk_rows }),
+            _ => client,
+        })
     }
 
     /// Ends a session cleanly, keeps its material source, and returns the traffic.

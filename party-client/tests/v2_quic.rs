@@ -403,3 +403,43 @@ fn real_model_v2_greedy_16_equals_plaintext() {
         assert_eq!(b["vs_reference"]["greedy_equal"], true, "case {i} against transformers");
     }
 }
+
+/// v3 (pipelined chunks on several lanes) gives bit-identical logits and identical
+/// tokens to v2 over QUIC loopback on tiny-qwen2.
+#[test]
+fn v3_is_bit_identical_to_v2() {
+    let model = LocalModel::load(&shared().join("oracle/tiny-qwen2")).unwrap();
+    let c = model.dir.config.clone();
+    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    let lb = Loopback::start(&model, backend.clone(), short_timeouts()).unwrap();
+    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.clone()).unwrap());
+    let plan = |ring: &Arc<RingWeights>| MaterialPlan::DealPerSession { ring: ring.clone(), dir: tempfile::tempdir().unwrap() };
+    let mut v2 = Private::new(Variant::V2, lb.remote.clone(), None, plan(&ring));
+    for chunk_rows in [Some(2), None] {
+        let mut v3 = Private::new(Variant::V3, lb.remote.clone(), None, plan(&ring)).with_chunk_rows(chunk_rows);
+        for ids in oracle_cases() {
+            let run = |p: &mut Private| {
+                let mut client = p.open(&model, ids.len(), 4, Rows::Last).unwrap();
+                let mut all = forward(&mut client, &c, &ids, 0, Rows::Last).unwrap().unwrap().data;
+                let mut next = argmax(&all[all.len() - c.vocab_size..]);
+                let mut tokens = vec![next];
+                for pos in ids.len()..ids.len() + 3 {
+                    let l = forward(&mut client, &c, &[next], pos, Rows::Last).unwrap().unwrap();
+                    next = argmax(l.last());
+                    tokens.push(next);
+                    all.extend_from_slice(l.last());
+                }
+                let traffic = p.finish(client).unwrap();
+                (all, tokens, traffic)
+            };
+            let (l2, t2, c2) = run(&mut v2);
+            let (l3, t3, c3) = run(&mut v3);
+            assert_eq!(t2, t3);
+            assert!(l2.iter().zip(&l3).all(|(a, b)| a.to_bits() == b.to_bits()), "logits differ in bits");
+            assert_eq!(c2.rounds, c3.rounds, "pipelining adds no rounds");
+            if chunk_rows == Some(2) {
+                assert!(c3.lanes.len() > 2, "v3 used several masked lanes: {:?}", c3.lanes.keys().collect::<Vec<_>>());
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@ use shardlm_transport::Channel;
 use std::sync::Arc;
 
 /// Variants this server build serves.
-pub const SERVED_VARIANTS: &[Variant] = &[Variant::V2];
+pub const SERVED_VARIANTS: &[Variant] = &[Variant::V2, Variant::V3];
 
 /// A loaded server party.
 pub struct ServerParty {
@@ -41,6 +41,7 @@ impl ServerParty {
     pub fn serve_session<C: Channel>(&self, chan: &mut C, variant: Variant) -> Result<ServerSessionStats, V2Error> {
         match variant {
             Variant::V2 => self.v2.serve_session(chan),
+            Variant::V3 => self.v2.serve_pipelined(chan),
             other => Err(V2Error::Protocol(format!("variant {other} is not served by this server"))),
         }
     }

@@ -37,6 +37,42 @@ use std::sync::Arc;
 /// The lane v2 requests travel on.
 pub const V2_LANE: Lane = Lane::Masked(0);
 
+/// v3's pipelining: the positions of a request are split into chunks that travel on
+/// `lanes` masked lanes at once, so the server multiplies chunk `i + 1` while the network
+/// carries chunk `i` back and the client decodes chunk `i - 1`. Before the chunks the
+/// client sends a 16-byte header `[n, chunk_rows]` on the control lane (`n = 0` ends the
+/// session). Same masks, same products, same bits as v2: only the schedule differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pipeline {
+    /// Rows per chunk; `None` picks [`Pipeline::auto_chunk_rows`].
+    pub chunk_rows: Option<usize>,
+}
+
+/// Masked lanes v3 rotates its chunks over.
+pub const V3_LANES: u8 = 4;
+
+impl Pipeline {
+    /// The automatic chunk size: about four chunks per request, at least 8 rows each
+    /// (below that, per-chunk overheads outweigh the overlap; a decode step of one row
+    /// is one chunk, exactly v2).
+    pub fn auto_chunk_rows(n: usize) -> usize {
+        if n < 16 { n.max(1) } else { n.div_ceil(4).max(8) }
+    }
+
+    /// Rows per chunk for a request of `n` rows (never more than `n`).
+    pub fn rows(&self, n: usize) -> usize {
+        self.chunk_rows.map_or_else(|| Self::auto_chunk_rows(n), |c| c.max(1)).min(n.max(1))
+    }
+
+    fn lane(&self, chunk: usize) -> Lane {
+        Lane::Masked((chunk % V3_LANES as usize) as u8)
+    }
+}
+
+/// Largest request the server accepts, in rows (a prompt longer than this is refused
+/// before any allocation).
+pub const MAX_REQUEST_ROWS: u64 = 1 << 20;
+
 /// Errors of a v2 session.
 #[derive(Debug, thiserror::Error)]
 pub enum V2Error {
@@ -185,6 +221,7 @@ pub struct V2Client<C, M> {
     masks: M,
     rope: Rope,
     cache: Vec<LayerCache>,
+    pipeline: Option<Pipeline>,
 }
 
 impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
@@ -193,7 +230,13 @@ impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
     pub fn new(weights: Arc<Weights>, fixed: FixedPoint, chan: C, masks: M) -> Self {
         let rope = Rope::new(&weights.config);
         let cache = vec![LayerCache::default(); weights.config.num_hidden_layers];
-        Self { weights, fixed, chan, masks, rope, cache }
+        Self { weights, fixed, chan, masks, rope, cache, pipeline: None }
+    }
+
+    /// Makes this a v3 client: requests are pipelined in chunks over several lanes.
+    pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
+        self.pipeline = Some(pipeline);
+        self
     }
 
     /// The channel (for counters).
@@ -213,8 +256,30 @@ impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
 
     /// Like [`V2Client::finish`], also returning the material source for the next session.
     pub fn finish_with_material(mut self) -> Result<(C, M), V2Error> {
-        self.chan.send_bytes(V2_LANE, &[])?;
+        match self.pipeline {
+            None => self.chan.send_bytes(V2_LANE, &[])?,
+            Some(_) => self.chan.send_u64s(Lane::Control, &[0, 0])?,
+        }
         Ok((self.chan, self.masks))
+    }
+
+    /// Sends `Y` and receives `Z = Y enc(W)^T`, in one piece (v2) or pipelined (v3).
+    fn exchange(&mut self, y: &[u64], n: usize, d_in: usize, d_out: usize) -> Result<Vec<u64>, V2Error> {
+        let Some(p) = self.pipeline else {
+            self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(y))?;
+            return Ok(self.chan.recv_u64s(V2_LANE, n * d_out)?);
+        };
+        let rows = p.rows(n);
+        self.chan.send_u64s(Lane::Control, &[n as u64, rows as u64])?;
+        for (j, chunk) in y.chunks(rows * d_in).enumerate() {
+            self.chan.send_vec(p.lane(j), shardlm_transport::u64s_to_le_bytes(chunk))?;
+        }
+        let mut z = Vec::with_capacity(n * d_out);
+        for j in 0..n.div_ceil(rows) {
+            let r = rows.min(n - j * rows);
+            z.extend(self.chan.recv_u64s(p.lane(j), r * d_out)?);
+        }
+        Ok(z)
     }
 }
 
@@ -253,8 +318,7 @@ impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
         let f = self.fixed.frac_bits;
         let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
         let (state, y) = masked::client_request(&x_enc, material)?;
-        self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&y))?;
-        let z = self.chan.recv_u64s(V2_LANE, n * d_out)?;
+        let z = self.exchange(&y, n, d_in, d_out)?;
         let product = masked::client_finish(state, &z)?;
         let bits = f + self.fixed.weight_frac_bits;
         let mut out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
@@ -325,6 +389,19 @@ impl V2Server {
     /// Serves one session until the client's empty end frame. Every request is checked
     /// against the forward order and its size before any work is done.
     pub fn serve_session<C: Channel>(&self, chan: &mut C) -> Result<ServerSessionStats, V2Error> {
+        self.serve(chan, None)
+    }
+
+    /// Serves one v3 session: every request comes as a header and chunks on
+    /// [`V3_LANES`] lanes, in the chunk size the client chose.
+    pub fn serve_pipelined<C: Channel>(&self, chan: &mut C) -> Result<ServerSessionStats, V2Error> {
+        self.serve(chan, Some(Pipeline::default()))
+    }
+
+    fn serve<C: Channel>(&self, chan: &mut C, pipeline: Option<Pipeline>) -> Result<ServerSessionStats, V2Error> {
+        if let Some(p) = pipeline {
+            return self.serve_chunks(chan, p);
+        }
         let order = Linear::all(self.weights.config());
         let mut stats = ServerSessionStats::default();
         loop {
@@ -349,6 +426,38 @@ impl V2Server {
             let z = self.weights.multiply(lin, &y, n)?;
             debug_assert_eq!(z.len(), n * d_out);
             chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&z))?;
+            stats.requests += 1;
+            if lin == Linear::LmHead {
+                stats.forward_passes += 1;
+            }
+        }
+    }
+
+    fn serve_chunks<C: Channel>(&self, chan: &mut C, p: Pipeline) -> Result<ServerSessionStats, V2Error> {
+        let order = Linear::all(self.weights.config());
+        let mut stats = ServerSessionStats::default();
+        loop {
+            let lin = order[(stats.requests % order.len() as u64) as usize];
+            let (d_in, d_out) = lin.dims(self.weights.config());
+            let header = chan.recv_u64s(Lane::Control, 2)?;
+            let (n, rows) = (header[0], header[1]);
+            if n == 0 {
+                if stats.requests % order.len() as u64 != 0 {
+                    return Err(V2Error::Protocol(format!("session ended in the middle of a forward pass, before {lin:?}")));
+                }
+                return Ok(stats);
+            }
+            if n > MAX_REQUEST_ROWS || rows == 0 || rows > n {
+                return Err(V2Error::Protocol(format!("request header for {lin:?} says {n} rows in chunks of {rows}")));
+            }
+            let (n, rows) = (n as usize, rows as usize);
+            for j in 0..n.div_ceil(rows) {
+                let r = rows.min(n - j * rows);
+                let y = chan.recv_u64s(p.lane(j), r * d_in)?;
+                let z = self.weights.multiply(lin, &y, r)?;
+                debug_assert_eq!(z.len(), r * d_out);
+                chan.send_vec(p.lane(j), shardlm_transport::u64s_to_le_bytes(&z))?;
+            }
             stats.requests += 1;
             if lin == Linear::LmHead {
                 stats.forward_passes += 1;
