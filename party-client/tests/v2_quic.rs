@@ -443,3 +443,41 @@ fn v3_is_bit_identical_to_v2() {
         }
     }
 }
+
+/// A server process killed in the middle of a session: the client reports an error
+/// naming the peer within its timeouts and never hangs.
+#[test]
+fn server_killed_mid_session_is_an_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (sid, cid) = (tmp.path().join("s"), tmp.path().join("c"));
+    let server_fp = keygen(Command::new(server_bin()), &sid);
+    let client_fp = keygen(client(), &cid);
+    let model = tmp.path().join("tiny");
+    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 5).unwrap();
+    let mut server = start_server(&model, &sid, &client_fp);
+    let mut gen = client()
+        .args(["generate", "-p", "a long story", "--max-tokens", "2000", "--idle-timeout", "2", "--recv-timeout", "3", "--model-dir"])
+        .arg(&model)
+        .args(["-s", &server.addr, "--identity", cid.to_str().unwrap(), "--server-fingerprint", &server_fp])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let the session get going (material is dealt first), then kill the server process.
+    std::thread::sleep(Duration::from_millis(2500));
+    server.child.kill().unwrap();
+    let killed_at = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = gen.try_wait().unwrap() {
+            break s;
+        }
+        assert!(killed_at.elapsed() < Duration::from_secs(20), "client hung after the server died");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(gen.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the session cannot have completed 2000 tokens: {err}");
+    eprintln!("client said: {err}");
+    assert!(err.contains("server") && !err.contains("panicked"), "{err}");
+    assert!(killed_at.elapsed() < Duration::from_secs(10), "reported after {:?}", killed_at.elapsed());
+}

@@ -343,6 +343,9 @@ impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
         if cached != start_pos {
             return Err(crate::model::EngineError::CacheMismatch { cached, start_pos }.into());
         }
+        if start_pos + qkv.rows > c.max_position_embeddings {
+            return Err(crate::model::EngineError::TooLong { len: start_pos + qkv.rows, max: c.max_position_embeddings }.into());
+        }
         Ok(kernels::attention(c, qkv, &mut self.cache[layer], start_pos))
     }
 
