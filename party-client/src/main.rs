@@ -732,19 +732,25 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
     })?;
     let manifest = writer.finish()?;
     bar.finish_and_clear();
-    let bytes: u64 = manifest.shards.values().map(|s| s.bytes).sum();
+    let planned = shardlm_protocols::variants::v2::planned_raw_bytes(&model.dir.config, a.prompt_tokens, a.max_new_tokens, rows, a.sessions)?;
     println!(
-        "bundle {} for {} ({}): {} sessions of {} + {} tokens, {:.1} MB ({}), {:.1} s on {}",
+        "bundle {} for {} ({}): {} sessions of {} + {} tokens, dealt in {:.1} s on {}",
         a.out.display(),
         a.variant,
         model.fingerprint,
         a.sessions,
         a.prompt_tokens,
         a.max_new_tokens,
-        bytes as f64 / 1e6,
-        manifest.shards.iter().map(|(p, s)| format!("{p} {:.1} MB", s.bytes as f64 / 1e6)).collect::<Vec<_>>().join(", "),
         t.elapsed().as_secs_f64(),
         note
     );
+    for (i, party) in ["p0", "p1"].iter().enumerate() {
+        let written = manifest.shards.get(*party).map_or(0, |s| s.bytes);
+        println!(
+            "  {party}.shard: {written} bytes = {} bytes of material (as planned) + {} bytes of header, seeds and alignment",
+            planned[i],
+            written.saturating_sub(planned[i])
+        );
+    }
     Ok(())
 }

@@ -278,11 +278,22 @@ fn dealer_bundle_serves_its_sessions_once() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Printed sizes equal the plan: 2 sessions x (prefill of 6 rows + 2 decode steps of
+    // 1 row) x every unit's S (n x d_out words) + 4 shape words per request.
+    let c = shardlm_configs::ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
+    let per_pass = |n: u64| -> u64 {
+        Linear::all(&c).into_iter().map(|l| 8 * (if l == Linear::LmHead { 1 } else { n } * l.dims(&c).1 as u64 + 4)).sum()
+    };
+    let planned = 2 * (per_pass(6) + 2 * per_pass(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("= {planned} bytes of material (as planned)")), "{stdout}");
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["variant"], "v2");
     assert_eq!(manifest["sessions"].as_array().unwrap().len(), 2);
     // v2 gives the server nothing to hold: its shard is tiny, the client's holds S.
     assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() < 4096);
+    let p0 = manifest["shards"]["p0"]["bytes"].as_u64().unwrap();
+    assert!(p0 >= planned && p0 - planned < 4096, "p0.shard {p0} vs planned {planned}");
 
     let cases = tmp.path().join("cases.json");
     std::fs::write(&cases, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}, {"input_ids": [1, 2, 3, 4, 5, 6]}]}"#).unwrap();

@@ -198,6 +198,26 @@ pub fn deal_sessions(
     Ok(())
 }
 
+/// Raw material bytes the plan of `sessions` sessions puts in each party's shard
+/// (`[p0, p1]`), before headers and alignment: what the dealer prints next to the sizes
+/// it wrote.
+pub fn planned_raw_bytes(
+    config: &ModelConfig,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    rows: Rows,
+    sessions: usize,
+) -> Result<[u64; 2], V2Error> {
+    let plan = Planner::session(config, prompt_tokens, max_new_tokens.max(1), rows);
+    let mut out = [0f64; 2];
+    for req in plan_requests(config, &plan) {
+        for (p, o) in out.iter_mut().enumerate() {
+            *o += req.raw_bytes(p as u8)?;
+        }
+    }
+    Ok(out.map(|b| (b * sessions as f64).round() as u64))
+}
+
 /// v2's material for a plan: one masked-linear request per linear unit call.
 pub fn plan_requests(config: &ModelConfig, plan: &[PlannedOp]) -> Vec<MaterialRequest> {
     plan.iter()
