@@ -124,7 +124,7 @@ impl Loopback {
         let thread = std::thread::Builder::new().name("shardlm-loopback-server".into()).spawn(move || {
             s.serve(&info, move |mut chan, hello| {
                 let shardlm_transport::handshake::Request::Session { variant, .. } = &hello.request else { return Ok(()) };
-                let variant: Variant = variant.parse().map_err(|e| format!("{e}"))?;
+                let variant: Variant = variant.parse()?;
                 match party.serve_session(&mut chan, variant) {
                     Ok(_) => {
                         chan.close(close_code::NORMAL, "session complete");

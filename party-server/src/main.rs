@@ -195,7 +195,7 @@ fn serve(a: ServeArgs) -> Result<()> {
 
     server.serve(&info, move |mut chan, hello| {
         let Request::Session { variant, .. } = &hello.request else { return Ok(()) };
-        let variant: Variant = variant.parse().map_err(|e| format!("{e}"))?;
+        let variant: Variant = variant.parse()?;
         let t = std::time::Instant::now();
         match party.serve_session(&mut chan, variant) {
             Ok(stats) => {
