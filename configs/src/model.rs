@@ -327,7 +327,7 @@ impl ModelConfig {
                 return Err(ConfigError::Field { field, problem: "must be positive".into() });
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(ConfigError::Field {
                 field: "num_key_value_heads",
                 problem: format!(
@@ -336,7 +336,7 @@ impl ModelConfig {
                 ),
             });
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ConfigError::Field {
                 field: "head_dim",
                 problem: format!("{} is odd; rotary embeddings need an even head_dim", self.head_dim),
