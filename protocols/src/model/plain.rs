@@ -2,7 +2,7 @@
 //! Every private variant is measured against it; it is measured against transformers.
 
 use super::kernels::{self, LayerCache, Rope, Tensor};
-use super::ops::{Linear, Logits, ModelOps, Norm, Rows};
+use super::ops::{Linear, ModelOps, Norm, Rows};
 use super::weights::Weights;
 use shardlm_gpu::Backend;
 use std::sync::Arc;
@@ -39,20 +39,22 @@ pub enum EngineError {
     Backend(#[from] shardlm_gpu::BackendError),
 }
 
-/// The plaintext engine for one sequence.
-pub struct PlainEngine {
+/// Everything of a forward pass that is computed in the clear, except the linear layers:
+/// embeddings, RMSNorm, RoPE, attention with the KV cache, SwiGLU, residuals. Shared by
+/// the reference engine and by the v2/v3 client (which differs only in how it gets
+/// `x W^T`).
+pub struct ClearState {
     weights: Arc<Weights>,
-    backend: Arc<dyn Backend>,
     rope: Rope,
     cache: Vec<LayerCache>,
 }
 
-impl PlainEngine {
-    /// An engine over loaded weights.
-    pub fn new(weights: Arc<Weights>, backend: Arc<dyn Backend>) -> Self {
+impl ClearState {
+    /// Fresh state for one sequence.
+    pub fn new(weights: Arc<Weights>) -> Self {
         let rope = Rope::new(&weights.config);
         let cache = vec![LayerCache::default(); weights.config.num_hidden_layers];
-        Self { weights, backend, rope, cache }
+        Self { weights, rope, cache }
     }
 
     /// The weights.
@@ -78,13 +80,9 @@ impl PlainEngine {
             None => Ok(()),
         }
     }
-}
 
-impl ModelOps for PlainEngine {
-    type Act = Tensor;
-    type Error = EngineError;
-
-    fn embed(&mut self, tokens: &[u32]) -> Result<Tensor, EngineError> {
+    /// Embedding rows of `tokens`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor, EngineError> {
         self.check_tokens(tokens)?;
         let h = self.weights.config.hidden_size;
         let mut data = Vec::with_capacity(tokens.len() * h);
@@ -94,36 +92,35 @@ impl ModelOps for PlainEngine {
         Ok(Tensor::new(tokens.len(), h, data))
     }
 
-    fn rms_norm(&mut self, x: &Tensor, norm: Norm) -> Result<Tensor, EngineError> {
+    /// RMSNorm with a gain of the model.
+    pub fn rms_norm(&self, x: &Tensor, norm: Norm) -> Tensor {
         let w = &self.weights;
         let gain = match norm {
             Norm::Input(l) => &w.layers[l].input_norm,
             Norm::PostAttention(l) => &w.layers[l].post_norm,
             Norm::Final => &w.final_norm,
         };
-        Ok(kernels::rms_norm(x, gain, w.config.rms_norm_eps))
+        kernels::rms_norm(x, gain, w.config.rms_norm_eps)
     }
 
-    fn linear(&mut self, x: &Tensor, linear: Linear) -> Result<Tensor, EngineError> {
-        let v = self.weights.linear(linear);
-        let mut out = Tensor::zeros(x.rows, v.d_out);
-        self.backend.matmul_f32(&x.data, v.weight, x.rows, v.d_in, v.d_out, &mut out.data)?;
-        if let Some(b) = v.bias {
-            for row in out.data.chunks_mut(v.d_out) {
+    /// Adds a unit's bias (if it has one) to `x W^T`.
+    pub fn add_bias(&self, out: &mut Tensor, linear: Linear) {
+        if let Some(b) = self.weights.linear(linear).bias {
+            for row in out.data.chunks_mut(out.cols) {
                 row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
             }
         }
-        Ok(out)
     }
 
-    fn rope(&mut self, qkv: &mut Tensor, start_pos: usize) -> Result<(), EngineError> {
+    /// RoPE on the q and k parts of a qkv activation.
+    pub fn rope(&self, qkv: &mut Tensor, start_pos: usize) {
         let c = &self.weights.config;
         self.rope.apply(qkv, 0, c.num_attention_heads, start_pos);
         self.rope.apply(qkv, c.q_dim(), c.num_key_value_heads, start_pos);
-        Ok(())
     }
 
-    fn attention(&mut self, qkv: &Tensor, layer: usize, start_pos: usize) -> Result<Tensor, EngineError> {
+    /// Causal attention of a layer through the KV cache.
+    pub fn attention(&mut self, qkv: &Tensor, layer: usize, start_pos: usize) -> Result<Tensor, EngineError> {
         let c = &self.weights.config;
         let cached = self.cache[layer].k.len() / c.kv_dim();
         if cached != start_pos {
@@ -135,22 +132,112 @@ impl ModelOps for PlainEngine {
         Ok(kernels::attention(c, qkv, &mut self.cache[layer], start_pos))
     }
 
-    fn swiglu(&mut self, gate_up: &Tensor) -> Result<Tensor, EngineError> {
-        Ok(kernels::swiglu(gate_up))
-    }
-
-    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, EngineError> {
-        Ok(kernels::add(a, b))
-    }
-
-    fn select_rows(&mut self, x: &Tensor, rows: Rows) -> Result<Tensor, EngineError> {
-        Ok(match rows {
+    /// The rows that get logits.
+    pub fn select_rows(&self, x: &Tensor, rows: Rows) -> Tensor {
+        match rows {
             Rows::All => x.clone(),
-            Rows::Last => Tensor::new(1, x.cols, x.row(x.rows - 1).to_vec()),
-        })
+            Rows::Last => Tensor::new(1, x.cols, x.row(x.rows.saturating_sub(1)).to_vec()),
+        }
+    }
+}
+
+/// The plaintext engine for one sequence.
+pub struct PlainEngine {
+    clear: ClearState,
+    backend: Arc<dyn Backend>,
+}
+
+impl PlainEngine {
+    /// An engine over loaded weights.
+    pub fn new(weights: Arc<Weights>, backend: Arc<dyn Backend>) -> Self {
+        Self { clear: ClearState::new(weights), backend }
     }
 
-    fn reveal_logits(&mut self, logits: &Tensor) -> Result<Option<Logits>, EngineError> {
-        Ok(Some(Logits { vocab: logits.cols, data: logits.data.clone() }))
+    /// The weights.
+    pub fn weights(&self) -> &Arc<Weights> {
+        self.clear.weights()
+    }
+
+    /// Forgets the cached sequence.
+    pub fn reset(&mut self) {
+        self.clear.reset()
+    }
+
+    /// Positions currently cached.
+    pub fn cached_positions(&self) -> usize {
+        self.clear.cached_positions()
+    }
+
+    /// Checks that `tokens` are valid inputs for this model.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError> {
+        self.clear.check_tokens(tokens)
+    }
+}
+
+/// Delegates the clear-text operations of [`ModelOps`] to a [`ClearState`] field; the
+/// implementor writes `linear` (the only operation variants do differently).
+#[macro_export]
+macro_rules! delegate_clear_ops {
+    ($field:ident, $err:ty) => {
+        fn embed(&mut self, tokens: &[u32]) -> Result<$crate::model::kernels::Tensor, $err> {
+            Ok(self.$field.embed(tokens)?)
+        }
+        fn rms_norm(
+            &mut self,
+            x: &$crate::model::kernels::Tensor,
+            norm: $crate::model::Norm,
+        ) -> Result<$crate::model::kernels::Tensor, $err> {
+            Ok(self.$field.rms_norm(x, norm))
+        }
+        fn rope(&mut self, qkv: &mut $crate::model::kernels::Tensor, start_pos: usize) -> Result<(), $err> {
+            self.$field.rope(qkv, start_pos);
+            Ok(())
+        }
+        fn attention(
+            &mut self,
+            qkv: &$crate::model::kernels::Tensor,
+            layer: usize,
+            start_pos: usize,
+        ) -> Result<$crate::model::kernels::Tensor, $err> {
+            Ok(self.$field.attention(qkv, layer, start_pos)?)
+        }
+        fn swiglu(&mut self, gate_up: &$crate::model::kernels::Tensor) -> Result<$crate::model::kernels::Tensor, $err> {
+            Ok($crate::model::kernels::swiglu(gate_up))
+        }
+        fn add(
+            &mut self,
+            a: &$crate::model::kernels::Tensor,
+            b: &$crate::model::kernels::Tensor,
+        ) -> Result<$crate::model::kernels::Tensor, $err> {
+            Ok($crate::model::kernels::add(a, b))
+        }
+        fn select_rows(
+            &mut self,
+            x: &$crate::model::kernels::Tensor,
+            rows: $crate::model::Rows,
+        ) -> Result<$crate::model::kernels::Tensor, $err> {
+            Ok(self.$field.select_rows(x, rows))
+        }
+        fn reveal_logits(
+            &mut self,
+            logits: &$crate::model::kernels::Tensor,
+        ) -> Result<Option<$crate::model::Logits>, $err> {
+            Ok(Some($crate::model::Logits { vocab: logits.cols, data: logits.data.clone() }))
+        }
+    };
+}
+
+impl ModelOps for PlainEngine {
+    type Act = Tensor;
+    type Error = EngineError;
+
+    crate::delegate_clear_ops!(clear, EngineError);
+
+    fn linear(&mut self, x: &Tensor, linear: Linear) -> Result<Tensor, EngineError> {
+        let v = self.clear.weights().linear(linear);
+        let mut out = Tensor::zeros(x.rows, v.d_out);
+        self.backend.matmul_f32(&x.data, v.weight, x.rows, v.d_in, v.d_out, &mut out.data)?;
+        self.clear.add_bias(&mut out, linear);
+        Ok(out)
     }
 }

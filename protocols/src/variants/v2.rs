@@ -22,9 +22,10 @@
 //! the session on an empty frame.
 
 use crate::material::{BundleWriter, LinearWeights, MaskedLinearSource, MaterialError, MaterialRequest};
-use crate::model::kernels::{self, LayerCache, Rope, Tensor};
+use crate::model::kernels::Tensor;
+use crate::model::plain::ClearState;
 use crate::model::planner::{PlannedOp, Planner};
-use crate::model::{Linear, Logits, ModelOps, Norm, Rows, Weights};
+use crate::model::{Linear, ModelOps, Rows, Weights};
 use crate::mpc::linear as masked;
 use crate::ring::{decode, encode_f32};
 use rayon::prelude::*;
@@ -239,8 +240,7 @@ pub struct V2Client<C, M> {
     fixed: FixedPoint,
     chan: C,
     masks: M,
-    rope: Rope,
-    cache: Vec<LayerCache>,
+    clear: ClearState,
     pipeline: Option<Pipeline>,
 }
 
@@ -248,9 +248,8 @@ impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
     /// A client for one session over `chan`, drawing masks from `masks`. `weights` are
     /// the public weights (the client uses embeddings, norm gains and biases).
     pub fn new(weights: Arc<Weights>, fixed: FixedPoint, chan: C, masks: M) -> Self {
-        let rope = Rope::new(&weights.config);
-        let cache = vec![LayerCache::default(); weights.config.num_hidden_layers];
-        Self { weights, fixed, chan, masks, rope, cache, pipeline: None }
+        let clear = ClearState::new(weights.clone());
+        Self { weights, fixed, chan, masks, clear, pipeline: None }
     }
 
     /// Makes this a v3 client: requests are pipelined in chunks over several lanes.
@@ -266,7 +265,7 @@ impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
 
     /// Forgets the cached sequence; the server keeps answering in forward order.
     pub fn reset(&mut self) {
-        self.cache.iter_mut().for_each(|c| *c = LayerCache::default());
+        self.clear.reset();
     }
 
     /// Ends the session: tells the server with an empty frame and returns the channel.
@@ -307,28 +306,7 @@ impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
     type Act = Tensor;
     type Error = V2Error;
 
-    fn embed(&mut self, tokens: &[u32]) -> Result<Tensor, V2Error> {
-        let h = self.weights.config.hidden_size;
-        let vocab = self.weights.config.vocab_size;
-        let mut data = Vec::with_capacity(tokens.len() * h);
-        for &t in tokens {
-            if t as usize >= vocab {
-                return Err(crate::model::EngineError::TokenOutOfRange { token: t, vocab }.into());
-            }
-            data.extend_from_slice(&self.weights.embed[t as usize * h..(t as usize + 1) * h]);
-        }
-        Ok(Tensor::new(tokens.len(), h, data))
-    }
-
-    fn rms_norm(&mut self, x: &Tensor, norm: Norm) -> Result<Tensor, V2Error> {
-        let w = &self.weights;
-        let gain = match norm {
-            Norm::Input(l) => &w.layers[l].input_norm,
-            Norm::PostAttention(l) => &w.layers[l].post_norm,
-            Norm::Final => &w.final_norm,
-        };
-        Ok(kernels::rms_norm(x, gain, w.config.rms_norm_eps))
-    }
+    crate::delegate_clear_ops!(clear, V2Error);
 
     fn linear(&mut self, x: &Tensor, linear: Linear) -> Result<Tensor, V2Error> {
         let c = &self.weights.config;
@@ -341,51 +319,10 @@ impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
         let z = self.exchange(&y, n, d_in, d_out)?;
         let product = masked::client_finish(state, &z)?;
         let bits = f + self.fixed.weight_frac_bits;
-        let mut out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
-        if let Some(b) = self.weights.linear(linear).bias {
-            for row in out.chunks_mut(d_out) {
-                row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-            }
-        }
-        Ok(Tensor::new(n, d_out, out))
-    }
-
-    fn rope(&mut self, qkv: &mut Tensor, start_pos: usize) -> Result<(), V2Error> {
-        let c = &self.weights.config;
-        self.rope.apply(qkv, 0, c.num_attention_heads, start_pos);
-        self.rope.apply(qkv, c.q_dim(), c.num_key_value_heads, start_pos);
-        Ok(())
-    }
-
-    fn attention(&mut self, qkv: &Tensor, layer: usize, start_pos: usize) -> Result<Tensor, V2Error> {
-        let c = &self.weights.config;
-        let cached = self.cache[layer].k.len() / c.kv_dim();
-        if cached != start_pos {
-            return Err(crate::model::EngineError::CacheMismatch { cached, start_pos }.into());
-        }
-        if start_pos + qkv.rows > c.max_position_embeddings {
-            return Err(crate::model::EngineError::TooLong { len: start_pos + qkv.rows, max: c.max_position_embeddings }.into());
-        }
-        Ok(kernels::attention(c, qkv, &mut self.cache[layer], start_pos))
-    }
-
-    fn swiglu(&mut self, gate_up: &Tensor) -> Result<Tensor, V2Error> {
-        Ok(kernels::swiglu(gate_up))
-    }
-
-    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, V2Error> {
-        Ok(kernels::add(a, b))
-    }
-
-    fn select_rows(&mut self, x: &Tensor, rows: Rows) -> Result<Tensor, V2Error> {
-        Ok(match rows {
-            Rows::All => x.clone(),
-            Rows::Last => Tensor::new(1, x.cols, x.row(x.rows - 1).to_vec()),
-        })
-    }
-
-    fn reveal_logits(&mut self, logits: &Tensor) -> Result<Option<Logits>, V2Error> {
-        Ok(Some(Logits { vocab: logits.cols, data: logits.data.clone() }))
+        let out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
+        let mut out = Tensor::new(n, d_out, out);
+        self.clear.add_bias(&mut out, linear);
+        Ok(out)
     }
 }
 
