@@ -492,3 +492,42 @@ fn server_killed_mid_session_is_an_error_not_a_hang() {
     assert!(err.contains("server") && !err.contains("panicked"), "{err}");
     assert!(killed_at.elapsed() < Duration::from_secs(10), "reported after {:?}", killed_at.elapsed());
 }
+
+/// `benchmark --loopback` writes the seed's JSON plus exact traffic and phases, for v2
+/// and v3; v3 moves the same payload plus its 16-byte chunk headers.
+#[test]
+fn benchmark_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 4).unwrap();
+    let mut reports = Vec::new();
+    for endpoint in ["v2", "v3"] {
+        let out_file = tmp.path().join(format!("{endpoint}.json"));
+        let out = client()
+            .args(["benchmark", "--loopback", "--endpoint", endpoint, "-p", "benchmark me please", "--max-tokens", "4", "--runs", "2", "--warmup", "1", "--model-dir"])
+            .arg(&model)
+            .arg("--output")
+            .arg(&out_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+        for key in ["model", "gpu", "version", "endpoint", "timestamp", "config", "bytes_sent", "bytes_received", "rounds", "phases_ms"] {
+            assert!(!v[key].is_null(), "{key} missing");
+        }
+        for phase in ["embedding", "prefill", "total"] {
+            for stat in ["mean", "std", "min", "max", "p50", "p95", "p99"] {
+                assert!(v["results"][phase][stat].is_number(), "results.{phase}.{stat}");
+            }
+        }
+        assert!(v["results"]["tokens_per_second"].as_f64().unwrap() > 0.0);
+        reports.push(v);
+    }
+    let (v2, v3) = (&reports[0], &reports[1]);
+    // 4 passes of 9 units; v3 adds a 16-byte header per unit and a 16-byte end header
+    // where v2 ends with an empty frame.
+    let units = 4 * 9;
+    assert_eq!(v3["bytes_sent"].as_u64().unwrap(), v2["bytes_sent"].as_u64().unwrap() + 16 * (units + 1));
+    assert_eq!(v3["bytes_received"], v2["bytes_received"]);
+    assert_eq!(v3["rounds"], v2["rounds"]);
+}
