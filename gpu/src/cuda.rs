@@ -167,7 +167,7 @@ impl Backend for CudaBackend {
 
     fn ring_matmul_prepared(&self, x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) -> Result<(), BackendError> {
         check_shapes("ring_matmul_prepared", x.len(), w.n * w.k, out.len(), m, w.k, w.n)?;
-        let Some(dev) = w.device.as_ref().and_then(|d| d.downcast_ref::<DeviceRing>()) else {
+        let Some(dev) = w.device().and_then(|d| d.downcast_ref::<DeviceRing>()) else {
             // Prepared by the CPU backend: multiply there.
             return crate::CpuBackend::new().ring_matmul_prepared(x, w, m, out);
         };

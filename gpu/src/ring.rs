@@ -26,17 +26,32 @@ pub struct RingMatrix {
     pub magnitude_bits: u32,
     /// Limb width that keeps every f64 accumulation exact for this matrix.
     pub limb_bits: u32,
-    pub(crate) values: Vec<f64>,
-    /// The original ring values, when they cannot go through the limb path.
-    pub(crate) raw: Option<Vec<u64>>,
-    /// A device-resident copy owned by a GPU backend (opaque here).
-    pub(crate) device: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    pub(crate) storage: Storage,
+}
+
+/// How a prepared weight is held.
+#[derive(Clone)]
+pub(crate) enum Storage {
+    /// Weights that fit `i32` (every fixed-point checkpoint weight): 4 bytes each, which
+    /// halves the memory traffic of decode steps; widened to `f64` per GEMM call.
+    Small(Vec<i32>),
+    /// Larger weights that still allow exact limbs.
+    Wide(Vec<f64>),
+    /// Weights too large for the limb path: wrapping integer loops.
+    Raw(Vec<u64>),
+    /// Resident on a GPU backend (opaque here).
+    Device(std::sync::Arc<dyn std::any::Any + Send + Sync>),
 }
 
 impl std::fmt::Debug for RingMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RingMatrix({}x{}, |w| < 2^{}, {})", self.n, self.k, self.magnitude_bits,
-            if self.device.is_some() { "on device".to_string() } else { format!("{}-bit limbs", self.limb_bits) })
+        let how = match &self.storage {
+            Storage::Small(_) => format!("i32, {}-bit limbs", self.limb_bits),
+            Storage::Wide(_) => format!("f64, {}-bit limbs", self.limb_bits),
+            Storage::Raw(_) => "u64".to_string(),
+            Storage::Device(_) => "on device".to_string(),
+        };
+        write!(f, "RingMatrix({}x{}, |w| < 2^{}, {how})", self.n, self.k, self.magnitude_bits)
     }
 }
 
@@ -52,52 +67,72 @@ impl RingMatrix {
         let max_abs = w.par_iter().map(|&v| (v as i64).unsigned_abs()).max().unwrap_or(0);
         let magnitude_bits = 64 - max_abs.leading_zeros();
         let limb_bits = limb_bits_for(k, magnitude_bits);
-        if limb_bits >= 8 {
-            let values = w.par_iter().map(|&v| v as i64 as f64).collect();
-            Self { n, k, magnitude_bits, limb_bits, values, raw: None, device: None }
+        let storage = if limb_bits >= 8 && magnitude_bits <= 31 {
+            Storage::Small(w.par_iter().map(|&v| v as i64 as i32).collect())
+        } else if limb_bits >= 8 {
+            Storage::Wide(w.par_iter().map(|&v| v as i64 as f64).collect())
         } else {
-            Self { n, k, magnitude_bits, limb_bits, values: Vec::new(), raw: Some(w.to_vec()), device: None }
-        }
+            Storage::Raw(w.to_vec())
+        };
+        Self { n, k, magnitude_bits, limb_bits, storage }
     }
 
     /// A matrix that lives only on a device (its backend multiplies it).
     pub fn on_device(n: usize, k: usize, device: std::sync::Arc<dyn std::any::Any + Send + Sync>) -> Self {
-        Self { n, k, magnitude_bits: 64, limb_bits: 0, values: Vec::new(), raw: None, device: Some(device) }
+        Self { n, k, magnitude_bits: 64, limb_bits: 0, storage: Storage::Device(device) }
+    }
+
+    /// The device copy, if a GPU backend prepared this matrix.
+    pub fn device(&self) -> Option<&(dyn std::any::Any + Send + Sync)> {
+        match &self.storage {
+            Storage::Device(d) => Some(d.as_ref()),
+            _ => None,
+        }
     }
 
     /// The matrix back in ring encoding, `n x k` (empty for a device-only matrix).
     pub fn to_ring(&self) -> Vec<u64> {
-        match &self.raw {
-            Some(raw) => raw.clone(),
-            None => self.values.par_iter().map(|&v| v as i64 as u64).collect(),
+        match &self.storage {
+            Storage::Small(v) => v.par_iter().map(|&x| x as i64 as u64).collect(),
+            Storage::Wide(v) => v.par_iter().map(|&x| x as i64 as u64).collect(),
+            Storage::Raw(v) => v.clone(),
+            Storage::Device(_) => Vec::new(),
         }
     }
 
     /// Whether products go through exact f64 limb GEMMs (else wrapping integer loops).
     pub fn uses_limbs(&self) -> bool {
-        self.raw.is_none()
+        matches!(self.storage, Storage::Small(_) | Storage::Wide(_))
     }
 }
 
 /// `out = x * w^T mod 2^64` for a prepared `w`. `x` is `m x k`.
 pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) -> Result<(), crate::BackendError> {
     let (n, k) = (w.n, w.k);
-    if w.raw.is_none() && w.values.len() != n * k {
-        return Err(crate::BackendError::Shape {
-            op: "ring_matmul_prepared",
-            detail: "this matrix was prepared on a GPU backend; multiply it there".into(),
-        });
-    }
-    if let Some(raw) = &w.raw {
-        super::cpu::ring_matmul_cpu(x, raw, m, k, n, out);
-        return Ok(());
-    }
-    if m <= 4 {
-        // Decode steps: memory-bound; one pass over the weights with wrapping integer
-        // products (the f64 values are exact integers).
-        ring_gemv_small_m(x, &w.values, m, k, n, out);
-        return Ok(());
-    }
+    let wide: std::borrow::Cow<'_, [f64]> = match &w.storage {
+        Storage::Raw(raw) => {
+            super::cpu::ring_matmul_cpu(x, raw, m, k, n, out);
+            return Ok(());
+        }
+        Storage::Device(_) => {
+            return Err(crate::BackendError::Shape {
+                op: "ring_matmul_prepared",
+                detail: "this matrix was prepared on a GPU backend; multiply it there".into(),
+            })
+        }
+        Storage::Small(v) if m <= 4 => {
+            // Decode steps: memory-bound; one pass over the 4-byte weights with wrapping
+            // integer products.
+            ring_gemv_small_m(x, v, m, k, n, out);
+            return Ok(());
+        }
+        Storage::Wide(v) if m <= 4 => {
+            ring_gemv_small_m(x, v, m, k, n, out);
+            return Ok(());
+        }
+        Storage::Small(v) => std::borrow::Cow::Owned(v.par_iter().map(|&x| f64::from(x)).collect()),
+        Storage::Wide(v) => std::borrow::Cow::Borrowed(v.as_slice()),
+    };
     let b = w.limb_bits;
     let limbs = 64u32.div_ceil(b);
     let mask = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
@@ -107,7 +142,7 @@ pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [
     for l in 0..limbs {
         let shift = l * b;
         xl.par_iter_mut().zip(x.par_iter()).for_each(|(d, &v)| *d = ((v >> shift) & mask) as f64);
-        f64_gemm_wt(&xl, &w.values, m, k, n, &mut acc);
+        f64_gemm_wt(&xl, &wide, m, k, n, &mut acc);
         out.par_iter_mut().zip(acc.par_iter()).for_each(|(o, &a)| {
             *o = o.wrapping_add((a as i64 as u64).wrapping_shl(shift));
         });
@@ -115,7 +150,24 @@ pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [
     Ok(())
 }
 
-fn ring_gemv_small_m(x: &[u64], w: &[f64], m: usize, k: usize, n: usize, out: &mut [u64]) {
+/// A weight element that converts exactly to a signed 64-bit integer.
+trait IntWeight: Copy + Send + Sync {
+    fn as_ring(self) -> u64;
+}
+
+impl IntWeight for i32 {
+    fn as_ring(self) -> u64 {
+        i64::from(self) as u64
+    }
+}
+
+impl IntWeight for f64 {
+    fn as_ring(self) -> u64 {
+        self as i64 as u64
+    }
+}
+
+fn ring_gemv_small_m<W: IntWeight>(x: &[u64], w: &[W], m: usize, k: usize, n: usize, out: &mut [u64]) {
     let mut cols = vec![0u64; n * m];
     cols.par_chunks_mut(64 * m).enumerate().for_each(|(t, block)| {
         for (jj, slot) in block.chunks_mut(m).enumerate() {
@@ -123,7 +175,7 @@ fn ring_gemv_small_m(x: &[u64], w: &[f64], m: usize, k: usize, n: usize, out: &m
             let row = &w[j * k..(j + 1) * k];
             for (i, s) in slot.iter_mut().enumerate() {
                 let xr = &x[i * k..(i + 1) * k];
-                *s = xr.iter().zip(row).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b as i64 as u64)));
+                *s = xr.iter().zip(row).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b.as_ring())));
             }
         }
     });
