@@ -153,7 +153,8 @@ impl Drop for Loopback {
 /// Where a private client's one-time material comes from.
 pub enum MaterialPlan {
     /// The client deals each session itself just before it starts (the default
-    /// deployment: the client is its own dealer), into a private temporary bundle.
+    /// deployment: the client is its own dealer), into a private temporary bundle that
+    /// is deleted when the session ends.
     DealPerSession {
         /// The client's ring-encoded weights.
         ring: Arc<RingWeights>,
@@ -235,8 +236,13 @@ impl Private {
     /// Ends a session cleanly, keeps its material source, and returns the traffic.
     pub fn finish(&mut self, client: V2Session) -> Result<Counters> {
         let (mut chan, masks) = client.finish_with_material()?;
-        if let MaterialPlan::Bundle { open, .. } = &mut self.material {
-            *open = Some(masks);
+        match &mut self.material {
+            MaterialPlan::Bundle { open, .. } => *open = Some(masks),
+            MaterialPlan::DealPerSession { dir, .. } => {
+                // Spent one-time material has no further use: release the disk now.
+                drop(masks);
+                let _ = std::fs::remove_dir_all(dir.path().join(format!("session-{}", self.sessions)));
+            }
         }
         let counters = chan.counters();
         // Wait for the server to close after the end frame, so nothing is cut off.
