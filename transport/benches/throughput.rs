@@ -23,7 +23,10 @@
 //! * `tcp` (plain, no encryption): a reference for what the loopback itself costs.
 //!
 //! The ratio column is `MiB/s / tls-tcp MiB/s`; the goal of issue 3 is >= 0.8 for one
-//! QUIC connection. Ping-pong latency of an 8-byte message follows.
+//! QUIC connection. `CPU s/GiB` is the whole process's CPU time (both ends, user and
+//! kernel) per GiB moved: on a machine with few or busy cores it, not the link, sets the
+//! rate, and unlike wall time it barely moves with other load. Ping-pong latency of an
+//! 8-byte message follows.
 //!
 //! Environment:
 //! * `SHARDLM_BENCH_MIB`: payload per row in MiB (default 1024).
@@ -64,11 +67,35 @@ fn config() -> QuicConfig {
     cfg
 }
 
+/// CPU time (user + system) of this whole process so far, from `/proc/self/stat`
+/// (clock ticks, assumed 100 per second); `None` where unavailable.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesized command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Measures `f`'s process CPU time alongside whatever it returns.
+fn with_cpu<T>(f: impl FnOnce() -> T) -> (T, Option<Duration>) {
+    let c0 = process_cpu();
+    let out = f();
+    let cpu = match (c0, process_cpu()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    (out, cpu)
+}
+
 /// One measured row.
 struct Row {
     name: String,
     bytes: usize,
     time: Duration,
+    /// Process CPU time (all threads, both ends) spent in the row, setup included.
+    cpu: Option<Duration>,
     /// Wire bytes over payload, when known.
     note: String,
 }
@@ -76,6 +103,14 @@ struct Row {
 impl Row {
     fn mib_s(&self) -> f64 {
         mib_per_s(self.bytes, self.time)
+    }
+
+    /// CPU seconds per GiB moved, formatted.
+    fn cpu_per_gib(&self) -> String {
+        match self.cpu {
+            Some(c) => format!("{:.2}", c.as_secs_f64() / (self.bytes as f64 / (1u64 << 30) as f64)),
+            None => "-".into(),
+        }
     }
 }
 
@@ -147,6 +182,7 @@ fn quic_bulk(total_mib: usize, msg_mib: usize, conns: usize, lanes: usize) -> Ro
         name,
         bytes,
         time,
+        cpu: None,
         note: format!(
             "UDP +{:.2}% (framing {framing} B)",
             (udp as f64 / bytes as f64 - 1.0) * 100.0
@@ -264,6 +300,7 @@ fn tls_bulk(total_mib: usize, msg_mib: usize, workers: usize) -> (Row, String) {
                 name: format!("tls/tcp (tokio-rustls), {msg_mib} MiB writes"),
                 bytes: n_msgs * (msg_mib << 20),
                 time,
+                cpu: None,
                 note: suite.clone(),
             },
             suite,
@@ -308,6 +345,7 @@ fn tcp_bulk(total_mib: usize, msg_mib: usize) -> Row {
         name: format!("tcp plain (reference), {msg_mib} MiB writes"),
         bytes: n_msgs * (msg_mib << 20),
         time,
+        cpu: None,
         note: "no encryption".into(),
     }
 }
@@ -358,16 +396,28 @@ fn main() {
     );
 
     // TLS/TCP first and again last, so a change of machine load shows in the spread.
-    let (tls_first, suite) = tls_bulk(total, msg, cfg.worker_threads);
-    let mut rows = vec![quic_bulk(total, msg, 1, 1)];
+    let measured = |f: &dyn Fn() -> Row| {
+        let (mut row, cpu) = with_cpu(f);
+        row.cpu = cpu;
+        row
+    };
+    let suite = std::cell::RefCell::new(String::new());
+    let tls = || {
+        let (row, s) = tls_bulk(total, msg, cfg.worker_threads);
+        *suite.borrow_mut() = s;
+        row
+    };
+    let tls_first = measured(&tls);
+    let mut rows = vec![measured(&|| quic_bulk(total, msg, 1, 1))];
     for &k in &stripes {
-        rows.push(quic_bulk(total, msg, 1, k));
+        rows.push(measured(&|| quic_bulk(total, msg, 1, k)));
     }
     for &k in &stripes {
-        rows.push(quic_bulk(total, msg, k, 1));
+        rows.push(measured(&|| quic_bulk(total, msg, k, 1)));
     }
-    let (tls_last, _) = tls_bulk(total, msg, cfg.worker_threads);
-    rows.push(tcp_bulk(total, msg));
+    let tls_last = measured(&tls);
+    rows.push(measured(&|| tcp_bulk(total, msg)));
+    let suite = suite.into_inner();
     let tls_mib_s = (tls_first.mib_s() + tls_last.mib_s()) / 2.0;
     let mut all = vec![tls_first, tls_last];
     all.append(&mut rows);
@@ -375,21 +425,24 @@ fn main() {
     println!("TLS/TCP cipher suite negotiated: {suite}; QUIC uses the same rustls ring provider, TLS 1.3");
     println!();
     println!(
-        "| {:<40} | {:>9} | {:>7} | {:>11} | {:<30} |",
-        "path", "MiB/s", "s", "x TLS/TCP", "note"
+        "| {:<40} | {:>9} | {:>7} | {:>9} | {:>11} | {:<30} |",
+        "path", "MiB/s", "s", "CPU s/GiB", "x TLS/TCP", "note"
     );
-    println!("|{:-<42}|{:-<11}|{:-<9}|{:-<13}|{:-<32}|", "", "", "", "", "");
+    println!("|{:-<42}|{:-<11}|{:-<9}|{:-<11}|{:-<13}|{:-<32}|", "", "", "", "", "", "");
     for r in &all {
         println!(
-            "| {:<40} | {:>9.1} | {:>7.2} | {:>11.2} | {:<30} |",
+            "| {:<40} | {:>9.1} | {:>7.2} | {:>9} | {:>11.2} | {:<30} |",
             r.name,
             r.mib_s(),
             r.time.as_secs_f64(),
+            r.cpu_per_gib(),
             r.mib_s() / tls_mib_s,
             r.note
         );
     }
-    println!("(x TLS/TCP: over the mean of the two TLS/TCP rows, {tls_mib_s:.1} MiB/s)");
+    println!("(x TLS/TCP: over the mean of the two TLS/TCP rows, {tls_mib_s:.1} MiB/s. CPU s/GiB: CPU time of");
+    println!(" the whole process, both ends and the kernel's share, per GiB, setup included: the cost that");
+    println!(" decides the rate on a machine with few or busy cores)");
 
     if env::<u32>("SHARDLM_BENCH_PING") != Some(0) {
         println!();
