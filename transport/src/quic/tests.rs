@@ -455,6 +455,23 @@ fn framing_violations_close_the_connection_with_a_named_error() {
         "{e}"
     );
 
+    // An oversized frame: the header announces more than the frame cap.
+    let mut bytes = Lane::Masked(1).id().to_le_bytes().to_vec();
+    let mut header = vec![0u8; 8];
+    header.extend(u32::MAX.to_le_bytes());
+    header.push(0);
+    bytes.extend(header);
+    let (mut srv, _rt, _conn) = raw_peer_writes(&s, bytes);
+    let e = srv.recv_bytes(Lane::Masked(1)).unwrap_err();
+    assert!(e.to_string().contains("above the frame cap"), "{e}");
+
+    // Garbage on a valid lane (not a frame header at all).
+    let mut bytes = Lane::Masked(2).id().to_le_bytes().to_vec();
+    bytes.extend((0..64u8).map(|i| i.wrapping_mul(151).wrapping_add(7)));
+    let (mut srv, _rt, _conn) = raw_peer_writes(&s, bytes);
+    let e = srv.recv_bytes(Lane::Masked(2)).unwrap_err();
+    assert!(matches!(e, TransportError::Malformed { .. } | TransportError::Protocol { .. }), "{e}");
+
     // A stream that ends inside a chunked message.
     let mut bytes = Lane::Ot.id().to_le_bytes().to_vec();
     bytes.extend(FrameEncoder::new(4).encode_to_vec(&[1, 2, 3, 4, 5, 6]));
