@@ -280,6 +280,18 @@ fn corrupted_byte_is_detected() {
     assert!(matches!(Material::<P0>::open(dir.path(), None), Err(MaterialError::Corrupted { .. })));
     // P1 is unaffected.
     assert!(Material::<P1>::open(dir.path(), None).is_ok());
+
+    // A flipped byte in P1's (seed-only, few hundred bytes) shard is caught just the same.
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 42);
+    let shard = dir.path().join("p1.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&shard, &bytes).unwrap();
+    let msg = Material::<P1>::open(dir.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("p1.shard blake3 mismatch"), "{msg}");
+    assert!(Material::<P0>::open(dir.path(), None).is_ok());
 }
 
 #[test]
