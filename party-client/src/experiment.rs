@@ -70,6 +70,11 @@ pub struct ExperimentArgs {
     /// Seconds each party waits for an answer of the other.
     #[arg(long, default_value_t = 120.0)]
     pub recv_timeout: f64,
+    /// Run both parties at this `nice` level (0 = as this process), so that on a small
+    /// machine the emulator, which competes with them for the cores, is not starved
+    /// and the link stays the one asked for. Needs `nice` on the PATH.
+    #[arg(long, default_value_t = 5)]
+    pub party_nice: i32,
     /// The server binary (default: `shardlm-server` next to this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
@@ -130,10 +135,16 @@ pub struct Point {
     pub bytes_received: u64,
     /// Rounds per run.
     pub rounds: u64,
+    /// Cost-model prediction of `prefill_ms.mean`.
+    pub predicted_prefill_ms: Option<f64>,
+    /// Cost-model prediction of `decode_step_ms.mean`.
+    pub predicted_decode_step_ms: Option<f64>,
     /// Cost-model prediction of `total_ms.mean`.
     pub predicted_total_ms: Option<f64>,
-    /// `(predicted - measured) / measured`, percent.
+    /// `(predicted - measured) / measured` of the total, percent.
     pub prediction_error_pct: Option<f64>,
+    /// The same for the prefill and for a decode step, percent.
+    pub prediction_error_pct_prefill_decode: Option<(f64, f64)>,
     /// Why the point failed, if it did.
     pub error: Option<String>,
 }
@@ -145,6 +156,10 @@ pub struct CostModel {
     pub variant: String,
     /// Compute per run, ms (total at the reference point minus its network terms).
     pub compute_ms: f64,
+    /// Compute of the prefill, ms.
+    pub compute_prefill_ms: f64,
+    /// Compute of one decode step, ms.
+    pub compute_decode_step_ms: f64,
     /// RTT of the reference point, ms.
     pub reference_rtt_ms: f64,
     /// Rate of the reference point.
@@ -153,8 +168,10 @@ pub struct CostModel {
     pub rounds: u64,
     /// Bytes per run, both directions.
     pub bytes: u64,
-    /// Mean |prediction error| over the other points, percent.
+    /// Mean |prediction error| of the total over the other points, percent.
     pub mean_abs_error_pct: Option<f64>,
+    /// The same for the prefill and for a decode step.
+    pub mean_abs_error_pct_prefill_decode: Option<(f64, f64)>,
 }
 
 /// The whole sweep, as written to `results.json`.
@@ -208,9 +225,20 @@ struct Identities {
     client_fp: String,
 }
 
+/// A command for a party's binary, under `nice` when asked.
+fn party_command(bin: &Path, nice: i32) -> Command {
+    if nice != 0 && Path::new("/usr/bin/nice").exists() {
+        let mut c = Command::new("/usr/bin/nice");
+        c.arg("-n").arg(nice.to_string()).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    }
+}
+
 fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path) -> Result<ServerProc> {
     let log_file = std::fs::File::create(log).with_context(|| format!("{}: cannot create the server log", log.display()))?;
-    let mut child = Command::new(bin)
+    let mut child = party_command(bin, args.party_nice)
         .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "30"])
         .arg("--recv-timeout")
         .arg(args.recv_timeout.to_string())
@@ -403,8 +431,11 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
                     bytes_sent: 0,
                     bytes_received: 0,
                     rounds: 0,
+                    predicted_prefill_ms: None,
+                    predicted_decode_step_ms: None,
                     predicted_total_ms: None,
                     prediction_error_pct: None,
+                    prediction_error_pct_prefill_decode: None,
                     error: None,
                 };
                 if let Err(e) = run_point(&me, &bin, &args, &ids, *v, &prompt, &name, link, &mut point) {
@@ -433,6 +464,7 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
             "runs": args.runs,
             "warmup": args.warmup,
             "queue_bytes": args.queue,
+            "party_nice": args.party_nice,
             "prompt": prompt,
         }),
         skipped,
@@ -472,7 +504,7 @@ fn run_point(
     let report_path = logs.join(format!("{name}.report.json"));
     let client_log = logs.join(format!("{name}.client.log"));
     let rtt_s = point.rtt_ms / 1e3;
-    let mut child = Command::new(me)
+    let mut child = party_command(me, args.party_nice)
         .arg("benchmark")
         .arg("--model-dir")
         .arg(&args.model_dir)
@@ -520,9 +552,19 @@ fn run_point(
     Ok(())
 }
 
-/// The network terms of the cost model for one point, ms.
-fn network_ms(p: &Point) -> f64 {
-    p.rounds as f64 * p.rtt_ms + (p.bytes_sent + p.bytes_received) as f64 * 8.0 / p.rate_bps as f64 * 1e3
+/// The network terms of the cost model for one point, ms: the whole run, the prefill,
+/// and one decode step. A run is `new_tokens` forward passes (the prefill gives the
+/// first token); rounds are split evenly between passes, bytes in proportion to the
+/// tokens each pass processes (exact for v2's linear layers, an estimate elsewhere).
+fn network_ms(p: &Point) -> (f64, f64, f64) {
+    let passes = p.new_tokens.max(1) as f64;
+    let tokens = (p.prompt_tokens + p.new_tokens.max(1) - 1) as f64;
+    let rounds_per_pass = p.rounds as f64 / passes;
+    let bytes_ms = (p.bytes_sent + p.bytes_received) as f64 * 8.0 / p.rate_bps as f64 * 1e3;
+    let total = p.rounds as f64 * p.rtt_ms + bytes_ms;
+    let prefill = rounds_per_pass * p.rtt_ms + bytes_ms * p.prompt_tokens as f64 / tokens;
+    let step = rounds_per_pass * p.rtt_ms + bytes_ms / tokens;
+    (total, prefill, step)
 }
 
 /// Fits `compute` per variant at its reference point and predicts every point.
@@ -530,6 +572,7 @@ pub fn apply_cost_model(points: &mut [Point]) -> Vec<CostModel> {
     let mut variants: Vec<String> = points.iter().map(|p| p.variant.clone()).collect();
     variants.dedup();
     let mut models = Vec::new();
+    let err = |pred: f64, meas: f64| if meas > 0.0 { (pred - meas) / meas * 100.0 } else { 0.0 };
     for v in variants {
         let reference = points
             .iter()
@@ -537,27 +580,37 @@ pub fn apply_cost_model(points: &mut [Point]) -> Vec<CostModel> {
             .min_by(|a, b| a.rtt_ms.total_cmp(&b.rtt_ms).then(b.rate_bps.cmp(&a.rate_bps)))
             .cloned();
         let Some(r) = reference else { continue };
-        let compute = (r.total_ms.mean - network_ms(&r)).max(0.0);
+        let (net, net_prefill, net_step) = network_ms(&r);
+        let compute = (r.total_ms.mean - net).max(0.0);
+        let compute_prefill = (r.prefill_ms.mean - net_prefill).max(0.0);
+        let compute_step = (r.decode_step_ms.mean - net_step).max(0.0);
         let mut errors = Vec::new();
         for p in points.iter_mut().filter(|p| p.variant == v && p.error.is_none()) {
-            let pred = compute + network_ms(p);
+            let (n, np, ns) = network_ms(p);
+            let (pred, pred_prefill, pred_step) = (compute + n, compute_prefill + np, compute_step + ns);
             p.predicted_total_ms = Some(pred);
-            if p.total_ms.mean > 0.0 {
-                let e = (pred - p.total_ms.mean) / p.total_ms.mean * 100.0;
-                p.prediction_error_pct = Some(e);
-                if !(p.rtt_ms == r.rtt_ms && p.rate_bps == r.rate_bps) {
-                    errors.push(e.abs());
-                }
+            p.predicted_prefill_ms = Some(pred_prefill);
+            p.predicted_decode_step_ms = Some(pred_step);
+            let e = (err(pred, p.total_ms.mean), err(pred_prefill, p.prefill_ms.mean), err(pred_step, p.decode_step_ms.mean));
+            p.prediction_error_pct = Some(e.0);
+            p.prediction_error_pct_prefill_decode = Some((e.1, e.2));
+            if !(p.rtt_ms == r.rtt_ms && p.rate_bps == r.rate_bps) {
+                errors.push(e);
             }
         }
+        let k = errors.len() as f64;
         models.push(CostModel {
             variant: v,
             compute_ms: compute,
+            compute_prefill_ms: compute_prefill,
+            compute_decode_step_ms: compute_step,
             reference_rtt_ms: r.rtt_ms,
             reference_rate: r.rate.clone(),
             rounds: r.rounds,
             bytes: r.bytes_sent + r.bytes_received,
-            mean_abs_error_pct: (!errors.is_empty()).then(|| errors.iter().sum::<f64>() / errors.len() as f64),
+            mean_abs_error_pct: (!errors.is_empty()).then(|| errors.iter().map(|e| e.0.abs()).sum::<f64>() / k),
+            mean_abs_error_pct_prefill_decode: (!errors.is_empty())
+                .then(|| (errors.iter().map(|e| e.1.abs()).sum::<f64>() / k, errors.iter().map(|e| e.2.abs()).sum::<f64>() / k)),
         });
     }
     models
@@ -588,41 +641,55 @@ pub fn render_markdown(r: &Results) -> String {
     if !r.skipped.is_empty() {
         s += "\n";
     }
-    s += "| variant | RTT | rate | RTT measured | prefill | per token | total | predicted | error | sent | received | rounds |\n";
-    s += "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| variant | RTT | rate | RTT measured | prefill | predicted | per token | predicted | total | predicted | sent | received | rounds |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
-            s += &format!("| {} | {} ms | {} | failed: {} | | | | | | | | |\n", p.variant, p.rtt_ms, p.rate, e.replace('|', "/"));
+            s += &format!("| {} | {} ms | {} | failed: {} | | | | | | | | | |\n", p.variant, p.rtt_ms, p.rate, e.replace('|', "/"));
             continue;
         }
         let t = |x: &Stat| format!("{:.1} ({:.1} / {:.1})", x.mean, x.p50, x.p95);
+        let pr = |x: Option<f64>, e: Option<f64>| match (x, e) {
+            (Some(x), Some(e)) => format!("{x:.1} ({e:+.0}%)"),
+            _ => "-".into(),
+        };
+        let (ep, ed) = p.prediction_error_pct_prefill_decode.map_or((None, None), |(a, b)| (Some(a), Some(b)));
         s += &format!(
-            "| {} | {} ms | {} | {:.2} ms | {} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} ms | {} | {:.2} ms | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |\n",
             p.variant,
             p.rtt_ms,
             p.rate,
             p.measured_rtt_ms,
             t(&p.prefill_ms),
+            pr(p.predicted_prefill_ms, ep),
             t(&p.decode_step_ms),
+            pr(p.predicted_decode_step_ms, ed),
             p.total_ms.mean,
-            p.predicted_total_ms.map_or("-".into(), |x| format!("{x:.1}")),
-            p.prediction_error_pct.map_or("-".into(), |x| format!("{x:+.1}%")),
+            pr(p.predicted_total_ms, p.prediction_error_pct),
             fmt_bytes(p.bytes_sent),
             fmt_bytes(p.bytes_received),
             p.rounds
         );
     }
-    s += "\n## Cost model\n\n| variant | compute (ms) | fitted at | rounds | bytes | mean abs error (other points) |\n|---|---|---|---|---|---|\n";
+    s += "\n## Cost model\n\npredicted = compute + rounds x RTT + bytes / rate, compute fitted at the variant's lowest-RTT, highest-rate point; \
+          per phase, rounds split evenly over the forward passes and bytes in proportion to the tokens processed.\n\n\
+          | variant | compute: run / prefill / step (ms) | fitted at | rounds | bytes | mean abs error: total / prefill / step |\n|---|---|---|---|---|---|\n";
     for m in &r.cost_models {
+        let errs = match (m.mean_abs_error_pct, m.mean_abs_error_pct_prefill_decode) {
+            (Some(t), Some((p, d))) => format!("{t:.1}% / {p:.1}% / {d:.1}%"),
+            _ => "-".into(),
+        };
         s += &format!(
-            "| {} | {:.1} | {} ms, {} | {} | {} | {} |\n",
+            "| {} | {:.1} / {:.1} / {:.2} | {} ms, {} | {} | {} | {} |\n",
             m.variant,
             m.compute_ms,
+            m.compute_prefill_ms,
+            m.compute_decode_step_ms,
             m.reference_rtt_ms,
             m.reference_rate,
             m.rounds,
             fmt_bytes(m.bytes),
-            m.mean_abs_error_pct.map_or("-".into(), |e| format!("{e:.1}%"))
+            errs
         );
     }
     s
@@ -663,8 +730,8 @@ fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e}")
 }
 
-/// Latency vs RTT for one variant: prefill, per-token and total (with the cost model's
-/// prediction dashed), one line per rate.
+/// Latency vs RTT for one variant: prefill, per-token and total, one line per rate, the
+/// cost model's prediction dashed.
 fn plot_latency(path: &Path, r: &Results, variant: &str) -> Result<()> {
     use plotters::prelude::*;
     let pts: Vec<&Point> = r.points.iter().filter(|p| p.variant == variant && p.error.is_none()).collect();
@@ -678,12 +745,16 @@ fn plot_latency(path: &Path, r: &Results, variant: &str) -> Result<()> {
     let root = root.titled(&format!("{variant} on {}: latency vs RTT (one line per rate)", r.model), ("sans-serif", 20)).map_err(plot_err)?;
     let panels = root.split_evenly((1, 3));
     type Getter = fn(&Point) -> f64;
-    let series: [(&str, Getter); 3] =
-        [("prefill (ms)", |p| p.prefill_ms.mean), ("per token, decode step (ms)", |p| p.decode_step_ms.mean), ("total per generation (ms)", |p| p.total_ms.mean)];
-    for (i, (panel, (title, get))) in panels.iter().zip(series).enumerate() {
+    type Predicted = fn(&Point) -> Option<f64>;
+    let series: [(&str, Getter, Predicted); 3] = [
+        ("prefill (ms)", |p| p.prefill_ms.mean, |p| p.predicted_prefill_ms),
+        ("per token, decode step (ms)", |p| p.decode_step_ms.mean, |p| p.predicted_decode_step_ms),
+        ("total per generation (ms)", |p| p.total_ms.mean, |p| p.predicted_total_ms),
+    ];
+    for (panel, (title, get, predicted)) in panels.iter().zip(series) {
         let ymax = pts
             .iter()
-            .map(|p| get(p).max(if i == 2 { p.predicted_total_ms.unwrap_or(0.0) } else { 0.0 }))
+            .map(|p| get(p).max(predicted(p).unwrap_or(0.0)))
             .fold(0.0, f64::max)
             .max(1e-3)
             * 1.1;
@@ -705,9 +776,9 @@ fn plot_latency(path: &Path, r: &Results, variant: &str) -> Result<()> {
                 .label(format_rate(*rate))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled()))).map_err(plot_err)?;
-            if i == 2 {
+            {
                 let mut pred: Vec<(f64, f64)> =
-                    pts.iter().filter(|p| p.rate_bps == *rate).filter_map(|p| p.predicted_total_ms.map(|y| (p.rtt_ms, y))).collect();
+                    pts.iter().filter(|p| p.rate_bps == *rate).filter_map(|p| predicted(p).map(|y| (p.rtt_ms, y))).collect();
                 pred.sort_by(|a, b| a.0.total_cmp(&b.0));
                 chart
                     .draw_series(DashedLineSeries::new(pred, 6, 4, color.stroke_width(1)))
@@ -804,8 +875,11 @@ mod tests {
             bytes_sent: 500_000,
             bytes_received: 500_000,
             rounds: 10,
+            predicted_prefill_ms: None,
+            predicted_decode_step_ms: None,
             predicted_total_ms: None,
             prediction_error_pct: None,
+            prediction_error_pct_prefill_decode: None,
             error: None,
         }
     }
