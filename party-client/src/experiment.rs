@@ -375,8 +375,19 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     let served = {
         let server = start_server(&bin, &args, &ids, &args.out.join("logs/server-info.log"))?;
         let identity = Identity::load(&ids.client_dir)?;
-        QuicClient::info(server.addr, &identity, &ids.server_fp, QuicConfig::default())
-            .with_context(|| format!("asking the server at {} which variants it serves", server.addr))?
+        // A few tries: an `info` answer can race the server's close of that connection.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match QuicClient::info(server.addr, &identity, &ids.server_fp, QuicConfig::default()) {
+                Ok(info) => break info,
+                Err(e) if tries < 4 => {
+                    tracing::debug!("info from {}: {e}; trying again", server.addr);
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e).with_context(|| format!("asking the server at {} which variants it serves", server.addr)),
+            }
+        }
     };
     let mut variants = Vec::new();
     let mut skipped = Vec::new();
@@ -388,6 +399,9 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
             eprintln!("note: {note}");
             skipped.push(note);
         }
+    }
+    if variants.is_empty() {
+        bail!("none of the variants asked for is served by this server (it serves {})", served.variants.join(", "));
     }
     let mut rtts = args.rtt.clone();
     rtts.sort();

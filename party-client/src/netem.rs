@@ -696,6 +696,18 @@ impl Drop for Netem {
     }
 }
 
+/// Flows with no datagram from their client for this long are closed once the table
+/// holds more than [`MAX_IDLE_FLOWS`] of them.
+const FLOW_IDLE: Duration = Duration::from_secs(120);
+/// See [`FLOW_IDLE`].
+const MAX_IDLE_FLOWS: usize = 64;
+
+struct Flow {
+    socket: Arc<StdUdpSocket>,
+    last_seen: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Reads the listen socket; each new client address gets a socket toward `forward` and
 /// a task that reads the server's answers.
 async fn relay(
@@ -705,7 +717,7 @@ async fn relay(
     down: Arc<Direction>,
     flows_seen: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let mut flows: HashMap<SocketAddr, Arc<StdUdpSocket>> = HashMap::new();
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     loop {
         let (n, from) = match listen.recv_from(&mut buf).await {
@@ -714,25 +726,39 @@ async fn relay(
             Err(_) => continue,
         };
         let arrival = Instant::now();
-        let sock = match flows.get(&from) {
-            Some(s) => s.clone(),
-            None => match open_flow(forward, from, listen_send.clone(), down.clone()) {
-                Ok(s) => {
+        if !flows.contains_key(&from) {
+            if flows.len() > MAX_IDLE_FLOWS {
+                flows.retain(|_, f| {
+                    let keep = arrival.duration_since(f.last_seen) < FLOW_IDLE;
+                    if !keep {
+                        f.task.abort();
+                    }
+                    keep
+                });
+            }
+            match open_flow(forward, from, listen_send.clone(), down.clone()) {
+                Ok((socket, task)) => {
                     flows_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    flows.insert(from, s.clone());
-                    s
+                    flows.insert(from, Flow { socket, last_seen: arrival, task });
                 }
                 Err(e) => {
                     tracing::warn!("netem: cannot open a flow for {from}: {e:#}");
                     continue;
                 }
-            },
-        };
-        up.admit(buf[..n].to_vec(), arrival, Out::Connected(sock));
+            }
+        }
+        let Some(flow) = flows.get_mut(&from) else { continue };
+        flow.last_seen = arrival;
+        up.admit(buf[..n].to_vec(), arrival, Out::Connected(flow.socket.clone()));
     }
 }
 
-fn open_flow(forward: SocketAddr, client: SocketAddr, listen_send: Arc<StdUdpSocket>, down: Arc<Direction>) -> Result<Arc<StdUdpSocket>> {
+fn open_flow(
+    forward: SocketAddr,
+    client: SocketAddr,
+    listen_send: Arc<StdUdpSocket>,
+    down: Arc<Direction>,
+) -> Result<(Arc<StdUdpSocket>, tokio::task::JoinHandle<()>)> {
     let local: IpAddr = match forward.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -743,7 +769,7 @@ fn open_flow(forward: SocketAddr, client: SocketAddr, listen_send: Arc<StdUdpSoc
     socket_buffers(&sock);
     sock.connect(forward)?;
     let (recv, send) = nonblocking_pair(sock)?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65_536];
         loop {
             match recv.recv(&mut buf).await {
@@ -753,7 +779,7 @@ fn open_flow(forward: SocketAddr, client: SocketAddr, listen_send: Arc<StdUdpSoc
             }
         }
     });
-    Ok(send)
+    Ok((send, task))
 }
 
 // ---- the command -------------------------------------------------------------------
