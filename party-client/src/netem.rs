@@ -621,11 +621,11 @@ impl Netem {
         let downstream = Arc::new(Direction::new(config.downstream.clone(), config.seed ^ 0x9e37_79b9_7f4a_7c15));
         let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("netem: starting its runtime")?;
         let mut threads = Vec::new();
         for (name, d) in [("netem-upstream", upstream.clone()), ("netem-downstream", downstream.clone())] {
             threads.push(std::thread::Builder::new().name(name.into()).spawn(move || d.run_departures())?);
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("netem: starting its runtime")?;
         let (up, down, fl, forward) = (upstream.clone(), downstream.clone(), flows.clone(), config.forward);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         threads.push(std::thread::Builder::new().name("netem-relay".into()).spawn(move || {
@@ -647,12 +647,13 @@ impl Netem {
             });
             // Dropping the runtime here cancels the per-flow tasks.
         })?);
+        // From here on, dropping `netem` stops every thread it started.
+        let netem = Netem { listen, forward: config.forward, started: Instant::now(), upstream, downstream, flows, shutdown: Some(tx), threads };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
+            Ok(Ok(())) => Ok(netem),
+            Ok(Err(e)) => Err(e),
             Err(_) => anyhow::bail!("netem: the relay thread did not start within 10 s"),
         }
-        Ok(Netem { listen, forward: config.forward, started: Instant::now(), upstream, downstream, flows, shutdown: Some(tx), threads })
     }
 
     /// The address clients connect to.

@@ -13,6 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Timing tests (delay, rate) and tests that run both parties do not overlap: on a
+/// 2-core machine the parties' compute would delay the emulator's wake-ups and the echo
+/// thread, and the tests would measure the machine rather than the emulator.
+static CPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    CPU.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -57,6 +66,7 @@ fn median_rtt(to: SocketAddr, n: usize) -> Duration {
 
 #[test]
 fn delay_is_added_within_ten_percent() {
+    let _cpu = exclusive();
     let stop = Arc::new(AtomicBool::new(false));
     let echo = echo_server(stop.clone());
     let base = median_rtt(echo, 30);
@@ -74,13 +84,15 @@ fn delay_is_added_within_ten_percent() {
             let p50 = d.added_delay.p50_ms;
             assert!((p50 - delay_ms).abs() <= 0.1 * delay_ms, "measured one-way delay {p50:.3} ms, configured {delay_ms} ms");
         }
-        assert!((stats.measured_rtt_ms() - 2.0 * delay_ms).abs() <= 0.1 * 2.0 * delay_ms);
+        let p50_rtt = stats.upstream.added_delay.p50_ms + stats.downstream.added_delay.p50_ms;
+        assert!((p50_rtt - 2.0 * delay_ms).abs() <= 0.1 * 2.0 * delay_ms, "measured {p50_rtt:.3} ms");
     }
     stop.store(true, Ordering::Relaxed);
 }
 
 #[test]
 fn rate_is_held_within_ten_percent_and_the_queue_tail_drops() {
+    let _cpu = exclusive();
     let rate_bps = 40_000_000u64;
     let sink = UdpSocket::bind(localhost()).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
@@ -123,6 +135,59 @@ fn rate_is_held_within_ten_percent_and_the_queue_tail_drops() {
     assert!(up.dropped_queue > 0, "twice the rate must overflow the queue: {up:?}");
     assert!(up.max_queue_bytes <= 128_000);
     assert_eq!(up.packets_in, up.packets_delivered + up.dropped_queue + up.dropped_loss + up.dropped_send);
+}
+
+/// Sends `n` numbered datagrams through `link` to a sink and returns the numbers in the
+/// order they arrived, with the emulator's counters.
+fn numbered_through(link: LinkConfig, seed: u64, n: u32) -> (Vec<u32>, shardlm_client::netem::NetemStats) {
+    let sink = UdpSocket::bind(localhost()).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let netem = Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, seed)).unwrap();
+    // Read while sending: a sink that waits could overflow its socket buffer.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16];
+        while let Ok(m) = sink.recv(&mut buf) {
+            if m == 4 {
+                got.push(u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]));
+            }
+        }
+        got
+    });
+    let sock = UdpSocket::bind(localhost()).unwrap();
+    for i in 0..n {
+        sock.send_to(&i.to_le_bytes(), netem.listen_addr()).unwrap();
+        if i % 10 == 9 {
+            std::thread::sleep(Duration::from_micros(300));
+        }
+    }
+    let got = reader.join().unwrap();
+    (got, netem.stop())
+}
+
+#[test]
+fn jitter_keeps_order_reorder_breaks_it_and_loss_is_seeded() {
+    let jitter = LinkConfig { delay: Duration::from_millis(3), jitter: Duration::from_millis(2), ..LinkConfig::default() };
+    let (got, stats) = numbered_through(jitter, 1, 300);
+    assert_eq!(got, (0..300).collect::<Vec<_>>(), "jitter alone must keep the link FIFO");
+    assert!(stats.upstream.added_delay.max_ms >= 3.0);
+
+    let reorder = LinkConfig { delay: Duration::from_millis(3), reorder: 0.3, ..LinkConfig::default() };
+    let (got, stats) = numbered_through(reorder, 1, 300);
+    assert_eq!(got.len(), 300);
+    assert!(got.windows(2).any(|w| w[0] > w[1]), "30% reorder produced no reordering");
+    let r = stats.upstream.reordered as f64 / 300.0;
+    assert!((0.2..0.4).contains(&r), "reordered fraction {r}");
+
+    let lossy = LinkConfig { loss: 0.2, ..LinkConfig::default() };
+    let (a, sa) = numbered_through(lossy.clone(), 7, 500);
+    let (b, _) = numbered_through(lossy.clone(), 7, 500);
+    let (c, _) = numbered_through(lossy, 8, 500);
+    assert_eq!(a, b, "the same seed drops the same datagrams");
+    assert_ne!(a, c);
+    let kept = a.len() as f64 / 500.0;
+    assert!((0.72..0.88).contains(&kept), "kept {kept} at 20% loss: {}", sa.render());
+    assert_eq!(sa.upstream.dropped_loss + sa.upstream.packets_delivered, 500);
 }
 
 // ---- through real parties --------------------------------------------------------
@@ -196,6 +261,7 @@ fn generate(s: &Setup, through: Option<SocketAddr>, timeouts: &[&str]) -> std::p
 
 #[test]
 fn lossy_link_retransmits_and_the_session_completes_with_correct_output() {
+    let _cpu = exclusive();
     let s = setup();
     let local = generate(&s, None, &[]);
     assert!(local.status.success());
@@ -269,6 +335,7 @@ fn netem_command_parses_its_flags_and_reports_counters() {
 
 #[test]
 fn sweep_of_two_points_writes_results_table_and_plots() {
+    let _cpu = exclusive();
     assert!(server_bin().exists(), "{} missing: `cargo build -p shardlm-server` first", server_bin().display());
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny");
@@ -300,7 +367,8 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
         assert!(p["rounds"].as_u64().unwrap() > 0 && p["bytes_sent"].as_u64().unwrap() > 0);
         assert!(p["prefill_ms"]["mean"].as_f64().unwrap() > 0.0);
         let (want, got) = (p["rtt_ms"].as_f64().unwrap(), p["measured_rtt_ms"].as_f64().unwrap());
-        assert!(got >= want * 0.9 && got <= want * 1.5 + 0.5, "measured RTT {got} for {want}");
+        // The mean includes time in the rate stage's queue and wake-ups on a busy machine.
+        assert!(got >= want * 0.9 && got <= want + 5.0, "measured RTT {got} for {want}");
         assert!(p["predicted_total_ms"].as_f64().is_some());
     }
     // More RTT costs time: rounds x 8 ms more at least, give or take noise.
