@@ -318,7 +318,11 @@ pub fn prompt_of_length(codec: &TextCodec, n: usize) -> Result<(String, usize)> 
             if m == n {
                 return Ok((t, n));
             }
-            if best.as_ref().map_or(true, |(_, b)| m.abs_diff(n) < b.abs_diff(n)) {
+            let closer = match &best {
+                None => true,
+                Some((_, b)) => m.abs_diff(n) < b.abs_diff(n),
+            };
+            if closer {
                 best = Some((t, m));
             }
         }
