@@ -400,6 +400,7 @@ impl Ord for Pending {
 const MAX_SAMPLES: usize = 2_000_000;
 
 struct DirState {
+    link: LinkConfig,
     heap: BinaryHeap<Pending>,
     rng: ChaCha8Rng,
     backlog_until: Option<Instant>,
@@ -412,7 +413,6 @@ struct DirState {
 }
 
 struct Direction {
-    link: LinkConfig,
     state: Mutex<DirState>,
     wake: Condvar,
 }
@@ -424,8 +424,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Direction {
     fn new(link: LinkConfig, seed: u64) -> Self {
         Self {
-            link,
             state: Mutex::new(DirState {
+                link,
                 heap: BinaryHeap::new(),
                 rng: ChaCha8Rng::seed_from_u64(seed),
                 backlog_until: None,
@@ -442,8 +442,9 @@ impl Direction {
 
     /// Loss, rate stage and delay line: decides when (and whether) a datagram leaves.
     fn admit(&self, data: Vec<u8>, arrival: Instant, out: Out) {
-        let link = &self.link;
         let mut st = lock(&self.state);
+        let link = st.link.clone();
+        let link = &link;
         let len = data.len() as u64;
         st.stats.packets_in += 1;
         st.stats.bytes_in += len;
@@ -561,6 +562,10 @@ impl Direction {
         s
     }
 
+    fn set_link(&self, link: LinkConfig) {
+        lock(&self.state).link = link;
+    }
+
     fn stop(&self) {
         lock(&self.state).stopped = true;
         self.wake.notify_all();
@@ -671,6 +676,16 @@ impl Netem {
             upstream: self.upstream.stats(),
             downstream: self.downstream.stats(),
         }
+    }
+
+    /// Changes the links from now on (datagrams already admitted keep their schedule):
+    /// a link that degrades or dies in the middle of a session.
+    pub fn set_links(&self, upstream: LinkConfig, downstream: LinkConfig) -> Result<()> {
+        upstream.validate()?;
+        downstream.validate()?;
+        self.upstream.set_link(upstream);
+        self.downstream.set_link(downstream);
+        Ok(())
     }
 
     /// Stops relaying (datagrams still in flight are dropped) and returns the counters.

@@ -1,7 +1,8 @@
 //! The link emulator and the sweep runner (issue 8), on 127.0.0.1 only: the emulator
 //! adds the configured delay and holds the configured rate within 10%; a lossy link
 //! makes QUIC retransmit and a v2 session through it still produces the plaintext
-//! engine's output; a dead link makes the client fail with a timeout naming the peer;
+//! engine's output; a link dead from the start, or dying mid-session, makes the client
+//! fail with a timeout naming the peer;
 //! a two-point sweep writes results.json, results.md and SVG plots.
 
 use shardlm_client::netem::{LinkConfig, Netem, NetemConfig};
@@ -290,14 +291,56 @@ fn dead_link_fails_with_a_timeout_naming_the_peer() {
     assert!(!out.status.success());
     assert!(took < Duration::from_secs(20), "took {took:?}");
     assert!(err.contains("timed out"), "{err}");
-    assert!(err.contains(&netem_addr_text(&stats.listen)), "the error should name the peer {}: {err}", stats.listen);
+    assert!(err.contains(&stats.listen), "the error should name the peer {}: {err}", stats.listen);
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(stats.upstream.packets_delivered, 0);
     assert!(stats.upstream.dropped_loss > 0);
 }
 
-fn netem_addr_text(listen: &str) -> String {
-    listen.to_string()
+#[test]
+fn link_dying_mid_session_fails_with_a_timeout_naming_the_peer() {
+    let _cpu = exclusive();
+    let s = setup();
+    let link = LinkConfig { delay: Duration::from_millis(5), ..LinkConfig::default() };
+    let netem = Netem::start(NetemConfig::symmetric(localhost(), s.server.addr, link.clone(), 1)).unwrap();
+    let mut c = client();
+    c.args(["generate", "-p", "hello there", "--max-tokens", "200", "--model-dir"]).arg(&s.model);
+    c.args(["-s", &netem.listen_addr().to_string(), "--server-fingerprint", &s.server_fp, "--identity"]).arg(&s.client_id);
+    c.args(["--idle-timeout", "2", "--recv-timeout", "3"]);
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait until tokens stream out (the session is past its prefill), then cut the link
+    // both ways.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut all = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let _ = tx.send(());
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the session streams tokens");
+    let dead = LinkConfig { loss: 1.0, ..link };
+    netem.set_links(dead.clone(), dead).unwrap();
+    let t = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let streamed = reader.join().unwrap();
+    assert!(!streamed.is_empty());
+    let took = t.elapsed();
+    let stats = netem.stop();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the session cannot finish over a dead link: {err}");
+    assert!(took < Duration::from_secs(15), "took {took:?} after the link died");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(err.contains(&stats.listen), "the error should name the peer {}: {err}", stats.listen);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(stats.upstream.dropped_loss > 0);
 }
 
 #[test]
