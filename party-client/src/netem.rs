@@ -309,6 +309,8 @@ pub struct DirectionStats {
     pub reordered: u64,
     /// Most bytes held by the rate stage at once.
     pub max_queue_bytes: u64,
+    /// Admitted but not yet sent when the counters were read (dropped by `stop`).
+    pub in_flight: u64,
     /// The delay datagrams really got.
     pub added_delay: DelaySummary,
 }
@@ -540,6 +542,7 @@ impl Direction {
     fn stats(&self) -> DirectionStats {
         let st = lock(&self.state);
         let mut s = st.stats.clone();
+        s.in_flight = st.heap.len() as u64;
         let mut v = st.delays_us.clone();
         let delay_sum_s = st.delay_sum_s;
         drop(st);
