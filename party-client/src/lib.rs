@@ -4,5 +4,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod experiment;
+pub mod netem;
 pub mod session;
 pub mod text;

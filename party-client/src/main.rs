@@ -46,6 +46,10 @@ enum Command {
     Keygen(KeygenArgs),
     /// Deal one-time material offline into a bundle (manifest.json, p0.shard, p1.shard).
     Dealer(DealerArgs),
+    /// Relay UDP between the parties through an emulated link (delay, jitter, rate, loss, reorder).
+    Netem(shardlm_client::netem::NetemArgs),
+    /// Sweep variants x RTTs x rates through the link emulator; write results, tables and plots.
+    Experiment(shardlm_client::experiment::ExperimentArgs),
 }
 
 #[derive(Args)]
@@ -298,6 +302,8 @@ fn main() -> std::process::ExitCode {
         Command::Info(a) => cmd_info(a),
         Command::Keygen(a) => cmd_keygen(a),
         Command::Dealer(a) => cmd_dealer(a),
+        Command::Netem(a) => shardlm_client::netem::run_netem(a),
+        Command::Experiment(a) => shardlm_client::experiment::run_experiment(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
