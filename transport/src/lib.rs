@@ -131,7 +131,7 @@ impl Lane {
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// Nothing arrived within the deadline.
-    #[error("timed out after {after:?} waiting for {what} from {peer}; the peer may have stopped or the network is down (on a slow link, raise --idle-timeout or --recv-timeout)")]
+    #[error("timed out after {after:?} waiting for {what} from {peer}; the peer may have stopped or the network is down (on a slow link, raise --connect-timeout, --idle-timeout or --recv-timeout)")]
     Timeout {
         /// Who we were waiting for.
         peer: String,

@@ -50,6 +50,10 @@ impl QuicServer {
                 match hello.request {
                     Request::Info | Request::Health => {
                         tracing::debug!("answered {:?} from {peer}", hello.request);
+                        // The client closes once it has read the answer. Closing first
+                        // could overtake the answer still in flight (a connection close
+                        // discards unread stream data), so wait for that, bounded.
+                        let _ = crate::Channel::recv_bytes_within(&mut chan, crate::Lane::Control, handshake_timeout);
                         chan.close(close_code::NORMAL, "done");
                     }
                     Request::Session { .. } => {
