@@ -1,0 +1,348 @@
+//! Nonlinear functions on fixed-point shares (v3-mpc, DESIGN.md section 3): nothing is
+//! ever reconstructed; comparisons ([`super::compare`]) select between pieces,
+//! polynomials and Newton iterations run on Beaver products ([`super::beaver`]) with
+//! faithful truncation ([`super::trunc`]).
+//!
+//! Inputs and outputs carry `f` fractional bits (`F = 16` by default) unless a function
+//! says otherwise; internal steps use more fractional bits where precision needs them.
+//! Where an intermediate may leave the truncation bound for out-of-range inputs (a
+//! polynomial evaluated far outside its interval), the result is multiplied by a
+//! selection bit that is exactly 0 there: Beaver products are exact in the ring, so the
+//! garbage cancels exactly.
+//!
+//! | function | method | constants | max error (measured range) | rounds |
+//! |---|---|---|---|---|
+//! | [`relu`] | `x (1 - msb(x))` | comparison on `bits` | exact | cmp + 1 |
+//! | [`silu`] | `relu(x) - [abs(x) <= T] delta(abs(x))`, `delta(t) = t / (1 + e^t)` fitted by a degree-8 polynomial in `t / T` (Chebyshev interpolation) | `T = 8`, 24 internal bits | `2.7e-3` (at `abs(x) = T`: `T/(1+e^T)`), `6.6e-4` inside | cmp + 9 |
+//! | [`exp_neg`] | `x < -T` gives 0; else `(1 + y + y^2/2)^(2^k)`, `y = x / 2^k` | `T = 16`, `k = 6`, 30 internal bits | `6e-5` absolute | cmp + 2k + 4 |
+//! | [`reciprocal`] | start `0.828 2^(-m/4)` from `4 log2(max)` quarter-octave comparisons, 2 Newton steps `y (2 - x y)` | output 24 fractional bits | relative `6e-5` | cmp + 8 |
+//! | [`rsqrt`] | start `k 2^(-(lo + m/4)/2)` from quarter-octave comparisons over `[2^-20, 2^16]`, 2 Newton steps `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `3e-5` | cmp + 12 |
+//! | [`max_segments`] | comparison tree, `max(a, b) = b + [b < a] (a - b)` | | exact | `ceil(log2 len)` x (cmp + 1) |
+//!
+//! Comparison cost (`cmp`) is in [`super::compare`]: `1 + ceil(log2(bits - 1)) + 1`
+//! rounds and about `(3 bits) / 4` bytes per element each direction.
+
+use super::session::Session;
+use super::MpcError;
+use crate::material::MaterialSource;
+use crate::ring::encode;
+use crate::share::{Role, Shares};
+use shardlm_transport::Channel;
+
+/// SiLU: clipping threshold `T` (relu outside `[-T, T]`).
+pub const SILU_T: f64 = 8.0;
+/// SiLU: `delta(t) = t / (1 + e^t)` on `t = abs(x)` in `[0, T]` as a polynomial in `t / T`
+/// (degree 8, Chebyshev interpolation; max error `6.6e-4`).
+pub const SILU_DELTA: [f64; 9] =
+    [-0.0004082, 4.0640633, -17.4265684, 8.7777261, 92.9648771, -258.4640403, 307.174341, -178.6006791, 41.5137009];
+/// SiLU: comparison width (exact for `abs(x) < 2^15` at `F = 16`; gate inputs reach 36).
+pub const SILU_BITS: u32 = 32;
+/// Internal fractional bits of the polynomials.
+pub const POLY_BITS: u32 = 24;
+/// exp: clipping threshold (`e^-16 = 1.1e-7` is below `2^-16`).
+pub const EXP_T: f64 = 16.0;
+/// exp: squarings (`n = 2^k`).
+pub const EXP_K: u32 = 6;
+/// exp: internal fractional bits of the squaring chain.
+pub const EXP_BITS: u32 = 30;
+/// Comparison width for softmax scores and their differences (`abs < 2^15` at `F = 16`).
+pub const SCORE_BITS: u32 = 32;
+/// Fractional bits of [`reciprocal`]'s output.
+pub const RECIP_BITS: u32 = 24;
+/// Fractional bits of [`rsqrt`]'s input (the mean square).
+pub const MS_BITS: u32 = 28;
+/// Fractional bits of [`rsqrt`]'s output.
+pub const RSQRT_BITS: u32 = 20;
+/// Fractional bits of `y^2` inside [`rsqrt`]'s Newton step.
+const Y2_BITS: u32 = 32;
+/// [`rsqrt`]'s input range: `[2^RSQRT_LO, 2^RSQRT_HI]`.
+pub const RSQRT_LO: i32 = -20;
+/// See [`RSQRT_LO`].
+pub const RSQRT_HI: i32 = 16;
+/// Comparisons per octave for Newton starting points.
+pub const STEPS_PER_OCTAVE: u32 = 4;
+/// Newton iterations of [`reciprocal`] and [`rsqrt`].
+pub const NEWTON_ITERS: usize = 2;
+
+/// Shares of a public constant vector (P0 holds it).
+pub fn public<R: Role>(values: Vec<u64>) -> Shares<R> {
+    if R::ID == 0 {
+        Shares::from_raw(values)
+    } else {
+        Shares::from_raw(vec![0; values.len()])
+    }
+}
+
+/// Local: `1 - b` for shares of bits.
+pub fn not<R: Role>(b: &Shares<R>) -> Shares<R> {
+    b.neg().add_public(&vec![1; b.len()])
+}
+
+/// Local: adds a public scalar (P0 only).
+pub fn add_scalar<R: Role>(x: &Shares<R>, c: u64) -> Shares<R> {
+    x.add_public(&vec![c; x.len()])
+}
+
+/// Repeats each element of `x` `times` times (broadcast a per-row value over a row).
+pub fn broadcast<R: Role>(x: &Shares<R>, times: usize) -> Shares<R> {
+    Shares::from_raw(x.as_slice().iter().flat_map(|&v| std::iter::repeat_n(v, times)).collect())
+}
+
+/// `s^1 ..= s^m` (at `fi` fractional bits) by repeated doubling: two rounds per doubling.
+pub fn powers<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    s: &Shares<R>,
+    m: usize,
+    fi: u32,
+) -> Result<Vec<Shares<R>>, MpcError> {
+    let mut p: Vec<Shares<R>> = vec![s.clone()];
+    while p.len() < m {
+        let have = p.len();
+        let top = p[have - 1].clone();
+        let want = (2 * have).min(m);
+        let pairs: Vec<(&Shares<R>, &Shares<R>)> = (have..want).map(|j| (&p[j - have], &top)).collect();
+        let prods = sess.mul_many(&pairs)?;
+        let lens: Vec<usize> = prods.iter().map(Shares::len).collect();
+        let all: Vec<u64> = prods.into_iter().flat_map(Shares::into_raw).collect();
+        let t = sess.trunc(Shares::from_raw(all), fi)?.into_raw();
+        let mut at = 0;
+        for l in lens {
+            p.push(Shares::from_raw(t[at..at + l].to_vec()));
+            at += l;
+        }
+    }
+    Ok(p)
+}
+
+/// `sum_j c_j s^j` from powers (`pw[j-1] = s^j` at `fi` bits): local products with the
+/// public coefficients, then one truncation to `f` bits.
+fn poly_eval<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    pw: &[Shares<R>],
+    coeffs: &[f64],
+    fi: u32,
+    f: u32,
+) -> Result<Shares<R>, MpcError> {
+    let n = pw.first().map_or(0, Shares::len);
+    let mut acc = public::<R>(vec![encode(coeffs[0], 2 * fi); n]);
+    for (j, c) in coeffs.iter().enumerate().skip(1) {
+        acc = acc.add(&pw[j - 1].scale(encode(*c, fi)));
+    }
+    sess.trunc(acc, 2 * fi - f)
+}
+
+/// ReLU: `x (1 - msb(x))`, exact; `bits` is the comparison width (`abs(x) < 2^(bits-1)`
+/// in ring units).
+pub fn relu<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    bits: u32,
+) -> Result<Shares<R>, MpcError> {
+    let s = sess.msb(x, bits)?;
+    sess.mul(x, &not(&s))
+}
+
+/// SiLU `x / (1 + e^-x)` at `f` fractional bits (module doc: method, constants, error).
+pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    f: u32,
+) -> Result<Shares<R>, MpcError> {
+    let n = x.len();
+    if n == 0 {
+        return Ok(x.clone());
+    }
+    let t_enc = encode(SILU_T, f);
+    // One batch: sign(x), [x < -T], [T < x].
+    let mut cmp = x.as_slice().to_vec();
+    cmp.extend_from_slice(add_scalar(x, t_enc).as_slice());
+    cmp.extend_from_slice(add_scalar(&x.neg(), t_enc).as_slice());
+    let bits = sess.msb(&Shares::from_raw(cmp), SILU_BITS)?.into_raw();
+    let sign = Shares::<R>::from_raw(bits[..n].to_vec());
+    let outside = Shares::<R>::from_raw(crate::ring::add(&bits[n..2 * n], &bits[2 * n..]));
+    // |x| = x (1 - 2 sign), relu = x (1 - sign): one round, exact.
+    let one_minus_2s = add_scalar(&sign.scale(2).neg(), 1);
+    let prods = sess.mul_many(&[(x, &one_minus_2s), (x, &not(&sign))])?;
+    let (abs, relu) = (&prods[0], &prods[1]);
+    // s = |x| / T at POLY_BITS.
+    let s = sess.trunc(abs.scale(encode(1.0 / SILU_T, POLY_BITS)), f)?;
+    let pw = powers(sess, &s, SILU_DELTA.len() - 1, POLY_BITS)?;
+    let delta = poly_eval(sess, &pw, &SILU_DELTA, POLY_BITS, f)?;
+    let inside_delta = sess.mul(&not(&outside), &delta)?;
+    Ok(relu.sub(&inside_delta))
+}
+
+/// `e^x` for `x <= 0` at `f` fractional bits; 0 for `x < -T` (module doc).
+pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    f: u32,
+) -> Result<Shares<R>, MpcError> {
+    let n = x.len();
+    if n == 0 {
+        return Ok(x.clone());
+    }
+    if f + EXP_K > EXP_BITS || 2 * f + 1 + 2 * EXP_K < EXP_BITS {
+        return Err(super::shape("exp", format!("fractional bits {f} do not fit the exp chain")));
+    }
+    let below = sess.msb(&add_scalar(x, encode(EXP_T, f)), SCORE_BITS)?;
+    // y^2 / 2 at EXP_BITS from x^2 at 2f bits: y^2/2 = x^2 / 2^(2k+1).
+    let x2 = sess.square(x)?;
+    let half_y2 = sess.trunc(x2, 2 * f + 1 + 2 * EXP_K - EXP_BITS)?;
+    let y = x.scale(1u64 << (EXP_BITS - f - EXP_K));
+    let mut b = add_scalar(&y.add(&half_y2), 1u64 << EXP_BITS);
+    for _ in 0..EXP_K {
+        let sq = sess.square(&b)?;
+        b = sess.trunc(sq, EXP_BITS)?;
+    }
+    let kept = sess.mul(&not(&below), &b)?;
+    sess.trunc(kept, EXP_BITS - f)
+}
+
+/// Comparison bits `[x >= 2^(lo + i / S)]` for `i = 1 ..= S (hi - lo)`, `x` at `fx` bits,
+/// all in one batch; returns them element-major (`n x count`).
+fn octave_bits<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    fx: u32,
+    lo: i32,
+    hi: i32,
+    bits: u32,
+) -> Result<(Vec<u64>, usize), MpcError> {
+    let count = (STEPS_PER_OCTAVE as i32 * (hi - lo)).max(0) as usize;
+    let thresholds: Vec<u64> = (1..=count)
+        .map(|i| encode((lo as f64 + i as f64 / STEPS_PER_OCTAVE as f64).exp2(), fx))
+        .collect();
+    let mut diffs = Vec::with_capacity(x.len() * count);
+    for &v in x.as_slice() {
+        for &t in &thresholds {
+            diffs.push(if R::ID == 0 { v.wrapping_sub(t) } else { v });
+        }
+    }
+    let below = sess.msb(&Shares::from_raw(diffs), bits)?;
+    Ok((not(&below).into_raw(), count))
+}
+
+/// `1 / x` for `x` in `[1, max]` at `f` bits; the result has [`RECIP_BITS`] bits.
+pub fn reciprocal<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    f: u32,
+    max: f64,
+) -> Result<Shares<R>, MpcError> {
+    let n = x.len();
+    if n == 0 {
+        return Ok(x.clone());
+    }
+    let hi = max.max(2.0).log2().ceil() as i32;
+    let bits = (f as i32 + hi + 3).clamp(8, 64) as u32;
+    let (c, count) = octave_bits(sess, x, f, 0, hi, bits)?;
+    // y0 = k 2^(-m/S), m = number of thresholds passed, as a linear function of the bits.
+    let s = STEPS_PER_OCTAVE as f64;
+    let k = 2.0 / (1.0 + (1.0 / s).exp2());
+    let steps: Vec<u64> =
+        (1..=count).map(|i| encode(k * ((-(i as f64 - 1.0) / s).exp2() - (-(i as f64) / s).exp2()), RECIP_BITS)).collect();
+    let mut y0 = vec![0u64; n];
+    for (r, y) in y0.iter_mut().enumerate() {
+        let mut acc = if R::ID == 0 { encode(k, RECIP_BITS) } else { 0 };
+        for i in 0..count {
+            acc = acc.wrapping_sub(c[r * count + i].wrapping_mul(steps[i]));
+        }
+        *y = acc;
+    }
+    let mut y = Shares::<R>::from_raw(y0);
+    let two = encode(2.0, RECIP_BITS);
+    for _ in 0..NEWTON_ITERS {
+        let xy = sess.mul(x, &y)?;
+        let xy = sess.trunc(xy, f)?;
+        let u = add_scalar(&xy.neg(), two);
+        let yu = sess.mul(&y, &u)?;
+        y = sess.trunc(yu, RECIP_BITS)?;
+    }
+    Ok(y)
+}
+
+/// `1 / sqrt(x)` for `x` at [`MS_BITS`] fractional bits in `[2^RSQRT_LO, 2^RSQRT_HI]`; the
+/// result has [`RSQRT_BITS`] bits.
+pub fn rsqrt<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+) -> Result<Shares<R>, MpcError> {
+    let n = x.len();
+    if n == 0 {
+        return Ok(x.clone());
+    }
+    let (lo, hi) = (RSQRT_LO, RSQRT_HI);
+    let bits = (MS_BITS as i32 + hi + 2) as u32;
+    let (c, count) = octave_bits(sess, x, MS_BITS, lo, hi, bits)?;
+    let s = STEPS_PER_OCTAVE as f64;
+    // x in [2^e, 2^(e + 1/S)), e = lo + m/S: y0 = k 2^(-e/2), k balances the start error.
+    let k = (2.0 / (1.0 + (1.0 / s).exp2())).sqrt();
+    let at = |i: usize| k * (-(lo as f64 + i as f64 / s) / 2.0).exp2();
+    let steps: Vec<u64> = (1..=count).map(|i| encode(at(i - 1) - at(i), RSQRT_BITS)).collect();
+    let mut y0 = vec![0u64; n];
+    for (r, y) in y0.iter_mut().enumerate() {
+        let mut acc = if R::ID == 0 { encode(at(0), RSQRT_BITS) } else { 0 };
+        for i in 0..count {
+            acc = acc.wrapping_sub(c[r * count + i].wrapping_mul(steps[i]));
+        }
+        *y = acc;
+    }
+    let mut y = Shares::<R>::from_raw(y0);
+    let three = encode(3.0, RSQRT_BITS);
+    for _ in 0..NEWTON_ITERS {
+        // y^2 keeps Y2_BITS fractional bits (y^2 is as small as 2^-16): x y^2 is near 1,
+        // so x (MS_BITS) times y^2 (Y2_BITS) stays below 2^62.
+        let y2 = sess.square(&y)?;
+        let y2 = sess.trunc(y2, 2 * RSQRT_BITS - Y2_BITS)?;
+        let z = sess.mul(x, &y2)?;
+        let z = sess.trunc(z, MS_BITS + Y2_BITS - RSQRT_BITS)?;
+        let u = add_scalar(&z.neg(), three);
+        let yu = sess.mul(&y, &u)?;
+        y = sess.trunc(yu, RSQRT_BITS + 1)?;
+    }
+    Ok(y)
+}
+
+/// The maximum of each segment of `x` (segments of the given lengths, consecutive, each
+/// at least 1): a comparison tree, all segments' pairs of a level in one batch.
+pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    segments: &[usize],
+    bits: u32,
+) -> Result<Shares<R>, MpcError> {
+    if segments.iter().sum::<usize>() != x.len() || segments.contains(&0) {
+        return Err(super::shape("max", "segments must be non-empty and cover the input"));
+    }
+    let mut segs: Vec<Vec<u64>> = Vec::with_capacity(segments.len());
+    let mut at = 0;
+    for &l in segments {
+        segs.push(x.as_slice()[at..at + l].to_vec());
+        at += l;
+    }
+    while segs.iter().any(|s| s.len() > 1) {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for s in &segs {
+            for p in 0..s.len() / 2 {
+                a.push(s[2 * p]);
+                b.push(s[2 * p + 1]);
+            }
+        }
+        let (a, b) = (Shares::<R>::from_raw(a), Shares::<R>::from_raw(b));
+        let diff = a.sub(&b);
+        // [b < a] = msb(b - a)
+        let gt = sess.msb(&diff.neg(), bits)?;
+        let m = b.add(&sess.mul(&gt, &diff)?).into_raw();
+        let mut it = m.into_iter();
+        for s in segs.iter_mut() {
+            let pairs = s.len() / 2;
+            let mut next: Vec<u64> = it.by_ref().take(pairs).collect();
+            if s.len() % 2 == 1 {
+                next.push(s[s.len() - 1]);
+            }
+            *s = next;
+        }
+    }
+    Ok(Shares::from_raw(segs.into_iter().map(|s| s[0]).collect()))
+}
