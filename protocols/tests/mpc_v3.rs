@@ -14,7 +14,7 @@ use common::two_party;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardlm_configs::FixedPoint;
-use shardlm_protocols::material::{IdealDealer, Material};
+use shardlm_protocols::material::{BundleWriter, IdealDealer, Material, MaterialSource, NoWeights};
 use shardlm_protocols::model::qwen2::forward;
 use shardlm_protocols::model::sampling::argmax;
 use shardlm_protocols::model::{ModelDir, PlainEngine, Rows, Weights};
@@ -24,7 +24,7 @@ use shardlm_protocols::mpc::session::{AuditEntry, Opened, Session};
 use shardlm_protocols::prg::Seed;
 use shardlm_protocols::ring::{decode, encode};
 use shardlm_protocols::share::{reconstruct, share, Shares, P0, P1};
-use shardlm_protocols::variants::mpc::MpcParty;
+use shardlm_protocols::variants::mpc::{plan_session, MpcParty, MpcPartyError};
 use shardlm_protocols::variants::v2::RingWeights;
 use shardlm_transport::memory::MemoryChannel;
 use shardlm_transport::Counters;
@@ -207,6 +207,21 @@ struct Run {
 
 fn run_mpc(md: &ModelDir, ring: &Arc<RingWeights>, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u64, record: bool) -> Run {
     let (m0, m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+    run_with(md, ring, w, ids, greedy_n, seed, record, m0, m1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
+    md: &ModelDir,
+    ring: &Arc<RingWeights>,
+    w: &Arc<Weights>,
+    ids: &[u32],
+    greedy_n: usize,
+    seed: u64,
+    record: bool,
+    m0: M0,
+    m1: M1,
+) -> Run {
     let c = md.config.clone();
     let c1 = md.config.clone();
     let n = ids.len();
@@ -346,3 +361,152 @@ fn audit_only_masked_openings_and_the_final_logits_at_the_client() {
     }
 }
 
+
+#[test]
+fn planned_bundle_runs_the_session_and_then_runs_out_on_both_sides() {
+    let (md, w) = tiny();
+    let c = &md.config;
+    let ring = ring_weights(&w);
+    let ids = cases()[2].clone();
+    let plan = plan_session(&w, &ring, ids.len(), 3, Rows::Last).unwrap();
+    eprintln!("tiny-qwen2, {} tokens, 3 new: {} material requests", ids.len(), plan.requests.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut bw = BundleWriter::create(dir.path(), "tiny", "v3-mpc", Seed::from_u64(77)).unwrap();
+    bw.start_session();
+    for r in &plan.requests {
+        bw.push(r, &NoWeights).unwrap();
+    }
+    let manifest = bw.finish().unwrap();
+    let p0_bytes = std::fs::metadata(dir.path().join("p0.shard")).unwrap().len();
+    let p1_bytes = std::fs::metadata(dir.path().join("p1.shard")).unwrap().len();
+    eprintln!("bundle {}: p0.shard {p0_bytes} bytes, p1.shard {p1_bytes} bytes", manifest.bundle_id);
+    assert!(p1_bytes < 64 * 1024, "the server's shard is seed-compressed");
+    let m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    let m1 = Material::<P1>::open(dir.path(), None).unwrap();
+
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let pl = forward(&mut plain, c, &ids, 0, Rows::Last).unwrap().unwrap();
+    let run = run_with(&md, &ring, &w, &ids, 3, 5, false, m0, m1);
+    assert_eq!(run.greedy[0], argmax(pl.last()));
+
+    // A fourth forward pass: the bundle is spent; both parties stop with a clear error.
+    let m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    let m1 = Material::<P1>::open(dir.path(), None).unwrap();
+    let (e0, e1) = two_party(
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(1));
+            forward(&mut p, c, &[1], 0, Rows::Last).map(|_| ())
+        },
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(2));
+            forward(&mut p, c, &[0], 0, Rows::Last).map(|_| ())
+        },
+    );
+    for (party, e) in [(0, e0), (1, e1)] {
+        let msg = e.expect_err("spent material must fail").to_string();
+        eprintln!("p{party}: {msg}");
+        assert!(msg.contains("material"), "p{party}: {msg}");
+    }
+}
+
+#[test]
+fn peer_gone_mid_layer_is_an_error_not_a_hang() {
+    let (md, w) = tiny();
+    let c = &md.config;
+    let ring = ring_weights(&w);
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(3)).split();
+    let (e0, e1) = two_party(
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(1));
+            forward(&mut p, c, &[1, 2, 3], 0, Rows::Last).map(|_| ())
+        },
+        |ch| {
+            // P1 does the embedding and the first norm, then vanishes.
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(2));
+            use shardlm_protocols::model::{ModelOps, Norm};
+            let x = p.embed(&[0, 0, 0])?;
+            p.rms_norm(&x, Norm::Input(0))?;
+            Ok::<(), MpcPartyError>(())
+        },
+    );
+    assert!(e1.is_ok());
+    let msg = e0.expect_err("P0 must see the peer gone").to_string();
+    eprintln!("p0: {msg}");
+}
+
+/// Cost at the Qwen2.5-1.5B shape with a 98-token prompt and random weights: planned
+/// runs (both parties, recorder material) with 1 and 2 layers; their difference is one
+/// layer, scaled to 28. Run with `SHARDLM_MPC_COST=1` (minutes in --release on 2 cores,
+/// about 8 GiB of memory).
+#[test]
+fn cost_at_the_qwen2_5_1_5b_shape() {
+    if std::env::var_os("SHARDLM_MPC_COST").is_none() {
+        eprintln!("skipped: set SHARDLM_MPC_COST=1 to measure the 1.5B-shape cost");
+        return;
+    }
+    let layers = 28u64;
+    let tokens: usize = std::env::var("SHARDLM_MPC_COST_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(98);
+    let base = shardlm_configs::ModelConfig::preset("qwen2.5-1.5b").unwrap();
+    let (h, inter, qd, kvd) = (base.hidden_size, base.intermediate_size, base.q_dim(), base.kv_dim());
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut rv = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
+    let embed = rv(base.vocab_size * h, 0.5);
+    let mut layer_ws = Vec::new();
+    for _ in 0..2 {
+        layer_ws.push(shardlm_protocols::model::weights::LayerWeights {
+            input_norm: vec![1.0; h],
+            qkv_w: rv((qd + 2 * kvd) * h, 0.03),
+            qkv_b: rv(qd + 2 * kvd, 0.1),
+            o_w: rv(h * qd, 0.03),
+            post_norm: vec![1.0; h],
+            gate_up_w: rv(2 * inter * h, 0.03),
+            down_w: rv(h * inter, 0.03),
+        });
+    }
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let mut m = Vec::new();
+    for nl in [1usize, 2] {
+        let mut cfg = base.clone();
+        cfg.num_hidden_layers = nl;
+        let w = Arc::new(Weights::new(cfg, embed.clone(), layer_ws[..nl].to_vec(), vec![1.0; h], None).unwrap());
+        let ring = ring_weights(&w);
+        let t = std::time::Instant::now();
+        let plan = plan_session(&w, &ring, tokens, 1, Rows::Last).unwrap();
+        let dealer: [f64; 2] = [0u8, 1].map(|p| plan.requests.iter().map(|r| r.raw_bytes(p).unwrap()).sum::<f64>());
+        let online = (plan.counters.bytes_sent() + plan.counters.bytes_received()) as f64;
+        eprintln!(
+            "{nl} layer(s), {tokens} tokens, planned run {:.1} s: online {:.3} GiB, dealer P0 {:.3} GiB P1 {:.6} GiB, {} rounds",
+            t.elapsed().as_secs_f64(),
+            gib(online),
+            gib(dealer[0]),
+            gib(dealer[1]),
+            plan.counters.rounds
+        );
+        if nl == 1 {
+            eprintln!("| op (1 layer) | calls | elements | bytes sent/elem | bytes recv/elem | rounds/call |");
+            for (op, c) in &plan.costs {
+                let e = c.elements.max(1) as f64;
+                eprintln!(
+                    "| {op} | {} | {} | {:.1} | {:.1} | {:.1} |",
+                    c.calls,
+                    c.elements,
+                    c.bytes_sent as f64 / e,
+                    c.bytes_received as f64 / e,
+                    c.rounds as f64 / c.calls as f64
+                );
+            }
+        }
+        m.push((online, dealer, plan.counters.rounds));
+    }
+    let (o1, d1, r1) = m[0];
+    let (o2, d2, r2) = m[1];
+    let (lo, lr) = (o2 - o1, r2 - r1);
+    eprintln!("per layer: online {:.3} GiB, dealer P0 {:.3} GiB, {lr} rounds", gib(lo), gib(d2[0] - d1[0]));
+    eprintln!(
+        "scaled to {layers} layers: online {:.2} GiB, dealer P0 {:.2} GiB, P1 {:.6} GiB, rounds {}",
+        gib(o1 + (layers - 1) as f64 * lo),
+        gib(d1[0] + (layers - 1) as f64 * (d2[0] - d1[0])),
+        gib(d1[1] + (layers - 1) as f64 * (d2[1] - d1[1])),
+        r1 + (layers - 1) * lr
+    );
+}

@@ -29,16 +29,18 @@
 //! Every message passes through [`Session::transfer`], which logs it ([`Opened`]).
 
 use super::v2::{RingWeights, V2Error};
-use crate::material::{MaterialError, MaterialSource};
+use crate::material::{MaterialError, MaterialRequest, MaterialSource, Recorder};
+use crate::model::qwen2::forward;
 use crate::model::{EngineError, Linear, Logits, ModelOps, Norm, Rows, Weights};
 use crate::mpc::nonlinear::{self, broadcast};
 use crate::mpc::session::{AuditEntry, MatMul, Opened, Session};
 use crate::mpc::MpcError;
 use crate::prg::Seed;
 use crate::ring::{decode, encode, encode_f32};
-use crate::share::{Role, Shares};
+use crate::share::{Role, Shares, P0, P1};
 use shardlm_configs::FixedPoint;
 use shardlm_transport::{Channel, Counters};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Errors of a v3-mpc party.
@@ -90,6 +92,22 @@ pub struct MpcParty<R: Role, C: Channel, M: MaterialSource<R>> {
     sess: Session<R, C, M>,
     cache: Vec<SharedCache>,
     inv_freq: Vec<f64>,
+    costs: BTreeMap<&'static str, OpCost>,
+}
+
+/// Traffic of one kind of operation, summed over calls (this party's view).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCost {
+    /// Calls.
+    pub calls: u64,
+    /// Elements processed (outputs; attention: scores), summed over calls.
+    pub elements: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Rounds.
+    pub rounds: u64,
 }
 
 impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
@@ -103,7 +121,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let inv_freq = (0..d / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
         let cache = vec![SharedCache::default(); c.num_hidden_layers];
         let fixed = ring.fixed();
-        MpcParty { weights, ring, fixed, sess: Session::new(chan, material, rng_seed), cache, inv_freq }
+        MpcParty { weights, ring, fixed, sess: Session::new(chan, material, rng_seed), cache, inv_freq, costs: BTreeMap::new() }
     }
 
     /// The session (audit log, counters, recording switch).
@@ -131,6 +149,26 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         self.sess.into_parts()
     }
 
+    /// Traffic per kind of operation since construction (or [`MpcParty::clear_costs`]).
+    pub fn costs(&self) -> &BTreeMap<&'static str, OpCost> {
+        &self.costs
+    }
+
+    /// Resets [`MpcParty::costs`].
+    pub fn clear_costs(&mut self) {
+        self.costs.clear();
+    }
+
+    fn meter(&mut self, op: &'static str, before: Counters, elements: usize) {
+        let d = self.sess.counters().since(&before);
+        let e = self.costs.entry(op).or_default();
+        e.calls += 1;
+        e.elements += elements as u64;
+        e.bytes_sent += d.bytes_sent();
+        e.bytes_received += d.bytes_received();
+        e.rounds += d.rounds;
+    }
+
     fn f(&self) -> u32 {
         self.fixed.frac_bits
     }
@@ -147,12 +185,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     }
 }
 
-impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
-    type Act = SharedTensor<R>;
-    type Error = MpcPartyError;
+impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
 
-    /// P0 passes the real tokens; P1 passes placeholders of the same count.
-    fn embed(&mut self, tokens: &[u32]) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_embed(&mut self, tokens: &[u32]) -> Result<SharedTensor<R>, MpcPartyError> {
         let h = self.weights.config.hidden_size;
         let n = tokens.len();
         let data = if R::ID == 0 {
@@ -172,7 +207,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         Ok(SharedTensor { rows: n, cols: h, data })
     }
 
-    fn rms_norm(&mut self, x: &SharedTensor<R>, norm: Norm) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_rms_norm(&mut self, x: &SharedTensor<R>, norm: Norm) -> Result<SharedTensor<R>, MpcPartyError> {
         let f = self.f();
         let (n, d) = (x.rows, x.cols);
         let w = &self.weights;
@@ -201,7 +236,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         Ok(SharedTensor { rows: n, cols: d, data: out })
     }
 
-    fn linear(&mut self, x: &SharedTensor<R>, linear: Linear) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_linear(&mut self, x: &SharedTensor<R>, linear: Linear) -> Result<SharedTensor<R>, MpcPartyError> {
         let (d_in, d_out) = linear.dims(&self.weights.config);
         if x.cols != d_in {
             return Err(MpcError::Shape { op: "linear", detail: format!("{linear:?} takes {d_in} features, got {}", x.cols) }.into());
@@ -216,7 +251,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         Ok(SharedTensor { rows: x.rows, cols: d_out, data: z })
     }
 
-    fn rope(&mut self, qkv: &mut SharedTensor<R>, start_pos: usize) -> Result<(), MpcPartyError> {
+    fn do_rope(&mut self, qkv: &mut SharedTensor<R>, start_pos: usize) -> Result<(), MpcPartyError> {
         let c = &self.weights.config;
         let (hd, nh, nkv, qd) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.q_dim());
         let half = hd / 2;
@@ -248,7 +283,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         Ok(())
     }
 
-    fn attention(&mut self, qkv: &SharedTensor<R>, layer: usize, start_pos: usize) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_attention(&mut self, qkv: &SharedTensor<R>, layer: usize, start_pos: usize) -> Result<SharedTensor<R>, MpcPartyError> {
         let c = self.weights.config.clone();
         let (hd, nh, nkv, qd, kvd) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.q_dim(), c.kv_dim());
         let f = self.f();
@@ -354,7 +389,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         Ok(SharedTensor::new(n, qd, data))
     }
 
-    fn swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
         let inter = gate_up.cols / 2;
         let (mut gate, mut up) = (Vec::with_capacity(gate_up.rows * inter), Vec::with_capacity(gate_up.rows * inter));
         for row in gate_up.data.as_slice().chunks(gate_up.cols) {
@@ -368,14 +403,14 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p })
     }
 
-    fn add(&mut self, a: &SharedTensor<R>, b: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_add(&mut self, a: &SharedTensor<R>, b: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
         if (a.rows, a.cols) != (b.rows, b.cols) {
             return Err(MpcError::Shape { op: "add", detail: format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols) }.into());
         }
         Ok(SharedTensor { rows: a.rows, cols: a.cols, data: a.data.add(&b.data) })
     }
 
-    fn select_rows(&mut self, x: &SharedTensor<R>, rows: Rows) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_select_rows(&mut self, x: &SharedTensor<R>, rows: Rows) -> Result<SharedTensor<R>, MpcPartyError> {
         Ok(match rows {
             Rows::All => x.clone(),
             Rows::Last => {
@@ -385,7 +420,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         })
     }
 
-    fn reveal_logits(&mut self, logits: &SharedTensor<R>) -> Result<Option<Logits>, MpcPartyError> {
+    fn do_reveal_logits(&mut self, logits: &SharedTensor<R>) -> Result<Option<Logits>, MpcPartyError> {
         let f = self.f();
         Ok(self
             .sess
@@ -394,7 +429,120 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
     }
 }
 
-/// The labels that may appear in a v3-mpc audit log, and which one is a reconstruction.
+impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
+    type Act = SharedTensor<R>;
+    type Error = MpcPartyError;
+
+    /// P0 passes the real tokens; P1 passes placeholders of the same count.
+    fn embed(&mut self, tokens: &[u32]) -> Result<SharedTensor<R>, MpcPartyError> {
+        let m = self.counters();
+        let r = self.do_embed(tokens)?;
+        self.meter("embed", m, r.data.len());
+        Ok(r)
+    }
+    fn rms_norm(&mut self, x: &SharedTensor<R>, norm: Norm) -> Result<SharedTensor<R>, MpcPartyError> {
+        let m = self.counters();
+        let r = self.do_rms_norm(x, norm)?;
+        self.meter("rms_norm", m, x.data.len());
+        Ok(r)
+    }
+    fn linear(&mut self, x: &SharedTensor<R>, linear: Linear) -> Result<SharedTensor<R>, MpcPartyError> {
+        let m = self.counters();
+        let r = self.do_linear(x, linear)?;
+        self.meter(if linear == Linear::LmHead { "lm_head" } else { "linear" }, m, r.data.len());
+        Ok(r)
+    }
+    fn rope(&mut self, qkv: &mut SharedTensor<R>, start_pos: usize) -> Result<(), MpcPartyError> {
+        let m = self.counters();
+        self.do_rope(qkv, start_pos)?;
+        self.meter("rope", m, qkv.data.len());
+        Ok(())
+    }
+    fn attention(&mut self, qkv: &SharedTensor<R>, layer: usize, start_pos: usize) -> Result<SharedTensor<R>, MpcPartyError> {
+        let m = self.counters();
+        let r = self.do_attention(qkv, layer, start_pos)?;
+        let c = &self.weights.config;
+        // Elements: attention scores (heads x rows x visible positions).
+        let scores: usize = (0..qkv.rows).map(|i| start_pos + i + 1).sum::<usize>() * c.num_attention_heads;
+        self.meter("attention", m, scores);
+        Ok(r)
+    }
+    fn swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+        let m = self.counters();
+        let r = self.do_swiglu(gate_up)?;
+        self.meter("swiglu", m, r.data.len());
+        Ok(r)
+    }
+    fn add(&mut self, a: &SharedTensor<R>, b: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+        self.do_add(a, b)
+    }
+    fn select_rows(&mut self, x: &SharedTensor<R>, rows: Rows) -> Result<SharedTensor<R>, MpcPartyError> {
+        self.do_select_rows(x, rows)
+    }
+    fn reveal_logits(&mut self, logits: &SharedTensor<R>) -> Result<Option<Logits>, MpcPartyError> {
+        let m = self.counters();
+        let r = self.do_reveal_logits(logits)?;
+        self.meter("reveal_logits", m, logits.data.len());
+        Ok(r)
+    }
+}
+
+/// Whether a transfer label is a masked opening (everything but the final logits).
 pub fn is_masked(what: Opened) -> bool {
     what != Opened::FinalLogits
+}
+
+/// What a planned session consumes and moves.
+#[derive(Clone, Debug)]
+pub struct MpcPlan {
+    /// The material requests, in the order both parties take them.
+    pub requests: Vec<MaterialRequest>,
+    /// P0's traffic per kind of operation over the whole session.
+    pub costs: BTreeMap<&'static str, OpCost>,
+    /// P0's channel counters over the whole session.
+    pub counters: Counters,
+}
+
+/// Plans a v3-mpc session (a prefill of `prompt_tokens` with logits for `rows`, then
+/// `max_new_tokens - 1` decode steps) by running the forward pass itself on both
+/// parties with [`Recorder`] material over an in-memory pair: the material requests are
+/// exactly those a real session takes, because the protocol's flow depends only on
+/// public shapes. The computed values are meaningless (the recorder's material is zero).
+/// Costs the same computation as a session, without the dealer.
+pub fn plan_session(
+    weights: &Arc<Weights>,
+    ring: &Arc<RingWeights>,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    rows: Rows,
+) -> Result<MpcPlan, MpcPartyError> {
+    let config = weights.config.clone();
+    let (c0, c1) = shardlm_transport::memory::pair();
+    let run = |p: &mut dyn FnMut(&[u32], usize, Rows) -> Result<(), MpcPartyError>| -> Result<(), MpcPartyError> {
+        p(&vec![0u32; prompt_tokens], 0, rows)?;
+        for step in 1..max_new_tokens.max(1) {
+            p(&[0], prompt_tokens + step - 1, Rows::Last)?;
+        }
+        Ok(())
+    };
+    let (r0, r1) = std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            let mut p1 = MpcParty::new(weights.clone(), ring.clone(), c1, Recorder::<P1>::new(), Seed([1; 32]));
+            let cfg = config.clone();
+            run(&mut |t, pos, rows| forward(&mut p1, &cfg, t, pos, rows).map(|_| ()))
+                .map(|_| p1.into_parts().1.into_requests())
+        });
+        let mut p0 = MpcParty::new(weights.clone(), ring.clone(), c0, Recorder::<P0>::new(), Seed([0; 32]));
+        let r0 = run(&mut |t, pos, rows| forward(&mut p0, &config, t, pos, rows).map(|_| ()));
+        let costs = p0.costs().clone();
+        let counters = p0.counters();
+        let requests = p0.into_parts().1.into_requests();
+        (r0.map(|_| (requests, costs, counters)), h.join())
+    });
+    let (requests, costs, counters) = r0?;
+    let r1 = r1.map_err(|_| MpcError::Shape { op: "plan", detail: "P1's planning thread panicked".into() })??;
+    if r1 != requests {
+        return Err(MpcError::Shape { op: "plan", detail: "the two parties' material requests differ".into() }.into());
+    }
+    Ok(MpcPlan { requests, costs, counters })
 }
