@@ -70,6 +70,18 @@ fn comparison_matches_plaintext_at_several_widths() {
             assert_eq!(g, u64::from((v as i64) < 0), "bits {bits} element {i}: x = {}", v as i64);
         }
     }
+    // Dropping low bits locally: exact sign once |x| >= 2^drop.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let x: Vec<u64> = (0..500)
+        .map(|_| {
+            let v: i64 = rng.gen_range((1i64 << 12)..(1i64 << 26));
+            (if rng.gen_bool(0.5) { -v } else { v }) as u64
+        })
+        .collect();
+    let got = on_shares(&x, 8, |s, v| s.msb_reduced(&v, 12, 16).unwrap(), |s, v| s.msb_reduced(&v, 12, 16).unwrap());
+    for (&v, &g) in x.iter().zip(&got) {
+        assert_eq!(g, u64::from((v as i64) < 0), "reduced comparison of {}", v as i64);
+    }
     // The driver over a plain channel, and less-than.
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let a: Vec<u64> = (0..100).map(|_| rng.gen_range(-1000i64..1000) as u64).collect();
@@ -168,8 +180,8 @@ fn nonlinear_functions_within_their_bounds() {
     let r = on_shares(
         &xs,
         16,
-        |s, v| nonlinear::max_segments(s, &v, &segs, 32).unwrap(),
-        |s, v| nonlinear::max_segments(s, &v, &segs, 32).unwrap(),
+        |s, v| nonlinear::max_segments(s, &v, &segs, 0, 32).unwrap(),
+        |s, v| nonlinear::max_segments(s, &v, &segs, 0, 32).unwrap(),
     );
     let mut at = 0;
     for (i, &l) in segs.iter().enumerate() {
@@ -509,4 +521,97 @@ fn cost_at_the_qwen2_5_1_5b_shape() {
         gib(d1[1] + (layers - 1) as f64 * (d2[1] - d1[1])),
         r1 + (layers - 1) * lr
     );
+}
+
+/// The real Qwen2.5-Coder-0.5B-Instruct when `SHARDLM_REAL_MODEL_DIR` is set: top-1
+/// agreement with the plaintext engine over all positions of the reference prompts,
+/// greedy matches and the logit error distribution. `SHARDLM_MPC_CASES` (default 9) and
+/// `SHARDLM_MPC_GREEDY` (default 16) shrink the run on a small machine.
+#[test]
+fn real_model_agreement_over_all_positions() {
+    let Some(dir) = std::env::var_os("SHARDLM_REAL_MODEL_DIR") else {
+        eprintln!("skipped: set SHARDLM_REAL_MODEL_DIR to a Qwen2.5 model directory");
+        return;
+    };
+    let env_n = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (n_cases, greedy_n) = (env_n("SHARDLM_MPC_CASES", 9), env_n("SHARDLM_MPC_GREEDY", 16));
+    let md = ModelDir::open(Path::new(&dir)).unwrap();
+    let w = Arc::new(md.load_weights().unwrap());
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let refp = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/qwen2.5-coder-0.5b-instruct/reference.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(refp).unwrap()).unwrap();
+    let cases: Vec<Vec<u32>> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect();
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let (mut agree, mut total, mut greedy_eq) = (0usize, 0usize, 0usize);
+    let mut errs: Vec<f32> = Vec::new();
+    for (i, ids) in cases.iter().take(n_cases).enumerate() {
+        let t = std::time::Instant::now();
+        plain.reset();
+        let pl = forward(&mut plain, &c, ids, 0, Rows::All).unwrap().unwrap();
+        let mut want = vec![argmax(pl.last())];
+        let mut pos = ids.len();
+        while want.len() < greedy_n {
+            let s = forward(&mut plain, &c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+            want.push(argmax(s.last()));
+            pos += 1;
+        }
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(1000 + i as u64)).split();
+        let n = ids.len();
+        let (c0, c1) = (c.clone(), c.clone());
+        let ((all, greedy), ()) = two_party(
+            |ch| {
+                let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(i as u64));
+                let l = forward(&mut p, &c0, ids, 0, Rows::All).unwrap().unwrap();
+                let mut greedy = vec![argmax(l.last())];
+                let mut pos = n;
+                while greedy.len() < greedy_n {
+                    let s = forward(&mut p, &c0, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+                    greedy.push(argmax(s.last()));
+                    pos += 1;
+                }
+                (l, greedy)
+            },
+            |ch| {
+                let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(99 + i as u64));
+                forward(&mut p, &c1, &vec![0; n], 0, Rows::All).unwrap();
+                for step in 1..greedy_n {
+                    forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap();
+                }
+            },
+        );
+        let mut case_agree = 0;
+        for r in 0..n {
+            if argmax(all.row(r)) == argmax(pl.row(r)) {
+                case_agree += 1;
+            }
+            errs.extend(all.row(r).iter().zip(pl.row(r)).map(|(a, b)| (a - b).abs()));
+        }
+        agree += case_agree;
+        total += n;
+        let geq = greedy.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        if geq == greedy_n {
+            greedy_eq += 1;
+        }
+        eprintln!(
+            "case {i}: {n} tokens, top-1 agreement {case_agree}/{n}, greedy_{greedy_n} common prefix {geq}, {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    errs.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| errs[((errs.len() - 1) as f64 * p) as usize];
+    eprintln!(
+        "top-1 agreement {agree}/{total} = {:.2}%, greedy_{greedy_n} equal {greedy_eq}/{n_cases}; |logit err| p50 {:.4} p90 {:.4} p99 {:.4} max {:.4}",
+        100.0 * agree as f64 / total as f64,
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
+    );
+    assert!(agree as f64 >= 0.99 * total as f64, "top-1 agreement {agree}/{total}");
 }

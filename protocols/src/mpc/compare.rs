@@ -8,6 +8,16 @@
 //! two's-complement number. It is exact when `|x| < 2^(k-1)`; callers choose `k` from
 //! the measured range of their input (a wrong `k` gives a wrong bit, never a panic).
 //!
+//! **Dropping low bits for free** ([`reduce_local`]). Each party shifts its share right
+//! by `s` bits (logical shift of the unsigned representative). Since
+//! `x0 + x1 = x + w 2^64`, `(x0 >> s) + (x1 >> s) = floor(x / 2^s) + w 2^(64-s) - c` with
+//! `c` in `{0, 1}`: modulo `2^(64-s)` (and so modulo any `2^k`, `k <= 64 - s`) the wrap
+//! term vanishes and the result is `floor(x / 2^s) - c`, with no failure probability
+//! (unlike SecureML's truncation, which must keep the full ring). The sign is then exact
+//! except for `0 <= x < 2^s`, which may read as negative: callers drop only bits whose
+//! loss they tolerate (the fractional bits a threshold test does not need). A comparison
+//! of a `F = 16` value that keeps 4 fractional bits and `|x| < 2^11` runs on `k = 16`.
+//!
 //! **Protocol.** Let `w = k - 1`, `a` = P0's share and `b` = P1's share, both mod `2^k`.
 //! `msb(x) = a_w XOR b_w XOR carry_w`, where `carry_w` is the carry into bit `w` of
 //! `a + b`, the group *generate* of bits `0..w`. Bits are laid out bit-sliced: plane `j`
@@ -273,6 +283,13 @@ impl<R: Role> Compare<R> {
             Phase::Finished => Err(shape(OP, "the comparison has already finished")),
         }
     }
+}
+
+/// Local bit-width reduction (module doc): shares of `floor(x / 2^drop) - c`, `c` in
+/// `{0, 1}`, valid modulo `2^(64 - drop)`; compare the result on at most `64 - drop` bits.
+pub fn reduce_local<R: Role>(x: &Shares<R>, drop: u32) -> Shares<R> {
+    let drop = drop.min(63);
+    Shares::from_raw(x.as_slice().iter().map(|v| v >> drop).collect())
 }
 
 /// Takes the material of one comparison of `n` elements on `bits` bits.

@@ -35,8 +35,13 @@ pub const SILU_T: f64 = 8.0;
 /// (degree 8, Chebyshev interpolation; max error `6.6e-4`).
 pub const SILU_DELTA: [f64; 9] =
     [-0.0004082, 4.0640633, -17.4265684, 8.7777261, 92.9648771, -258.4640403, 307.174341, -178.6006791, 41.5137009];
-/// SiLU: comparison width (exact for `abs(x) < 2^15` at `F = 16`; gate inputs reach 36).
-pub const SILU_BITS: u32 = 32;
+/// SiLU: comparisons keep `F - SILU_DROP` = 4 fractional bits and run on
+/// [`SILU_BITS`] bits: exact for `abs(x) < 2^11` (gate inputs reach 36). A sign misread
+/// for `0 <= x < 2^-4` is harmless: `relu(x) - delta(abs(x))` is the same analytic
+/// function on both branches.
+pub const SILU_DROP: u32 = 12;
+/// SiLU: comparison width after dropping [`SILU_DROP`] bits.
+pub const SILU_BITS: u32 = 16;
 /// Internal fractional bits of the polynomials.
 pub const POLY_BITS: u32 = 24;
 /// exp: clipping threshold (`e^-16 = 1.1e-7` is below `2^-16`).
@@ -45,8 +50,13 @@ pub const EXP_T: f64 = 16.0;
 pub const EXP_K: u32 = 6;
 /// exp: internal fractional bits of the squaring chain.
 pub const EXP_BITS: u32 = 30;
-/// Comparison width for softmax scores and their differences (`abs < 2^15` at `F = 16`).
-pub const SCORE_BITS: u32 = 32;
+/// Softmax score comparisons (max tree, exp clipping) drop this many low bits (keeping
+/// 6 fractional bits at `F = 16`: a max off by `2^-6` only shifts the softmax, which is
+/// invariant to it).
+pub const SCORE_DROP: u32 = 10;
+/// Comparison width for softmax scores and their differences after dropping
+/// [`SCORE_DROP`] bits: exact for `abs < 2^15` at `F = 16`.
+pub const SCORE_BITS: u32 = 22;
 /// Fractional bits of [`reciprocal`]'s output.
 pub const RECIP_BITS: u32 = 24;
 /// Fractional bits of [`rsqrt`]'s input (the mean square).
@@ -157,7 +167,7 @@ pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     let mut cmp = x.as_slice().to_vec();
     cmp.extend_from_slice(add_scalar(x, t_enc).as_slice());
     cmp.extend_from_slice(add_scalar(&x.neg(), t_enc).as_slice());
-    let bits = sess.msb(&Shares::from_raw(cmp), SILU_BITS)?.into_raw();
+    let bits = sess.msb_reduced(&Shares::from_raw(cmp), SILU_DROP, SILU_BITS)?.into_raw();
     let sign = Shares::<R>::from_raw(bits[..n].to_vec());
     let outside = Shares::<R>::from_raw(crate::ring::add(&bits[n..2 * n], &bits[2 * n..]));
     // |x| = x (1 - 2 sign), relu = x (1 - sign): one round, exact.
@@ -185,7 +195,7 @@ pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
     if f + EXP_K > EXP_BITS || 2 * f + 1 + 2 * EXP_K < EXP_BITS {
         return Err(super::shape("exp", format!("fractional bits {f} do not fit the exp chain")));
     }
-    let below = sess.msb(&add_scalar(x, encode(EXP_T, f)), SCORE_BITS)?;
+    let below = sess.msb_reduced(&add_scalar(x, encode(EXP_T, f)), SCORE_DROP, SCORE_BITS)?;
     // y^2 / 2 at EXP_BITS from x^2 at 2f bits: y^2/2 = x^2 / 2^(2k+1).
     let x2 = sess.square(x)?;
     let half_y2 = sess.trunc(x2, 2 * f + 1 + 2 * EXP_K - EXP_BITS)?;
@@ -207,6 +217,7 @@ fn octave_bits<R: Role, C: Channel, M: MaterialSource<R>>(
     fx: u32,
     lo: i32,
     hi: i32,
+    drop: u32,
     bits: u32,
 ) -> Result<(Vec<u64>, usize), MpcError> {
     let count = (STEPS_PER_OCTAVE as i32 * (hi - lo)).max(0) as usize;
@@ -219,7 +230,7 @@ fn octave_bits<R: Role, C: Channel, M: MaterialSource<R>>(
             diffs.push(if R::ID == 0 { v.wrapping_sub(t) } else { v });
         }
     }
-    let below = sess.msb(&Shares::from_raw(diffs), bits)?;
+    let below = sess.msb_reduced(&Shares::from_raw(diffs), drop, bits)?;
     Ok((not(&below).into_raw(), count))
 }
 
@@ -235,8 +246,10 @@ pub fn reciprocal<R: Role, C: Channel, M: MaterialSource<R>>(
         return Ok(x.clone());
     }
     let hi = max.max(2.0).log2().ceil() as i32;
-    let bits = (f as i32 + hi + 3).clamp(8, 64) as u32;
-    let (c, count) = octave_bits(sess, x, f, 0, hi, bits)?;
+    // Keep 6 fractional bits: thresholds are 2^(1/4) - 1 = 0.19 apart at least.
+    let drop = f.saturating_sub(6);
+    let bits = ((f - drop) as i32 + hi + 3).clamp(8, 64 - drop as i32) as u32;
+    let (c, count) = octave_bits(sess, x, f, 0, hi, drop, bits)?;
     // y0 = k 2^(-m/S), m = number of thresholds passed, as a linear function of the bits.
     let s = STEPS_PER_OCTAVE as f64;
     let k = 2.0 / (1.0 + (1.0 / s).exp2());
@@ -273,8 +286,10 @@ pub fn rsqrt<R: Role, C: Channel, M: MaterialSource<R>>(
         return Ok(x.clone());
     }
     let (lo, hi) = (RSQRT_LO, RSQRT_HI);
-    let bits = (MS_BITS as i32 + hi + 2) as u32;
-    let (c, count) = octave_bits(sess, x, MS_BITS, lo, hi, bits)?;
+    // Keep 24 fractional bits: the lowest threshold 2^-20 is resolved to 2^-4 of itself.
+    let drop = MS_BITS - 24;
+    let bits = (24 + hi + 2) as u32;
+    let (c, count) = octave_bits(sess, x, MS_BITS, lo, hi, drop, bits)?;
     let s = STEPS_PER_OCTAVE as f64;
     // x in [2^e, 2^(e + 1/S)), e = lo + m/S: y0 = k 2^(-e/2), k balances the start error.
     let k = (2.0 / (1.0 + (1.0 / s).exp2())).sqrt();
@@ -306,10 +321,13 @@ pub fn rsqrt<R: Role, C: Channel, M: MaterialSource<R>>(
 
 /// The maximum of each segment of `x` (segments of the given lengths, consecutive, each
 /// at least 1): a comparison tree, all segments' pairs of a level in one batch.
+/// Comparisons drop `drop` low bits and run on `bits` bits ([`Session::msb_reduced`]):
+/// the result is an element of the segment within `2^drop` of its maximum.
 pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
     sess: &mut Session<R, C, M>,
     x: &Shares<R>,
     segments: &[usize],
+    drop: u32,
     bits: u32,
 ) -> Result<Shares<R>, MpcError> {
     if segments.iter().sum::<usize>() != x.len() || segments.contains(&0) {
@@ -332,7 +350,7 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
         let (a, b) = (Shares::<R>::from_raw(a), Shares::<R>::from_raw(b));
         let diff = a.sub(&b);
         // [b < a] = msb(b - a)
-        let gt = sess.msb(&diff.neg(), bits)?;
+        let gt = sess.msb_reduced(&diff.neg(), drop, bits)?;
         let m = b.add(&sess.mul(&gt, &diff)?).into_raw();
         let mut it = m.into_iter();
         for s in segs.iter_mut() {

@@ -245,6 +245,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         }
     }
 
+    /// Additive shares of the sign of `floor(x / 2^drop)` read on `bits` bits: the low
+    /// `drop` bits are dropped locally first ([`compare::reduce_local`]), so `bits` must
+    /// be at most `64 - drop`. Exact when `2^drop <= |x| < 2^(drop + bits - 1)` or `x < 0`.
+    pub fn msb_reduced(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<Shares<R>, MpcError> {
+        if drop + bits > 64 {
+            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
+        }
+        self.msb(&compare::reduce_local(x, drop), bits)
+    }
+
     /// P0 shares a private vector: it keeps `x - r` and sends P1 a fresh 32-byte seed of
     /// `r`. P1 calls this with `x = None` and `n` its length. 32 bytes, no round.
     pub fn input_from_p0(&mut self, x: Option<&[u64]>, n: usize) -> Result<Shares<R>, MpcError> {

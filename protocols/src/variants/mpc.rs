@@ -351,7 +351,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             }
         }
         let visible = Shares::<R>::from_raw(visible);
-        let max = nonlinear::max_segments(&mut self.sess, &visible, &segs, nonlinear::SCORE_BITS)?;
+        let max = nonlinear::max_segments(&mut self.sess, &visible, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)?;
         let mut maxb = Vec::with_capacity(visible.len());
         for (i, &l) in segs.iter().enumerate() {
             maxb.extend(std::iter::repeat_n(max.as_slice()[i], l));
