@@ -110,8 +110,11 @@ pub fn powers<R: Role, C: Channel, M: MaterialSource<R>>(
         let have = p.len();
         let top = p[have - 1].clone();
         let want = (2 * have).min(m);
-        let pairs: Vec<(&Shares<R>, &Shares<R>)> = (have..want).map(|j| (&p[j - have], &top)).collect();
-        let prods = sess.mul_many(&pairs)?;
+        // s^(j+1) = s^(j+1-have) s^have; the last one of a full doubling is a square.
+        let full = want == 2 * have;
+        let last = if full { want - 1 } else { want };
+        let pairs: Vec<(&Shares<R>, &Shares<R>)> = (have..last).map(|j| (&p[j - have], &top)).collect();
+        let prods = sess.mul_many_with_square(&pairs, if full { Some(&top) } else { None })?;
         let lens: Vec<usize> = prods.iter().map(Shares::len).collect();
         let all: Vec<u64> = prods.into_iter().flat_map(Shares::into_raw).collect();
         let t = sess.trunc(Shares::from_raw(all), fi)?.into_raw();
@@ -170,10 +173,9 @@ pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     let bits = sess.msb_reduced(&Shares::from_raw(cmp), SILU_DROP, SILU_BITS)?.into_raw();
     let sign = Shares::<R>::from_raw(bits[..n].to_vec());
     let outside = Shares::<R>::from_raw(crate::ring::add(&bits[n..2 * n], &bits[2 * n..]));
-    // |x| = x (1 - 2 sign), relu = x (1 - sign): one round, exact.
-    let one_minus_2s = add_scalar(&sign.scale(2).neg(), 1);
-    let prods = sess.mul_many(&[(x, &one_minus_2s), (x, &not(&sign))])?;
-    let (abs, relu) = (&prods[0], &prods[1]);
+    // z = x sign (one product, exact); |x| = x - 2z, relu(x) = x - z.
+    let z = sess.mul(x, &sign)?;
+    let (abs, relu) = (&x.sub(&z.scale(2)), &x.sub(&z));
     // s = |x| / T at POLY_BITS.
     let s = sess.trunc(abs.scale(encode(1.0 / SILU_T, POLY_BITS)), f)?;
     let pw = powers(sess, &s, SILU_DELTA.len() - 1, POLY_BITS)?;

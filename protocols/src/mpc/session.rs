@@ -167,6 +167,43 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(out)
     }
 
+    /// Like [`Session::mul_many`], plus the square of `square` (with a square pair) in
+    /// the same round, returned last.
+    pub fn mul_many_with_square(
+        &mut self,
+        pairs: &[(&Shares<R>, &Shares<R>)],
+        square: Option<&Shares<R>>,
+    ) -> Result<Vec<Shares<R>>, MpcError> {
+        let mut states = Vec::with_capacity(pairs.len());
+        let mut msg = Vec::new();
+        for (x, y) in pairs {
+            let t = self.material.take_triples(x.len())?;
+            let (st, m) = beaver::mul_start(x, y, t)?;
+            msg.extend_from_slice(&m);
+            states.push((st, m.len()));
+        }
+        let sq = match square {
+            Some(x) => {
+                let p = self.material.take_square_pairs(x.len())?;
+                let (st, m) = beaver::square_start(x, p)?;
+                msg.extend_from_slice(&m);
+                Some((st, m.len()))
+            }
+            None => None,
+        };
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(states.len() + 1);
+        for (st, len) in states {
+            out.push(beaver::mul_finish(st, &peer[at..at + len])?);
+            at += len;
+        }
+        if let Some((st, len)) = sq {
+            out.push(beaver::square_finish(st, &peer[at..at + len])?);
+        }
+        Ok(out)
+    }
+
     /// Shares of `x * y` (elementwise), one round.
     pub fn mul(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
         Ok(self.mul_many(&[(x, y)])?.remove(0))
