@@ -615,3 +615,67 @@ fn real_model_agreement_over_all_positions() {
     );
     assert!(agree as f64 >= 0.99 * total as f64, "top-1 agreement {agree}/{total}");
 }
+
+/// Bytes (both directions, per element) and rounds of each nonlinear function, printed as
+/// the table in the README.
+#[test]
+fn nonlinear_costs_per_element() {
+    let n = 4096usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let xs: Vec<u64> = (0..n).map(|_| encode(rng.gen_range(-30.0..0.0), F)).collect();
+    let pos: Vec<u64> = (0..n).map(|_| encode(rng.gen_range(1.0..100.0), F)).collect();
+    let ms: Vec<u64> = (0..n).map(|_| encode(rng.gen_range(1e-4..1e3), nonlinear::MS_BITS)).collect();
+    type F0 = fn(&mut Sess<'_, P0>, Shares<P0>);
+    type F1 = fn(&mut Sess<'_, P1>, Shares<P1>);
+    let ops: Vec<(&str, &Vec<u64>, F0, F1)> = vec![
+        ("msb, 64 bits", &xs, |s, v| drop(s.msb(&v, 64).unwrap()), |s, v| drop(s.msb(&v, 64).unwrap())),
+        ("msb, 16 bits after dropping 12", &xs, |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap()), |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap())),
+        ("relu (64-bit comparison)", &xs, |s, v| drop(nonlinear::relu(s, &v, 64).unwrap()), |s, v| drop(nonlinear::relu(s, &v, 64).unwrap())),
+        ("silu", &xs, |s, v| drop(nonlinear::silu(s, &v, F).unwrap()), |s, v| drop(nonlinear::silu(s, &v, F).unwrap())),
+        ("exp (x <= 0)", &xs, |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap()), |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap())),
+        ("reciprocal on [1, 128]", &pos, |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap()), |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap())),
+        ("rsqrt", &ms, |s, v| drop(nonlinear::rsqrt(s, &v).unwrap()), |s, v| drop(nonlinear::rsqrt(s, &v).unwrap())),
+    ];
+    eprintln!("| function | bytes per element (both directions) | rounds |");
+    eprintln!("|---|---|---|");
+    for (name, x, f0, f1) in ops {
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        let (x0, x1) = share(x, &mut rng);
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(22)).split();
+        let (c0, _) = two_party(
+            |c| {
+                let mut s = Session::new(c, m0, Seed::from_u64(1));
+                f0(&mut s, x0);
+                s.counters()
+            },
+            |c| {
+                let mut s = Session::new(c, m1, Seed::from_u64(2));
+                f1(&mut s, x1);
+            },
+        );
+        let bytes = (c0.bytes_sent() + c0.bytes_received()) as f64 / n as f64;
+        eprintln!("| {name} | {bytes:.1} | {} |", c0.rounds);
+    }
+    // max over segments of 128 (a softmax row of 128 positions).
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let (x0, x1) = share(&xs, &mut rng);
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(23)).split();
+    let segs = vec![128usize; n / 128];
+    let segs1 = segs.clone();
+    let (c0, _) = two_party(
+        |c| {
+            let mut s = Session::new(c, m0, Seed::from_u64(1));
+            nonlinear::max_segments(&mut s, &x0, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS).unwrap();
+            s.counters()
+        },
+        |c| {
+            let mut s = Session::new(c, m1, Seed::from_u64(2));
+            nonlinear::max_segments(&mut s, &x1, &segs1, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS).unwrap();
+        },
+    );
+    eprintln!(
+        "| row max of 128 (per input element) | {:.1} | {} |",
+        (c0.bytes_sent() + c0.bytes_received()) as f64 / n as f64,
+        c0.rounds
+    );
+}

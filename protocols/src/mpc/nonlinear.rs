@@ -13,7 +13,7 @@
 //! | function | method | constants | max error (measured range) | rounds |
 //! |---|---|---|---|---|
 //! | [`relu`] | `x (1 - msb(x))` | comparison on `bits` | exact | cmp + 1 |
-//! | [`silu`] | `relu(x) - [abs(x) <= T] delta(abs(x))`, `delta(t) = t / (1 + e^t)` fitted by a degree-8 polynomial in `t / T` (Chebyshev interpolation) | `T = 8`, 24 internal bits | `2.7e-3` (at `abs(x) = T`: `T/(1+e^T)`), `6.6e-4` inside | cmp + 9 |
+//! | [`silu`] | `relu(x) - [abs(x) <= T] delta(abs(x))`, `delta(t) = t / (1 + e^t)` fitted by two degree-4 polynomials in `t / T` on `[0, A]` and `[A, T]` (Chebyshev interpolation), selected by comparisons | `T = 8`, `A = 2.5`, 24 internal bits | `2.7e-3` (just beyond `abs(x) = T`: `T/(1+e^T)`), `1.2e-3` inside | cmp + 8 |
 //! | [`exp_neg`] | `x < -T` gives 0; else `(1 + y + y^2/2)^(2^k)`, `y = x / 2^k` | `T = 16`, `k = 6`, 30 internal bits | `6e-5` absolute | cmp + 2k + 4 |
 //! | [`reciprocal`] | start `0.828 2^(-m/4)` from `4 log2(max)` quarter-octave comparisons, 2 Newton steps `y (2 - x y)` | output 24 fractional bits | relative `6e-5` | cmp + 8 |
 //! | [`rsqrt`] | start `k 2^(-(lo + m/4)/2)` from quarter-octave comparisons over `[2^-20, 2^16]`, 2 Newton steps `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `3e-5` | cmp + 12 |
@@ -31,10 +31,14 @@ use shardlm_transport::Channel;
 
 /// SiLU: clipping threshold `T` (relu outside `[-T, T]`).
 pub const SILU_T: f64 = 8.0;
-/// SiLU: `delta(t) = t / (1 + e^t)` on `t = abs(x)` in `[0, T]` as a polynomial in `t / T`
-/// (degree 8, Chebyshev interpolation; max error `6.6e-4`).
-pub const SILU_DELTA: [f64; 9] =
-    [-0.0004082, 4.0640633, -17.4265684, 8.7777261, 92.9648771, -258.4640403, 307.174341, -178.6006791, 41.5137009];
+/// SiLU: `delta(t) = t / (1 + e^t)` on `t = abs(x)` in `[0, A]` as a polynomial in
+/// `s = t / T` (degree 4, Chebyshev interpolation on `[0, A/T]`; max error `7.5e-4`).
+pub const SILU_INNER: [f64; 5] = [-0.0007489, 4.1202352, -19.128057, 28.3809447, -9.9552586];
+/// SiLU: `delta` on `t` in `[A, T]`, polynomial in `s = t / T` (degree 4 on `[A/T, 1]`;
+/// max error `1.2e-3`).
+pub const SILU_OUTER: [f64; 5] = [0.6619451, -2.2664187, 2.9012987, -1.6122652, 0.317981];
+/// SiLU: the split point `A` between the two polynomial pieces.
+pub const SILU_A: f64 = 2.5;
 /// SiLU: comparisons keep `F - SILU_DROP` = 4 fractional bits and run on
 /// [`SILU_BITS`] bits: exact for `abs(x) < 2^11` (gate inputs reach 36). A sign misread
 /// for `0 <= x < 2^-4` is harmless: `relu(x) - delta(abs(x))` is the same analytic
@@ -127,21 +131,30 @@ pub fn powers<R: Role, C: Channel, M: MaterialSource<R>>(
     Ok(p)
 }
 
-/// `sum_j c_j s^j` from powers (`pw[j-1] = s^j` at `fi` bits): local products with the
-/// public coefficients, then one truncation to `f` bits.
-fn poly_eval<R: Role, C: Channel, M: MaterialSource<R>>(
+/// `sum_j c_j s^j` for several coefficient lists from the same powers
+/// (`pw[j-1] = s^j` at `fi` bits): local products with the public coefficients, then one
+/// truncation (all polynomials together) to `f` bits.
+fn poly_eval_many<R: Role, C: Channel, M: MaterialSource<R>>(
     sess: &mut Session<R, C, M>,
     pw: &[Shares<R>],
-    coeffs: &[f64],
+    polys: &[&[f64]],
     fi: u32,
     f: u32,
-) -> Result<Shares<R>, MpcError> {
+) -> Result<Vec<Shares<R>>, MpcError> {
     let n = pw.first().map_or(0, Shares::len);
-    let mut acc = public::<R>(vec![encode(coeffs[0], 2 * fi); n]);
-    for (j, c) in coeffs.iter().enumerate().skip(1) {
-        acc = acc.add(&pw[j - 1].scale(encode(*c, fi)));
+    let mut all = Vec::with_capacity(n * polys.len());
+    for coeffs in polys {
+        if coeffs.len() > pw.len() + 1 {
+            return Err(super::shape("polynomial", "more coefficients than powers"));
+        }
+        let mut acc = public::<R>(vec![encode(coeffs[0], 2 * fi); n]);
+        for (j, c) in coeffs.iter().enumerate().skip(1) {
+            acc = acc.add(&pw[j - 1].scale(encode(*c, fi)));
+        }
+        all.extend(acc.into_raw());
     }
-    sess.trunc(acc, 2 * fi - f)
+    let t = sess.trunc(Shares::from_raw(all), 2 * fi - f)?.into_raw();
+    Ok(t.chunks(n.max(1)).map(|c| Shares::from_raw(c.to_vec())).collect())
 }
 
 /// ReLU: `x (1 - msb(x))`, exact; `bits` is the comparison width (`abs(x) < 2^(bits-1)`
@@ -165,23 +178,32 @@ pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     if n == 0 {
         return Ok(x.clone());
     }
-    let t_enc = encode(SILU_T, f);
-    // One batch: sign(x), [x < -T], [T < x].
+    let (t_enc, a_enc) = (encode(SILU_T, f), encode(SILU_A, f));
+    // One batch: sign(x), [x < -T], [T < x], [x < -A], [A < x].
     let mut cmp = x.as_slice().to_vec();
-    cmp.extend_from_slice(add_scalar(x, t_enc).as_slice());
-    cmp.extend_from_slice(add_scalar(&x.neg(), t_enc).as_slice());
+    for c in [t_enc, a_enc] {
+        cmp.extend_from_slice(add_scalar(x, c).as_slice());
+        cmp.extend_from_slice(add_scalar(&x.neg(), c).as_slice());
+    }
     let bits = sess.msb_reduced(&Shares::from_raw(cmp), SILU_DROP, SILU_BITS)?.into_raw();
-    let sign = Shares::<R>::from_raw(bits[..n].to_vec());
-    let outside = Shares::<R>::from_raw(crate::ring::add(&bits[n..2 * n], &bits[2 * n..]));
+    let part = |i: usize| &bits[i * n..(i + 1) * n];
+    let sign = Shares::<R>::from_raw(part(0).to_vec());
+    // outside: |x| > T; between: A < |x| <= T (= [|x| > A] - [|x| > T], as the first
+    // implies the second).
+    let outside = Shares::<R>::from_raw(crate::ring::add(part(1), part(2)));
+    let beyond_a = Shares::<R>::from_raw(crate::ring::add(part(3), part(4)));
+    let between = beyond_a.sub(&outside);
     // z = x sign (one product, exact); |x| = x - 2z, relu(x) = x - z.
     let z = sess.mul(x, &sign)?;
     let (abs, relu) = (&x.sub(&z.scale(2)), &x.sub(&z));
-    // s = |x| / T at POLY_BITS.
+    // s = |x| / T at POLY_BITS; both pieces from the same powers, one truncation.
     let s = sess.trunc(abs.scale(encode(1.0 / SILU_T, POLY_BITS)), f)?;
-    let pw = powers(sess, &s, SILU_DELTA.len() - 1, POLY_BITS)?;
-    let delta = poly_eval(sess, &pw, &SILU_DELTA, POLY_BITS, f)?;
-    let inside_delta = sess.mul(&not(&outside), &delta)?;
-    Ok(relu.sub(&inside_delta))
+    let pw = powers(sess, &s, SILU_INNER.len() - 1, POLY_BITS)?;
+    let both = poly_eval_many(sess, &pw, &[&SILU_INNER, &SILU_OUTER], POLY_BITS, f)?;
+    let (inner, outer) = (&both[0], &both[1]);
+    // silu = relu - [|x| <= T] inner - [A < |x| <= T] (outer - inner): one round.
+    let prods = sess.mul_many(&[(&not(&outside), inner), (&between, &outer.sub(inner))])?;
+    Ok(relu.sub(&prods[0]).sub(&prods[1]))
 }
 
 /// `e^x` for `x <= 0` at `f` fractional bits; 0 for `x < -T` (module doc).
