@@ -157,7 +157,7 @@ fn nonlinear_functions_within_their_bounds() {
     let err =
         xs.iter().zip(&r).map(|(x, g)| (decode(*g, nonlinear::RECIP_BITS) * x - 1.0).abs()).fold(0.0, f64::max);
     eprintln!("reciprocal max relative error on [1, 100]: {err:.2e}");
-    assert!(err < 2e-4, "reciprocal error {err}");
+    assert!(err < 7e-4, "reciprocal error {err}");
     // rsqrt on [1e-5, 1e4].
     let xs: Vec<f64> = (0..600).map(|i| 10f64.powf(-5.0 + i as f64 * 9.0 / 599.0)).collect();
     let r = on_shares(
@@ -172,7 +172,7 @@ fn nonlinear_functions_within_their_bounds() {
         .map(|(x, g)| (decode(*g, nonlinear::RSQRT_BITS) * x.sqrt() - 1.0).abs())
         .fold(0.0, f64::max);
     eprintln!("rsqrt max relative error on [1e-5, 1e4]: {err:.2e}");
-    assert!(err < 5e-4, "rsqrt error {err}");
+    assert!(err < 6e-4, "rsqrt error {err}");
     // Segment maxima, exact.
     let mut rng = ChaCha8Rng::seed_from_u64(16);
     let segs = [1usize, 2, 3, 7, 16, 33];

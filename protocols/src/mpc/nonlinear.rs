@@ -15,8 +15,8 @@
 //! | [`relu`] | `x (1 - msb(x))` | comparison on `bits` | exact | cmp + 1 |
 //! | [`silu`] | `relu(x) - [abs(x) <= T] delta(abs(x))`, `delta(t) = t / (1 + e^t)` fitted by two degree-4 polynomials in `t / T` on `[0, A]` and `[A, T]` (Chebyshev interpolation), selected by comparisons | `T = 8`, `A = 2.5`, 24 internal bits | `2.7e-3` (just beyond `abs(x) = T`: `T/(1+e^T)`), `1.2e-3` inside | cmp + 8 |
 //! | [`exp_neg`] | `x < -T` gives 0; else `(1 + y + y^2/2)^(2^k)`, `y = x / 2^k` | `T = 16`, `k = 6`, 30 internal bits | `6e-5` absolute | cmp + 2k + 4 |
-//! | [`reciprocal`] | start `0.828 2^(-m/4)` from `4 log2(max)` quarter-octave comparisons, 2 Newton steps `y (2 - x y)` | output 24 fractional bits | relative `6e-5` | cmp + 8 |
-//! | [`rsqrt`] | start `k 2^(-(lo + m/4)/2)` from quarter-octave comparisons over `[2^-20, 2^16]`, 2 Newton steps `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `3e-5` | cmp + 12 |
+//! | [`reciprocal`] | start `k 2^(-m/16)` from `16 log2(max)` comparisons (sixteenth octaves), 1 Newton step `y (2 - x y)` | output 24 fractional bits | relative `5e-4` | cmp + 4 |
+//! | [`rsqrt`] | start `k 2^(-(lo + m/16)/2)` from sixteenth-octave comparisons over `[2^-20, 2^16]`, 1 Newton step `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `4e-4` | cmp + 6 |
 //! | [`max_segments`] | comparison tree, `max(a, b) = b + [b < a] (a - b)` | | exact | `ceil(log2 len)` x (cmp + 1) |
 //!
 //! Comparison cost (`cmp`) is in [`super::compare`]: `1 + ceil(log2(bits - 1)) + 1`
@@ -73,10 +73,14 @@ const Y2_BITS: u32 = 32;
 pub const RSQRT_LO: i32 = -20;
 /// See [`RSQRT_LO`].
 pub const RSQRT_HI: i32 = 16;
-/// Comparisons per octave for Newton starting points.
-pub const STEPS_PER_OCTAVE: u32 = 4;
+/// Comparisons per octave for Newton starting points: the start is within
+/// `2^(1/32) - 1 = 2.2%` of the answer, so one Newton step gives `5e-4` (reciprocal,
+/// error squared) and `3.5e-4` (rsqrt, `0.75` error squared). These functions run on one
+/// value per row (softmax sums, mean squares): comparisons are cheap there, rounds are
+/// not (DESIGN.md: spend rounds here, not bytes; here we spend bytes to save rounds).
+pub const STEPS_PER_OCTAVE: u32 = 16;
 /// Newton iterations of [`reciprocal`] and [`rsqrt`].
-pub const NEWTON_ITERS: usize = 2;
+pub const NEWTON_ITERS: usize = 1;
 
 /// Shares of a public constant vector (P0 holds it).
 pub fn public<R: Role>(values: Vec<u64>) -> Shares<R> {
@@ -270,8 +274,9 @@ pub fn reciprocal<R: Role, C: Channel, M: MaterialSource<R>>(
         return Ok(x.clone());
     }
     let hi = max.max(2.0).log2().ceil() as i32;
-    // Keep 6 fractional bits: thresholds are 2^(1/4) - 1 = 0.19 apart at least.
-    let drop = f.saturating_sub(6);
+    // Keep 10 fractional bits: thresholds are 2^(1/16) - 1 = 0.044 apart at least, and a
+    // start off by one bucket would double the Newton step's error.
+    let drop = f.saturating_sub(10);
     let bits = ((f - drop) as i32 + hi + 3).clamp(8, 64 - drop as i32) as u32;
     let (c, count) = octave_bits(sess, x, f, 0, hi, drop, bits)?;
     // y0 = k 2^(-m/S), m = number of thresholds passed, as a linear function of the bits.
