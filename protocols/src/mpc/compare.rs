@@ -250,6 +250,11 @@ impl<R: Role> Compare<R> {
         Ok(msg)
     }
 
+    /// Rounds this comparison takes in all.
+    pub fn rounds(&self) -> usize {
+        2 + self.levels.len()
+    }
+
     /// Consumes the peer's answer to our last message.
     pub fn step(&mut self, peer: &[u64]) -> Result<Step<R>, MpcError> {
         match self.phase {

@@ -88,6 +88,9 @@ pub struct Session<R: Role, C: Channel, M: MaterialSource<R>> {
     rng: Prg,
     audit: Vec<AuditEntry>,
     record: bool,
+    /// A comparison riding along with the Beaver rounds of other work.
+    rider: Option<(compare::Compare<R>, Vec<u64>, usize)>,
+    rider_result: Option<Shares<R>>,
     _role: std::marker::PhantomData<R>,
 }
 
@@ -102,7 +105,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// randomness (P1's truncation masks, P0's input-share seeds): in deployment it must
     /// come from fresh OS entropy ([`Seed::random`]); tests fix it.
     pub fn new(chan: C, material: M, rng_seed: Seed) -> Self {
-        Session { chan, material, rng: Prg::new(&rng_seed), audit: Vec::new(), record: false, _role: Default::default() }
+        Session {
+            chan,
+            material,
+            rng: Prg::new(&rng_seed),
+            audit: Vec::new(),
+            record: false,
+            rider: None,
+            rider_result: None,
+            _role: Default::default(),
+        }
     }
 
     /// Keeps the received words of every transfer in the audit log (tests).
@@ -133,18 +145,100 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// THE audited transfer: sends `send` (if not empty) and then receives `recv_len`
     /// words (if not zero) on [`Lane::Openings`], logging what it is. Every message of
     /// every protocol of this session goes through here.
+    ///
+    /// A background comparison ([`Session::start_background_msb`]) rides along with every
+    /// [`Opened::MaskedProduct`] transfer (those are symmetric on both parties): its
+    /// message is appended to ours and its answer split off, logged as its own entry.
     pub fn transfer(&mut self, what: Opened, send: &[u64], recv_len: usize) -> Result<Vec<u64>, MpcError> {
-        if !send.is_empty() {
-            self.chan.send_u64s(Lane::Openings, send)?;
+        let ride = what == Opened::MaskedProduct && self.rider.is_some();
+        let mut out = send.to_vec();
+        let mut rider_len = 0;
+        let mut rider_what = Opened::MaskedAnd;
+        if ride {
+            if let Some((_, msg, round)) = &self.rider {
+                out.extend_from_slice(msg);
+                rider_len = msg.len();
+                rider_what = self.rider_label(*round);
+            }
         }
-        let received = if recv_len > 0 { self.chan.recv_u64s(Lane::Openings, recv_len)? } else { Vec::new() };
+        if !out.is_empty() {
+            self.chan.send_u64s(Lane::Openings, &out)?;
+        }
+        let total = recv_len + rider_len;
+        let mut received = if total > 0 { self.chan.recv_u64s(Lane::Openings, total)? } else { Vec::new() };
+        let rider_part = received.split_off(recv_len.min(received.len()));
+        self.log(what, send.len(), &received);
+        if ride {
+            self.log(rider_what, rider_len, &rider_part);
+            self.step_rider(&rider_part)?;
+        }
+        Ok(received)
+    }
+
+    fn log(&mut self, what: Opened, sent: usize, received: &[u64]) {
         self.audit.push(AuditEntry {
             what,
-            sent: send.len(),
-            received: if self.record { received.clone() } else { Vec::new() },
+            sent,
+            received: if self.record { received.to_vec() } else { Vec::new() },
             received_len: received.len(),
         });
-        Ok(received)
+    }
+
+    fn rider_label(&self, round: usize) -> Opened {
+        match &self.rider {
+            Some((core, _, _)) if round + 1 == core.rounds() => Opened::MaskedBit,
+            _ => Opened::MaskedAnd,
+        }
+    }
+
+    fn step_rider(&mut self, peer: &[u64]) -> Result<(), MpcError> {
+        if let Some((mut core, _, round)) = self.rider.take() {
+            match core.step(peer)? {
+                compare::Step::Send(next) => self.rider = Some((core, next, round + 1)),
+                compare::Step::Done(s) => self.rider_result = Some(s),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a comparison like [`Session::msb_reduced`] that advances one round with each
+    /// later Beaver round of this session (no extra rounds where enough follow); collect
+    /// it with [`Session::finish_background_msb`]. One at a time.
+    pub fn start_background_msb(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<(), MpcError> {
+        if self.rider.is_some() || self.rider_result.is_some() {
+            return Err(super::shape("comparison", "a background comparison is already running"));
+        }
+        if drop + bits > 64 {
+            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
+        }
+        if x.is_empty() {
+            self.rider_result = Some(Shares::from_raw(Vec::new()));
+            return Ok(());
+        }
+        let x = compare::reduce_local(x, drop);
+        let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
+        let (core, step) = compare::Compare::start(&x, bits, t, d)?;
+        match step {
+            compare::Step::Send(msg) => self.rider = Some((core, msg, 0)),
+            compare::Step::Done(s) => self.rider_result = Some(s),
+        }
+        Ok(())
+    }
+
+    /// Runs the background comparison's remaining rounds (if any) and returns its result.
+    pub fn finish_background_msb(&mut self) -> Result<Shares<R>, MpcError> {
+        while let Some((_, msg, round)) = &self.rider {
+            let (msg, what) = (msg.clone(), self.rider_label(*round));
+            let peer = self.chan_exchange(&msg)?;
+            self.log(what, msg.len(), &peer);
+            self.step_rider(&peer)?;
+        }
+        self.rider_result.take().ok_or_else(|| super::shape("comparison", "no background comparison was started"))
+    }
+
+    fn chan_exchange(&mut self, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
+        self.chan.send_u64s(Lane::Openings, msg)?;
+        Ok(self.chan.recv_u64s(Lane::Openings, msg.len())?)
     }
 
     /// Shares of elementwise products `x * y` for every pair, in one round.
