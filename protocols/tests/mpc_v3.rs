@@ -589,12 +589,19 @@ fn real_model_agreement_over_all_positions() {
         for r in 0..n {
             if argmax(all.row(r)) == argmax(pl.row(r)) {
                 case_agree += 1;
+            } else {
+                let mut sorted = pl.row(r).to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                eprintln!("case {i} position {r}: plaintext top-2 gap {:.4} (a near tie)", sorted[0] - sorted[1]);
             }
             errs.extend(all.row(r).iter().zip(pl.row(r)).map(|(a, b)| (a - b).abs()));
         }
         agree += case_agree;
         total += n;
         let geq = greedy.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        if geq < greedy_n {
+            eprintln!("case {i}: greedy {greedy:?}\n    plaintext {want:?}");
+        }
         if geq == greedy_n {
             greedy_eq += 1;
         }

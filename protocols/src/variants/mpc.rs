@@ -503,6 +503,9 @@ pub struct MpcPlan {
     pub counters: Counters,
 }
 
+/// One forward step of a planning run: tokens, start position, rows.
+type StepFn<'a> = dyn FnMut(&[u32], usize, Rows) -> Result<(), MpcPartyError> + 'a;
+
 /// Plans a v3-mpc session (a prefill of `prompt_tokens` with logits for `rows`, then
 /// `max_new_tokens - 1` decode steps) by running the forward pass itself on both
 /// parties with [`Recorder`] material over an in-memory pair: the material requests are
@@ -518,7 +521,7 @@ pub fn plan_session(
 ) -> Result<MpcPlan, MpcPartyError> {
     let config = weights.config.clone();
     let (c0, c1) = shardlm_transport::memory::pair();
-    let run = |p: &mut dyn FnMut(&[u32], usize, Rows) -> Result<(), MpcPartyError>| -> Result<(), MpcPartyError> {
+    let run = |p: &mut StepFn<'_>| -> Result<(), MpcPartyError> {
         p(&vec![0u32; prompt_tokens], 0, rows)?;
         for step in 1..max_new_tokens.max(1) {
             p(&[0], prompt_tokens + step - 1, Rows::Last)?;
