@@ -686,3 +686,83 @@ fn nonlinear_costs_per_element() {
         c0.rounds
     );
 }
+
+/// v3-mpc over QUIC loopback (127.0.0.1, mutual TLS) on tiny-qwen2: last-position top-1
+/// equal to the plaintext engine for every case, greedy_8 equal for at least 3 of 4.
+#[test]
+fn tiny_qwen2_over_quic_loopback() {
+    use shardlm_configs::Timeouts;
+    use shardlm_transport::{Identity, QuicClient, QuicConfig, QuicServer};
+    use std::time::Duration;
+    let (md, w) = tiny();
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let cfg = || {
+        QuicConfig::with_timeouts(Timeouts {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            recv: Duration::from_secs(20),
+        })
+    };
+    let server_id = Identity::generate("server").unwrap();
+    let client_id = Identity::generate("client").unwrap();
+    let server = QuicServer::bind(([127, 0, 0, 1], 0).into(), &server_id, &[client_id.fingerprint()], cfg()).unwrap();
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let mut greedy_equal = 0;
+    for (i, ids) in cases().iter().enumerate() {
+        plain.reset();
+        let pl = forward(&mut plain, &c, ids, 0, Rows::Last).unwrap().unwrap();
+        let mut want = vec![argmax(pl.last())];
+        let mut pos = ids.len();
+        while want.len() < 8 {
+            let s = forward(&mut plain, &c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+            want.push(argmax(s.last()));
+            pos += 1;
+        }
+        let mut cch = QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), cfg()).unwrap();
+        let mut sch = server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(300 + i as u64)).split();
+        let n = ids.len();
+        let t = std::time::Instant::now();
+        let (greedy, counters) = std::thread::scope(|s| {
+            let (w1, r1, c1) = (w.clone(), ring.clone(), c.clone());
+            let h = s.spawn(move || {
+                let mut p = MpcParty::new(w1, r1, &mut sch, m1, Seed::from_u64(2));
+                forward(&mut p, &c1, &vec![0; n], 0, Rows::Last).unwrap();
+                for step in 1..8 {
+                    forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap();
+                }
+                // Closing a QUIC connection discards data in flight: finish() waits for
+                // P0's end frame so that the last logits shares arrive.
+                p.finish().unwrap();
+            });
+            let mut p = MpcParty::new(w.clone(), ring.clone(), &mut cch, m0, Seed::from_u64(1));
+            let l = forward(&mut p, &c, ids, 0, Rows::Last).unwrap().unwrap();
+            let mut greedy = vec![argmax(l.last())];
+            let mut pos = n;
+            while greedy.len() < 8 {
+                let st = forward(&mut p, &c, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+                greedy.push(argmax(st.last()));
+                pos += 1;
+            }
+            let counters = p.counters();
+            p.finish().unwrap();
+            h.join().unwrap();
+            (greedy, counters)
+        });
+        eprintln!(
+            "quic case {i}: greedy equal {}, {} rounds, {:.2} MiB sent, {:.2} MiB received, {:.1} s",
+            greedy == want,
+            counters.rounds,
+            counters.bytes_sent() as f64 / 1048576.0,
+            counters.bytes_received() as f64 / 1048576.0,
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(greedy[0], want[0], "case {i}: last-position top-1 over QUIC");
+        if greedy == want {
+            greedy_equal += 1;
+        }
+    }
+    assert!(greedy_equal >= 3, "greedy_8 equal in {greedy_equal} of 4");
+}

@@ -39,7 +39,7 @@ use crate::prg::Seed;
 use crate::ring::{decode, encode, encode_f32};
 use crate::share::{Role, Shares, P0, P1};
 use shardlm_configs::FixedPoint;
-use shardlm_transport::{Channel, Counters};
+use shardlm_transport::{Channel, Counters, Lane};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -147,6 +147,23 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     /// Returns the channel and the material source.
     pub fn into_parts(self) -> (C, M) {
         self.sess.into_parts()
+    }
+
+    /// Ends the session cleanly: P0 sends an empty end frame on [`Lane::Control`], P1
+    /// waits for it, so that P1 does not close the connection while its last message
+    /// (its shares of the final logits) is still in flight: closing a QUIC connection
+    /// discards unsent data. Returns the channel and the material source.
+    pub fn finish(self) -> Result<(C, M), MpcPartyError> {
+        let (mut chan, material) = self.sess.into_parts();
+        if R::ID == 0 {
+            chan.send_bytes(Lane::Control, &[]).map_err(MpcError::from)?;
+        } else {
+            let end = chan.recv_bytes(Lane::Control).map_err(MpcError::from)?;
+            if !end.is_empty() {
+                return Err(MpcError::Shape { op: "finish", detail: format!("expected the empty end frame, got {} bytes", end.len()) }.into());
+            }
+        }
+        Ok((chan, material))
     }
 
     /// Traffic per kind of operation since construction (or [`MpcParty::clear_costs`]).
