@@ -183,6 +183,9 @@ pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     if n == 0 {
         return Ok(x.clone());
     }
+    if f > POLY_BITS || f <= SILU_DROP {
+        return Err(super::shape("silu", format!("needs {SILU_DROP} < F <= {POLY_BITS} fractional bits, got {f}")));
+    }
     let (t_enc, a_enc) = (encode(SILU_T, f), encode(SILU_A, f));
     // One batch: sign(x), [x < -T], [T < x], [x < -A], [A < x].
     let mut cmp = x.as_slice().to_vec();
@@ -275,6 +278,9 @@ pub fn reciprocal<R: Role, C: Channel, M: MaterialSource<R>>(
     let n = x.len();
     if n == 0 {
         return Ok(x.clone());
+    }
+    if f > RECIP_BITS || !max.is_finite() || max > 1e9 {
+        return Err(super::shape("reciprocal", format!("needs F <= {RECIP_BITS} and a finite bound, got F = {f}, max = {max}")));
     }
     let hi = max.max(2.0).log2().ceil() as i32;
     // Keep 10 fractional bits: thresholds are 2^(1/16) - 1 = 0.044 apart at least, and a

@@ -115,6 +115,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     /// biases and the ring-encoded `ring` weights), its channel and material.
     /// `rng_seed` seeds the party's private randomness and must be fresh OS entropy in
     /// deployment ([`Seed::random`]).
+    ///
+    /// The fixed-point encoding is `ring.fixed()`; the nonlinear functions need
+    /// `F <= 24` (the default is 16), checked when they run.
     pub fn new(weights: Arc<Weights>, ring: Arc<RingWeights>, chan: C, material: M, rng_seed: Seed) -> Self {
         let c = &weights.config;
         let d = c.head_dim;
@@ -207,6 +210,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     fn do_embed(&mut self, tokens: &[u32]) -> Result<SharedTensor<R>, MpcPartyError> {
         let h = self.weights.config.hidden_size;
         let n = tokens.len();
+        if n == 0 {
+            return Err(MpcError::Shape { op: "embed", detail: "no tokens: a step needs at least one".into() }.into());
+        }
         let data = if R::ID == 0 {
             let vocab = self.weights.config.vocab_size;
             let f = self.f();
