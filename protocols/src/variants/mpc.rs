@@ -27,6 +27,17 @@
 //!   ([`Session::reveal_to_p0`]); P1's `reveal_logits` returns `None`.
 //!
 //! Every message passes through [`Session::transfer`], which logs it ([`Opened`]).
+//! [`MpcParty::costs`] meters bytes and rounds per kind of operation; [`plan_session`]
+//! runs the pass on [`Recorder`] material to list the exact dealer requests.
+//!
+//! **Measured** (Qwen2.5-1.5B shape, 98-token prefill, per layer, P0's view, both
+//! directions): SwiGLU 341 bytes per intermediate element and 16 rounds, attention 607
+//! bytes per causal score and 82 rounds, RMSNorm 80 bytes per element and 19 rounds,
+//! linear units and RoPE about 4 bytes per output (truncation) and 1 round; in all 0.344
+//! GiB and 141 rounds per layer, 0.142 GiB of P0 dealer material (P1's is seeds).
+//! Accuracy: Qwen2.5-Coder-0.5B-Instruct top-1 equal to the plaintext engine at 337 of
+//! 339 positions of the 9 reference prompts (both misses near ties), |logit error| p99
+//! 0.024. Details and the per-function table: README, "v3-mpc".
 
 use super::v2::{RingWeights, V2Error};
 use crate::material::{MaterialError, MaterialRequest, MaterialSource, Recorder};
