@@ -229,17 +229,12 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     pub fn finish_background_msb(&mut self) -> Result<Shares<R>, MpcError> {
         while let Some((_, msg, round)) = &self.rider {
             let (msg, what) = (msg.clone(), self.rider_label(*round));
-            let peer = self.chan_exchange(&msg)?;
-            self.log(what, msg.len(), &peer);
+            let peer = self.transfer(what, &msg, msg.len())?;
             self.step_rider(&peer)?;
         }
         self.rider_result.take().ok_or_else(|| super::shape("comparison", "no background comparison was started"))
     }
 
-    fn chan_exchange(&mut self, msg: &[u64]) -> Result<Vec<u64>, MpcError> {
-        self.chan.send_u64s(Lane::Openings, msg)?;
-        Ok(self.chan.recv_u64s(Lane::Openings, msg.len())?)
-    }
 
     /// Shares of elementwise products `x * y` for every pair, in one round.
     pub fn mul_many(&mut self, pairs: &[(&Shares<R>, &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
