@@ -15,6 +15,7 @@
 //! | faithful truncation | [`trunc`] | P0 1 bit, P1 `2F` bits | 1 |
 //! | boolean AND (64 per word) | [`boolean`] | 16 bytes per word | 1 |
 //! | bit to arithmetic (daBit) | [`boolean`] | 1 bit | 1 |
+//! | sign bit / less-than on `k` bits | [`compare`] | about `2 (3k - 6) / 8` bytes (AND `d`, `e`) + 1 bit | `2 + ceil(log2(k - 1))` |
 //! | 1-of-N random-OT lookup | [`ot`] | P0 `log2 N` bits, P1 `N * bits` bits | 1 |
 //! | client-assisted linear `n x d_in -> d_out` (v2) | [`linear`] | P0 `8 n d_in`, P1 `8 n d_out` bytes | 1 |
 //!
@@ -23,10 +24,13 @@
 
 pub mod beaver;
 pub mod boolean;
+pub mod compare;
 pub mod correlations;
 pub mod linear;
+pub mod nonlinear;
 pub mod open;
 pub mod ot;
+pub mod session;
 pub mod trunc;
 
 pub use correlations::{AndTriples, DaBits, MaskedLinear, MatrixTriple, RandomOts, SquarePairs, Triples};

@@ -1,0 +1,360 @@
+//! Comparison of arithmetic shares: the sign bit `msb(x)` (so `x < 0`, and `x < y` as
+//! `msb(x - y)`) by a boolean parallel-prefix carry on XOR-shared bits with dealer AND
+//! triples, then bit-to-arithmetic conversion with daBits (DESIGN.md section 3).
+//!
+//! **Bit-width reduction.** The comparison runs on the ring `Z_2^k`, `k = bits` in
+//! `2..=64`: each party reduces its share mod `2^k` locally (no communication, since
+//! `x mod 2^k = (x0 + x1) mod 2^k`), and the result is the sign of `x` read as a `k`-bit
+//! two's-complement number. It is exact when `|x| < 2^(k-1)`; callers choose `k` from
+//! the measured range of their input (a wrong `k` gives a wrong bit, never a panic).
+//!
+//! **Dropping low bits for free** ([`reduce_local`]). Each party shifts its share right
+//! by `s` bits (logical shift of the unsigned representative). Since
+//! `x0 + x1 = x + w 2^64`, `(x0 >> s) + (x1 >> s) = floor(x / 2^s) + w 2^(64-s) - c` with
+//! `c` in `{0, 1}`: modulo `2^(64-s)` (and so modulo any `2^k`, `k <= 64 - s`) the wrap
+//! term vanishes and the result is `floor(x / 2^s) - c`, with no failure probability
+//! (unlike SecureML's truncation, which must keep the full ring). The sign is then exact
+//! except for `0 <= x < 2^s`, which may read as negative: callers drop only bits whose
+//! loss they tolerate (the fractional bits a threshold test does not need). A comparison
+//! of a `F = 16` value that keeps 4 fractional bits and `|x| < 2^11` runs on `k = 16`.
+//!
+//! **Protocol.** Let `w = k - 1`, `a` = P0's share and `b` = P1's share, both mod `2^k`.
+//! `msb(x) = a_w XOR b_w XOR carry_w`, where `carry_w` is the carry into bit `w` of
+//! `a + b`, the group *generate* of bits `0..w`. Bits are laid out bit-sliced: plane `j`
+//! packs bit `j` of all `N` elements into `ceil(N / 64)` words, so one AND-triple word
+//! serves 64 elements.
+//! 1. Round 1: generate `g_j = a_j AND b_j` for all `j < w` (P0 inputs `(a_j, 0)`, P1
+//!    `(0, b_j)` as XOR shares); propagate `p_j = a_j XOR b_j` is local.
+//! 2. Rounds 2 to `1 + ceil(log2 w)`: a Sklansky/Brent-Kung style tree that reduces the
+//!    `w` (g, p) nodes pairwise, low node `l`, high node `h`:
+//!    `G = G_h XOR (P_h AND G_l)` (the two terms are exclusive, so XOR is OR),
+//!    `P = P_h AND P_l` (skipped at the last level, where no `P` is needed). All pairs of
+//!    a level go in one AND batch; an odd node passes through.
+//! 3. `msb` shares: P0 `a_w XOR G_0`, P1 `b_w XOR G_1`.
+//! 4. Last round: daBit conversion of the bit to additive shares mod `2^64`
+//!    ([`super::boolean`]).
+//!
+//! Every message is a Beaver opening over `GF(2)` (masked by fresh triple bits) or the
+//! daBit-masked bit, so each is uniform to its receiver.
+//!
+//! **Cost** per element, each direction: AND gates `w + (w - 1) + (w - 2)` at most
+//! (2 bits sent per gate: `d`, `e`), plus 1 bit for the daBit. `k = 64`: 184 ANDs, about
+//! 46 bytes, 8 rounds; `k = 32`: 88 ANDs, about 22 bytes, 7 rounds; `k = 24`: 64 ANDs,
+//! 16 bytes, 7 rounds; `k = 16`: 41 ANDs, about 10 bytes, 6 rounds. Rounds:
+//! `1 + ceil(log2(k - 1)) + 1`. Material: [`and_words`] AND-triple words and `N`
+//! daBits.
+
+use super::boolean;
+use super::{check_len, exchange, shape, AndTriples, DaBits, MpcError};
+use crate::material::MaterialSource;
+use crate::ring::low_mask;
+use crate::share::{BitShares, Role, Shares};
+use shardlm_transport::{Channel, Lane};
+
+const OP: &str = "comparison";
+
+/// The schedule of the carry tree for `w` bit planes: per level, the number of pairs
+/// combined and whether that level also computes the group propagate.
+fn levels(w: usize) -> Vec<(usize, bool)> {
+    let mut out = Vec::new();
+    let mut nodes = w;
+    while nodes > 1 {
+        let pairs = nodes / 2;
+        let next = nodes - pairs;
+        out.push((pairs, next > 1));
+        nodes = next;
+    }
+    out
+}
+
+/// AND-triple words one comparison of `n` elements on `bits` bits consumes.
+pub fn and_words(n: usize, bits: u32) -> usize {
+    let w = bits.saturating_sub(1) as usize;
+    let per_plane = n.div_ceil(64);
+    let gates: usize = w + levels(w).iter().map(|&(pairs, with_p)| pairs * if with_p { 2 } else { 1 }).sum::<usize>();
+    gates * per_plane
+}
+
+/// Rounds one comparison on `bits` bits takes (the daBit conversion included).
+pub fn rounds(bits: u32) -> usize {
+    let w = bits.saturating_sub(1) as usize;
+    if w == 0 { 1 } else { 2 + levels(w).len() }
+}
+
+/// Where a comparison is between its rounds.
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the generate round's answer.
+    Generate,
+    /// Waiting for the answer of tree level `i`.
+    Level(usize),
+    /// Waiting for the daBit answer.
+    Convert,
+    /// Done.
+    Finished,
+}
+
+/// What a comparison step asks for next.
+#[derive(Debug)]
+pub enum Step<R: Role> {
+    /// Send this message (the peer sends one of the same length) and call
+    /// [`Compare::step`] with the answer.
+    Send(Vec<u64>),
+    /// Additive shares of the sign bits, one per element.
+    Done(Shares<R>),
+}
+
+/// IO-free core of a batched sign-bit computation (module doc has the protocol).
+#[derive(Debug)]
+pub struct Compare<R: Role> {
+    n: usize,
+    words: usize,
+    /// XOR shares of bit `w` (the top bit) of our reduced share, bit-sliced.
+    top: Vec<u64>,
+    /// Current nodes: (G, P) planes of `words` words each, low to high.
+    nodes: Vec<(Vec<u64>, Vec<u64>)>,
+    triples: AndTriples<R>,
+    used: usize,
+    dabits: Option<DaBits<R>>,
+    pending: Option<boolean::AndState<R>>,
+    convert: Option<boolean::B2aState<R>>,
+    levels: Vec<(usize, bool)>,
+    phase: Phase,
+}
+
+fn plane(values: &[u64], bit: u32, words: usize) -> Vec<u64> {
+    let mut out = vec![0u64; words];
+    for (i, v) in values.iter().enumerate() {
+        out[i / 64] |= ((v >> bit) & 1) << (i % 64);
+    }
+    out
+}
+
+impl<R: Role> Compare<R> {
+    /// Starts the sign bits of `x` read as `bits`-bit numbers, with exactly
+    /// [`and_words`]`(n, bits)` AND-triple words and `n` daBits. Returns the core and the
+    /// first message.
+    pub fn start(x: &Shares<R>, bits: u32, triples: AndTriples<R>, dabits: DaBits<R>) -> Result<(Self, Step<R>), MpcError> {
+        if !(2..=64).contains(&bits) {
+            return Err(shape(OP, format!("bit width {bits} is outside 2..=64")));
+        }
+        let n = x.len();
+        check_len(OP, "AND-triple words", triples.a.len(), and_words(n, bits))?;
+        check_len(OP, "AND-triple words (b)", triples.b.len(), and_words(n, bits))?;
+        check_len(OP, "AND-triple words (c)", triples.c.len(), and_words(n, bits))?;
+        check_len(OP, "daBits", dabits.bits.len(), n)?;
+        let w = bits - 1;
+        let words = n.div_ceil(64);
+        let mask = low_mask(bits);
+        let v: Vec<u64> = x.as_slice().iter().map(|s| s & mask).collect();
+        let top = plane(&v, w, words);
+        // Our bits as XOR shares of P0's operand (a) and P1's operand (b).
+        let mut xs = Vec::with_capacity(w as usize * words);
+        let mut ys = Vec::with_capacity(w as usize * words);
+        let mut props = Vec::with_capacity(w as usize);
+        for j in 0..w {
+            let p = plane(&v, j, words);
+            if R::ID == 0 {
+                xs.extend_from_slice(&p);
+                ys.extend(std::iter::repeat_n(0, words));
+            } else {
+                xs.extend(std::iter::repeat_n(0, words));
+                ys.extend_from_slice(&p);
+            }
+            props.push(p);
+        }
+        let mut core = Compare {
+            n,
+            words,
+            top,
+            nodes: props.into_iter().map(|p| (Vec::new(), p)).collect(),
+            triples,
+            used: 0,
+            dabits: Some(dabits),
+            pending: None,
+            convert: None,
+            levels: levels(w as usize),
+            phase: Phase::Generate,
+        };
+        let msg = core.and_round(xs, ys)?;
+        Ok((core, Step::Send(msg)))
+    }
+
+    fn and_round(&mut self, xs: Vec<u64>, ys: Vec<u64>) -> Result<Vec<u64>, MpcError> {
+        let k = xs.len();
+        let take = |v: &BitShares<R>, at: usize| BitShares::from_raw(v.as_slice()[at..at + k].to_vec());
+        let (a, b, c) = (&self.triples.a, &self.triples.b, &self.triples.c);
+        if self.used + k > a.len() {
+            return Err(shape(OP, "AND triples ran out inside the comparison"));
+        }
+        let t = AndTriples { a: take(a, self.used), b: take(b, self.used), c: take(c, self.used) };
+        self.used += k;
+        let (st, msg) = boolean::and_start(&BitShares::from_raw(xs), &BitShares::from_raw(ys), t)?;
+        self.pending = Some(st);
+        Ok(msg)
+    }
+
+    fn finish_ands(&mut self, peer: &[u64]) -> Result<Vec<u64>, MpcError> {
+        let st = self.pending.take().ok_or_else(|| shape(OP, "no AND batch in flight"))?;
+        Ok(boolean::and_finish(st, peer)?.into_raw())
+    }
+
+    /// Starts tree level `i` from the current nodes.
+    fn level_message(&mut self, i: usize) -> Result<Vec<u64>, MpcError> {
+        let (pairs, with_p) = self.levels[i];
+        let wd = self.words;
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for q in 0..pairs {
+            let (lo, hi) = (&self.nodes[2 * q], &self.nodes[2 * q + 1]);
+            xs.extend_from_slice(&hi.1);
+            ys.extend_from_slice(&lo.0);
+            if with_p {
+                xs.extend_from_slice(&hi.1);
+                ys.extend_from_slice(&lo.1);
+            }
+        }
+        debug_assert_eq!(xs.len(), pairs * wd * if with_p { 2 } else { 1 });
+        self.and_round(xs, ys)
+    }
+
+    fn combine_level(&mut self, i: usize, z: Vec<u64>) {
+        let (pairs, with_p) = self.levels[i];
+        let wd = self.words;
+        let per = if with_p { 2 } else { 1 };
+        let old = std::mem::take(&mut self.nodes);
+        let mut next = Vec::with_capacity(old.len() - pairs);
+        let mut it = old.into_iter();
+        for q in 0..pairs {
+            let (_lo, hi) = (it.next(), it.next());
+            let hi = hi.unwrap_or_default();
+            let base = q * per * wd;
+            let g: Vec<u64> = hi.0.iter().zip(&z[base..base + wd]).map(|(g, t)| g ^ t).collect();
+            let p = if with_p { z[base + wd..base + 2 * wd].to_vec() } else { Vec::new() };
+            next.push((g, p));
+        }
+        next.extend(it);
+        self.nodes = next;
+    }
+
+    fn convert_message(&mut self) -> Result<Vec<u64>, MpcError> {
+        let carry = match self.nodes.first() {
+            Some((g, _)) if !g.is_empty() => g.clone(),
+            _ => vec![0; self.words],
+        };
+        let bits: Vec<u64> = self.top.iter().zip(&carry).map(|(t, c)| t ^ c).collect();
+        let dabits = self.dabits.take().ok_or_else(|| shape(OP, "daBits already used"))?;
+        let (st, msg) = boolean::b2a_start(&BitShares::from_raw(bits), self.n, dabits)?;
+        self.convert = Some(st);
+        self.phase = Phase::Convert;
+        Ok(msg)
+    }
+
+    /// Rounds this comparison takes in all.
+    pub fn rounds(&self) -> usize {
+        2 + self.levels.len()
+    }
+
+    /// Consumes the peer's answer to our last message.
+    pub fn step(&mut self, peer: &[u64]) -> Result<Step<R>, MpcError> {
+        match self.phase {
+            Phase::Generate => {
+                let g = self.finish_ands(peer)?;
+                let wd = self.words;
+                for (j, node) in self.nodes.iter_mut().enumerate() {
+                    node.0 = g[j * wd..(j + 1) * wd].to_vec();
+                }
+                if self.levels.is_empty() {
+                    return Ok(Step::Send(self.convert_message()?));
+                }
+                self.phase = Phase::Level(0);
+                Ok(Step::Send(self.level_message(0)?))
+            }
+            Phase::Level(i) => {
+                let z = self.finish_ands(peer)?;
+                self.combine_level(i, z);
+                if i + 1 < self.levels.len() {
+                    self.phase = Phase::Level(i + 1);
+                    Ok(Step::Send(self.level_message(i + 1)?))
+                } else {
+                    Ok(Step::Send(self.convert_message()?))
+                }
+            }
+            Phase::Convert => {
+                let st = self.convert.take().ok_or_else(|| shape(OP, "no conversion in flight"))?;
+                self.phase = Phase::Finished;
+                Ok(Step::Done(boolean::b2a_finish(st, peer)?))
+            }
+            Phase::Finished => Err(shape(OP, "the comparison has already finished")),
+        }
+    }
+}
+
+/// Local bit-width reduction (module doc): shares of `floor(x / 2^drop) - c`, `c` in
+/// `{0, 1}`, valid modulo `2^(64 - drop)`; compare the result on at most `64 - drop` bits.
+pub fn reduce_local<R: Role>(x: &Shares<R>, drop: u32) -> Shares<R> {
+    let drop = drop.min(63);
+    Shares::from_raw(x.as_slice().iter().map(|v| v >> drop).collect())
+}
+
+/// Takes the material of one comparison of `n` elements on `bits` bits.
+pub fn take_material<R: Role, M: MaterialSource<R> + ?Sized>(
+    m: &mut M,
+    n: usize,
+    bits: u32,
+) -> Result<(AndTriples<R>, DaBits<R>), MpcError> {
+    let t = m.take_and_triples(and_words(n, bits))?;
+    let d = m.take_dabits(n)?;
+    Ok((t, d))
+}
+
+/// Driver: additive shares of `msb(x mod 2^bits)` (1 where `x < 0`) for every element.
+pub fn msb<R: Role, C: Channel + ?Sized, M: MaterialSource<R> + ?Sized>(
+    ch: &mut C,
+    x: &Shares<R>,
+    bits: u32,
+    material: &mut M,
+) -> Result<Shares<R>, MpcError> {
+    if x.is_empty() {
+        return Ok(Shares::from_raw(Vec::new()));
+    }
+    let (t, d) = take_material(material, x.len(), bits)?;
+    let (mut core, mut step) = Compare::start(x, bits, t, d)?;
+    loop {
+        match step {
+            Step::Send(msg) => {
+                let peer = exchange(ch, Lane::Openings, &msg, msg.len())?;
+                step = core.step(&peer)?;
+            }
+            Step::Done(s) => return Ok(s),
+        }
+    }
+}
+
+/// Driver: additive shares of `[x < y]` (elementwise) when `|x - y| < 2^(bits - 1)`.
+pub fn less_than<R: Role, C: Channel + ?Sized, M: MaterialSource<R> + ?Sized>(
+    ch: &mut C,
+    x: &Shares<R>,
+    y: &Shares<R>,
+    bits: u32,
+    material: &mut M,
+) -> Result<Shares<R>, MpcError> {
+    check_len(OP, "y", y.len(), x.len())?;
+    msb(ch, &x.sub(y), bits, material)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_counts() {
+        assert_eq!(rounds(64), 8);
+        assert_eq!(rounds(32), 7);
+        assert_eq!(rounds(16), 6);
+        assert_eq!(rounds(2), 2);
+        // 63 generate gates, then 31+16+8+4+2 pairs with P and 1 without.
+        assert_eq!(and_words(64, 64), 63 + 2 * (31 + 16 + 8 + 4 + 2) + 1);
+        assert_eq!(and_words(65, 16), 2 * (15 + 2 * (7 + 4 + 2) + 1));
+    }
+}

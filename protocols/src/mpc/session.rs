@@ -1,0 +1,415 @@
+//! A party's end of a two-party computation on shares: its channel, its material, its
+//! private randomness, and the ONE audited function through which every message of a
+//! protocol passes ([`Session::transfer`]).
+//!
+//! The primitives of [`super`] are driven here through their IO-free cores, so that the
+//! audit log sees every word a party sends and receives, labelled by what it is
+//! ([`Opened`]). Apart from [`Opened::FinalLogits`] every label names a value that is
+//! masked by fresh one-time randomness (a Beaver `d`/`e`, a daBit-masked bit, a
+//! truncation OT message, the seed of P1's input shares): a test checks that nothing
+//! else is ever revealed and that what is received is uniform.
+//!
+//! Batching: [`Session::mul_many`], [`Session::matmul_many`] and the vector-wide
+//! [`Session::trunc`] and [`Session::msb`] put all elements of a step in one message per
+//! direction per round.
+
+use super::{beaver, compare, trunc, MpcError};
+use crate::material::MaterialSource;
+use crate::prg::{Prg, Seed};
+use crate::ring::packed_words;
+use crate::share::{Role, Shares, P0, P1};
+use shardlm_transport::{Channel, Counters, Lane};
+
+/// What a transferred message is, for the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Opened {
+    /// Masked `d = x - a`, `e = y - b` of an arithmetic Beaver product (elementwise,
+    /// square or matrix).
+    MaskedProduct,
+    /// Masked `d`, `e` of boolean AND gates (comparison circuits).
+    MaskedAnd,
+    /// A bit masked by a daBit (bit-to-arithmetic conversion).
+    MaskedBit,
+    /// Faithful-truncation OT messages (P0: MSB masked by the OT choice bit; P1: two
+    /// strings masked by OT pads and a fresh mask).
+    TruncationOt,
+    /// The seed of P1's uniformly random input shares, sent by P0 (the embedding).
+    InputSeed,
+    /// The final logits, opened to P0 only.
+    FinalLogits,
+}
+
+impl Opened {
+    /// Why it may be revealed, in words.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Opened::MaskedProduct => "masked d/e",
+            Opened::MaskedAnd => "masked boolean d/e",
+            Opened::MaskedBit => "daBit-masked bit",
+            Opened::TruncationOt => "truncation OT message",
+            Opened::InputSeed => "seed of uniform input shares",
+            Opened::FinalLogits => "final logits",
+        }
+    }
+}
+
+/// One audited transfer.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    /// What the message is.
+    pub what: Opened,
+    /// Words sent.
+    pub sent: usize,
+    /// The words received (kept only when recording is on, else empty) and their count.
+    pub received: Vec<u64>,
+    /// Number of words received.
+    pub received_len: usize,
+}
+
+/// Elementwise or matrix product operands for a batch.
+#[derive(Debug)]
+pub struct MatMul<'a, R: Role> {
+    /// `m x k`, row-major.
+    pub x: &'a Shares<R>,
+    /// `k x n`, row-major.
+    pub y: &'a Shares<R>,
+    /// Rows of `x`.
+    pub m: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Columns of `y`.
+    pub n: usize,
+}
+
+/// A party's session: channel, material, randomness, audit log.
+pub struct Session<R: Role, C: Channel, M: MaterialSource<R>> {
+    chan: C,
+    material: M,
+    rng: Prg,
+    audit: Vec<AuditEntry>,
+    record: bool,
+    /// A comparison riding along with the Beaver rounds of other work.
+    rider: Option<(compare::Compare<R>, Vec<u64>, usize)>,
+    rider_result: Option<Shares<R>>,
+    _role: std::marker::PhantomData<R>,
+}
+
+impl<R: Role, C: Channel, M: MaterialSource<R>> std::fmt::Debug for Session<R, C, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session<{}>({} transfers)", R::NAME, self.audit.len())
+    }
+}
+
+impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
+    /// A session over `chan` with `material`. `rng_seed` seeds this party's private
+    /// randomness (P1's truncation masks, P0's input-share seeds): in deployment it must
+    /// come from fresh OS entropy ([`Seed::random`]); tests fix it.
+    pub fn new(chan: C, material: M, rng_seed: Seed) -> Self {
+        Session {
+            chan,
+            material,
+            rng: Prg::new(&rng_seed),
+            audit: Vec::new(),
+            record: false,
+            rider: None,
+            rider_result: None,
+            _role: Default::default(),
+        }
+    }
+
+    /// Keeps the received words of every transfer in the audit log (tests).
+    pub fn record_transfers(&mut self, on: bool) {
+        self.record = on;
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &[AuditEntry] {
+        &self.audit
+    }
+
+    /// Channel counters.
+    pub fn counters(&self) -> Counters {
+        self.chan.counters()
+    }
+
+    /// The material source.
+    pub fn material(&mut self) -> &mut M {
+        &mut self.material
+    }
+
+    /// Returns the channel and material.
+    pub fn into_parts(self) -> (C, M) {
+        (self.chan, self.material)
+    }
+
+    /// THE audited transfer: sends `send` (if not empty) and then receives `recv_len`
+    /// words (if not zero) on [`Lane::Openings`], logging what it is. Every message of
+    /// every protocol of this session goes through here.
+    ///
+    /// A background comparison ([`Session::start_background_msb`]) rides along with every
+    /// [`Opened::MaskedProduct`] transfer (those are symmetric on both parties): its
+    /// message is appended to ours and its answer split off, logged as its own entry.
+    pub fn transfer(&mut self, what: Opened, send: &[u64], recv_len: usize) -> Result<Vec<u64>, MpcError> {
+        let ride = what == Opened::MaskedProduct && self.rider.is_some();
+        let mut out = send.to_vec();
+        let mut rider_len = 0;
+        let mut rider_what = Opened::MaskedAnd;
+        if ride {
+            if let Some((_, msg, round)) = &self.rider {
+                out.extend_from_slice(msg);
+                rider_len = msg.len();
+                rider_what = self.rider_label(*round);
+            }
+        }
+        if !out.is_empty() {
+            self.chan.send_u64s(Lane::Openings, &out)?;
+        }
+        let total = recv_len + rider_len;
+        let mut received = if total > 0 { self.chan.recv_u64s(Lane::Openings, total)? } else { Vec::new() };
+        let rider_part = received.split_off(recv_len.min(received.len()));
+        self.log(what, send.len(), &received);
+        if ride {
+            self.log(rider_what, rider_len, &rider_part);
+            self.step_rider(&rider_part)?;
+        }
+        Ok(received)
+    }
+
+    fn log(&mut self, what: Opened, sent: usize, received: &[u64]) {
+        self.audit.push(AuditEntry {
+            what,
+            sent,
+            received: if self.record { received.to_vec() } else { Vec::new() },
+            received_len: received.len(),
+        });
+    }
+
+    fn rider_label(&self, round: usize) -> Opened {
+        match &self.rider {
+            Some((core, _, _)) if round + 1 == core.rounds() => Opened::MaskedBit,
+            _ => Opened::MaskedAnd,
+        }
+    }
+
+    fn step_rider(&mut self, peer: &[u64]) -> Result<(), MpcError> {
+        if let Some((mut core, _, round)) = self.rider.take() {
+            match core.step(peer)? {
+                compare::Step::Send(next) => self.rider = Some((core, next, round + 1)),
+                compare::Step::Done(s) => self.rider_result = Some(s),
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a comparison like [`Session::msb_reduced`] that advances one round with each
+    /// later Beaver round of this session (no extra rounds where enough follow); collect
+    /// it with [`Session::finish_background_msb`]. One at a time.
+    pub fn start_background_msb(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<(), MpcError> {
+        if self.rider.is_some() || self.rider_result.is_some() {
+            return Err(super::shape("comparison", "a background comparison is already running"));
+        }
+        if drop + bits > 64 {
+            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
+        }
+        if x.is_empty() {
+            self.rider_result = Some(Shares::from_raw(Vec::new()));
+            return Ok(());
+        }
+        let x = compare::reduce_local(x, drop);
+        let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
+        let (core, step) = compare::Compare::start(&x, bits, t, d)?;
+        match step {
+            compare::Step::Send(msg) => self.rider = Some((core, msg, 0)),
+            compare::Step::Done(s) => self.rider_result = Some(s),
+        }
+        Ok(())
+    }
+
+    /// Runs the background comparison's remaining rounds (if any) and returns its result.
+    pub fn finish_background_msb(&mut self) -> Result<Shares<R>, MpcError> {
+        while let Some((_, msg, round)) = &self.rider {
+            let (msg, what) = (msg.clone(), self.rider_label(*round));
+            let peer = self.transfer(what, &msg, msg.len())?;
+            self.step_rider(&peer)?;
+        }
+        self.rider_result.take().ok_or_else(|| super::shape("comparison", "no background comparison was started"))
+    }
+
+
+    /// Shares of elementwise products `x * y` for every pair, in one round.
+    pub fn mul_many(&mut self, pairs: &[(&Shares<R>, &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
+        let mut states = Vec::with_capacity(pairs.len());
+        let mut msg = Vec::new();
+        for (x, y) in pairs {
+            let t = self.material.take_triples(x.len())?;
+            let (st, m) = beaver::mul_start(x, y, t)?;
+            msg.extend_from_slice(&m);
+            states.push((st, m.len()));
+        }
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(states.len());
+        for (st, len) in states {
+            out.push(beaver::mul_finish(st, &peer[at..at + len])?);
+            at += len;
+        }
+        Ok(out)
+    }
+
+    /// Like [`Session::mul_many`], plus the square of `square` (with a square pair) in
+    /// the same round, returned last.
+    pub fn mul_many_with_square(
+        &mut self,
+        pairs: &[(&Shares<R>, &Shares<R>)],
+        square: Option<&Shares<R>>,
+    ) -> Result<Vec<Shares<R>>, MpcError> {
+        let mut states = Vec::with_capacity(pairs.len());
+        let mut msg = Vec::new();
+        for (x, y) in pairs {
+            let t = self.material.take_triples(x.len())?;
+            let (st, m) = beaver::mul_start(x, y, t)?;
+            msg.extend_from_slice(&m);
+            states.push((st, m.len()));
+        }
+        let sq = match square {
+            Some(x) => {
+                let p = self.material.take_square_pairs(x.len())?;
+                let (st, m) = beaver::square_start(x, p)?;
+                msg.extend_from_slice(&m);
+                Some((st, m.len()))
+            }
+            None => None,
+        };
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(states.len() + 1);
+        for (st, len) in states {
+            out.push(beaver::mul_finish(st, &peer[at..at + len])?);
+            at += len;
+        }
+        if let Some((st, len)) = sq {
+            out.push(beaver::square_finish(st, &peer[at..at + len])?);
+        }
+        Ok(out)
+    }
+
+    /// Shares of `x * y` (elementwise), one round.
+    pub fn mul(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
+        Ok(self.mul_many(&[(x, y)])?.remove(0))
+    }
+
+    /// Shares of `x^2` with a square pair, one round.
+    pub fn square(&mut self, x: &Shares<R>) -> Result<Shares<R>, MpcError> {
+        let p = self.material.take_square_pairs(x.len())?;
+        let (st, msg) = beaver::square_start(x, p)?;
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        beaver::square_finish(st, &peer)
+    }
+
+    /// Matrix products with one matrix triple each, all in one round.
+    pub fn matmul_many(&mut self, ops: &[MatMul<'_, R>]) -> Result<Vec<Shares<R>>, MpcError> {
+        let mut states = Vec::with_capacity(ops.len());
+        let mut msg = Vec::new();
+        for op in ops {
+            let t = self.material.take_matrix_triple(op.m, op.k, op.n)?;
+            let (st, m) = beaver::matmul_start(op.x, op.y, t)?;
+            msg.extend_from_slice(&m);
+            states.push((st, m.len()));
+        }
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(states.len());
+        for (st, len) in states {
+            out.push(beaver::matmul_finish(st, &peer[at..at + len])?);
+            at += len;
+        }
+        Ok(out)
+    }
+
+    /// Faithful truncation by `shift` ([`trunc`]), one round (P0 sends, P1 answers).
+    pub fn trunc(&mut self, x: Shares<R>, shift: u32) -> Result<Shares<R>, MpcError> {
+        let n = x.len();
+        if n == 0 {
+            return Ok(x);
+        }
+        let ots = self.material.take_trunc_ots(n, shift)?;
+        if R::ID == 0 {
+            let x0 = Shares::<P0>::from_raw(x.into_raw());
+            let ots = super::RandomOts::<P0>::receiver(ots.n_choices, ots.bits, ots.index, ots.strings);
+            let (st, msg) = trunc::p0_start(&x0, shift, ots)?;
+            let answer = self.transfer(Opened::TruncationOt, &msg, packed_words(2 * n, shift))?;
+            Ok(Shares::from_raw(trunc::p0_finish(st, &answer)?.into_raw()))
+        } else {
+            let x1 = Shares::<P1>::from_raw(x.into_raw());
+            let ots = super::RandomOts::<P1>::sender(ots.n_choices, ots.bits, ots.strings);
+            let msg = self.transfer(Opened::TruncationOt, &[], packed_words(n, 1))?;
+            let (t1, answer) = trunc::p1_respond(&x1, shift, &ots, &msg, &mut self.rng)?;
+            self.transfer(Opened::TruncationOt, &answer, 0)?;
+            Ok(Shares::from_raw(t1.into_raw()))
+        }
+    }
+
+    /// Additive shares of `msb(x mod 2^bits)` ([`compare`]): `1 + ceil(log2(bits-1)) + 1`
+    /// rounds.
+    pub fn msb(&mut self, x: &Shares<R>, bits: u32) -> Result<Shares<R>, MpcError> {
+        if x.is_empty() {
+            return Ok(Shares::from_raw(Vec::new()));
+        }
+        let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
+        let (mut core, mut step) = compare::Compare::start(x, bits, t, d)?;
+        let mut rounds = 0;
+        loop {
+            match step {
+                compare::Step::Send(msg) => {
+                    rounds += 1;
+                    let what = if rounds == compare::rounds(bits) { Opened::MaskedBit } else { Opened::MaskedAnd };
+                    let peer = self.transfer(what, &msg, msg.len())?;
+                    step = core.step(&peer)?;
+                }
+                compare::Step::Done(s) => return Ok(s),
+            }
+        }
+    }
+
+    /// Additive shares of the sign of `floor(x / 2^drop)` read on `bits` bits: the low
+    /// `drop` bits are dropped locally first ([`compare::reduce_local`]), so `bits` must
+    /// be at most `64 - drop`. Exact when `2^drop <= |x| < 2^(drop + bits - 1)` or `x < 0`.
+    pub fn msb_reduced(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<Shares<R>, MpcError> {
+        if drop + bits > 64 {
+            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
+        }
+        self.msb(&compare::reduce_local(x, drop), bits)
+    }
+
+    /// P0 shares a private vector: it keeps `x - r` and sends P1 a fresh 32-byte seed of
+    /// `r`. P1 calls this with `x = None` and `n` its length. 32 bytes, no round.
+    pub fn input_from_p0(&mut self, x: Option<&[u64]>, n: usize) -> Result<Shares<R>, MpcError> {
+        if R::ID == 0 {
+            let x = x.ok_or_else(|| super::shape("input", "P0 must provide its input"))?;
+            super::check_len("input", "P0's input", x.len(), n)?;
+            let seed = Seed::random(&mut self.rng);
+            let words: Vec<u64> = seed.0.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            self.transfer(Opened::InputSeed, &words, 0)?;
+            let r = Prg::new(&seed).u64s(n);
+            Ok(Shares::from_raw(crate::ring::sub(x, &r)))
+        } else {
+            let words = self.transfer(Opened::InputSeed, &[], 4)?;
+            let mut bytes = [0u8; 32];
+            for (i, w) in words.iter().enumerate() {
+                bytes[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            Ok(Shares::from_raw(Prg::new(&Seed(bytes)).u64s(n)))
+        }
+    }
+
+    /// Opens `x` to P0 only: P1 sends its shares, P0 returns the values; P1 gets `None`.
+    pub fn reveal_to_p0(&mut self, x: &Shares<R>) -> Result<Option<Vec<u64>>, MpcError> {
+        if R::ID == 0 {
+            let peer = self.transfer(Opened::FinalLogits, &[], x.len())?;
+            Ok(Some(crate::ring::add(x.as_slice(), &peer)))
+        } else {
+            self.transfer(Opened::FinalLogits, x.as_slice(), 0)?;
+            Ok(None)
+        }
+    }
+}
