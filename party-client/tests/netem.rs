@@ -419,12 +419,9 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
     assert!(out.status.success(), "{err}");
     let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap()).unwrap();
     let points = results["points"].as_array().unwrap();
-    let served_v3 = points.iter().any(|p| p["variant"] == "v3");
-    if !served_v3 {
-        // v3 is not served yet: skipped with a note, not failed.
-        assert!(err.contains("v3: not served"), "{err}");
-        assert!(results["skipped"][0].as_str().unwrap().contains("v3"));
-    }
+    // Two variants x two RTTs x one rate.
+    let v3 = points.iter().filter(|p| p["variant"] == "v3" && p["error"].is_null()).count();
+    assert_eq!(v3, 2, "v3 points: {points:?}");
     let v2: Vec<&serde_json::Value> = points.iter().filter(|p| p["variant"] == "v2").collect();
     assert_eq!(v2.len(), 2);
     for p in &v2 {
@@ -443,7 +440,7 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
     assert!(b - a > 0.5 * rounds * 8.0, "2 ms: {a} ms, 10 ms: {b} ms, {rounds} rounds");
     let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
     assert!(md.contains("| variant | RTT |") && md.contains("| v2 | 2 ms | 1gbit |") && md.contains("Cost model"), "{md}");
-    for svg in ["latency-v2.svg", "bytes.svg"] {
+    for svg in ["latency-v2.svg", "latency-v3.svg", "bytes.svg"] {
         let text = std::fs::read_to_string(out_dir.join(svg)).unwrap();
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{svg}");
         assert!(text.contains("<polyline") || text.contains("<path"), "{svg} has no lines");
