@@ -10,6 +10,8 @@
 //! * [`material`]: dealer bundles on disk (manifest, per-party shards, one-time journal).
 //! * [`model`]: Hugging Face checkpoint loading, the operations trait, the forward pass,
 //!   the plaintext reference engine, the planner, sampling.
+//! * [`variants`]: the private variants as implementations of the operations trait (v2
+//!   and v3 client-assisted, v3-mpc on shares) and the server party's session dispatch.
 #![deny(missing_docs)]
 
 pub mod material;
