@@ -766,3 +766,35 @@ fn tiny_qwen2_over_quic_loopback() {
     }
     assert!(greedy_equal >= 3, "greedy_8 equal in {greedy_equal} of 4");
 }
+
+/// A driven session: P1 does not know the prompt length or the steps; P0 announces each
+/// step's public shape and P1 follows with `serve_driven`, as a server party does.
+#[test]
+fn driven_session_lets_p1_follow_unknown_steps() {
+    let (md, w) = tiny();
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let ids = cases()[1].clone();
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(77)).split();
+    let (ch0, ch1) = shardlm_transport::memory::pair();
+    let (w1, r1, c1) = (w.clone(), ring.clone(), c.clone());
+    let server = std::thread::spawn(move || {
+        let p1 = MpcParty::new(w1, r1, ch1, m1, Seed::from_u64(2)).driven();
+        shardlm_protocols::variants::mpc::serve_driven(p1, &c1).map(|(passes, _, _)| passes)
+    });
+    let mut p0 = MpcParty::new(w.clone(), ring, ch0, m0, Seed::from_u64(1)).driven();
+    // All-position logits in the prefill (P1 learns the choice from P0), then greedy steps.
+    let l = forward(&mut p0, &c, &ids, 0, Rows::All).unwrap().unwrap();
+    assert_eq!(l.rows(), ids.len());
+    let mut next = argmax(l.last());
+    for pos in ids.len()..ids.len() + 2 {
+        next = argmax(forward(&mut p0, &c, &[next], pos, Rows::Last).unwrap().unwrap().last());
+    }
+    let _ = next;
+    p0.end_steps().unwrap();
+    p0.finish().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), 3);
+    let mut plain = PlainEngine::new(w, Arc::new(shardlm_gpu::CpuBackend::new()));
+    let pl = forward(&mut plain, &c, &ids, 0, Rows::All).unwrap().unwrap();
+    assert_eq!(argmax(pl.last()), argmax(l.last()));
+}

@@ -37,6 +37,9 @@ pub enum Opened {
     InputSeed,
     /// The final logits, opened to P0 only.
     FinalLogits,
+    /// Public shape of the next step (positions, which rows get logits), P0 to P1, so a
+    /// server party can follow a session it cannot see. Never a secret.
+    PublicShape,
 }
 
 impl Opened {
@@ -49,6 +52,7 @@ impl Opened {
             Opened::TruncationOt => "truncation OT message",
             Opened::InputSeed => "seed of uniform input shares",
             Opened::FinalLogits => "final logits",
+            Opened::PublicShape => "public step shape",
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct MpcParty<R: Role, C: Channel, M: MaterialSource<R>> {
     cache: Vec<SharedCache>,
     inv_freq: Vec<f64>,
     costs: BTreeMap<&'static str, OpCost>,
+    /// Whether step shapes travel P0 -> P1 ([`MpcParty::driven`]).
+    driven: bool,
 }
 
 /// Traffic of one kind of operation, summed over calls (this party's view).
@@ -135,7 +137,46 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let inv_freq = (0..d / 2).map(|i| 1.0 / c.rope_theta.powf(2.0 * i as f64 / d as f64)).collect();
         let cache = vec![SharedCache::default(); c.num_hidden_layers];
         let fixed = ring.fixed();
-        MpcParty { weights, ring, fixed, sess: Session::new(chan, material, rng_seed), cache, inv_freq, costs: BTreeMap::new() }
+        MpcParty {
+            weights,
+            ring,
+            fixed,
+            sess: Session::new(chan, material, rng_seed),
+            cache,
+            inv_freq,
+            costs: BTreeMap::new(),
+            driven: false,
+        }
+    }
+
+    /// A party whose steps are driven by P0 over the wire: P0 announces each step's
+    /// number of positions (at `embed`) and which rows get logits (at `select_rows`), so
+    /// P1 can run as a server that follows sessions it cannot see (the shapes are public:
+    /// the prompt length). P1 reads them with [`MpcParty::next_step`] and uses P0's rows
+    /// choice whatever it passed. Both parties must agree on this setting.
+    pub fn driven(mut self) -> Self {
+        self.driven = true;
+        self
+    }
+
+    /// P1 (driven): waits for the next step; `Some(positions)` to run a forward pass on
+    /// that many placeholder tokens, `None` when P0 ended the session
+    /// ([`MpcParty::end_steps`], then both call [`MpcParty::finish`]).
+    pub fn next_step(&mut self) -> Result<Option<usize>, MpcPartyError> {
+        let n = self.sess.transfer(Opened::PublicShape, &[], 1)?;
+        Ok(match n.first().copied() {
+            Some(0) | None => None,
+            Some(n) if n <= 1 << 20 => Some(n as usize),
+            Some(n) => {
+                return Err(MpcError::Shape { op: "step", detail: format!("P0 announced {n} positions") }.into())
+            }
+        })
+    }
+
+    /// P0 (driven): tells P1 there are no more steps.
+    pub fn end_steps(&mut self) -> Result<(), MpcPartyError> {
+        self.sess.transfer(Opened::PublicShape, &[0], 0)?;
+        Ok(())
     }
 
     /// The session (audit log, counters, recording switch).
@@ -469,6 +510,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
 
     /// P0 passes the real tokens; P1 passes placeholders of the same count.
     fn embed(&mut self, tokens: &[u32]) -> Result<SharedTensor<R>, MpcPartyError> {
+        if self.driven && R::ID == 0 {
+            self.sess.transfer(Opened::PublicShape, &[tokens.len() as u64], 0)?;
+        }
         let m = self.counters();
         let r = self.do_embed(tokens)?;
         self.meter("embed", m, r.data.len());
@@ -511,6 +555,17 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         self.do_add(a, b)
     }
     fn select_rows(&mut self, x: &SharedTensor<R>, rows: Rows) -> Result<SharedTensor<R>, MpcPartyError> {
+        let rows = match (self.driven, R::ID) {
+            (false, _) => rows,
+            (true, 0) => {
+                self.sess.transfer(Opened::PublicShape, &[u64::from(rows == Rows::All)], 0)?;
+                rows
+            }
+            (true, _) => match self.sess.transfer(Opened::PublicShape, &[], 1)?.first() {
+                Some(1) => Rows::All,
+                _ => Rows::Last,
+            },
+        };
         self.do_select_rows(x, rows)
     }
     fn reveal_logits(&mut self, logits: &SharedTensor<R>) -> Result<Option<Logits>, MpcPartyError> {
@@ -582,4 +637,21 @@ pub fn plan_session(
         return Err(MpcError::Shape { op: "plan", detail: "the two parties' material requests differ".into() }.into());
     }
     Ok(MpcPlan { requests, costs, counters })
+}
+
+/// Runs the server party (P1) of a driven v3-mpc session until P0 ends it: each step on
+/// placeholder tokens of the announced count. Returns the number of forward passes.
+pub fn serve_driven<C: Channel, M: MaterialSource<P1>>(
+    mut party: MpcParty<P1, C, M>,
+    config: &shardlm_configs::ModelConfig,
+) -> Result<(u64, C, M), MpcPartyError> {
+    let mut pos = 0usize;
+    let mut passes = 0u64;
+    while let Some(n) = party.next_step()? {
+        crate::model::qwen2::forward(&mut party, config, &vec![0u32; n], pos, Rows::Last)?;
+        pos += n;
+        passes += 1;
+    }
+    let (chan, material) = party.finish()?;
+    Ok((passes, chan, material))
 }
