@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use shardlm_client::bench::{self, RunMeasurement};
 use shardlm_client::eval::{self, CaseResult};
-use shardlm_client::session::{parse_server, LocalModel, Loopback, MaterialPlan, Private, Remote};
+use shardlm_client::session::{parse_server, LocalModel, Loopback, MaterialPlan, MpcLoopback, Private, Remote};
 use shardlm_client::text::{StreamDecoder, TextCodec};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_protocols::model::generate::{generate, Generation};
@@ -318,6 +318,7 @@ fn main() -> std::process::ExitCode {
 enum Mode {
     Local,
     Private(Box<Private>),
+    Mpc(Box<MpcLoopback>),
 }
 
 impl Mode {
@@ -325,11 +326,17 @@ impl Mode {
         if party.local || variant == Variant::Local {
             return Ok(Mode::Local);
         }
-        if !matches!(variant, Variant::V2 | Variant::V3) {
-            bail!("variant `{variant}` is not available in this build; use `--variant v2`, `--variant v3` or `--local`");
-        }
         let (backend, _) = shardlm_gpu::best_available();
         let timeouts = party.timeouts.timeouts()?;
+        if variant == Variant::V3Mpc {
+            if !party.loopback {
+                bail!("in this build `--variant v3-mpc` runs with `--loopback` only (a remote server needs its dealt shard, which `serve` does not load yet)");
+            }
+            return Ok(Mode::Mpc(Box::new(MpcLoopback::start(model, backend, timeouts)?)));
+        }
+        if !matches!(variant, Variant::V2 | Variant::V3) {
+            bail!("variant `{variant}` is not available in this build; use `--variant v2`, `v3`, `v3-mpc --loopback` or `--local`");
+        }
         let (remote, loopback) = if party.loopback {
             let lb = Loopback::start(model, backend.clone(), timeouts)?;
             (lb.remote.clone(), Some(lb))
@@ -366,6 +373,7 @@ impl Mode {
         match self {
             Mode::Local => "local plaintext engine".into(),
             Mode::Private(p) => format!("{} with server {}", p.variant, p.remote.addr),
+            Mode::Mpc(m) => format!("v3-mpc with in-process server {} (ideal dealer)", m.remote().addr),
         }
     }
 }
@@ -402,6 +410,11 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             let mut client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
             let g = generate(&mut client, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?;
             (g, Some(p.finish(client)?))
+        }
+        Mode::Mpc(m) => {
+            let mut party = m.open(&model)?;
+            let g = generate(&mut party, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?;
+            (g, Some(m.finish(party)?))
         }
     };
     println!();
@@ -449,6 +462,12 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                     .with_context(|| format!("case {i}"))?;
                 let _ = t;
                 (l, g, p.finish(client)?)
+            }
+            Mode::Mpc(m) => {
+                let mut party = m.open(&model)?;
+                let (l, g) = eval::run_case(&mut party, &config, &case.input_ids, a.greedy, rows)
+                    .with_context(|| format!("case {i}"))?;
+                (l, g, m.finish(party)?)
             }
         };
         let seconds = t.elapsed().as_secs_f64();
@@ -556,6 +575,12 @@ fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
                 m.traffic = p.finish(client)?;
                 m
             }
+            Mode::Mpc(mpc) => {
+                let party = mpc.open(&model)?;
+                let (mut m, party) = measured_run(party, &config, &prompt, a.max_tokens)?;
+                m.traffic = mpc.finish(party)?;
+                m
+            }
         };
         if i >= a.warmup {
             runs.push(m);
@@ -568,6 +593,7 @@ fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
         Mode::Private(p) => QuicClient::info(p.remote.addr, &p.remote.identity, &p.remote.server_fingerprint, p.remote.config.clone())
             .map(|i| i.devices.join(", "))
             .unwrap_or_else(|_| "unknown".into()),
+        Mode::Mpc(_) => backend.name(),
     };
     let cfg = serde_json::json!({
         "prompt_tokens": prompt.len(),

@@ -8,10 +8,11 @@ use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::{ModelDir, Weights};
-use shardlm_protocols::variants::server::{ServerParty, SERVED_VARIANTS};
+use shardlm_protocols::variants::server::{MpcMaterialQueue, ServerParty};
 use shardlm_transport::handshake::{ServerInfo, PROTOCOL_VERSION};
 use shardlm_protocols::model::Rows;
-use shardlm_protocols::material::{BundleWriter, Manifest, Material};
+use shardlm_protocols::material::{BundleWriter, IdealDealer, Manifest, Material};
+use shardlm_protocols::variants::mpc::MpcParty;
 use shardlm_protocols::prg::Seed;
 use shardlm_protocols::share::P0;
 use shardlm_protocols::variants::v2::{deal_sessions, Pipeline, RingWeights, V2Client};
@@ -88,6 +89,8 @@ impl Remote {
 pub struct Loopback {
     /// How the client reaches it.
     pub remote: Remote,
+    /// Where the in-process server takes each v3-mpc session's P1 material from.
+    pub mpc_material: MpcMaterialQueue,
     server: Arc<QuicServer>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -97,12 +100,14 @@ impl Loopback {
     pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: Timeouts) -> Result<Self> {
         let server_id = Identity::generate("shardlm-server")?;
         let client_id = Identity::generate("shardlm-client")?;
-        let party = Arc::new(ServerParty::new(&model.weights, FixedPoint::default(), backend.clone())?);
+        let mpc_material = MpcMaterialQueue::default();
+        let party =
+            Arc::new(ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?.with_mpc_material(mpc_material.clone()));
         let info = ServerInfo {
             model: model.dir.config.name.clone(),
             architecture: "Qwen2ForCausalLM".into(),
             fingerprint: model.fingerprint.clone(),
-            variants: SERVED_VARIANTS.iter().map(|v| v.to_string()).collect(),
+            variants: party.variants().iter().map(|v| v.to_string()).collect(),
             devices: vec![backend.name()],
             version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,
@@ -137,7 +142,7 @@ impl Loopback {
                 }
             })
         })?;
-        Ok(Self { remote, server, thread: Some(thread) })
+        Ok(Self { remote, mpc_material, server, thread: Some(thread) })
     }
 }
 
@@ -246,6 +251,50 @@ impl Private {
         }
         let counters = chan.counters();
         // Wait for the server to close after the end frame, so nothing is cut off.
+        let _ = chan.recv_bytes_within(shardlm_transport::Lane::Control, Duration::from_secs(5));
+        chan.close(close_code::NORMAL, "done");
+        Ok(counters)
+    }
+}
+
+/// v3-mpc with the server party in this process (`--loopback`): both parties compute on
+/// shares over QUIC on 127.0.0.1; the client deals each session with the ideal dealer and
+/// hands P1's half to the in-process server (a remote v3-mpc server needs its shard of a
+/// dealt bundle, which this build does not load yet).
+pub struct MpcLoopback {
+    loopback: Loopback,
+    ring: Arc<RingWeights>,
+}
+
+/// The client party of a v3-mpc session.
+pub type MpcSession = MpcParty<P0, QuicChannel, Material<P0>>;
+
+impl MpcLoopback {
+    /// Starts the in-process server party and encodes the client's ring weights.
+    pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: shardlm_configs::Timeouts) -> Result<Self> {
+        let loopback = Loopback::start(model, backend.clone(), timeouts)?;
+        let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?);
+        Ok(Self { loopback, ring })
+    }
+
+    /// The in-process server.
+    pub fn remote(&self) -> &Remote {
+        &self.loopback.remote
+    }
+
+    /// Deals one session's material (P1's half to the server) and connects.
+    pub fn open(&mut self, model: &LocalModel) -> Result<MpcSession> {
+        let (m0, m1) = IdealDealer::new(Seed::random(&mut OsRng)).split();
+        self.loopback.mpc_material.lock().map_err(|_| anyhow!("material queue poisoned"))?.push_back(m1);
+        let (chan, _) = self.loopback.remote.session(Variant::V3Mpc, model)?;
+        Ok(MpcParty::new(model.weights.clone(), self.ring.clone(), chan, m0, Seed::random(&mut OsRng)).driven())
+    }
+
+    /// Ends a session cleanly and returns its traffic.
+    pub fn finish(&mut self, mut party: MpcSession) -> Result<Counters> {
+        party.end_steps()?;
+        let counters = party.counters();
+        let (mut chan, _) = party.finish()?;
         let _ = chan.recv_bytes_within(shardlm_transport::Lane::Control, Duration::from_secs(5));
         chan.close(close_code::NORMAL, "done");
         Ok(counters)

@@ -13,7 +13,7 @@ use shardlm_configs::{FixedPoint, ModelConfig, Timeouts, Variant};
 use shardlm_gpu::DeviceChoice;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::ModelDir;
-use shardlm_protocols::variants::server::{ServerParty, SERVED_VARIANTS};
+use shardlm_protocols::variants::server::ServerParty;
 use shardlm_transport::handshake::{Request, ServerInfo, PROTOCOL_VERSION};
 use shardlm_transport::{close_code, Identity, QuicConfig, QuicServer};
 use std::net::SocketAddr;
@@ -162,15 +162,14 @@ fn serve(a: ServeArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let fp = fingerprint(&dir)?;
     let weights = dir.load_weights()?;
-    let party = Arc::new(ServerParty::new(&weights, FixedPoint::default(), backend)?);
-    drop(weights);
+    let party = Arc::new(ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?);
     eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
 
     let info = ServerInfo {
         model: dir.config.name.clone(),
         architecture: "Qwen2ForCausalLM".into(),
         fingerprint: fp,
-        variants: SERVED_VARIANTS.iter().map(|v| v.to_string()).collect(),
+        variants: party.variants().iter().map(|v| v.to_string()).collect(),
         devices: vec![party.backend_name().to_string()],
         version: env!("CARGO_PKG_VERSION").into(),
         protocol_version: PROTOCOL_VERSION,

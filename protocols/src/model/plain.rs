@@ -179,6 +179,8 @@ impl PlainEngine {
 #[macro_export]
 macro_rules! delegate_clear_ops {
     ($field:ident, $err:ty) => {
+        // `?` converts the engine's error into the implementor's.
+        #[allow(clippy::needless_question_mark)]
         fn embed(&mut self, tokens: &[u32]) -> Result<$crate::model::kernels::Tensor, $err> {
             Ok(self.$field.embed(tokens)?)
         }
@@ -193,6 +195,7 @@ macro_rules! delegate_clear_ops {
             self.$field.rope(qkv, start_pos);
             Ok(())
         }
+        #[allow(clippy::needless_question_mark)]
         fn attention(
             &mut self,
             qkv: &$crate::model::kernels::Tensor,

@@ -1,30 +1,79 @@
 //! The server party's session dispatch: one loaded model in the encodings every served
 //! variant needs, shared by all sessions, and the per-variant session loop. IO-free
 //! beyond [`Channel`]; the QUIC accept loop lives in the transport crate and the binary.
+//!
+//! v2/v3 need nothing per session. v3-mpc needs P1's one-time material for each session:
+//! a server that has a source of it ([`ServerParty::with_mpc_material`]) serves v3-mpc,
+//! taking one session's material per client session, in order.
 
+use super::mpc::{serve_driven, MpcParty, MpcPartyError};
 use super::v2::{RingWeights, ServerSessionStats, V2Error, V2Server};
+use crate::material::Material;
 use crate::model::Weights;
+use crate::prg::Seed;
+use crate::share::P1;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::Backend;
 use shardlm_transport::Channel;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
-/// Variants this server build serves.
-pub const SERVED_VARIANTS: &[Variant] = &[Variant::V2, Variant::V3];
+/// Queue of P1 material for v3-mpc sessions, one entry per session, filled by whoever
+/// deals (the in-process loopback client, or a loader of dealt bundles).
+pub type MpcMaterialQueue = Arc<Mutex<VecDeque<Material<P1>>>>;
+
+/// Errors of a served session.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A v2/v3 session failed.
+    #[error(transparent)]
+    V2(#[from] V2Error),
+    /// A v3-mpc session failed.
+    #[error(transparent)]
+    Mpc(#[from] MpcPartyError),
+    /// This server cannot serve the variant.
+    #[error("variant {0} is not served by this server{1}")]
+    NotServed(Variant, &'static str),
+}
 
 /// A loaded server party.
 pub struct ServerParty {
     config: ModelConfig,
+    weights: Arc<Weights>,
+    ring: Arc<RingWeights>,
     v2: V2Server,
     backend_name: String,
+    mpc_material: Option<MpcMaterialQueue>,
 }
 
 impl ServerParty {
     /// Prepares the model: weights in ring encoding, prepared on the backend once.
-    pub fn new(weights: &Weights, fixed: FixedPoint, backend: Arc<dyn Backend>) -> Result<Self, V2Error> {
+    pub fn new(weights: Arc<Weights>, fixed: FixedPoint, backend: Arc<dyn Backend>) -> Result<Self, V2Error> {
         let backend_name = backend.name();
-        let ring = Arc::new(RingWeights::encode(weights, fixed, backend)?);
-        Ok(Self { config: weights.config.clone(), backend_name, v2: V2Server::new(ring) })
+        let ring = Arc::new(RingWeights::encode(&weights, fixed, backend)?);
+        Ok(Self {
+            config: weights.config.clone(),
+            weights,
+            backend_name,
+            v2: V2Server::new(ring.clone()),
+            ring,
+            mpc_material: None,
+        })
+    }
+
+    /// Serves v3-mpc too, taking each session's P1 material from `queue`.
+    pub fn with_mpc_material(mut self, queue: MpcMaterialQueue) -> Self {
+        self.mpc_material = Some(queue);
+        self
+    }
+
+    /// The variants this party serves.
+    pub fn variants(&self) -> Vec<Variant> {
+        let mut v = vec![Variant::V2, Variant::V3];
+        if self.mpc_material.is_some() {
+            v.push(Variant::V3Mpc);
+        }
+        v
     }
 
     /// The model shape.
@@ -38,11 +87,26 @@ impl ServerParty {
     }
 
     /// Runs one session of `variant` on `chan` until the client ends it.
-    pub fn serve_session<C: Channel>(&self, chan: &mut C, variant: Variant) -> Result<ServerSessionStats, V2Error> {
+    pub fn serve_session<C: Channel>(&self, chan: &mut C, variant: Variant) -> Result<ServerSessionStats, ServeError> {
         match variant {
-            Variant::V2 => self.v2.serve_session(chan),
-            Variant::V3 => self.v2.serve_pipelined(chan),
-            other => Err(V2Error::Protocol(format!("variant {other} is not served by this server"))),
+            Variant::V2 => Ok(self.v2.serve_session(chan)?),
+            Variant::V3 => Ok(self.v2.serve_pipelined(chan)?),
+            Variant::V3Mpc => {
+                let queue = self.mpc_material.as_ref().ok_or(ServeError::NotServed(
+                    variant,
+                    ": it has no source of P1 material (in this build v3-mpc is served by --loopback)",
+                ))?;
+                let material = queue
+                    .lock()
+                    .map_err(|_| ServeError::NotServed(variant, ": its material queue is poisoned"))?
+                    .pop_front()
+                    .ok_or(ServeError::NotServed(variant, ": no material was dealt for this session"))?;
+                let seed = Seed::random(&mut rand_core::OsRng);
+                let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed).driven();
+                let (passes, _, _) = serve_driven(party, &self.config)?;
+                Ok(ServerSessionStats { requests: 0, forward_passes: passes })
+            }
+            other => Err(ServeError::NotServed(other, "")),
         }
     }
 }
