@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use shardlm_client::bench::{self, RunMeasurement};
 use shardlm_client::eval::{self, CaseResult};
-use shardlm_client::session::{parse_server, LocalModel, Loopback, MaterialPlan, MpcLoopback, Private, Remote};
+use shardlm_client::session::{parse_server, LocalModel, Loopback, MaterialPlan, MpcPrivate, Private, Remote};
 use shardlm_client::text::{StreamDecoder, TextCodec};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_protocols::model::generate::{generate, Generation};
@@ -318,7 +318,7 @@ fn main() -> std::process::ExitCode {
 enum Mode {
     Local,
     Private(Box<Private>),
-    Mpc(Box<MpcLoopback>),
+    Mpc(Box<MpcPrivate>),
 }
 
 impl Mode {
@@ -328,14 +328,11 @@ impl Mode {
         }
         let (backend, _) = shardlm_gpu::best_available();
         let timeouts = party.timeouts.timeouts()?;
-        if variant == Variant::V3Mpc {
-            if !party.loopback {
-                bail!("in this build `--variant v3-mpc` runs with `--loopback` only (a remote server needs its dealt shard, which `serve` does not load yet)");
-            }
-            return Ok(Mode::Mpc(Box::new(MpcLoopback::start(model, backend, timeouts)?)));
+        if variant == Variant::V3Mpc && party.loopback {
+            return Ok(Mode::Mpc(Box::new(MpcPrivate::loopback(model, backend, timeouts)?)));
         }
-        if !matches!(variant, Variant::V2 | Variant::V3) {
-            bail!("variant `{variant}` is not available in this build; use `--variant v2`, `v3`, `v3-mpc --loopback` or `--local`");
+        if !matches!(variant, Variant::V2 | Variant::V3 | Variant::V3Mpc) {
+            bail!("variant `{variant}` is not available in this build; use `--variant v2`, `v3`, `v3-mpc` or `--local`");
         }
         let (remote, loopback) = if party.loopback {
             let lb = Loopback::start(model, backend.clone(), timeouts)?;
@@ -357,6 +354,12 @@ impl Mode {
             };
             (remote, None)
         };
+        if variant == Variant::V3Mpc {
+            let dir = party.material.clone().context(
+                "v3-mpc against a server needs `--material DIR`: P0's shard of a bundle from `shardlm-client dealer --variant v3-mpc` (the server is started with the same bundle)",
+            )?;
+            return Ok(Mode::Mpc(Box::new(MpcPrivate::remote(remote, dir, model, backend)?)));
+        }
         let material = match &party.material {
             Some(dir) => MaterialPlan::Bundle { dir: dir.clone(), open: None },
             // The client acts as its own dealer (DESIGN.md section 1): each session's
@@ -373,7 +376,7 @@ impl Mode {
         match self {
             Mode::Local => "local plaintext engine".into(),
             Mode::Private(p) => format!("{} with server {}", p.variant, p.remote.addr),
-            Mode::Mpc(m) => format!("v3-mpc with in-process server {} (ideal dealer)", m.remote().addr),
+            Mode::Mpc(m) => format!("v3-mpc with server {}", m.server().addr),
         }
     }
 }
@@ -735,8 +738,8 @@ fn cmd_keygen(a: KeygenArgs) -> Result<()> {
 }
 
 fn cmd_dealer(a: DealerArgs) -> Result<()> {
-    if !matches!(a.variant, Variant::V2 | Variant::V3) {
-        bail!("the dealer makes `--variant v2` and `--variant v3` material in this build; `{}` is not available yet", a.variant);
+    if !matches!(a.variant, Variant::V2 | Variant::V3 | Variant::V3Mpc) {
+        bail!("the dealer makes v2, v3 and v3-mpc material in this build; `{}` is not available yet", a.variant);
     }
     if a.prompt_tokens == 0 || a.max_new_tokens == 0 || a.sessions == 0 {
         bail!("--prompt-tokens, --max-new-tokens and --sessions must be at least 1");
@@ -758,13 +761,28 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
         indicatif::ProgressBar::hidden()
     };
     let rows = if a.all_positions { Rows::All } else { Rows::Last };
-    shardlm_protocols::variants::v2::deal_sessions(&mut writer, &ring, a.prompt_tokens, a.max_new_tokens, rows, a.sessions, |done, total| {
+    let progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })?;
+    };
+    let planned = if a.variant == Variant::V3Mpc {
+        let ring = Arc::new(ring);
+        let plan = shardlm_protocols::variants::mpc::deal_sessions(
+            &mut writer, &model.weights, &ring, a.prompt_tokens, a.max_new_tokens, rows, a.sessions, progress,
+        )?;
+        let mut per_party = [0f64; 2];
+        for req in &plan.requests {
+            for (p, b) in per_party.iter_mut().enumerate() {
+                *b += req.raw_bytes(p as u8)?;
+            }
+        }
+        per_party.map(|b| (b * a.sessions as f64).round() as u64)
+    } else {
+        shardlm_protocols::variants::v2::deal_sessions(&mut writer, &ring, a.prompt_tokens, a.max_new_tokens, rows, a.sessions, progress)?;
+        shardlm_protocols::variants::v2::planned_raw_bytes(&model.dir.config, a.prompt_tokens, a.max_new_tokens, rows, a.sessions)?
+    };
     let manifest = writer.finish()?;
     bar.finish_and_clear();
-    let planned = shardlm_protocols::variants::v2::planned_raw_bytes(&model.dir.config, a.prompt_tokens, a.max_new_tokens, rows, a.sessions)?;
     println!(
         "bundle {} for {} ({}): {} sessions of {} + {} tokens, dealt in {:.1} s on {}",
         a.out.display(),

@@ -8,7 +8,7 @@ use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::{ModelDir, Weights};
-use shardlm_protocols::variants::server::{MpcMaterialQueue, ServerParty};
+use shardlm_protocols::variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
 use shardlm_transport::handshake::{ServerInfo, PROTOCOL_VERSION};
 use shardlm_protocols::model::Rows;
 use shardlm_protocols::material::{BundleWriter, IdealDealer, Manifest, Material};
@@ -102,7 +102,7 @@ impl Loopback {
         let client_id = Identity::generate("shardlm-client")?;
         let mpc_material = MpcMaterialQueue::default();
         let party =
-            Arc::new(ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?.with_mpc_material(mpc_material.clone()));
+            Arc::new(ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?.with_mpc_material(MpcMaterial::Queue(mpc_material.clone())));
         let info = ServerInfo {
             model: model.dir.config.name.clone(),
             architecture: "Qwen2ForCausalLM".into(),
@@ -257,44 +257,76 @@ impl Private {
     }
 }
 
-/// v3-mpc with the server party in this process (`--loopback`): both parties compute on
-/// shares over QUIC on 127.0.0.1; the client deals each session with the ideal dealer and
-/// hands P1's half to the in-process server (a remote v3-mpc server needs its shard of a
-/// dealt bundle, which this build does not load yet).
-pub struct MpcLoopback {
-    loopback: Loopback,
+/// The client side of v3-mpc: both parties compute on shares. With `--loopback` the
+/// server party runs in this process and the client deals each session with the ideal
+/// dealer, handing P1's half to it; against a remote server, P0's shard of a bundle dealt
+/// by `dealer --variant v3-mpc` (the server holds the P1 shard of the same bundle).
+pub struct MpcPrivate {
+    remote: Remote,
+    loopback: Option<Loopback>,
     ring: Arc<RingWeights>,
+    bundle: Option<(PathBuf, Option<Material<P0>>)>,
 }
 
 /// The client party of a v3-mpc session.
 pub type MpcSession = MpcParty<P0, QuicChannel, Material<P0>>;
 
-impl MpcLoopback {
-    /// Starts the in-process server party and encodes the client's ring weights.
-    pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: shardlm_configs::Timeouts) -> Result<Self> {
+impl MpcPrivate {
+    /// In-process server party on 127.0.0.1 (`--loopback`).
+    pub fn loopback(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: shardlm_configs::Timeouts) -> Result<Self> {
         let loopback = Loopback::start(model, backend.clone(), timeouts)?;
         let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?);
-        Ok(Self { loopback, ring })
+        Ok(Self { remote: loopback.remote.clone(), loopback: Some(loopback), ring, bundle: None })
     }
 
-    /// The in-process server.
-    pub fn remote(&self) -> &Remote {
-        &self.loopback.remote
+    /// A remote server party, with P0's shard of a dealt bundle in `bundle`.
+    pub fn remote(remote: Remote, bundle: PathBuf, model: &LocalModel, backend: Arc<dyn Backend>) -> Result<Self> {
+        let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?);
+        Ok(Self { remote, loopback: None, ring, bundle: Some((bundle, None)) })
     }
 
-    /// Deals one session's material (P1's half to the server) and connects.
+    /// The server.
+    pub fn server(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Gets one session's material and connects.
     pub fn open(&mut self, model: &LocalModel) -> Result<MpcSession> {
-        let (m0, m1) = IdealDealer::new(Seed::random(&mut OsRng)).split();
-        self.loopback.mpc_material.lock().map_err(|_| anyhow!("material queue poisoned"))?.push_back(m1);
-        let (chan, _) = self.loopback.remote.session(Variant::V3Mpc, model)?;
+        let m0 = match (&mut self.bundle, &self.loopback) {
+            (Some((dir, open)), _) => {
+                let mut m = match open.take() {
+                    Some(m) => m,
+                    None => Material::<P0>::open(dir, Some(&model.fingerprint))?,
+                };
+                let manifest = Manifest::read(dir)?;
+                if manifest.variant != Variant::V3Mpc.name() {
+                    bail!("{}: the bundle was dealt for {}, this session is v3-mpc", dir.display(), manifest.variant);
+                }
+                let start = manifest.next_session_start(m.consumed()).cloned().with_context(|| {
+                    format!("{}: every session of this bundle is used; deal more with `shardlm-client dealer --variant v3-mpc --sessions K`", dir.display())
+                })?;
+                m.advance_to(&start)?;
+                m
+            }
+            (None, Some(lb)) => {
+                let (m0, m1) = IdealDealer::new(Seed::random(&mut OsRng)).split();
+                lb.mpc_material.lock().map_err(|_| anyhow!("material queue poisoned"))?.push_back(m1);
+                m0
+            }
+            (None, None) => bail!("v3-mpc needs dealer material: `--material DIR` (from `shardlm-client dealer --variant v3-mpc`) or `--loopback`"),
+        };
+        let (chan, _) = self.remote.session(Variant::V3Mpc, model)?;
         Ok(MpcParty::new(model.weights.clone(), self.ring.clone(), chan, m0, Seed::random(&mut OsRng)).driven())
     }
 
-    /// Ends a session cleanly and returns its traffic.
+    /// Ends a session cleanly, keeps a bundle open for the next, returns the traffic.
     pub fn finish(&mut self, mut party: MpcSession) -> Result<Counters> {
         party.end_steps()?;
         let counters = party.counters();
-        let (mut chan, _) = party.finish()?;
+        let (mut chan, material) = party.finish()?;
+        if let Some((_, open)) = &mut self.bundle {
+            *open = Some(material);
+        }
         let _ = chan.recv_bytes_within(shardlm_transport::Lane::Control, Duration::from_secs(5));
         chan.close(close_code::NORMAL, "done");
         Ok(counters)

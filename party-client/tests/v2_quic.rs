@@ -573,3 +573,69 @@ fn eval_v3_mpc_loopback_matches_top1() {
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--loopback"));
 }
+
+/// v3-mpc between the two binaries with a dealt bundle: the server serves the P1 shard,
+/// the client uses the P0 shard; sessions are taken in order and a spent bundle is refused.
+#[test]
+fn v3_mpc_between_binaries_with_a_dealt_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = shared().join("oracle/tiny-qwen2");
+    let bundle = tmp.path().join("mpc-bundle");
+    let out = client()
+        .args(["dealer", "--variant", "v3-mpc", "--prompt-tokens", "6", "--max-new-tokens", "3", "--sessions", "1", "--model-dir"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["variant"], "v3-mpc");
+    assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() <= 4096, "P1's shard is seeds only");
+
+    let (sid, cid) = (tmp.path().join("s"), tmp.path().join("c"));
+    let server_fp = keygen(Command::new(server_bin()), &sid);
+    let client_fp = keygen(client(), &cid);
+    let mut child = Command::new(server_bin())
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "5", "--model-dir"])
+        .arg(&dir)
+        .arg("--identity")
+        .arg(&sid)
+        .args(["--allow-client", &client_fp])
+        .arg("--material")
+        .arg(&bundle)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.split_whitespace().nth(2).unwrap_or_default().to_string();
+    let server = Server { child, addr };
+    let cases = tmp.path().join("one.json");
+    std::fs::write(&cases, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}]}"#).unwrap();
+    let eval = || {
+        client()
+            .args(["eval", "--variant", "v3-mpc", "--greedy", "3", "-s", &server.addr, "--server-fingerprint", &server_fp, "--model-dir"])
+            .arg(&dir)
+            .arg("--identity")
+            .arg(&cid)
+            .arg("--cases")
+            .arg(&cases)
+            .arg("--out")
+            .arg(tmp.path().join("out.json"))
+            .arg("--material")
+            .arg(&bundle)
+            .output()
+            .unwrap()
+    };
+    let out = eval();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out.json")).unwrap()).unwrap();
+    assert_eq!(v["cases"][0]["greedy"].as_array().unwrap().len(), 3);
+    // The only session is spent: refused before connecting, naming the flag.
+    let out = eval();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--sessions"), "{err}");
+}

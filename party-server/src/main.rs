@@ -13,12 +13,12 @@ use shardlm_configs::{FixedPoint, ModelConfig, Timeouts, Variant};
 use shardlm_gpu::DeviceChoice;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::ModelDir;
-use shardlm_protocols::variants::server::ServerParty;
+use shardlm_protocols::variants::server::{MpcMaterial, ServerParty};
 use shardlm_transport::handshake::{Request, ServerInfo, PROTOCOL_VERSION};
 use shardlm_transport::{close_code, Identity, QuicConfig, QuicServer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -67,6 +67,11 @@ struct ServeArgs {
     /// Compute device: auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// A v3-mpc bundle from `shardlm-client dealer --variant v3-mpc` (this server uses its
+    /// p1.shard; the client the same bundle's p0.shard): enables v3-mpc sessions, one at
+    /// a time, in the bundle's session order.
+    #[arg(long)]
+    material: Option<PathBuf>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
 }
@@ -162,7 +167,21 @@ fn serve(a: ServeArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let fp = fingerprint(&dir)?;
     let weights = dir.load_weights()?;
-    let party = Arc::new(ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?);
+    let mut party = ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?;
+    if let Some(dir) = &a.material {
+        // Check the bundle now rather than at the first session.
+        let manifest = shardlm_protocols::material::Manifest::read(dir)?;
+        if manifest.variant != Variant::V3Mpc.name() || manifest.model_fingerprint != fp {
+            anyhow::bail!(
+                "{}: a {} bundle for {}; --material needs a v3-mpc bundle dealt for this model ({fp})",
+                dir.display(),
+                manifest.variant,
+                manifest.model_fingerprint
+            );
+        }
+        party = party.with_mpc_material(MpcMaterial::Bundle { dir: dir.clone(), fingerprint: fp.clone(), open: Mutex::new(None) });
+    }
+    let party = Arc::new(party);
     eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
 
     let info = ServerInfo {

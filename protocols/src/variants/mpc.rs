@@ -576,9 +576,36 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
     }
 }
 
-/// Whether a transfer label is a masked opening (everything but the final logits).
+/// Whether a transfer label is a masked opening (everything but the final logits and
+/// the public step shapes of a driven session).
 pub fn is_masked(what: Opened) -> bool {
-    what != Opened::FinalLogits
+    !matches!(what, Opened::FinalLogits | Opened::PublicShape)
+}
+
+/// Deals `sessions` v3-mpc sessions into a bundle, each marked as a session: the
+/// requests come from [`plan_session`] (running the pass itself), so dealt material and
+/// online consumption cannot disagree. `on_request` sees (done, total).
+#[allow(clippy::too_many_arguments)]
+pub fn deal_sessions(
+    writer: &mut crate::material::BundleWriter,
+    weights: &Arc<Weights>,
+    ring: &Arc<RingWeights>,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    rows: Rows,
+    sessions: usize,
+    mut on_request: impl FnMut(usize, usize),
+) -> Result<MpcPlan, MpcPartyError> {
+    let plan = plan_session(weights, ring, prompt_tokens, max_new_tokens, rows)?;
+    let total = plan.requests.len() * sessions;
+    for s in 0..sessions {
+        writer.start_session();
+        for (i, req) in plan.requests.iter().enumerate() {
+            writer.push(req, ring.as_ref()).map_err(MpcError::from)?;
+            on_request(s * plan.requests.len() + i + 1, total);
+        }
+    }
+    Ok(plan)
 }
 
 /// What a planned session consumes and moves.

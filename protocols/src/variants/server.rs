@@ -18,9 +18,26 @@ use shardlm_transport::Channel;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-/// Queue of P1 material for v3-mpc sessions, one entry per session, filled by whoever
-/// deals (the in-process loopback client, or a loader of dealt bundles).
+/// Queue of P1 material for v3-mpc sessions, one entry per session, filled by the
+/// in-process loopback client.
 pub type MpcMaterialQueue = Arc<Mutex<VecDeque<Material<P1>>>>;
+
+/// Where a server party takes v3-mpc material from.
+pub enum MpcMaterial {
+    /// One entry per session, pushed by an in-process dealer (`--loopback`).
+    Queue(MpcMaterialQueue),
+    /// P1's shard of a dealt bundle (`serve --material DIR`): sessions are taken in
+    /// order, each starting where the dealer marked it; v3-mpc sessions are served one
+    /// at a time (the shard is used by one session at a time).
+    Bundle {
+        /// The bundle directory (holding at least `manifest.json` and `p1.shard`).
+        dir: std::path::PathBuf,
+        /// The model fingerprint the bundle must have been dealt for.
+        fingerprint: String,
+        /// The open shard between sessions.
+        open: Mutex<Option<Material<P1>>>,
+    },
+}
 
 /// Errors of a served session.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +60,7 @@ pub struct ServerParty {
     ring: Arc<RingWeights>,
     v2: V2Server,
     backend_name: String,
-    mpc_material: Option<MpcMaterialQueue>,
+    mpc_material: Option<MpcMaterial>,
 }
 
 impl ServerParty {
@@ -61,9 +78,9 @@ impl ServerParty {
         })
     }
 
-    /// Serves v3-mpc too, taking each session's P1 material from `queue`.
-    pub fn with_mpc_material(mut self, queue: MpcMaterialQueue) -> Self {
-        self.mpc_material = Some(queue);
+    /// Serves v3-mpc too, taking each session's P1 material from `source`.
+    pub fn with_mpc_material(mut self, source: MpcMaterial) -> Self {
+        self.mpc_material = Some(source);
         self
     }
 
@@ -91,22 +108,45 @@ impl ServerParty {
         match variant {
             Variant::V2 => Ok(self.v2.serve_session(chan)?),
             Variant::V3 => Ok(self.v2.serve_pipelined(chan)?),
-            Variant::V3Mpc => {
-                let queue = self.mpc_material.as_ref().ok_or(ServeError::NotServed(
-                    variant,
-                    ": it has no source of P1 material (in this build v3-mpc is served by --loopback)",
-                ))?;
-                let material = queue
-                    .lock()
-                    .map_err(|_| ServeError::NotServed(variant, ": its material queue is poisoned"))?
-                    .pop_front()
-                    .ok_or(ServeError::NotServed(variant, ": no material was dealt for this session"))?;
-                let seed = Seed::random(&mut rand_core::OsRng);
-                let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed).driven();
-                let (passes, _, _) = serve_driven(party, &self.config)?;
-                Ok(ServerSessionStats { requests: 0, forward_passes: passes })
-            }
+            Variant::V3Mpc => match self.mpc_material.as_ref() {
+                None => Err(ServeError::NotServed(variant, ": start it with --material DIR (P1's shard of a v3-mpc bundle)")),
+                Some(MpcMaterial::Queue(queue)) => {
+                    let material = queue
+                        .lock()
+                        .map_err(|_| ServeError::NotServed(variant, ": its material queue is poisoned"))?
+                        .pop_front()
+                        .ok_or(ServeError::NotServed(variant, ": no material was dealt for this session"))?;
+                    let (passes, _) = self.run_mpc(chan, material)?;
+                    Ok(ServerSessionStats { requests: 0, forward_passes: passes })
+                }
+                Some(MpcMaterial::Bundle { dir, fingerprint, open }) => {
+                    let mut slot = open.lock().map_err(|_| ServeError::NotServed(variant, ": its material lock is poisoned"))?;
+                    let mut material = match slot.take() {
+                        Some(m) => m,
+                        None => Material::<P1>::open(dir, Some(fingerprint)).map_err(MpcPartyError::Material)?,
+                    };
+                    let manifest = crate::material::Manifest::read(dir).map_err(MpcPartyError::Material)?;
+                    let start = manifest.next_session_start(material.consumed()).cloned().ok_or_else(|| {
+                        MpcPartyError::Material(crate::material::MaterialError::Exhausted {
+                            kind: "sessions".into(),
+                            needed: 1,
+                            left: 0,
+                        })
+                    })?;
+                    material.advance_to(&start).map_err(MpcPartyError::Material)?;
+                    let (passes, material) = self.run_mpc(chan, material)?;
+                    *slot = Some(material);
+                    Ok(ServerSessionStats { requests: 0, forward_passes: passes })
+                }
+            },
             other => Err(ServeError::NotServed(other, "")),
         }
+    }
+
+    fn run_mpc<C: Channel>(&self, chan: &mut C, material: Material<P1>) -> Result<(u64, Material<P1>), ServeError> {
+        let seed = Seed::random(&mut rand_core::OsRng);
+        let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed).driven();
+        let (passes, _, material) = serve_driven(party, &self.config)?;
+        Ok((passes, material))
     }
 }
