@@ -450,30 +450,32 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let (backend, _) = shardlm_gpu::best_available();
     let mut engine = PlainEngine::new(model.weights.clone(), backend);
     for (i, case) in cases.iter().enumerate() {
-        let t = Instant::now();
-        let (logits, greedy, traffic) = match &mut mode {
+        // `seconds` is the online run only: material is dealt (or opened) before it.
+        let (logits, greedy, traffic, seconds) = match &mut mode {
             Mode::Local => {
                 engine.reset();
+                let t = Instant::now();
                 let (l, g) = eval::run_case(&mut engine, &config, &case.input_ids, a.greedy, rows)
                     .with_context(|| format!("case {i}"))?;
-                (l, g, Counters::default())
+                (l, g, Counters::default(), t.elapsed().as_secs_f64())
             }
             Mode::Private(p) => {
                 let mut client = p.open(&model, case.input_ids.len(), a.greedy, rows)?;
                 let t = Instant::now();
                 let (l, g) = eval::run_case(&mut client, &config, &case.input_ids, a.greedy, rows)
                     .with_context(|| format!("case {i}"))?;
-                let _ = t;
-                (l, g, p.finish(client)?)
+                let seconds = t.elapsed().as_secs_f64();
+                (l, g, p.finish(client)?, seconds)
             }
             Mode::Mpc(m) => {
                 let mut party = m.open(&model)?;
+                let t = Instant::now();
                 let (l, g) = eval::run_case(&mut party, &config, &case.input_ids, a.greedy, rows)
                     .with_context(|| format!("case {i}"))?;
-                (l, g, m.finish(party)?)
+                let seconds = t.elapsed().as_secs_f64();
+                (l, g, m.finish(party)?, seconds)
             }
         };
-        let seconds = t.elapsed().as_secs_f64();
         let argmax_all = a.all_positions.then(|| (0..logits.rows()).map(|r| argmax(logits.row(r))).collect::<Vec<_>>());
         let (top20_ids, top20_logits) = eval::top20(logits.last());
         let vs_reference = eval::compare(case, logits.last(), argmax_all.as_deref(), &greedy);

@@ -561,17 +561,22 @@ fn eval_v3_mpc_loopback_matches_top1() {
         assert!(c["rounds"].as_u64().unwrap() > 1000 && c["bytes_received"].as_u64().unwrap() > 1_000_000);
     }
     assert!(greedy_equal >= 3, "greedy_8 equal for {greedy_equal} of 4");
-    // Without --loopback it says what to use instead.
+    // Against a server without a dealt bundle it says what is missing, before connecting.
+    let id = tmp.path().join("id");
+    keygen(client(), &id);
     let out = client()
-        .args(["eval", "--variant", "v3-mpc", "-s", "127.0.0.1:9", "--model-dir"])
+        .args(["eval", "--variant", "v3-mpc", "-s", "127.0.0.1:9", "--server-fingerprint", "blake3:00", "--model-dir"])
         .arg(&dir)
+        .arg("--identity")
+        .arg(&id)
         .arg("--cases")
         .arg(dir.join("reference.json"))
         .arg("--out")
         .arg(&out_file)
         .output()
         .unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--loopback"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--material") && !err.contains("timed out"), "{err}");
 }
 
 /// v3-mpc between the two binaries with a dealt bundle: the server serves the P1 shard,
