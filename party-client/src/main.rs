@@ -685,6 +685,10 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     println!("{:<22} {:?}", "plaintext token ids:", plain.tokens);
     println!("{:<22} {:?}", "private token ids:", private.tokens);
     println!(
+        "{:<22} the model's weights are random, so the text means nothing (a random tied-embedding model repeats its last token); what matters is that the two rows agree",
+        "note:"
+    );
+    println!(
         "{:<22} {}",
         "identical tokens:",
         if plain.tokens == private.tokens { "yes" } else { "NO (see eval for logit differences)" }
