@@ -160,6 +160,9 @@ struct PartyArgs {
     /// v3: rows per pipelined chunk (default: about four chunks per request, >= 8 rows).
     #[arg(long)]
     chunk_rows: Option<usize>,
+    /// QUIC initial congestion window, bytes (lower it on links shared with other traffic).
+    #[arg(long, default_value_t = 1 << 20)]
+    initial_window: u64,
     #[command(flatten)]
     timeouts: TimeoutArgs,
 }
@@ -350,7 +353,7 @@ impl Mode {
                 addr: parse_server(server)?,
                 identity: Identity::load(identity)?,
                 server_fingerprint,
-                config: QuicConfig::with_timeouts(timeouts),
+                config: QuicConfig { initial_window: party.initial_window, ..QuicConfig::with_timeouts(timeouts) },
             };
             (remote, None)
         };
@@ -663,6 +666,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         server_fingerprint: None,
         material: None,
         chunk_rows: None,
+        initial_window: 1 << 20,
         timeouts: TimeoutArgs { connect_timeout: 10.0, idle_timeout: 30.0, recv_timeout: 60.0 },
     };
     let mut mode = Mode::new(Variant::V2, &party, &model)?;

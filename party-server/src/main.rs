@@ -72,6 +72,9 @@ struct ServeArgs {
     /// a time, in the bundle's session order.
     #[arg(long)]
     material: Option<PathBuf>,
+    /// QUIC initial congestion window, bytes (lower it on links shared with other traffic).
+    #[arg(long, default_value_t = 1 << 20)]
+    initial_window: u64,
     #[command(flatten)]
     timeouts: TimeoutArgs,
 }
@@ -193,7 +196,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         version: env!("CARGO_PKG_VERSION").into(),
         protocol_version: PROTOCOL_VERSION,
     };
-    let cfg = QuicConfig::with_timeouts(timeouts);
+    let cfg = QuicConfig { initial_window: a.initial_window, ..QuicConfig::with_timeouts(timeouts) };
     let server = Arc::new(QuicServer::bind(SocketAddr::new(a.bind, a.port), &identity, &a.allow_client, cfg)?);
     println!("listening on {} (server fingerprint {})", server.local_addr(), server.fingerprint());
     use std::io::Write;

@@ -79,6 +79,13 @@ pub struct QuicConfig {
     /// Sent bytes a channel may hold before the network takes them; a send waits for
     /// room beyond this (default 256 MiB). One larger message is always accepted alone.
     pub send_buffer: usize,
+    /// Congestion window a new connection starts with, bytes. QUIC's recommended 10
+    /// packets (~14 KB) suits a path shared with strangers; a two-party session is one
+    /// burst-heavy flow on a provisioned link, and every session opens a new connection,
+    /// so slow start would add round trips to every prefill (measured: ~25 RTTs instead of
+    /// 9 for a 98-token prefill at 20-80 ms). Default 1 MiB (0.8 ms at 10 Gbit/s); lower it
+    /// on paths shared with other traffic.
+    pub initial_window: u64,
 }
 
 impl Default for QuicConfig {
@@ -93,6 +100,7 @@ impl Default for QuicConfig {
             max_udp_payload: 1452,
             worker_threads: 2,
             send_buffer: 256 << 20,
+            initial_window: 1 << 20,
         }
     }
 }
@@ -194,6 +202,9 @@ fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig> {
     })?;
     t.max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(cfg.timeouts.idle / 3));
+    let mut cubic = quinn::congestion::CubicConfig::default();
+    cubic.initial_window(cfg.initial_window.max(14720));
+    t.congestion_controller_factory(Arc::new(cubic));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(cfg.max_udp_payload);
     t.mtu_discovery_config(Some(mtu));
