@@ -46,34 +46,7 @@ impl Backend for CpuBackend {
             gemv_f32(x, w, m, k, n, out);
             return Ok(());
         }
-        let threads = rayon::current_num_threads().max(1);
-        // SAFETY: the slices were checked above to hold exactly m*k, n*k and m*n
-        // elements; the strides below describe those row-major layouts (lhs = x with row
-        // stride k, rhs = w^T read from w with column stride k, dst with row stride n),
-        // so every index gemm forms is in bounds, and `out` is not aliased by x or w.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
-            );
-        }
+        gemm_abt(x, w, m, k, n, out);
         Ok(())
     }
 
@@ -115,14 +88,75 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn gemv_f32(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    // out is m x n; compute column blocks [j0, j1) for every row of x at once.
-    let mut cols: Vec<f32> = vec![0.0; n * m];
-    cols.par_chunks_mut(GEMV_ROWS_PER_TASK * m).enumerate().for_each(|(t, block)| {
-        let j0 = t * GEMV_ROWS_PER_TASK;
+    by_weight_rows(m, n, GEMV_ROWS_PER_TASK, out, |i, j| dot_f32(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
+}
+
+/// The float types the `gemm` crate multiplies for us.
+pub(crate) trait GemmFloat: Copy + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl GemmFloat for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl GemmFloat for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// `out (m x n) = x (m x k) * w^T` (`w` is `n x k`) on the `gemm` crate. Callers check
+/// the shapes.
+pub(crate) fn gemm_abt<T: GemmFloat>(x: &[T], w: &[T], m: usize, k: usize, n: usize, out: &mut [T]) {
+    debug_assert!(x.len() == m * k && w.len() == n * k && out.len() == m * n);
+    let threads = rayon::current_num_threads().max(1);
+    // SAFETY: the slices hold exactly m*k, n*k and m*n elements (checked by every
+    // caller); the strides below describe those row-major layouts (lhs = x with row
+    // stride k, rhs = w^T read from w with column stride k, dst with row stride n), so
+    // every index gemm forms is in bounds, and `out` is not aliased by x or w.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            T::ZERO,
+            T::ONE,
+            false,
+            false,
+            false,
+            if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
+        );
+    }
+}
+
+/// Fills `out` (`m x n`, row-major) with `f(i, j)`, parallel over blocks of
+/// `rows_per_task` output columns (weight rows), so each task streams its weight rows
+/// once for all `m` inputs; writes go through a transposed scratch to avoid aliasing.
+pub(crate) fn by_weight_rows<T: Copy + Default + Send + Sync>(
+    m: usize,
+    n: usize,
+    rows_per_task: usize,
+    out: &mut [T],
+    f: impl Fn(usize, usize) -> T + Sync,
+) {
+    let mut cols = vec![T::default(); n * m];
+    cols.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(t, block)| {
         for (jj, slot) in block.chunks_mut(m).enumerate() {
-            let row = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
+            let j = t * rows_per_task + jj;
             for (i, s) in slot.iter_mut().enumerate() {
-                *s = dot_f32(&x[i * k..(i + 1) * k], row);
+                *s = f(i, j);
             }
         }
     });
@@ -145,23 +179,7 @@ pub(crate) fn ring_matmul_cpu(x: &[u64], w: &[u64], m: usize, k: usize, n: usize
         });
         return;
     }
-    // Parallel over blocks of output columns (weight rows); each task computes all m
-    // rows for its columns, writing through a transposed scratch to avoid aliasing.
-    let mut cols = vec![0u64; n * m];
-    cols.par_chunks_mut(JB * m).enumerate().for_each(|(t, block)| {
-        let j0 = t * JB;
-        for (jj, slot) in block.chunks_mut(m).enumerate() {
-            let row = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
-            for (i, s) in slot.iter_mut().enumerate() {
-                *s = ring_dot(&x[i * k..(i + 1) * k], row);
-            }
-        }
-    });
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = cols[j * m + i];
-        }
-    }
+    by_weight_rows(m, n, JB, out, |i, j| ring_dot(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
 }
 
 fn ring_dot(a: &[u64], b: &[u64]) -> u64 {

@@ -168,52 +168,14 @@ impl IntWeight for f64 {
 }
 
 fn ring_gemv_small_m<W: IntWeight>(x: &[u64], w: &[W], m: usize, k: usize, n: usize, out: &mut [u64]) {
-    let mut cols = vec![0u64; n * m];
-    cols.par_chunks_mut(64 * m).enumerate().for_each(|(t, block)| {
-        for (jj, slot) in block.chunks_mut(m).enumerate() {
-            let j = t * 64 + jj;
-            let row = &w[j * k..(j + 1) * k];
-            for (i, s) in slot.iter_mut().enumerate() {
-                let xr = &x[i * k..(i + 1) * k];
-                *s = xr.iter().zip(row).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b.as_ring())));
-            }
-        }
+    super::cpu::by_weight_rows(m, n, 64, out, |i, j| {
+        let (xr, row) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+        xr.iter().zip(row).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b.as_ring())))
     });
-    for j in 0..n {
-        for i in 0..m {
-            out[i * n + j] = cols[j * m + i];
-        }
-    }
 }
 
 fn f64_gemm_wt(x: &[f64], w: &[f64], m: usize, k: usize, n: usize, out: &mut [f64]) {
-    let threads = rayon::current_num_threads().max(1);
-    // SAFETY: x is m*k, w is n*k and out is m*n elements (checked by the callers'
-    // shape checks and the allocations above); the strides describe those row-major
-    // layouts (w read transposed), so gemm stays in bounds; out aliases neither input.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0f64,
-            1.0f64,
-            false,
-            false,
-            false,
-            if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None },
-        );
-    }
+    super::cpu::gemm_abt(x, w, m, k, n, out);
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use shardlm_protocols::model::timing::PhaseTimes;
 use shardlm_transport::Counters;
 use std::collections::BTreeMap;
 
-/// Summary statistics of a sample, in milliseconds.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+/// Summary statistics of a sample, in milliseconds. Also read back from reports (by
+/// `experiment`), where a missing field reads as 0.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Summary {
     /// Mean.
     pub mean: f64,

@@ -80,25 +80,8 @@ pub struct ExperimentArgs {
     pub server_bin: Option<PathBuf>,
 }
 
-/// Timing summary in milliseconds, as in the benchmark report.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Stat {
-    /// Mean.
-    pub mean: f64,
-    /// Standard deviation.
-    pub std: f64,
-    /// Minimum.
-    pub min: f64,
-    /// Maximum.
-    pub max: f64,
-    /// Median.
-    pub p50: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-}
+/// Timing summary in milliseconds: the benchmark report's own type.
+pub use crate::bench::Summary as Stat;
 
 /// One point of the sweep.
 #[derive(Clone, Debug, Serialize, Deserialize)]
