@@ -368,7 +368,10 @@ impl Mode {
             // The client acts as its own dealer (DESIGN.md section 1): each session's
             // material is dealt before it starts, from the client's copy of the weights.
             None => MaterialPlan::DealPerSession {
-                ring: Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?),
+                ring: match &loopback {
+                    Some(lb) => lb.ring(),
+                    None => Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?),
+                },
                 dir: tempfile::Builder::new().prefix("shardlm-material-").tempdir()?,
             },
         };

@@ -91,11 +91,18 @@ pub struct Loopback {
     pub remote: Remote,
     /// Where the in-process server takes each v3-mpc session's P1 material from.
     pub mpc_material: MpcMaterialQueue,
+    ring: Arc<RingWeights>,
     server: Arc<QuicServer>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Loopback {
+    /// The server party's ring-encoded weights: the in-process client deals its masks
+    /// with this same copy (the weights are public) instead of encoding a second one.
+    pub fn ring(&self) -> Arc<RingWeights> {
+        self.ring.clone()
+    }
+
     /// Prepares the server party for `model` on `backend` and starts serving.
     pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: Timeouts) -> Result<Self> {
         let server_id = Identity::generate("shardlm-server")?;
@@ -103,6 +110,7 @@ impl Loopback {
         let mpc_material = MpcMaterialQueue::default();
         let party =
             Arc::new(ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?.with_mpc_material(MpcMaterial::Queue(mpc_material.clone())));
+        let ring = party.ring().clone();
         let info = ServerInfo {
             model: model.dir.config.name.clone(),
             architecture: "Qwen2ForCausalLM".into(),
@@ -142,7 +150,7 @@ impl Loopback {
                 }
             })
         })?;
-        Ok(Self { remote, mpc_material, server, thread: Some(thread) })
+        Ok(Self { remote, mpc_material, ring, server, thread: Some(thread) })
     }
 }
 
@@ -274,8 +282,8 @@ pub type MpcSession = MpcParty<P0, QuicChannel, Material<P0>>;
 impl MpcPrivate {
     /// In-process server party on 127.0.0.1 (`--loopback`).
     pub fn loopback(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: shardlm_configs::Timeouts) -> Result<Self> {
-        let loopback = Loopback::start(model, backend.clone(), timeouts)?;
-        let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?);
+        let loopback = Loopback::start(model, backend, timeouts)?;
+        let ring = loopback.ring();
         Ok(Self { remote: loopback.remote.clone(), loopback: Some(loopback), ring, bundle: None })
     }
 

@@ -6,7 +6,7 @@
 //! info, health, generate; wrong fingerprints, a wrong model and a vanished server.
 
 use shardlm_client::session::{LocalModel, Loopback, MaterialPlan, Private};
-use shardlm_configs::{FixedPoint, Timeouts, Variant};
+use shardlm_configs::{Timeouts, Variant};
 use shardlm_protocols::model::qwen2::forward;
 use shardlm_protocols::model::sampling::argmax;
 use shardlm_protocols::model::{Linear, PlainEngine, Rows};
@@ -48,7 +48,7 @@ fn v2_over_quic_matches_plaintext_with_exact_traffic() {
     let c = model.dir.config.clone();
     let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
     let lb = Loopback::start(&model, backend.clone(), short_timeouts()).unwrap();
-    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.clone()).unwrap());
+    let ring = lb.ring();
     let material = MaterialPlan::DealPerSession { ring, dir: tempfile::tempdir().unwrap() };
     let mut private = Private::new(Variant::V2, lb.remote.clone(), None, material);
     let mut plain = PlainEngine::new(model.weights.clone(), backend);
@@ -423,7 +423,7 @@ fn v3_is_bit_identical_to_v2() {
     let c = model.dir.config.clone();
     let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
     let lb = Loopback::start(&model, backend.clone(), short_timeouts()).unwrap();
-    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend.clone()).unwrap());
+    let ring = lb.ring();
     let plan = |ring: &Arc<RingWeights>| MaterialPlan::DealPerSession { ring: ring.clone(), dir: tempfile::tempdir().unwrap() };
     let mut v2 = Private::new(Variant::V2, lb.remote.clone(), None, plan(&ring));
     for chunk_rows in [Some(2), None] {

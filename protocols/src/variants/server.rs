@@ -93,6 +93,12 @@ impl ServerParty {
         v
     }
 
+    /// The ring-encoded weights, prepared on this party's backend (an in-process client
+    /// deals with the same copy instead of encoding its own).
+    pub fn ring(&self) -> &Arc<RingWeights> {
+        &self.ring
+    }
+
     /// The model shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
