@@ -86,6 +86,18 @@ pub struct Timeouts {
     pub recv: Duration,
 }
 
+impl Timeouts {
+    /// A deadline given in seconds on the command line as `--{flag}`: positive and
+    /// finite, or an error that names the flag.
+    pub fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+        if value.is_finite() && value > 0.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(format!("--{flag} must be a positive number of seconds, got {value}"))
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {

@@ -17,7 +17,7 @@ use shardlm_transport::{Counters, Identity, QuicClient, QuicConfig};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(name = "shardlm-client", version, about = "ShardLM client party: private LLM inference where the GPU host never sees the prompt")]
@@ -92,13 +92,7 @@ struct TimeoutArgs {
 
 impl TimeoutArgs {
     fn timeouts(&self) -> Result<Timeouts> {
-        let secs = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                bail!("--{name} must be a positive number of seconds, got {v}")
-            }
-        };
+        let secs = |name: &str, v: f64| Timeouts::seconds(name, v).map_err(anyhow::Error::msg);
         Ok(Timeouts {
             connect: secs("connect-timeout", self.connect_timeout)?,
             handshake: secs("connect-timeout", self.connect_timeout)?,

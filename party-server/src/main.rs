@@ -19,7 +19,6 @@ use shardlm_transport::{close_code, Identity, QuicConfig, QuicServer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "shardlm-server", version, about = "ShardLM server party: serves private inference sessions")]
@@ -94,13 +93,7 @@ struct TimeoutArgs {
 
 impl TimeoutArgs {
     fn timeouts(&self) -> Result<Timeouts> {
-        let secs = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(Duration::from_secs_f64(v))
-            } else {
-                bail!("--{name} must be a positive number of seconds, got {v}")
-            }
-        };
+        let secs = |name: &str, v: f64| Timeouts::seconds(name, v).map_err(anyhow::Error::msg);
         Ok(Timeouts {
             connect: Timeouts::default().connect,
             handshake: secs("handshake-timeout", self.handshake_timeout)?,
