@@ -9,7 +9,7 @@ use shardlm_gpu::Backend;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::{ModelDir, Weights};
 use shardlm_protocols::variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
-use shardlm_transport::handshake::{ServerInfo, PROTOCOL_VERSION};
+use shardlm_transport::handshake::ServerInfo;
 use shardlm_protocols::model::Rows;
 use shardlm_protocols::material::{BundleWriter, IdealDealer, Manifest, Material};
 use shardlm_protocols::variants::mpc::MpcParty;
@@ -111,15 +111,7 @@ impl Loopback {
         let party =
             Arc::new(ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?.with_mpc_material(MpcMaterial::Queue(mpc_material.clone())));
         let ring = party.ring().clone();
-        let info = ServerInfo {
-            model: model.dir.config.name.clone(),
-            architecture: "Qwen2ForCausalLM".into(),
-            fingerprint: model.fingerprint.clone(),
-            variants: party.variants().iter().map(|v| v.to_string()).collect(),
-            devices: vec![backend.name()],
-            version: env!("CARGO_PKG_VERSION").into(),
-            protocol_version: PROTOCOL_VERSION,
-        };
+        let info = party.info(&model.fingerprint);
         let config = QuicConfig::with_timeouts(timeouts);
         let server = Arc::new(QuicServer::bind(
             "127.0.0.1:0".parse().map_err(|e| anyhow!("{e}"))?,
@@ -135,20 +127,7 @@ impl Loopback {
         };
         let s = server.clone();
         let thread = std::thread::Builder::new().name("shardlm-loopback-server".into()).spawn(move || {
-            s.serve(&info, move |mut chan, hello| {
-                let shardlm_transport::handshake::Request::Session { variant, .. } = &hello.request else { return Ok(()) };
-                let variant: Variant = variant.parse()?;
-                match party.serve_session(&mut chan, variant) {
-                    Ok(_) => {
-                        chan.close(close_code::NORMAL, "session complete");
-                        Ok(())
-                    }
-                    Err(e) => {
-                        chan.close(close_code::PROTOCOL_VIOLATION, &e.to_string());
-                        Err(e.to_string())
-                    }
-                }
-            })
+            s.serve(&info, move |mut chan, hello| party.serve_client(&mut chan, &hello.request).map(|_| ()))
         })?;
         Ok(Self { remote, mpc_material, ring, server, thread: Some(thread) })
     }

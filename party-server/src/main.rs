@@ -14,8 +14,7 @@ use shardlm_gpu::DeviceChoice;
 use shardlm_protocols::model::fingerprint::fingerprint;
 use shardlm_protocols::model::ModelDir;
 use shardlm_protocols::variants::server::{MpcMaterial, ServerParty};
-use shardlm_transport::handshake::{Request, ServerInfo, PROTOCOL_VERSION};
-use shardlm_transport::{close_code, Identity, QuicConfig, QuicServer};
+use shardlm_transport::{Identity, QuicConfig, QuicServer};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -180,15 +179,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let party = Arc::new(party);
     eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
 
-    let info = ServerInfo {
-        model: dir.config.name.clone(),
-        architecture: "Qwen2ForCausalLM".into(),
-        fingerprint: fp,
-        variants: party.variants().iter().map(|v| v.to_string()).collect(),
-        devices: vec![party.backend_name().to_string()],
-        version: env!("CARGO_PKG_VERSION").into(),
-        protocol_version: PROTOCOL_VERSION,
-    };
+    let info = party.info(&fp);
     let cfg = QuicConfig { initial_window: a.initial_window, ..QuicConfig::with_timeouts(timeouts) };
     let server = Arc::new(QuicServer::bind(SocketAddr::new(a.bind, a.port), &identity, &a.allow_client, cfg)?);
     println!("listening on {} (server fingerprint {})", server.local_addr(), server.fingerprint());
@@ -208,25 +199,16 @@ fn serve(a: ServeArgs) -> Result<()> {
         .context("starting the signal thread")?;
 
     server.serve(&info, move |mut chan, hello| {
-        let Request::Session { variant, .. } = &hello.request else { return Ok(()) };
-        let variant: Variant = variant.parse()?;
         let t = std::time::Instant::now();
-        match party.serve_session(&mut chan, variant) {
-            Ok(stats) => {
-                tracing::info!(
-                    "session done: {} requests, {} forward passes, {:.2} s",
-                    stats.requests,
-                    stats.forward_passes,
-                    t.elapsed().as_secs_f64()
-                );
-                chan.close(close_code::NORMAL, "session complete");
-                Ok(())
-            }
-            Err(e) => {
-                chan.close(close_code::PROTOCOL_VIOLATION, &e.to_string());
-                Err(e.to_string())
-            }
+        if let Some(stats) = party.serve_client(&mut chan, &hello.request)? {
+            tracing::info!(
+                "session done: {} requests, {} forward passes, {:.2} s",
+                stats.requests,
+                stats.forward_passes,
+                t.elapsed().as_secs_f64()
+            );
         }
+        Ok::<(), String>(())
     });
     Ok(())
 }

@@ -14,7 +14,8 @@ use crate::prg::Seed;
 use crate::share::P1;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::Backend;
-use shardlm_transport::Channel;
+use shardlm_transport::handshake::{Request, ServerInfo, PROTOCOL_VERSION};
+use shardlm_transport::{close_code, Channel};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
@@ -107,6 +108,41 @@ impl ServerParty {
     /// The backend's name, for `info`.
     pub fn backend_name(&self) -> &str {
         &self.backend_name
+    }
+
+    /// What `info` answers for this party serving a model with `fingerprint`.
+    pub fn info(&self, fingerprint: &str) -> ServerInfo {
+        ServerInfo {
+            model: self.config.name.clone(),
+            architecture: "Qwen2ForCausalLM".into(),
+            fingerprint: fingerprint.to_string(),
+            variants: self.variants().iter().map(|v| v.to_string()).collect(),
+            devices: vec![self.backend_name.clone()],
+            version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// Handles one accepted client whose handshake asked for `request`: runs the session
+    /// of its variant, then closes the channel (normally, or as a protocol violation with
+    /// the error as the reason, which the client reports). `Ok(None)` for requests that
+    /// are not sessions (the accept loop answers those).
+    pub fn serve_client<C: Channel>(&self, chan: &mut C, request: &Request) -> Result<Option<ServerSessionStats>, String> {
+        let Request::Session { variant, .. } = request else { return Ok(None) };
+        let outcome = variant
+            .parse::<Variant>()
+            .map_err(|e| e.to_string())
+            .and_then(|v| self.serve_session(chan, v).map_err(|e| e.to_string()));
+        match outcome {
+            Ok(stats) => {
+                chan.close(close_code::NORMAL, "session complete");
+                Ok(Some(stats))
+            }
+            Err(e) => {
+                chan.close(close_code::PROTOCOL_VIOLATION, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Runs one session of `variant` on `chan` until the client ends it.
