@@ -127,12 +127,18 @@ impl Drop for Server {
 }
 
 fn start_server(model: &Path, identity: &Path, allow: &str) -> Server {
+    start_server_with(model, identity, allow, &[])
+}
+
+/// Starts `shardlm-server serve` on 127.0.0.1 with `extra` flags; waits for its address.
+fn start_server_with(model: &Path, identity: &Path, allow: &str, extra: &[&std::ffi::OsStr]) -> Server {
     let mut child = Command::new(server_bin())
         .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "5", "--model-dir"])
         .arg(model)
         .arg("--identity")
         .arg(identity)
         .args(["--allow-client", allow])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -601,23 +607,7 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
     let (sid, cid) = (tmp.path().join("s"), tmp.path().join("c"));
     let server_fp = keygen(Command::new(server_bin()), &sid);
     let client_fp = keygen(client(), &cid);
-    let mut child = Command::new(server_bin())
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "5", "--model-dir"])
-        .arg(&dir)
-        .arg("--identity")
-        .arg(&sid)
-        .args(["--allow-client", &client_fp])
-        .arg("--material")
-        .arg(&bundle)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().nth(2).unwrap_or_default().to_string();
-    let server = Server { child, addr };
+    let server = start_server_with(&dir, &sid, &client_fp, &["--material".as_ref(), bundle.as_os_str()]);
     let cases = tmp.path().join("one.json");
     std::fs::write(&cases, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}]}"#).unwrap();
     let eval = || {
