@@ -3,6 +3,10 @@
 //! A UDP relay: datagrams that arrive on `--listen` are sent on to `--forward`, and the
 //! answers come back the same way. Each direction is its own link with its own shaper:
 //!
+//! 0. **MTU**: a datagram larger than `--mtu` minus the IPv4 and UDP headers (28 bytes)
+//!    is dropped, as a router drops an oversized packet with DF set, so QUIC's path MTU
+//!    discovery finds what the emulated link carries (default 1500, Ethernet) and not
+//!    the loopback's 64 KiB;
 //! 1. **loss**: each datagram is dropped with probability `--loss` (seeded ChaCha RNG,
 //!    `--seed`; the two directions use different streams);
 //! 2. **rate**: a token bucket one datagram deep (a pacer): a datagram leaves the rate
@@ -195,14 +199,35 @@ pub struct LinkConfig {
     pub reorder: f64,
     /// Bytes the rate stage may hold before it drops (tail drop).
     pub queue_bytes: u64,
+    /// Link MTU (IP packet bytes): datagrams over `mtu - 28` payload bytes are dropped.
+    #[serde(default = "default_mtu")]
+    pub mtu: u32,
 }
+
+/// Default link MTU: Ethernet.
+pub const DEFAULT_MTU: u32 = 1500;
+
+fn default_mtu() -> u32 {
+    DEFAULT_MTU
+}
+
+/// IPv4 + UDP header bytes inside the MTU.
+const IP_UDP_HEADERS: u32 = 28;
 
 /// Default queue: 1 MB, about 80 ms at 100 Mbit/s and 8 ms at 1 Gbit/s.
 pub const DEFAULT_QUEUE_BYTES: u64 = 1_000_000;
 
 impl Default for LinkConfig {
     fn default() -> Self {
-        Self { delay: Duration::ZERO, jitter: Duration::ZERO, rate_bps: None, loss: 0.0, reorder: 0.0, queue_bytes: DEFAULT_QUEUE_BYTES }
+        Self {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            rate_bps: None,
+            loss: 0.0,
+            reorder: 0.0,
+            queue_bytes: DEFAULT_QUEUE_BYTES,
+            mtu: DEFAULT_MTU,
+        }
     }
 }
 
@@ -216,6 +241,11 @@ impl LinkConfig {
             self.queue_bytes
         );
         anyhow::ensure!(self.rate_bps != Some(0), "--rate must be positive");
+        anyhow::ensure!(
+            (1280..=65_535).contains(&self.mtu),
+            "--mtu {} is outside 1280..=65535 (QUIC needs 1200-byte datagrams to get through)",
+            self.mtu
+        );
         Ok(())
     }
 
@@ -234,6 +264,9 @@ impl LinkConfig {
         }
         if self.reorder > 0.0 {
             s += &format!(", reorder {}%", trim_float(self.reorder * 100.0));
+        }
+        if self.mtu != DEFAULT_MTU {
+            s += &format!(", mtu {}", self.mtu);
         }
         s
     }
@@ -299,6 +332,9 @@ pub struct DirectionStats {
     pub packets_delivered: u64,
     /// Their payload bytes.
     pub bytes_delivered: u64,
+    /// Dropped for being larger than the link MTU allows.
+    #[serde(default)]
+    pub dropped_mtu: u64,
     /// Dropped by the loss draw.
     pub dropped_loss: u64,
     /// Dropped because the rate stage's queue was full.
@@ -341,13 +377,14 @@ impl NetemStats {
     /// A human-readable table.
     pub fn render(&self) -> String {
         let mut s = format!("netem {} -> {}: {:.1} s, {} flows\n", self.listen, self.forward, self.elapsed_s, self.flows);
-        s += "direction    packets in    bytes in  delivered  lost(loss)  lost(queue)  lost(send)  reordered  delay mean/p50/p99 ms\n";
+        s += "direction    packets in    bytes in  delivered  lost(mtu)  lost(loss)  lost(queue)  lost(send)  reordered  delay mean/p50/p99 ms\n";
         for (name, d) in [("upstream", &self.upstream), ("downstream", &self.downstream)] {
             s += &format!(
-                "{name:<10} {:>11} {:>11} {:>10} {:>11} {:>12} {:>11} {:>10}  {:.3}/{:.3}/{:.3}\n",
+                "{name:<10} {:>11} {:>11} {:>10} {:>10} {:>11} {:>12} {:>11} {:>10}  {:.3}/{:.3}/{:.3}\n",
                 d.packets_in,
                 d.bytes_in,
                 d.packets_delivered,
+                d.dropped_mtu,
                 d.dropped_loss,
                 d.dropped_queue,
                 d.dropped_send,
@@ -450,6 +487,10 @@ impl Direction {
         let len = data.len() as u64;
         st.stats.packets_in += 1;
         st.stats.bytes_in += len;
+        if len > u64::from(link.mtu.saturating_sub(IP_UDP_HEADERS)) {
+            st.stats.dropped_mtu += 1;
+            return;
+        }
         if link.loss > 0.0 && st.rng.gen::<f64>() < link.loss {
             st.stats.dropped_loss += 1;
             return;
@@ -830,6 +871,10 @@ pub struct NetemArgs {
     /// Bytes the rate stage may queue before tail drop (`1mb`, `256kib`).
     #[arg(long, value_parser = parse_size, default_value = "1mb")]
     pub queue: u64,
+    /// Link MTU in bytes (IP packet size): larger datagrams are dropped, as on a real
+    /// path (1500 Ethernet, 9000 jumbo frames).
+    #[arg(long, default_value_t = DEFAULT_MTU)]
+    pub mtu: u32,
     /// Seed of the loss, jitter and reorder draws.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -851,6 +896,7 @@ impl NetemArgs {
             loss: self.loss,
             reorder: self.reorder,
             queue_bytes: self.queue,
+            mtu: self.mtu,
         };
         NetemConfig::symmetric(self.listen, self.forward, link, self.seed)
     }

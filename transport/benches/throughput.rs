@@ -33,7 +33,8 @@
 //! * `SHARDLM_BENCH_MSG_MIB`: message size in MiB (default 16).
 //! * `SHARDLM_BENCH_STRIPES`: comma-separated stripe counts (default `2,4`; empty: none).
 //! * `SHARDLM_BENCH_WORKERS`: runtime worker threads per endpoint (default: QuicConfig's).
-//! * `SHARDLM_BENCH_UDP`: MTU discovery upper bound, bytes (default: QuicConfig's).
+//! * `SHARDLM_BENCH_UDP`: MTU discovery upper bound, bytes (default: QuicConfig's, 6500;
+//!   1452 shows what Ethernet-sized packets cost).
 //! * `SHARDLM_BENCH_PING=0`: skip the ping-pong rows.
 
 use shardlm_transport::{

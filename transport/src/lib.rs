@@ -58,7 +58,7 @@ pub mod quic;
 
 pub use counters::{Counters, LaneCounters};
 pub use identity::{keygen, Identity};
-pub use quic::{QuicChannel, QuicClient, QuicConfig, QuicServer};
+pub use quic::{QuicChannel, QuicClient, QuicConfig, QuicServer, MAX_UDP_PAYLOAD};
 
 /// Application codes a channel is closed with ([`Channel::close`]); the peer's error says
 /// which it was.

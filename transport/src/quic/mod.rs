@@ -72,7 +72,11 @@ pub struct QuicConfig {
     pub send_window: u64,
     /// UDP socket send and receive buffer request, bytes (best effort; default 8 MiB).
     pub socket_buffer: usize,
-    /// Largest UDP payload path MTU discovery probes for (default 1452, Ethernet).
+    /// Largest UDP payload path MTU discovery probes for, and the largest we accept
+    /// (default and maximum [`MAX_UDP_PAYLOAD`]). Discovery starts at 1200 bytes and climbs
+    /// only as far as the path carries probes: 1452 on Ethernet, [`MAX_UDP_PAYLOAD`] on
+    /// loopback and jumbo-frame links, where the larger packets halve quinn's CPU cost per
+    /// byte (measured: 1 GiB on loopback at 0.54x of TLS/TCP with 1452, 0.7-0.9x with 6500).
     pub max_udp_payload: u16,
     /// Worker threads of the endpoint's tokio runtime (default 2).
     pub worker_threads: usize,
@@ -97,7 +101,7 @@ impl Default for QuicConfig {
             connection_window: 64 << 20,
             send_window: 64 << 20,
             socket_buffer: 8 << 20,
-            max_udp_payload: 1452,
+            max_udp_payload: MAX_UDP_PAYLOAD,
             worker_threads: 2,
             send_buffer: 256 << 20,
             initial_window: 1 << 20,
@@ -187,7 +191,19 @@ fn setup_err(what: &str) -> impl Fn(String) -> TransportError + '_ {
     move |e| TransportError::Setup(format!("{what}: {e}"))
 }
 
+/// The largest UDP payload ShardLM lets QUIC use: quinn sends up to 10 packets per
+/// `sendmsg` with UDP segmentation offload, and the kernel refuses a batch over 65,507
+/// bytes, so a larger packet size would lose whole batches (measured: 7,000 stalls, 8,952
+/// collapses to 5 MiB/s); quinn also panics on long-header packets of 16,384 bytes or more.
+pub const MAX_UDP_PAYLOAD: u16 = 6_500;
+
 fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig> {
+    if !(1200..=MAX_UDP_PAYLOAD).contains(&cfg.max_udp_payload) {
+        return Err(TransportError::Setup(format!(
+            "the largest UDP payload must be between 1200 and {MAX_UDP_PAYLOAD} bytes, not {}",
+            cfg.max_udp_payload
+        )));
+    }
     let mut t = TransportConfig::default();
     t.max_concurrent_uni_streams(VarInt::from_u32(512))
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
@@ -294,9 +310,15 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
 fn new_endpoint(
     socket: std::net::UdpSocket,
     server: Option<quinn::ServerConfig>,
+    max_udp_payload: u16,
 ) -> Result<Endpoint> {
+    // What we accept, advertised to the peer: quinn's default (1472) would cap the peer's
+    // packets below what discovery may find.
+    let mut ep = EndpointConfig::default();
+    ep.max_udp_payload_size(max_udp_payload.max(1472))
+        .map_err(|e| TransportError::Setup(format!("largest UDP payload {max_udp_payload}: {e:?}")))?;
     Endpoint::new(
-        EndpointConfig::default(),
+        ep,
         server,
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -369,7 +391,8 @@ impl QuicServer {
         let transport = Arc::new(transport_config(&cfg)?);
         let (initial, _) = server_config(identity, &allowed, transport.clone())?;
         let socket = udp_socket(addr, cfg.socket_buffer)?;
-        let endpoint = rt.run(async move { new_endpoint(socket, Some(initial)) })??;
+        let payload = cfg.max_udp_payload;
+        let endpoint = rt.run(async move { new_endpoint(socket, Some(initial), payload) })??;
         let local_addr = endpoint
             .local_addr()
             .map_err(|e| TransportError::Setup(format!("cannot read the bound address: {e}")))?;
@@ -574,8 +597,9 @@ impl QuicClient {
         };
         let socket = udp_socket(local, cfg.socket_buffer)?;
         let timeout = cfg.timeouts.connect;
+        let payload = cfg.max_udp_payload;
         let outcome = rt.run(async move {
-            let endpoint = new_endpoint(socket, None)?;
+            let endpoint = new_endpoint(socket, None, payload)?;
             let connecting = endpoint
                 .connect_with(client_cfg, addr, SERVER_NAME)
                 .map_err(|e| TransportError::Setup(format!("cannot connect to {addr}: {e}")))?;
@@ -803,6 +827,12 @@ impl QuicChannel {
     /// The current smoothed round-trip time estimate.
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
+    }
+
+    /// The UDP payload size the connection currently sends (path MTU discovery's result
+    /// so far, within [`QuicConfig::max_udp_payload`]).
+    pub fn path_mtu(&self) -> u16 {
+        self.conn.stats().path.current_mtu
     }
 
     /// UDP bytes (sent, received) on this connection so far, including QUIC, TLS and

@@ -137,6 +137,11 @@ fn large_payload_is_chunked_and_reassembled() {
         srv.counters().lane(Lane::Masked(1)).bytes_received,
         64 << 20
     );
+    // Loopback carries large datagrams: path MTU discovery climbs past Ethernet's 1452
+    // toward MAX_UDP_PAYLOAD while the 64 MiB move (a stuck-at-1200 regression fails here).
+    let mtu = c.path_mtu();
+    assert!(mtu > 1452 && mtu <= MAX_UDP_PAYLOAD, "path MTU after 64 MiB on loopback: {mtu}");
+    drop(srv);
 }
 
 #[test]
@@ -361,6 +366,9 @@ fn bad_setup_inputs_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("is not a certificate fingerprint"), "{e}");
+    let jumbo = QuicConfig { max_udp_payload: 8952, ..cfg() };
+    let e = QuicServer::bind(localhost(), &id, &[id.fingerprint().to_string()], jumbo).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("between 1200 and 6500 bytes, not 8952"), "{e}");
     assert_eq!(
         resolve_addr("quic://127.0.0.1:4433").unwrap(),
         SocketAddr::from(([127, 0, 0, 1], 4433))
@@ -402,7 +410,7 @@ fn raw_peer_writes(s: &Setup, bytes: Vec<u8>) -> (QuicChannel, Arc<Rt>, Connecti
     let addr = s.server.local_addr();
     let conn = rt
         .run(async move {
-            let endpoint = new_endpoint(socket, None).unwrap();
+            let endpoint = new_endpoint(socket, None, MAX_UDP_PAYLOAD).unwrap();
             let conn = endpoint
                 .connect_with(client_cfg, addr, SERVER_NAME)
                 .unwrap()
