@@ -55,6 +55,41 @@ proptest! {
     }
 
     #[test]
+    fn bit_times_value_and_powers_are_exact(
+        x in proptest::collection::vec(any::<u64>(), 1..100),
+        degree in 2u32..=8,
+        seed in any::<u64>(),
+    ) {
+        let mut r = rng(seed);
+        let n = x.len();
+        let b: Vec<u64> = (0..n).map(|_| r.next_u64() & 1).collect();
+        let b0: Vec<u64> = (0..n).map(|_| r.next_u64() & 1).collect();
+        let b1: Vec<u64> = b.iter().zip(&b0).map(|(b, m)| b ^ m).collect();
+        let (x0, x1) = share(&x, &mut r);
+        let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+        let ((z0, p0), (z1, p1)) = two_party(
+            |ch| {
+                let z = beaver::bit_mul(ch, &b0, &x0, m0.take_bit_triples(n).unwrap()).unwrap();
+                let p = beaver::powers(ch, &x0, m0.take_power_tuples(n, degree).unwrap()).unwrap();
+                (z, p)
+            },
+            |ch| {
+                let z = beaver::bit_mul(ch, &b1, &x1, m1.take_bit_triples(n).unwrap()).unwrap();
+                let p = beaver::powers(ch, &x1, m1.take_power_tuples(n, degree).unwrap()).unwrap();
+                (z, p)
+            },
+        );
+        let want: Vec<u64> = x.iter().zip(&b).map(|(x, b)| x.wrapping_mul(*b)).collect();
+        prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), want);
+        prop_assert_eq!(p0.len(), degree as usize);
+        let mut pw = x.clone();
+        for (k, (s0, s1)) in p0.iter().zip(&p1).enumerate() {
+            prop_assert_eq!(&reconstruct(s0, s1).unwrap(), &pw, "power {}", k + 1);
+            pw = ring::mul(&pw, &x);
+        }
+    }
+
+    #[test]
     fn beaver_matrix_products_are_exact(m in 1usize..7, k in 1usize..9, n in 1usize..7, seed in any::<u64>()) {
         let mut r = rng(seed);
         let x: Vec<u64> = (0..m * k).map(|_| r.next_u64()).collect();

@@ -58,6 +58,26 @@ pub(crate) fn deal(
                 .collect();
             [vec![r0], vec![]]
         }
+        MaterialRequest::BitTriples(_) => {
+            let r: Vec<u64> = g(0, 0).iter().zip(g(1, 0)).map(|(b0, b1)| (b0 ^ b1) & 1).collect();
+            let a = ring::add(&g(0, 2), &g(1, 2));
+            let r0 = ring::sub(&r, &g(1, 1));
+            let c0 = ring::sub(&ring::mul(&r, &a), &g(1, 3));
+            [vec![r0, c0], vec![]]
+        }
+        MaterialRequest::PowerTuples { n, degree } => {
+            let a = ring::add(&g(0, 0), &g(1, 0));
+            let d = degree as usize - 1;
+            let mut pow = vec![0u64; n * d];
+            for (i, &ai) in a.iter().enumerate() {
+                let mut p = ai;
+                for slot in &mut pow[i * d..(i + 1) * d] {
+                    p = p.wrapping_mul(ai);
+                    *slot = p;
+                }
+            }
+            [vec![ring::sub(&pow, &g(1, 1))], vec![]]
+        }
         MaterialRequest::TruncOts { n, bits } => [vec![chosen(&g(0, 0), &g(1, 1), 2, bits, n)], vec![]],
         MaterialRequest::RandomOts { n_choices, bits, count } => {
             [vec![chosen(&g(0, 0), &g(1, 1), n_choices, bits, count)], vec![]]

@@ -358,6 +358,8 @@ fn elements(req: &MaterialRequest) -> u64 {
         | MaterialRequest::SquarePairs(n)
         | MaterialRequest::AndTriples(n)
         | MaterialRequest::DaBits(n)
+        | MaterialRequest::BitTriples(n)
+        | MaterialRequest::PowerTuples { n, .. }
         | MaterialRequest::TruncOts { n, .. }
         | MaterialRequest::MaskedLinear { n, .. } => n as u64,
         MaterialRequest::MatrixTriple { .. } => 1,

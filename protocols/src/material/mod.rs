@@ -48,7 +48,7 @@ pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WOR
 pub use ideal::{IdealDealer, SharedWeights};
 pub use recorder::Recorder;
 
-use crate::mpc::{AndTriples, DaBits, MaskedLinear, MatrixTriple, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::prg::{Prg, Seed};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::borrow::Cow;
@@ -175,6 +175,17 @@ pub enum MaterialRequest {
     AndTriples(usize),
     /// daBits.
     DaBits(usize),
+    /// Bit triples: a daBit `r` and a Beaver pair `(a, c = r a)`, for a XOR-shared bit
+    /// times an arithmetic share in one opening.
+    BitTriples(usize),
+    /// Power tuples: shares of `a, a^2, ..., a^degree`, for every power of `x` up to
+    /// `degree` from one opening of `x - a`.
+    PowerTuples {
+        /// Elements.
+        n: usize,
+        /// Highest power (2..=8).
+        degree: u32,
+    },
     /// 1-of-`n_choices` random OTs on `bits`-bit strings.
     RandomOts {
         /// Choices per OT (power of two).
@@ -219,6 +230,8 @@ impl MaterialRequest {
             MaterialRequest::TruncOts { bits, .. } => format!("trunc-ots-{bits}b"),
             MaterialRequest::AndTriples(_) => "and-triples".into(),
             MaterialRequest::DaBits(_) => "dabits".into(),
+            MaterialRequest::BitTriples(_) => "bit-triples".into(),
+            MaterialRequest::PowerTuples { degree, .. } => format!("power-tuples-{degree}"),
             MaterialRequest::RandomOts { n_choices, bits, .. } => {
                 format!("random-ots-1of{n_choices}-{bits}b")
             }
@@ -279,6 +292,10 @@ pub trait MaterialSource<R: Role> {
     fn take_and_triples(&mut self, words: usize) -> Result<AndTriples<R>, MaterialError>;
     /// `n` daBits.
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError>;
+    /// `n` bit triples (a daBit and a Beaver pair on it).
+    fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError>;
+    /// `n` power tuples up to `degree`.
+    fn take_power_tuples(&mut self, n: usize, degree: u32) -> Result<PowerTuples<R>, MaterialError>;
     /// `count` 1-of-`n_choices` random OTs on `bits`-bit strings.
     fn take_random_ots(
         &mut self,
@@ -351,6 +368,16 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
             c("c", mul(m, n)?, Raw, Seed),
         ],
         MaterialRequest::DaBits(n) => vec![c("b", n as u64, Seed, Seed), c("r", n as u64, Raw, Seed)],
+        MaterialRequest::BitTriples(n) => {
+            let n = n as u64;
+            vec![c("b", n, Seed, Seed), c("r", n, Raw, Seed), c("a", n, Seed, Seed), c("c", n, Raw, Seed)]
+        }
+        MaterialRequest::PowerTuples { n, degree } => {
+            if !(2..=8).contains(&degree) {
+                return Err(MaterialError::InvalidRequest(format!("power tuples of degree {degree}: 2..=8 are supported")));
+            }
+            vec![c("a", n as u64, Seed, Seed), c("pow", mul(n, degree as usize - 1)?, Raw, Seed)]
+        }
         MaterialRequest::TruncOts { n, bits } => {
             if !(1..=62).contains(&bits) {
                 return Err(MaterialError::InvalidRequest(format!(
@@ -570,6 +597,21 @@ impl<R: Role> MaterialSource<R> for Material<R> {
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError> {
         let [b, r] = take_parts(self.take(&MaterialRequest::DaBits(n))?)?;
         Ok(DaBits { bits: b.into_iter().map(|w| w & 1).collect(), arith: Shares::from_raw(r) })
+    }
+
+    fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError> {
+        let [b, r, a, c] = take_parts(self.take(&MaterialRequest::BitTriples(n))?)?;
+        Ok(BitTriples {
+            bits: b.into_iter().map(|w| w & 1).collect(),
+            r: Shares::from_raw(r),
+            a: Shares::from_raw(a),
+            c: Shares::from_raw(c),
+        })
+    }
+
+    fn take_power_tuples(&mut self, n: usize, degree: u32) -> Result<PowerTuples<R>, MaterialError> {
+        let [a, pow] = take_parts(self.take(&MaterialRequest::PowerTuples { n, degree })?)?;
+        Ok(PowerTuples { degree, a: Shares::from_raw(a), powers: Shares::from_raw(pow) })
     }
 
     fn take_random_ots(

@@ -4,7 +4,7 @@
 //! The material it returns has the right shapes and is all zeros: never compute with it.
 
 use super::{MaskedLinearSource, MaterialError, MaterialRequest, MaterialSource};
-use crate::mpc::{AndTriples, DaBits, MaskedLinear, MatrixTriple, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::marker::PhantomData;
 
@@ -70,6 +70,14 @@ impl<R: Role> MaterialSource<R> for Recorder<R> {
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError> {
         self.record(MaterialRequest::DaBits(n))?;
         Ok(DaBits { bits: vec![0; n], arith: zeros(n) })
+    }
+    fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError> {
+        self.record(MaterialRequest::BitTriples(n))?;
+        Ok(BitTriples { bits: vec![0; n], r: zeros(n), a: zeros(n), c: zeros(n) })
+    }
+    fn take_power_tuples(&mut self, n: usize, degree: u32) -> Result<PowerTuples<R>, MaterialError> {
+        self.record(MaterialRequest::PowerTuples { n, degree })?;
+        Ok(PowerTuples { degree, a: zeros(n), powers: zeros(n * (degree as usize).saturating_sub(1)) })
     }
     fn take_random_ots(
         &mut self,

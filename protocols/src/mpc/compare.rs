@@ -32,7 +32,10 @@
 //!    a level go in one AND batch; an odd node passes through.
 //! 3. `msb` shares: P0 `a_w XOR G_0`, P1 `b_w XOR G_1`.
 //! 4. Last round: daBit conversion of the bit to additive shares mod `2^64`
-//!    ([`super::boolean`]).
+//!    ([`super::boolean`]). [`Compare::start_bits`] stops before it and returns the XOR
+//!    shares of the bits, for a caller that only selects with them
+//!    ([`super::beaver::bit_mul_start`] takes XOR-shared bits directly), saving the
+//!    round and the daBits.
 //!
 //! Every message is a Beaver opening over `GF(2)` (masked by fresh triple bits) or the
 //! daBit-masked bit, so each is uniform to its receiver.
@@ -102,6 +105,8 @@ pub enum Step<R: Role> {
     Send(Vec<u64>),
     /// Additive shares of the sign bits, one per element.
     Done(Shares<R>),
+    /// XOR shares of the sign bits, one per element (0 or 1) ([`Compare::start_bits`]).
+    Bits(Vec<u64>),
 }
 
 /// IO-free core of a batched sign-bit computation (module doc has the protocol).
@@ -116,6 +121,8 @@ pub struct Compare<R: Role> {
     triples: AndTriples<R>,
     used: usize,
     dabits: Option<DaBits<R>>,
+    /// Stop at XOR shares of the bits (no daBit conversion).
+    boolean_out: bool,
     pending: Option<boolean::AndState<R>>,
     convert: Option<boolean::B2aState<R>>,
     levels: Vec<(usize, bool)>,
@@ -135,6 +142,17 @@ impl<R: Role> Compare<R> {
     /// [`and_words`]`(n, bits)` AND-triple words and `n` daBits. Returns the core and the
     /// first message.
     pub fn start(x: &Shares<R>, bits: u32, triples: AndTriples<R>, dabits: DaBits<R>) -> Result<(Self, Step<R>), MpcError> {
+        check_len(OP, "daBits", dabits.bits.len(), x.len())?;
+        Self::begin(x, bits, triples, Some(dabits))
+    }
+
+    /// Like [`Compare::start`], but finishes with XOR shares of the bits
+    /// ([`Step::Bits`]) one round earlier and takes no daBits.
+    pub fn start_bits(x: &Shares<R>, bits: u32, triples: AndTriples<R>) -> Result<(Self, Step<R>), MpcError> {
+        Self::begin(x, bits, triples, None)
+    }
+
+    fn begin(x: &Shares<R>, bits: u32, triples: AndTriples<R>, dabits: Option<DaBits<R>>) -> Result<(Self, Step<R>), MpcError> {
         if !(2..=64).contains(&bits) {
             return Err(shape(OP, format!("bit width {bits} is outside 2..=64")));
         }
@@ -142,7 +160,6 @@ impl<R: Role> Compare<R> {
         check_len(OP, "AND-triple words", triples.a.len(), and_words(n, bits))?;
         check_len(OP, "AND-triple words (b)", triples.b.len(), and_words(n, bits))?;
         check_len(OP, "AND-triple words (c)", triples.c.len(), and_words(n, bits))?;
-        check_len(OP, "daBits", dabits.bits.len(), n)?;
         let w = bits - 1;
         let words = n.div_ceil(64);
         let mask = low_mask(bits);
@@ -170,7 +187,8 @@ impl<R: Role> Compare<R> {
             nodes: props.into_iter().map(|p| (Vec::new(), p)).collect(),
             triples,
             used: 0,
-            dabits: Some(dabits),
+            boolean_out: dabits.is_none(),
+            dabits,
             pending: None,
             convert: None,
             levels: levels(w as usize),
@@ -237,12 +255,29 @@ impl<R: Role> Compare<R> {
         self.nodes = next;
     }
 
-    fn convert_message(&mut self) -> Result<Vec<u64>, MpcError> {
+    /// XOR shares of the sign bits, bit-sliced (one bit per element, packed).
+    fn sign_words(&self) -> Vec<u64> {
         let carry = match self.nodes.first() {
             Some((g, _)) if !g.is_empty() => g.clone(),
             _ => vec![0; self.words],
         };
-        let bits: Vec<u64> = self.top.iter().zip(&carry).map(|(t, c)| t ^ c).collect();
+        self.top.iter().zip(&carry).map(|(t, c)| t ^ c).collect()
+    }
+
+    /// After the carry tree: the daBit message, or the XOR-shared bits when no
+    /// conversion was asked for.
+    fn after_tree(&mut self) -> Result<Step<R>, MpcError> {
+        if self.boolean_out {
+            self.phase = Phase::Finished;
+            let words = self.sign_words();
+            let bits = crate::ring::unpack_bits(&words, 1, self.n).ok_or_else(|| shape(OP, "short bit planes"))?;
+            return Ok(Step::Bits(bits));
+        }
+        Ok(Step::Send(self.convert_message()?))
+    }
+
+    fn convert_message(&mut self) -> Result<Vec<u64>, MpcError> {
+        let bits = self.sign_words();
         let dabits = self.dabits.take().ok_or_else(|| shape(OP, "daBits already used"))?;
         let (st, msg) = boolean::b2a_start(&BitShares::from_raw(bits), self.n, dabits)?;
         self.convert = Some(st);
@@ -252,7 +287,13 @@ impl<R: Role> Compare<R> {
 
     /// Rounds this comparison takes in all.
     pub fn rounds(&self) -> usize {
-        2 + self.levels.len()
+        1 + self.levels.len() + usize::from(!self.boolean_out)
+    }
+
+    /// Whether the message last returned is the daBit conversion's (a masked bit)
+    /// rather than an AND batch's.
+    pub fn converting(&self) -> bool {
+        matches!(self.phase, Phase::Convert)
     }
 
     /// Consumes the peer's answer to our last message.
@@ -265,7 +306,7 @@ impl<R: Role> Compare<R> {
                     node.0 = g[j * wd..(j + 1) * wd].to_vec();
                 }
                 if self.levels.is_empty() {
-                    return Ok(Step::Send(self.convert_message()?));
+                    return self.after_tree();
                 }
                 self.phase = Phase::Level(0);
                 Ok(Step::Send(self.level_message(0)?))
@@ -277,7 +318,7 @@ impl<R: Role> Compare<R> {
                     self.phase = Phase::Level(i + 1);
                     Ok(Step::Send(self.level_message(i + 1)?))
                 } else {
-                    Ok(Step::Send(self.convert_message()?))
+                    self.after_tree()
                 }
             }
             Phase::Convert => {
@@ -308,6 +349,11 @@ pub fn take_material<R: Role, M: MaterialSource<R> + ?Sized>(
     Ok((t, d))
 }
 
+/// Rounds of a comparison that stops at XOR-shared bits ([`Compare::start_bits`]).
+pub fn rounds_bits(bits: u32) -> usize {
+    rounds(bits) - 1
+}
+
 /// Driver: additive shares of `msb(x mod 2^bits)` (1 where `x < 0`) for every element.
 pub fn msb<R: Role, C: Channel + ?Sized, M: MaterialSource<R> + ?Sized>(
     ch: &mut C,
@@ -327,6 +373,7 @@ pub fn msb<R: Role, C: Channel + ?Sized, M: MaterialSource<R> + ?Sized>(
                 step = core.step(&peer)?;
             }
             Step::Done(s) => return Ok(s),
+            Step::Bits(_) => return Err(shape(OP, "a converting comparison returned XOR bits")),
         }
     }
 }

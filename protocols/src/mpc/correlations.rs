@@ -62,6 +62,34 @@ pub struct DaBits<R: Role> {
     pub arith: Shares<R>,
 }
 
+/// Bit triples: a random bit `r` shared both ways (as a daBit) and a Beaver pair
+/// `(a, c = r a)` on it. One opening of `b XOR r` (a bit) and `x - a` (a word) gives
+/// shares of `b x` for a XOR-shared bit `b` ([`super::beaver::bit_mul_start`]).
+#[derive(Debug)]
+pub struct BitTriples<R: Role> {
+    /// XOR shares of `r`, one per element (0 or 1).
+    pub bits: Vec<u64>,
+    /// Additive shares of `r`.
+    pub r: Shares<R>,
+    /// Additive shares of `a` (uniform).
+    pub a: Shares<R>,
+    /// Additive shares of `c = r a`.
+    pub c: Shares<R>,
+}
+
+/// Power tuples: shares of `a` (uniform) and of `a^2, ..., a^degree` (element-major,
+/// `degree - 1` per element). One opening of `x - a` gives every power of `x` up to
+/// `degree` ([`super::beaver::powers_start`]).
+#[derive(Debug)]
+pub struct PowerTuples<R: Role> {
+    /// Highest power.
+    pub degree: u32,
+    /// Shares of `a`.
+    pub a: Shares<R>,
+    /// Shares of `a^2 ..= a^degree`, `degree - 1` words per element.
+    pub powers: Shares<R>,
+}
+
 /// `count` 1-of-`n_choices` random-OT correlations on `bits`-bit strings.
 ///
 /// The sender (P1) holds `n_choices` random strings per OT; the receiver (P0) holds a

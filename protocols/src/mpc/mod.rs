@@ -33,7 +33,9 @@ pub mod ot;
 pub mod session;
 pub mod trunc;
 
-pub use correlations::{AndTriples, DaBits, MaskedLinear, MatrixTriple, RandomOts, SquarePairs, Triples};
+pub use correlations::{
+    AndTriples, BitTriples, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples,
+};
 
 use crate::material::MaterialError;
 use shardlm_transport::{Channel, Lane, TransportError};

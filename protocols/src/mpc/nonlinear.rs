@@ -46,6 +46,12 @@ pub const SILU_A: f64 = 2.5;
 pub const SILU_DROP: u32 = 12;
 /// SiLU: comparison width after dropping [`SILU_DROP`] bits.
 pub const SILU_BITS: u32 = 16;
+/// SiLU: `log2 T` (`T` is a power of two, so `|x| / T` is a shift).
+pub const SILU_T_LOG2: u32 = 3;
+/// SiLU: fractional bits of `s = |x| / T` before its powers (`s^4` has 4 times as many,
+/// 60, below the truncation bound `2^62` for `s <= 1`; `s` resolves `T 2^-15 = 2.4e-4` of
+/// `|x|`, moving the polynomials by at most `1.2e-4`).
+pub const SILU_S_BITS: u32 = 15;
 /// Internal fractional bits of the polynomials.
 pub const POLY_BITS: u32 = 24;
 /// exp: clipping threshold (`e^-16 = 1.1e-7` is below `2^-16`).
@@ -107,61 +113,6 @@ pub fn broadcast<R: Role>(x: &Shares<R>, times: usize) -> Shares<R> {
     Shares::from_raw(x.as_slice().iter().flat_map(|&v| std::iter::repeat_n(v, times)).collect())
 }
 
-/// `s^1 ..= s^m` (at `fi` fractional bits) by repeated doubling: two rounds per doubling.
-pub fn powers<R: Role, C: Channel, M: MaterialSource<R>>(
-    sess: &mut Session<R, C, M>,
-    s: &Shares<R>,
-    m: usize,
-    fi: u32,
-) -> Result<Vec<Shares<R>>, MpcError> {
-    let mut p: Vec<Shares<R>> = vec![s.clone()];
-    while p.len() < m {
-        let have = p.len();
-        let top = p[have - 1].clone();
-        let want = (2 * have).min(m);
-        // s^(j+1) = s^(j+1-have) s^have; the last one of a full doubling is a square.
-        let full = want == 2 * have;
-        let last = if full { want - 1 } else { want };
-        let pairs: Vec<(&Shares<R>, &Shares<R>)> = (have..last).map(|j| (&p[j - have], &top)).collect();
-        let prods = sess.mul_many_with_square(&pairs, if full { Some(&top) } else { None })?;
-        let lens: Vec<usize> = prods.iter().map(Shares::len).collect();
-        let all: Vec<u64> = prods.into_iter().flat_map(Shares::into_raw).collect();
-        let t = sess.trunc(Shares::from_raw(all), fi)?.into_raw();
-        let mut at = 0;
-        for l in lens {
-            p.push(Shares::from_raw(t[at..at + l].to_vec()));
-            at += l;
-        }
-    }
-    Ok(p)
-}
-
-/// `sum_j c_j s^j` for several coefficient lists from the same powers
-/// (`pw[j-1] = s^j` at `fi` bits): local products with the public coefficients, then one
-/// truncation (all polynomials together) to `f` bits.
-fn poly_eval_many<R: Role, C: Channel, M: MaterialSource<R>>(
-    sess: &mut Session<R, C, M>,
-    pw: &[Shares<R>],
-    polys: &[&[f64]],
-    fi: u32,
-    f: u32,
-) -> Result<Vec<Shares<R>>, MpcError> {
-    let n = pw.first().map_or(0, Shares::len);
-    let mut all = Vec::with_capacity(n * polys.len());
-    for coeffs in polys {
-        if coeffs.len() > pw.len() + 1 {
-            return Err(super::shape("polynomial", "more coefficients than powers"));
-        }
-        let mut acc = public::<R>(vec![encode(coeffs[0], 2 * fi); n]);
-        for (j, c) in coeffs.iter().enumerate().skip(1) {
-            acc = acc.add(&pw[j - 1].scale(encode(*c, fi)));
-        }
-        all.extend(acc.into_raw());
-    }
-    let t = sess.trunc(Shares::from_raw(all), 2 * fi - f)?.into_raw();
-    Ok(t.chunks(n.max(1)).map(|c| Shares::from_raw(c.to_vec())).collect())
-}
-
 /// ReLU: `x (1 - msb(x))`, exact; `bits` is the comparison width (`abs(x) < 2^(bits-1)`
 /// in ring units).
 pub fn relu<R: Role, C: Channel, M: MaterialSource<R>>(
@@ -169,11 +120,20 @@ pub fn relu<R: Role, C: Channel, M: MaterialSource<R>>(
     x: &Shares<R>,
     bits: u32,
 ) -> Result<Shares<R>, MpcError> {
-    let s = sess.msb(x, bits)?;
-    sess.mul(x, &not(&s))
+    let neg = sess.msb_bits(x, bits)?;
+    let z = sess.bit_mul_many(&[(&neg, x)])?.remove(0);
+    Ok(x.sub(&z))
 }
 
 /// SiLU `x / (1 + e^-x)` at `f` fractional bits (module doc: method, constants, error).
+///
+/// Steps (rounds): the sign of `x` as XOR bits (5); `z = [x < 0] x` by a bit product
+/// (1), so `|x| = x - 2z` and `relu(x) = x - z`; `s = |x| / T` at [`SILU_S_BITS`] (1);
+/// `s .. s^4` from one power-tuple opening (1) while the range comparisons
+/// `[|x| < T]`, `[|x| < A]` on `|x|` start riding along; `s^2 .. s^4` truncated to
+/// [`POLY_BITS`] together (1); the comparisons finish (4); both pieces at `2 POLY_BITS`
+/// bits, selected by two bit products in one round (1) and truncated once, together with
+/// `relu`, back to `f` (1).
 pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     sess: &mut Session<R, C, M>,
     x: &Shares<R>,
@@ -183,35 +143,44 @@ pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     if n == 0 {
         return Ok(x.clone());
     }
-    if f > POLY_BITS || f <= SILU_DROP {
+    if f > POLY_BITS || f <= SILU_DROP || f + SILU_T_LOG2 < SILU_S_BITS {
         return Err(super::shape("silu", format!("needs {SILU_DROP} < F <= {POLY_BITS} fractional bits, got {f}")));
     }
+    let sign = sess.msb_bits_reduced(x, SILU_DROP, SILU_BITS)?;
+    let z = sess.bit_mul_many(&[(&sign, x)])?.remove(0);
+    let (abs, relu) = (x.sub(&z.scale(2)), x.sub(&z));
+    // [|x| < T] and [|x| < A] (XOR bits), riding along with the next Beaver rounds.
     let (t_enc, a_enc) = (encode(SILU_T, f), encode(SILU_A, f));
-    // One batch: sign(x), [x < -T], [T < x], [x < -A], [A < x].
-    let mut cmp = x.as_slice().to_vec();
-    for c in [t_enc, a_enc] {
-        cmp.extend_from_slice(add_scalar(x, c).as_slice());
-        cmp.extend_from_slice(add_scalar(&x.neg(), c).as_slice());
-    }
-    let bits = sess.msb_reduced(&Shares::from_raw(cmp), SILU_DROP, SILU_BITS)?.into_raw();
-    let part = |i: usize| &bits[i * n..(i + 1) * n];
-    let sign = Shares::<R>::from_raw(part(0).to_vec());
-    // outside: |x| > T; between: A < |x| <= T (= [|x| > A] - [|x| > T], as the first
-    // implies the second).
-    let outside = Shares::<R>::from_raw(crate::ring::add(part(1), part(2)));
-    let beyond_a = Shares::<R>::from_raw(crate::ring::add(part(3), part(4)));
-    let between = beyond_a.sub(&outside);
-    // z = x sign (one product, exact); |x| = x - 2z, relu(x) = x - z.
-    let z = sess.mul(x, &sign)?;
-    let (abs, relu) = (&x.sub(&z.scale(2)), &x.sub(&z));
-    // s = |x| / T at POLY_BITS; both pieces from the same powers, one truncation.
-    let s = sess.trunc(abs.scale(encode(1.0 / SILU_T, POLY_BITS)), f)?;
-    let pw = powers(sess, &s, SILU_INNER.len() - 1, POLY_BITS)?;
-    let both = poly_eval_many(sess, &pw, &[&SILU_INNER, &SILU_OUTER], POLY_BITS, f)?;
-    let (inner, outer) = (&both[0], &both[1]);
-    // silu = relu - [|x| <= T] inner - [A < |x| <= T] (outer - inner): one round.
-    let prods = sess.mul_many(&[(&not(&outside), inner), (&between, &outer.sub(inner))])?;
-    Ok(relu.sub(&prods[0]).sub(&prods[1]))
+    let mut range = add_scalar(&abs, t_enc.wrapping_neg()).into_raw();
+    range.extend(add_scalar(&abs, a_enc.wrapping_neg()).into_raw());
+    sess.start_background_msb_bits(&Shares::from_raw(range), SILU_DROP, SILU_BITS)?;
+    // s = |x| / T at SILU_S_BITS: T is 2^SILU_T_LOG2, so a shift.
+    let s = sess.trunc(abs, f + SILU_T_LOG2 - SILU_S_BITS)?;
+    let pw = sess.powers(&s, 4)?;
+    let k = SILU_S_BITS;
+    let mut pw_iter = pw.into_iter();
+    let s1 = pw_iter.next().ok_or_else(|| super::shape("silu", "no first power"))?;
+    let high: Vec<(Shares<R>, u32)> = pw_iter.enumerate().map(|(i, p)| (p, (i as u32 + 2) * k - POLY_BITS)).collect();
+    let mut p: Vec<Shares<R>> = vec![s1.scale(1u64 << (POLY_BITS - k))];
+    p.extend(sess.trunc_many(high)?);
+    let lt = sess.finish_background_msb_bits()?;
+    let (lt_t, lt_a) = lt.split_at(n);
+    // Both pieces at 2 POLY_BITS fractional bits, not truncated yet.
+    let piece = |c: &[f64]| {
+        let mut acc = public::<R>(vec![encode(c[0], 2 * POLY_BITS); n]);
+        for (j, cj) in c.iter().enumerate().skip(1) {
+            acc = acc.add(&p[j - 1].scale(encode(*cj, POLY_BITS)));
+        }
+        acc
+    };
+    let (inner, outer) = (piece(&SILU_INNER), piece(&SILU_OUTER));
+    // between = [A <= |x| < T] = lt_t XOR lt_a ([|x| < A] implies [|x| < T]).
+    let between: Vec<u64> = lt_t.iter().zip(lt_a).map(|(t, a)| t ^ a).collect();
+    let diff = outer.sub(&inner);
+    let sel = sess.bit_mul_many(&[(lt_t, &inner), (&between, &diff)])?;
+    // silu = relu - [|x| < T] inner - [A <= |x| < T] (outer - inner), one truncation.
+    let wide = relu.scale(1u64 << (2 * POLY_BITS - f)).sub(&sel[0]).sub(&sel[1]);
+    sess.trunc(wide, 2 * POLY_BITS - f)
 }
 
 /// `e^x` for `x <= 0` at `f` fractional bits; 0 for `x < -T` (module doc).
@@ -228,7 +197,7 @@ pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
         return Err(super::shape("exp", format!("fractional bits {f} do not fit the exp chain")));
     }
     // The clipping comparison rides along with the squaring chain's rounds.
-    sess.start_background_msb(&add_scalar(x, encode(EXP_T, f)), SCORE_DROP, SCORE_BITS)?;
+    sess.start_background_msb_bits(&add_scalar(x, encode(EXP_T, f)), SCORE_DROP, SCORE_BITS)?;
     // y^2 / 2 at EXP_BITS from x^2 at 2f bits: y^2/2 = x^2 / 2^(2k+1).
     let x2 = sess.square(x)?;
     let half_y2 = sess.trunc(x2, 2 * f + 1 + 2 * EXP_K - EXP_BITS)?;
@@ -238,8 +207,10 @@ pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
         let sq = sess.square(&b)?;
         b = sess.trunc(sq, EXP_BITS)?;
     }
-    let below = sess.finish_background_msb()?;
-    let kept = sess.mul(&not(&below), &b)?;
+    let below = sess.finish_background_msb_bits()?;
+    // Keep where not below: XOR with 1 on P0's share flips the shared bit.
+    let keep: Vec<u64> = below.iter().map(|&v| if R::ID == 0 { v ^ 1 } else { v }).collect();
+    let kept = sess.bit_mul_many(&[(&keep, &b)])?.remove(0);
     sess.trunc(kept, EXP_BITS - f)
 }
 
@@ -387,9 +358,9 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
         }
         let (a, b) = (Shares::<R>::from_raw(a), Shares::<R>::from_raw(b));
         let diff = a.sub(&b);
-        // [b < a] = msb(b - a)
-        let gt = sess.msb_reduced(&diff.neg(), drop, bits)?;
-        let m = b.add(&sess.mul(&gt, &diff)?).into_raw();
+        // [b < a] = msb(b - a), as XOR bits straight into a bit product.
+        let gt = sess.msb_bits_reduced(&diff.neg(), drop, bits)?;
+        let m = b.add(&sess.bit_mul_many(&[(&gt, &diff)])?.remove(0)).into_raw();
         let mut it = m.into_iter();
         for s in segs.iter_mut() {
             let pairs = s.len() / 2;

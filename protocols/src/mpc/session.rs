@@ -85,6 +85,13 @@ pub struct MatMul<'a, R: Role> {
     pub n: usize,
 }
 
+/// What a background comparison produced.
+#[derive(Debug)]
+enum RiderResult<R: Role> {
+    Arith(Shares<R>),
+    Bits(Vec<u64>),
+}
+
 /// A party's session: channel, material, randomness, audit log.
 pub struct Session<R: Role, C: Channel, M: MaterialSource<R>> {
     chan: C,
@@ -94,7 +101,7 @@ pub struct Session<R: Role, C: Channel, M: MaterialSource<R>> {
     record: bool,
     /// A comparison riding along with the Beaver rounds of other work.
     rider: Option<(compare::Compare<R>, Vec<u64>, usize)>,
-    rider_result: Option<Shares<R>>,
+    rider_result: Option<RiderResult<R>>,
     _role: std::marker::PhantomData<R>,
 }
 
@@ -188,9 +195,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         });
     }
 
-    fn rider_label(&self, round: usize) -> Opened {
+    fn rider_label(&self, _round: usize) -> Opened {
         match &self.rider {
-            Some((core, _, _)) if round + 1 == core.rounds() => Opened::MaskedBit,
+            Some((core, _, _)) if core.converting() => Opened::MaskedBit,
             _ => Opened::MaskedAnd,
         }
     }
@@ -199,7 +206,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         if let Some((mut core, _, round)) = self.rider.take() {
             match core.step(peer)? {
                 compare::Step::Send(next) => self.rider = Some((core, next, round + 1)),
-                compare::Step::Done(s) => self.rider_result = Some(s),
+                compare::Step::Done(s) => self.rider_result = Some(RiderResult::Arith(s)),
+                compare::Step::Bits(b) => self.rider_result = Some(RiderResult::Bits(b)),
             }
         }
         Ok(())
@@ -209,6 +217,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// later Beaver round of this session (no extra rounds where enough follow); collect
     /// it with [`Session::finish_background_msb`]. One at a time.
     pub fn start_background_msb(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<(), MpcError> {
+        self.start_rider(x, drop, bits, false)
+    }
+
+    /// Like [`Session::start_background_msb`], finishing at XOR-shared bits; collect
+    /// with [`Session::finish_background_msb_bits`].
+    pub fn start_background_msb_bits(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<(), MpcError> {
+        self.start_rider(x, drop, bits, true)
+    }
+
+    fn start_rider(&mut self, x: &Shares<R>, drop: u32, bits: u32, boolean_out: bool) -> Result<(), MpcError> {
         if self.rider.is_some() || self.rider_result.is_some() {
             return Err(super::shape("comparison", "a background comparison is already running"));
         }
@@ -216,27 +234,49 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
         }
         if x.is_empty() {
-            self.rider_result = Some(Shares::from_raw(Vec::new()));
+            self.rider_result =
+                Some(if boolean_out { RiderResult::Bits(Vec::new()) } else { RiderResult::Arith(Shares::from_raw(Vec::new())) });
             return Ok(());
         }
         let x = compare::reduce_local(x, drop);
-        let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
-        let (core, step) = compare::Compare::start(&x, bits, t, d)?;
+        let (core, step) = if boolean_out {
+            let t = self.material.take_and_triples(compare::and_words(x.len(), bits))?;
+            compare::Compare::start_bits(&x, bits, t)?
+        } else {
+            let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
+            compare::Compare::start(&x, bits, t, d)?
+        };
         match step {
             compare::Step::Send(msg) => self.rider = Some((core, msg, 0)),
-            compare::Step::Done(s) => self.rider_result = Some(s),
+            compare::Step::Done(s) => self.rider_result = Some(RiderResult::Arith(s)),
+            compare::Step::Bits(b) => self.rider_result = Some(RiderResult::Bits(b)),
         }
         Ok(())
     }
 
-    /// Runs the background comparison's remaining rounds (if any) and returns its result.
-    pub fn finish_background_msb(&mut self) -> Result<Shares<R>, MpcError> {
+    fn finish_rider(&mut self) -> Result<RiderResult<R>, MpcError> {
         while let Some((_, msg, round)) = &self.rider {
             let (msg, what) = (msg.clone(), self.rider_label(*round));
             let peer = self.transfer(what, &msg, msg.len())?;
             self.step_rider(&peer)?;
         }
         self.rider_result.take().ok_or_else(|| super::shape("comparison", "no background comparison was started"))
+    }
+
+    /// Runs the background comparison's remaining rounds (if any) and returns its result.
+    pub fn finish_background_msb(&mut self) -> Result<Shares<R>, MpcError> {
+        match self.finish_rider()? {
+            RiderResult::Arith(s) => Ok(s),
+            RiderResult::Bits(_) => Err(super::shape("comparison", "the background comparison was started for XOR bits")),
+        }
+    }
+
+    /// Runs the background comparison's remaining rounds and returns its XOR-shared bits.
+    pub fn finish_background_msb_bits(&mut self) -> Result<Vec<u64>, MpcError> {
+        match self.finish_rider()? {
+            RiderResult::Bits(b) => Ok(b),
+            RiderResult::Arith(_) => Err(super::shape("comparison", "the background comparison was started for shares")),
+        }
     }
 
 
@@ -260,43 +300,6 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(out)
     }
 
-    /// Like [`Session::mul_many`], plus the square of `square` (with a square pair) in
-    /// the same round, returned last.
-    pub fn mul_many_with_square(
-        &mut self,
-        pairs: &[(&Shares<R>, &Shares<R>)],
-        square: Option<&Shares<R>>,
-    ) -> Result<Vec<Shares<R>>, MpcError> {
-        let mut states = Vec::with_capacity(pairs.len());
-        let mut msg = Vec::new();
-        for (x, y) in pairs {
-            let t = self.material.take_triples(x.len())?;
-            let (st, m) = beaver::mul_start(x, y, t)?;
-            msg.extend_from_slice(&m);
-            states.push((st, m.len()));
-        }
-        let sq = match square {
-            Some(x) => {
-                let p = self.material.take_square_pairs(x.len())?;
-                let (st, m) = beaver::square_start(x, p)?;
-                msg.extend_from_slice(&m);
-                Some((st, m.len()))
-            }
-            None => None,
-        };
-        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
-        let mut at = 0;
-        let mut out = Vec::with_capacity(states.len() + 1);
-        for (st, len) in states {
-            out.push(beaver::mul_finish(st, &peer[at..at + len])?);
-            at += len;
-        }
-        if let Some((st, len)) = sq {
-            out.push(beaver::square_finish(st, &peer[at..at + len])?);
-        }
-        Ok(out)
-    }
-
     /// Shares of `x * y` (elementwise), one round.
     pub fn mul(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
         Ok(self.mul_many(&[(x, y)])?.remove(0))
@@ -308,6 +311,88 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         let (st, msg) = beaver::square_start(x, p)?;
         let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
         beaver::square_finish(st, &peer)
+    }
+
+    /// Shares of `b * x` for XOR-shared bits `b` (0 or 1 per element) and arithmetic
+    /// shares `x`, every pair in one round ([`beaver::bit_mul_start`]).
+    pub fn bit_mul_many(&mut self, pairs: &[(&[u64], &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
+        let mut states = Vec::with_capacity(pairs.len());
+        let mut msg = Vec::new();
+        for (b, x) in pairs {
+            let t = self.material.take_bit_triples(x.len())?;
+            let (st, m) = beaver::bit_mul_start(b, x, t)?;
+            msg.extend_from_slice(&m);
+            states.push((st, m.len()));
+        }
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(states.len());
+        for (st, len) in states {
+            out.push(beaver::bit_mul_finish(st, &peer[at..at + len])?);
+            at += len;
+        }
+        Ok(out)
+    }
+
+    /// Shares of `x^1 ..= x^degree` from one opening ([`beaver::powers_start`]).
+    pub fn powers(&mut self, x: &Shares<R>, degree: u32) -> Result<Vec<Shares<R>>, MpcError> {
+        let t = self.material.take_power_tuples(x.len(), degree)?;
+        let (st, msg) = beaver::powers_start(x, t)?;
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        beaver::powers_finish(st, &peer)
+    }
+
+    /// Faithful truncations of several vectors by their own shifts, in one round.
+    pub fn trunc_many(&mut self, items: Vec<(Shares<R>, u32)>) -> Result<Vec<Shares<R>>, MpcError> {
+        let mut ots = Vec::with_capacity(items.len());
+        for (x, shift) in &items {
+            ots.push(if x.is_empty() { None } else { Some(self.material.take_trunc_ots(x.len(), *shift)?) });
+        }
+        if R::ID == 0 {
+            let mut states = Vec::new();
+            let mut msg = Vec::new();
+            let mut answer_len = 0;
+            for ((x, shift), ot) in items.into_iter().zip(ots) {
+                let Some(ot) = ot else {
+                    states.push(None);
+                    continue;
+                };
+                let n = x.len();
+                let ot = super::RandomOts::<P0>::receiver(ot.n_choices, ot.bits, ot.index, ot.strings);
+                let (st, m) = trunc::p0_start(&Shares::<P0>::from_raw(x.into_raw()), shift, ot)?;
+                msg.extend_from_slice(&m);
+                let len = packed_words(2 * n, shift);
+                states.push(Some((st, answer_len, len)));
+                answer_len += len;
+            }
+            let answer = self.transfer(Opened::TruncationOt, &msg, answer_len)?;
+            states
+                .into_iter()
+                .map(|st| match st {
+                    None => Ok(Shares::from_raw(Vec::new())),
+                    Some((st, at, len)) => Ok(Shares::from_raw(trunc::p0_finish(st, &answer[at..at + len])?.into_raw())),
+                })
+                .collect()
+        } else {
+            let msg_len: usize = items.iter().map(|(x, _)| if x.is_empty() { 0 } else { packed_words(x.len(), 1) }).sum();
+            let msg = self.transfer(Opened::TruncationOt, &[], msg_len)?;
+            let (mut at, mut answer, mut out) = (0, Vec::new(), Vec::with_capacity(items.len()));
+            for ((x, shift), ot) in items.into_iter().zip(ots) {
+                let Some(ot) = ot else {
+                    out.push(Shares::from_raw(Vec::new()));
+                    continue;
+                };
+                let n = x.len();
+                let len = packed_words(n, 1);
+                let ot = super::RandomOts::<P1>::sender(ot.n_choices, ot.bits, ot.strings);
+                let (t1, a) = trunc::p1_respond(&Shares::<P1>::from_raw(x.into_raw()), shift, &ot, &msg[at..at + len], &mut self.rng)?;
+                at += len;
+                answer.extend(a);
+                out.push(Shares::from_raw(t1.into_raw()));
+            }
+            self.transfer(Opened::TruncationOt, &answer, 0)?;
+            Ok(out)
+        }
     }
 
     /// Matrix products with one matrix triple each, all in one round.
@@ -360,17 +445,47 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             return Ok(Shares::from_raw(Vec::new()));
         }
         let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
-        let (mut core, mut step) = compare::Compare::start(x, bits, t, d)?;
-        let mut rounds = 0;
+        let (core, step) = compare::Compare::start(x, bits, t, d)?;
+        match self.drive_compare(core, step)? {
+            RiderResult::Arith(s) => Ok(s),
+            RiderResult::Bits(_) => Err(super::shape("comparison", "a converting comparison returned XOR bits")),
+        }
+    }
+
+    /// XOR shares (0 or 1 per element) of `msb(x mod 2^bits)`: one round fewer than
+    /// [`Session::msb`] and no daBits, for a bit that only selects
+    /// ([`Session::bit_mul_many`]).
+    pub fn msb_bits(&mut self, x: &Shares<R>, bits: u32) -> Result<Vec<u64>, MpcError> {
+        if x.is_empty() {
+            return Ok(Vec::new());
+        }
+        let t = self.material.take_and_triples(compare::and_words(x.len(), bits))?;
+        let (core, step) = compare::Compare::start_bits(x, bits, t)?;
+        match self.drive_compare(core, step)? {
+            RiderResult::Bits(b) => Ok(b),
+            RiderResult::Arith(_) => Err(super::shape("comparison", "a boolean comparison returned shares")),
+        }
+    }
+
+    /// [`Session::msb_bits`] after dropping `drop` low bits locally (as
+    /// [`Session::msb_reduced`]).
+    pub fn msb_bits_reduced(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<Vec<u64>, MpcError> {
+        if drop + bits > 64 {
+            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
+        }
+        self.msb_bits(&compare::reduce_local(x, drop), bits)
+    }
+
+    fn drive_compare(&mut self, mut core: compare::Compare<R>, mut step: compare::Step<R>) -> Result<RiderResult<R>, MpcError> {
         loop {
             match step {
                 compare::Step::Send(msg) => {
-                    rounds += 1;
-                    let what = if rounds == compare::rounds(bits) { Opened::MaskedBit } else { Opened::MaskedAnd };
+                    let what = if core.converting() { Opened::MaskedBit } else { Opened::MaskedAnd };
                     let peer = self.transfer(what, &msg, msg.len())?;
                     step = core.step(&peer)?;
                 }
-                compare::Step::Done(s) => return Ok(s),
+                compare::Step::Done(s) => return Ok(RiderResult::Arith(s)),
+                compare::Step::Bits(b) => return Ok(RiderResult::Bits(b)),
             }
         }
     }
