@@ -175,8 +175,12 @@ fn nonlinear_functions_within_their_bounds() {
     assert!(err < 6e-4, "rsqrt error {err}");
     // Segment maxima, exact.
     let mut rng = ChaCha8Rng::seed_from_u64(16);
-    let segs = [1usize, 2, 3, 7, 16, 33];
-    let xs: Vec<u64> = (0..segs.iter().sum::<usize>()).map(|_| rng.gen_range(-100_000i64..100_000) as u64).collect();
+    // Wide values, then narrow ones full of ties (exactly one winner must be picked).
+    let segs = [1usize, 2, 3, 7, 16, 33, 98, 40];
+    let wide: usize = segs[..6].iter().sum();
+    let xs: Vec<u64> = (0..segs.iter().sum::<usize>())
+        .map(|i| if i < wide { rng.gen_range(-100_000i64..100_000) } else { rng.gen_range(-3i64..3) } as u64)
+        .collect();
     let r = on_shares(
         &xs,
         16,

@@ -17,7 +17,7 @@ use super::{beaver, compare, trunc, MpcError};
 use crate::material::MaterialSource;
 use crate::prg::{Prg, Seed};
 use crate::ring::packed_words;
-use crate::share::{Role, Shares, P0, P1};
+use crate::share::{BitShares, Role, Shares, P0, P1};
 use shardlm_transport::{Channel, Counters, Lane};
 
 /// What a transferred message is, for the audit log.
@@ -330,6 +330,35 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         for (st, len) in states {
             out.push(beaver::bit_mul_finish(st, &peer[at..at + len])?);
             at += len;
+        }
+        Ok(out)
+    }
+
+    /// ANDs of XOR-shared bits (0 or 1 per element, each pair of equal length), every
+    /// pair in one round: the bits are packed 64 to a word for the AND triples.
+    pub fn and_bits_many(&mut self, pairs: &[(&[u64], &[u64])]) -> Result<Vec<Vec<u64>>, MpcError> {
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for (x, y) in pairs {
+            super::check_len("and", "right operand", y.len(), x.len())?;
+            xs.extend_from_slice(x);
+            ys.extend_from_slice(y);
+        }
+        let n = xs.len();
+        if n == 0 {
+            return Ok(pairs.iter().map(|_| Vec::new()).collect());
+        }
+        let (xw, yw) = (crate::ring::pack_bits(&xs, 1), crate::ring::pack_bits(&ys, 1));
+        let t = self.material.take_and_triples(xw.len())?;
+        let (st, msg) = super::boolean::and_start(&BitShares::from_raw(xw), &BitShares::from_raw(yw), t)?;
+        let peer = self.transfer(Opened::MaskedAnd, &msg, msg.len())?;
+        let z = super::boolean::and_finish(st, &peer)?.into_raw();
+        let bits = crate::ring::unpack_bits(&z, 1, n).ok_or_else(|| super::shape("and", "short result"))?;
+        let mut out = Vec::with_capacity(pairs.len());
+        let mut at = 0;
+        for (x, _) in pairs {
+            out.push(bits[at..at + x.len()].to_vec());
+            at += x.len();
         }
         Ok(out)
     }
