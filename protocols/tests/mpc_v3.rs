@@ -119,7 +119,9 @@ fn comparison_cost_matches_the_module_doc() {
     let per_elem = c0.bytes_sent() as f64 / 640.0;
     eprintln!("comparison k=32: {per_elem:.2} bytes/element sent, {} rounds", c0.rounds);
     assert_eq!(c0.rounds as usize, compare::rounds(32));
-    assert_eq!(c0.bytes_sent() as usize, 8 * (2 * compare::and_words(640, 32) + 640 / 64));
+    // Table round: 3 bits per chunk; tree: d and e per AND word; daBit: 1 bit.
+    let chunk_words = (compare::chunks(32) * 640 * compare::CHUNK_BITS as usize).div_ceil(64);
+    assert_eq!(c0.bytes_sent() as usize, 8 * (chunk_words + 2 * compare::and_words(640, 32) + 640 / 64));
 }
 
 fn enc(xs: &[f64], f: u32) -> Vec<u64> {
@@ -339,7 +341,7 @@ fn received_bytes(log: &[AuditEntry]) -> Vec<u8> {
         .filter(|e| e.what != Opened::FinalLogits)
         .flat_map(|e| {
             // Bit-packed messages end in a partial word padded with zeros: skip it.
-            let packed = matches!(e.what, Opened::MaskedBit | Opened::TruncationOt);
+            let packed = matches!(e.what, Opened::MaskedBit | Opened::MaskedChunk | Opened::TruncationOt);
             let keep = if packed { e.received.len().saturating_sub(1) } else { e.received.len() };
             e.received[..keep].iter().flat_map(|w| w.to_le_bytes())
         })

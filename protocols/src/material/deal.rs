@@ -65,6 +65,18 @@ pub(crate) fn deal(
             let c0 = ring::sub(&ring::mul(&r, &a), &g(1, 3));
             [vec![r0, c0], vec![]]
         }
+        MaterialRequest::CarryTables { count, chunk } => {
+            let (ra, rb, t1) = (g(0, 0), g(1, 1), g(1, 2));
+            let words = crate::mpc::CarryTables::<crate::share::P0>::table_words(chunk);
+            let t0: Vec<u64> = (0..count)
+                .into_par_iter()
+                .flat_map_iter(|i| {
+                    let table = crate::mpc::compare::carry_table(chunk, ra[i], rb[i]);
+                    table.into_iter().zip(t1[i * words..(i + 1) * words].to_vec()).map(|(t, m)| t ^ m).collect::<Vec<_>>()
+                })
+                .collect();
+            [vec![t0], vec![]]
+        }
         MaterialRequest::PowerTuples { n, degree } => {
             let a = ring::add(&g(0, 0), &g(1, 0));
             let d = degree as usize - 1;

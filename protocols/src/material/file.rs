@@ -359,6 +359,7 @@ fn elements(req: &MaterialRequest) -> u64 {
         | MaterialRequest::AndTriples(n)
         | MaterialRequest::DaBits(n)
         | MaterialRequest::BitTriples(n)
+        | MaterialRequest::CarryTables { count: n, .. }
         | MaterialRequest::PowerTuples { n, .. }
         | MaterialRequest::TruncOts { n, .. }
         | MaterialRequest::MaskedLinear { n, .. } => n as u64,

@@ -48,7 +48,7 @@ pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WOR
 pub use ideal::{IdealDealer, SharedWeights};
 pub use recorder::Recorder;
 
-use crate::mpc::{AndTriples, BitTriples, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::prg::{Prg, Seed};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::borrow::Cow;
@@ -178,6 +178,14 @@ pub enum MaterialRequest {
     /// Bit triples: a daBit `r` and a Beaver pair `(a, c = r a)`, for a XOR-shared bit
     /// times an arithmetic share in one opening.
     BitTriples(usize),
+    /// One-time truth tables of the carry (generate, propagate) of a `chunk`-bit
+    /// addition of P0's and P1's private chunks, for comparisons ([`crate::mpc::compare`]).
+    CarryTables {
+        /// Chunk instances (elements times chunks).
+        count: usize,
+        /// Chunk width in bits (1..=4).
+        chunk: u32,
+    },
     /// Power tuples: shares of `a, a^2, ..., a^degree`, for every power of `x` up to
     /// `degree` from one opening of `x - a`.
     PowerTuples {
@@ -231,6 +239,7 @@ impl MaterialRequest {
             MaterialRequest::AndTriples(_) => "and-triples".into(),
             MaterialRequest::DaBits(_) => "dabits".into(),
             MaterialRequest::BitTriples(_) => "bit-triples".into(),
+            MaterialRequest::CarryTables { chunk, .. } => format!("carry-tables-{chunk}b"),
             MaterialRequest::PowerTuples { degree, .. } => format!("power-tuples-{degree}"),
             MaterialRequest::RandomOts { n_choices, bits, .. } => {
                 format!("random-ots-1of{n_choices}-{bits}b")
@@ -294,6 +303,8 @@ pub trait MaterialSource<R: Role> {
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError>;
     /// `n` bit triples (a daBit and a Beaver pair on it).
     fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError>;
+    /// Carry truth tables for `count` chunk instances of `chunk` bits.
+    fn take_carry_tables(&mut self, count: usize, chunk: u32) -> Result<CarryTables<R>, MaterialError>;
     /// `n` power tuples up to `degree`.
     fn take_power_tuples(&mut self, n: usize, degree: u32) -> Result<PowerTuples<R>, MaterialError>;
     /// `count` 1-of-`n_choices` random OTs on `bits`-bit strings.
@@ -371,6 +382,17 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
         MaterialRequest::BitTriples(n) => {
             let n = n as u64;
             vec![c("b", n, Seed, Seed), c("r", n, Raw, Seed), c("a", n, Seed, Seed), c("c", n, Raw, Seed)]
+        }
+        MaterialRequest::CarryTables { count, chunk } => {
+            if !(1..=4).contains(&chunk) {
+                return Err(MaterialError::InvalidRequest(format!("carry tables on {chunk}-bit chunks: 1..=4 are supported")));
+            }
+            let words = crate::mpc::CarryTables::<crate::share::P0>::table_words(chunk);
+            vec![
+                c("ra", count as u64, Seed, Absent),
+                c("rb", count as u64, Absent, Seed),
+                c("t", mul(count, words)?, Raw, Seed),
+            ]
         }
         MaterialRequest::PowerTuples { n, degree } => {
             if !(2..=8).contains(&degree) {
@@ -607,6 +629,13 @@ impl<R: Role> MaterialSource<R> for Material<R> {
             a: Shares::from_raw(a),
             c: Shares::from_raw(c),
         })
+    }
+
+    fn take_carry_tables(&mut self, count: usize, chunk: u32) -> Result<CarryTables<R>, MaterialError> {
+        let [ra, rb, t] = take_parts(self.take(&MaterialRequest::CarryTables { count, chunk })?)?;
+        let lo = crate::ring::low_mask(chunk);
+        let mask = if R::ID == 0 { ra } else { rb };
+        Ok(CarryTables { chunk, mask: mask.into_iter().map(|r| r & lo).collect(), tables: t, _role: PhantomData })
     }
 
     fn take_power_tuples(&mut self, n: usize, degree: u32) -> Result<PowerTuples<R>, MaterialError> {

@@ -20,16 +20,24 @@
 //!
 //! **Protocol.** Let `w = k - 1`, `a` = P0's share and `b` = P1's share, both mod `2^k`.
 //! `msb(x) = a_w XOR b_w XOR carry_w`, where `carry_w` is the carry into bit `w` of
-//! `a + b`, the group *generate* of bits `0..w`. Bits are laid out bit-sliced: plane `j`
-//! packs bit `j` of all `N` elements into `ceil(N / 64)` words, so one AND-triple word
-//! serves 64 elements.
-//! 1. Round 1: generate `g_j = a_j AND b_j` for all `j < w` (P0 inputs `(a_j, 0)`, P1
-//!    `(0, b_j)` as XOR shares); propagate `p_j = a_j XOR b_j` is local.
-//! 2. Rounds 2 to `1 + ceil(log2 w)`: a Sklansky/Brent-Kung style tree that reduces the
-//!    `w` (g, p) nodes pairwise, low node `l`, high node `h`:
+//! `a + b`, the group *generate* of bits `0..w`. The `w` low bits are cut into chunks of
+//! [`CHUNK_BITS`] bits (the top chunk may be narrower); a chunk holds P0's private value
+//! `A` and P1's private `B`.
+//! 1. Round 1, one-time truth tables (Ishai, Kushilevitz, Meldgaard, Orlandi, Paskin-Cherniavsky,
+//!    TCC 2013): per chunk the dealer gave P0 a mask `r_A`, P1 a mask `r_B` and both XOR
+//!    shares of the table `T[u][v] = (gen, prop)` of `A = u + r_A`, `B = v + r_B`
+//!    (`gen`: `A + B` carries out of the chunk; `prop`: `A + B = 2^c - 1`). P0 sends
+//!    `u = A - r_A`, P1 sends `v = B - r_B` (both uniform), and each reads its share of
+//!    `T[u][v]`. A narrower top chunk of `c' < c` bits is padded to `c` bits (P0's value
+//!    `A 2^(c-c') + 2^(c-c') - 1`, P1's `B 2^(c-c')`), which keeps both `gen` and
+//!    `prop`. This replaces the bitwise generate round and the first
+//!    `log2(CHUNK_BITS)` tree levels.
+//! 2. The next `ceil(log2(chunks))` rounds: a Sklansky/Brent-Kung style tree over the
+//!    chunk nodes with AND triples, low node `l`, high node `h`:
 //!    `G = G_h XOR (P_h AND G_l)` (the two terms are exclusive, so XOR is OR),
-//!    `P = P_h AND P_l` (skipped at the last level, where no `P` is needed). All pairs of
-//!    a level go in one AND batch; an odd node passes through.
+//!    `P = P_h AND P_l` (skipped at the last level, where no `P` is needed). Nodes are
+//!    bit-sliced (one plane packs a node of all `N` elements into `ceil(N / 64)` words),
+//!    all pairs of a level go in one AND batch, an odd node passes through.
 //! 3. `msb` shares: P0 `a_w XOR G_0`, P1 `b_w XOR G_1`.
 //! 4. Last round: daBit conversion of the bit to additive shares mod `2^64`
 //!    ([`super::boolean`]). [`Compare::start_bits`] stops before it and returns the XOR
@@ -37,24 +45,52 @@
 //!    ([`super::beaver::bit_mul_start`] takes XOR-shared bits directly), saving the
 //!    round and the daBits.
 //!
-//! Every message is a Beaver opening over `GF(2)` (masked by fresh triple bits) or the
-//! daBit-masked bit, so each is uniform to its receiver.
+//! Every message is a table index masked by a one-time mask, a Beaver opening over
+//! `GF(2)` (masked by fresh triple bits) or the daBit-masked bit, so each is uniform to
+//! its receiver.
 //!
-//! **Cost** per element, each direction: AND gates `w + (w - 1) + (w - 2)` at most
-//! (2 bits sent per gate: `d`, `e`), plus 1 bit for the daBit. `k = 64`: 184 ANDs, about
-//! 46 bytes, 8 rounds; `k = 32`: 88 ANDs, about 22 bytes, 7 rounds; `k = 24`: 64 ANDs,
-//! 16 bytes, 7 rounds; `k = 16`: 41 ANDs, about 10 bytes, 6 rounds. Rounds:
-//! `1 + ceil(log2(k - 1)) + 1`. Material: [`and_words`] AND-triple words and `N`
-//! daBits.
+//! **Cost** per element, each direction: `CHUNK_BITS` bits per chunk, 2 bits per AND gate
+//! of the tree, 1 bit for the daBit. `k = 16` (5 chunks, 7 ANDs): about 3.6 bytes, 5
+//! rounds (4 as XOR bits), where the bitwise generate round took 10.3 bytes and 6 rounds;
+//! `k = 64` (21 chunks, 39 ANDs): about 17.7 bytes, 7 rounds. Dealer: a 16-byte table
+//! per chunk for P0 (P1's tables and both masks are seeded). Material: [`and_words`]
+//! AND-triple words, [`chunks`]`(k) N` carry tables and `N` daBits.
 
 use super::boolean;
-use super::{check_len, exchange, shape, AndTriples, DaBits, MpcError};
+use super::{check_len, exchange, shape, AndTriples, CarryTables, DaBits, MpcError};
 use crate::material::MaterialSource;
-use crate::ring::low_mask;
+use crate::ring::{low_mask, pack_bits, packed_words, unpack_bits};
 use crate::share::{BitShares, Role, Shares};
 use shardlm_transport::{Channel, Lane};
 
 const OP: &str = "comparison";
+
+/// Chunk width of the carry truth tables: 3 bits (a 64-entry table of 2-bit entries,
+/// 16 bytes for P0 per chunk; 4 bits would save a round per comparison for 4 times the
+/// dealer bytes).
+pub const CHUNK_BITS: u32 = 3;
+
+/// Chunks of a comparison on `bits` bits.
+pub fn chunks(bits: u32) -> usize {
+    (bits.saturating_sub(1) as usize).div_ceil(CHUNK_BITS as usize)
+}
+
+/// The XOR-sharable carry table of one chunk for masks `ra`, `rb` (module doc), as
+/// [`CarryTables::table_words`] words.
+pub fn carry_table(chunk: u32, ra: u64, rb: u64) -> Vec<u64> {
+    let size = 1u64 << chunk;
+    let m = size - 1;
+    let mut t = vec![0u64; CarryTables::<crate::share::P0>::table_words(chunk)];
+    for u in 0..size {
+        for v in 0..size {
+            let sum = ((u + ra) & m) + ((v + rb) & m);
+            let entry = u64::from(sum >= size) | (u64::from(sum == m) << 1);
+            let at = 2 * (u * size + v) as usize;
+            t[at / 64] |= entry << (at % 64);
+        }
+    }
+    t
+}
 
 /// The schedule of the carry tree for `w` bit planes: per level, the number of pairs
 /// combined and whether that level also computes the group propagate.
@@ -72,23 +108,21 @@ fn levels(w: usize) -> Vec<(usize, bool)> {
 
 /// AND-triple words one comparison of `n` elements on `bits` bits consumes.
 pub fn and_words(n: usize, bits: u32) -> usize {
-    let w = bits.saturating_sub(1) as usize;
     let per_plane = n.div_ceil(64);
-    let gates: usize = w + levels(w).iter().map(|&(pairs, with_p)| pairs * if with_p { 2 } else { 1 }).sum::<usize>();
+    let gates: usize = levels(chunks(bits)).iter().map(|&(pairs, with_p)| pairs * if with_p { 2 } else { 1 }).sum();
     gates * per_plane
 }
 
 /// Rounds one comparison on `bits` bits takes (the daBit conversion included).
 pub fn rounds(bits: u32) -> usize {
-    let w = bits.saturating_sub(1) as usize;
-    if w == 0 { 1 } else { 2 + levels(w).len() }
+    2 + levels(chunks(bits)).len()
 }
 
 /// Where a comparison is between its rounds.
 #[derive(Debug)]
 enum Phase {
-    /// Waiting for the generate round's answer.
-    Generate,
+    /// Waiting for the peer's masked chunk values (the table round).
+    Tables,
     /// Waiting for the answer of tree level `i`.
     Level(usize),
     /// Waiting for the daBit answer.
@@ -120,6 +154,9 @@ pub struct Compare<R: Role> {
     nodes: Vec<(Vec<u64>, Vec<u64>)>,
     triples: AndTriples<R>,
     used: usize,
+    tables: CarryTables<R>,
+    /// Our masked chunk values (chunk-major: chunk `c` of element `i` at `c n + i`).
+    masked: Vec<u64>,
     dabits: Option<DaBits<R>>,
     /// Stop at XOR shares of the bits (no daBit conversion).
     boolean_out: bool,
@@ -139,20 +176,32 @@ fn plane(values: &[u64], bit: u32, words: usize) -> Vec<u64> {
 
 impl<R: Role> Compare<R> {
     /// Starts the sign bits of `x` read as `bits`-bit numbers, with exactly
-    /// [`and_words`]`(n, bits)` AND-triple words and `n` daBits. Returns the core and the
-    /// first message.
-    pub fn start(x: &Shares<R>, bits: u32, triples: AndTriples<R>, dabits: DaBits<R>) -> Result<(Self, Step<R>), MpcError> {
+    /// [`and_words`]`(n, bits)` AND-triple words, [`chunks`]`(bits) n` carry tables and `n`
+    /// daBits. Returns the core and the first message.
+    pub fn start(
+        x: &Shares<R>,
+        bits: u32,
+        triples: AndTriples<R>,
+        tables: CarryTables<R>,
+        dabits: DaBits<R>,
+    ) -> Result<(Self, Step<R>), MpcError> {
         check_len(OP, "daBits", dabits.bits.len(), x.len())?;
-        Self::begin(x, bits, triples, Some(dabits))
+        Self::begin(x, bits, triples, tables, Some(dabits))
     }
 
     /// Like [`Compare::start`], but finishes with XOR shares of the bits
     /// ([`Step::Bits`]) one round earlier and takes no daBits.
-    pub fn start_bits(x: &Shares<R>, bits: u32, triples: AndTriples<R>) -> Result<(Self, Step<R>), MpcError> {
-        Self::begin(x, bits, triples, None)
+    pub fn start_bits(x: &Shares<R>, bits: u32, triples: AndTriples<R>, tables: CarryTables<R>) -> Result<(Self, Step<R>), MpcError> {
+        Self::begin(x, bits, triples, tables, None)
     }
 
-    fn begin(x: &Shares<R>, bits: u32, triples: AndTriples<R>, dabits: Option<DaBits<R>>) -> Result<(Self, Step<R>), MpcError> {
+    fn begin(
+        x: &Shares<R>,
+        bits: u32,
+        triples: AndTriples<R>,
+        tables: CarryTables<R>,
+        dabits: Option<DaBits<R>>,
+    ) -> Result<(Self, Step<R>), MpcError> {
         if !(2..=64).contains(&bits) {
             return Err(shape(OP, format!("bit width {bits} is outside 2..=64")));
         }
@@ -160,42 +209,71 @@ impl<R: Role> Compare<R> {
         check_len(OP, "AND-triple words", triples.a.len(), and_words(n, bits))?;
         check_len(OP, "AND-triple words (b)", triples.b.len(), and_words(n, bits))?;
         check_len(OP, "AND-triple words (c)", triples.c.len(), and_words(n, bits))?;
+        let q = chunks(bits);
+        if tables.chunk != CHUNK_BITS {
+            return Err(shape(OP, format!("carry tables on {}-bit chunks, expected {CHUNK_BITS}", tables.chunk)));
+        }
+        check_len(OP, "carry-table masks", tables.mask.len(), q * n)?;
+        check_len(OP, "carry-table words", tables.tables.len(), q * n * CarryTables::<R>::table_words(CHUNK_BITS))?;
         let w = bits - 1;
         let words = n.div_ceil(64);
-        let mask = low_mask(bits);
-        let v: Vec<u64> = x.as_slice().iter().map(|s| s & mask).collect();
+        let v: Vec<u64> = x.as_slice().iter().map(|s| s & low_mask(bits)).collect();
         let top = plane(&v, w, words);
-        // Our bits as XOR shares of P0's operand (a) and P1's operand (b).
-        let mut xs = Vec::with_capacity(w as usize * words);
-        let mut ys = Vec::with_capacity(w as usize * words);
-        let mut props = Vec::with_capacity(w as usize);
-        for j in 0..w {
-            let p = plane(&v, j, words);
-            if R::ID == 0 {
-                xs.extend_from_slice(&p);
-                ys.extend(std::iter::repeat_n(0, words));
-            } else {
-                xs.extend(std::iter::repeat_n(0, words));
-                ys.extend_from_slice(&p);
+        // Chunk c covers bits c*CHUNK_BITS .. min(+CHUNK_BITS, w), padded to CHUNK_BITS.
+        let cm = low_mask(CHUNK_BITS);
+        let mut masked = Vec::with_capacity(q * n);
+        for c in 0..q {
+            let lo = c as u32 * CHUNK_BITS;
+            let width = CHUNK_BITS.min(w - lo);
+            let pad = CHUNK_BITS - width;
+            for (i, &vi) in v.iter().enumerate() {
+                let part = (vi >> lo) & low_mask(width);
+                let padded = if R::ID == 0 { (part << pad) | low_mask(pad) } else { part << pad };
+                masked.push(padded.wrapping_sub(tables.mask[c * n + i]) & cm);
             }
-            props.push(p);
         }
-        let mut core = Compare {
+        let msg = pack_bits(&masked, CHUNK_BITS);
+        let core = Compare {
             n,
             words,
             top,
-            nodes: props.into_iter().map(|p| (Vec::new(), p)).collect(),
+            nodes: Vec::new(),
             triples,
             used: 0,
+            tables,
+            masked,
             boolean_out: dabits.is_none(),
             dabits,
             pending: None,
             convert: None,
-            levels: levels(w as usize),
-            phase: Phase::Generate,
+            levels: levels(q),
+            phase: Phase::Tables,
         };
-        let msg = core.and_round(xs, ys)?;
         Ok((core, Step::Send(msg)))
+    }
+
+    /// Reads our shares of every chunk's (gen, prop) from the tables at `(u, v)`.
+    fn read_tables(&mut self, peer: &[u64]) -> Result<(), MpcError> {
+        let (n, q) = (self.n, self.masked.len() / self.n.max(1));
+        check_len(OP, "peer's chunk message (words)", peer.len(), packed_words(q * n, CHUNK_BITS))?;
+        let theirs = unpack_bits(peer, CHUNK_BITS, q * n).ok_or_else(|| shape(OP, "short chunk message"))?;
+        let tw = CarryTables::<R>::table_words(CHUNK_BITS);
+        let size = 1usize << CHUNK_BITS;
+        let mut nodes = Vec::with_capacity(q);
+        for c in 0..q {
+            let (mut g, mut p) = (vec![0u64; self.words], vec![0u64; self.words]);
+            for i in 0..n {
+                let k = c * n + i;
+                let (u, v) = if R::ID == 0 { (self.masked[k], theirs[k]) } else { (theirs[k], self.masked[k]) };
+                let at = 2 * (u as usize * size + v as usize);
+                let e = self.tables.tables[k * tw + at / 64] >> (at % 64);
+                g[i / 64] |= (e & 1) << (i % 64);
+                p[i / 64] |= ((e >> 1) & 1) << (i % 64);
+            }
+            nodes.push((g, p));
+        }
+        self.nodes = nodes;
+        Ok(())
     }
 
     fn and_round(&mut self, xs: Vec<u64>, ys: Vec<u64>) -> Result<Vec<u64>, MpcError> {
@@ -290,6 +368,11 @@ impl<R: Role> Compare<R> {
         1 + self.levels.len() + usize::from(!self.boolean_out)
     }
 
+    /// Whether the message last returned is the table round's (masked chunk values).
+    pub fn table_round(&self) -> bool {
+        matches!(self.phase, Phase::Tables)
+    }
+
     /// Whether the message last returned is the daBit conversion's (a masked bit)
     /// rather than an AND batch's.
     pub fn converting(&self) -> bool {
@@ -299,12 +382,8 @@ impl<R: Role> Compare<R> {
     /// Consumes the peer's answer to our last message.
     pub fn step(&mut self, peer: &[u64]) -> Result<Step<R>, MpcError> {
         match self.phase {
-            Phase::Generate => {
-                let g = self.finish_ands(peer)?;
-                let wd = self.words;
-                for (j, node) in self.nodes.iter_mut().enumerate() {
-                    node.0 = g[j * wd..(j + 1) * wd].to_vec();
-                }
+            Phase::Tables => {
+                self.read_tables(peer)?;
                 if self.levels.is_empty() {
                     return self.after_tree();
                 }
@@ -343,10 +422,21 @@ pub fn take_material<R: Role, M: MaterialSource<R> + ?Sized>(
     m: &mut M,
     n: usize,
     bits: u32,
-) -> Result<(AndTriples<R>, DaBits<R>), MpcError> {
-    let t = m.take_and_triples(and_words(n, bits))?;
+) -> Result<(AndTriples<R>, CarryTables<R>, DaBits<R>), MpcError> {
+    let (t, c) = take_material_bits(m, n, bits)?;
     let d = m.take_dabits(n)?;
-    Ok((t, d))
+    Ok((t, c, d))
+}
+
+/// Takes the material of one comparison that stops at XOR bits (no daBits).
+pub fn take_material_bits<R: Role, M: MaterialSource<R> + ?Sized>(
+    m: &mut M,
+    n: usize,
+    bits: u32,
+) -> Result<(AndTriples<R>, CarryTables<R>), MpcError> {
+    let t = m.take_and_triples(and_words(n, bits))?;
+    let c = m.take_carry_tables(chunks(bits) * n, CHUNK_BITS)?;
+    Ok((t, c))
 }
 
 /// Rounds of a comparison that stops at XOR-shared bits ([`Compare::start_bits`]).
@@ -364,8 +454,8 @@ pub fn msb<R: Role, C: Channel + ?Sized, M: MaterialSource<R> + ?Sized>(
     if x.is_empty() {
         return Ok(Shares::from_raw(Vec::new()));
     }
-    let (t, d) = take_material(material, x.len(), bits)?;
-    let (mut core, mut step) = Compare::start(x, bits, t, d)?;
+    let (t, c, d) = take_material(material, x.len(), bits)?;
+    let (mut core, mut step) = Compare::start(x, bits, t, c, d)?;
     loop {
         match step {
             Step::Send(msg) => {
@@ -396,12 +486,29 @@ mod tests {
 
     #[test]
     fn schedule_counts() {
-        assert_eq!(rounds(64), 8);
-        assert_eq!(rounds(32), 7);
-        assert_eq!(rounds(16), 6);
+        // 16 bits: 15 low bits in 5 chunks, tree levels 2+1 pairs with P, then 1 without.
+        assert_eq!(chunks(16), 5);
+        assert_eq!(rounds(16), 5);
+        assert_eq!(and_words(64, 16), 2 * 2 + 2 + 1);
+        // 64 bits: 21 chunks, 5 tree levels.
+        assert_eq!(rounds(64), 7);
         assert_eq!(rounds(2), 2);
-        // 63 generate gates, then 31+16+8+4+2 pairs with P and 1 without.
-        assert_eq!(and_words(64, 64), 63 + 2 * (31 + 16 + 8 + 4 + 2) + 1);
-        assert_eq!(and_words(65, 16), 2 * (15 + 2 * (7 + 4 + 2) + 1));
+        assert_eq!(and_words(65, 2), 0);
+    }
+
+    #[test]
+    fn carry_tables_hold_generate_and_propagate() {
+        for (ra, rb) in [(0u64, 0u64), (3, 5), (7, 7)] {
+            let t = carry_table(3, ra, rb);
+            for a in 0..8u64 {
+                for b in 0..8u64 {
+                    let (u, v) = ((a + 8 - ra) % 8, (b + 8 - rb) % 8);
+                    let at = 2 * (u * 8 + v) as usize;
+                    let e = (t[at / 64] >> (at % 64)) & 3;
+                    assert_eq!(e & 1, u64::from(a + b >= 8));
+                    assert_eq!(e >> 1, u64::from(a + b == 7));
+                }
+            }
+        }
     }
 }

@@ -77,6 +77,29 @@ pub struct BitTriples<R: Role> {
     pub c: Shares<R>,
 }
 
+/// One-time truth tables for chunk carries ([`super::compare`]): per chunk instance this
+/// party's random mask (P0: `r_A`, P1: `r_B`, `chunk` bits) and its XOR share of the table
+/// `T[u][v] = (gen, prop)` of `A = u + r_A`, `B = v + r_B` (mod `2^chunk`): `gen` is the
+/// carry out of `A + B`, `prop` whether `A + B = 2^chunk - 1`. Two bits per entry at
+/// bits `2 (u 2^chunk + v)` and the next, [`CarryTables::table_words`] words per table.
+#[derive(Debug)]
+pub struct CarryTables<R: Role> {
+    /// Chunk width in bits.
+    pub chunk: u32,
+    /// This party's masks, one per instance.
+    pub mask: Vec<u64>,
+    /// This party's table shares, `table_words(chunk)` words per instance.
+    pub tables: Vec<u64>,
+    pub(crate) _role: std::marker::PhantomData<R>,
+}
+
+impl<R: Role> CarryTables<R> {
+    /// Words of one table: `2^(2 chunk)` entries of 2 bits.
+    pub fn table_words(chunk: u32) -> usize {
+        (2usize << (2 * chunk)).div_ceil(64)
+    }
+}
+
 /// Power tuples: shares of `a` (uniform) and of `a^2, ..., a^degree` (element-major,
 /// `degree - 1` per element). One opening of `x - a` gives every power of `x` up to
 /// `degree` ([`super::beaver::powers_start`]).

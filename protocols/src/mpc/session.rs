@@ -28,6 +28,8 @@ pub enum Opened {
     MaskedProduct,
     /// Masked `d`, `e` of boolean AND gates (comparison circuits).
     MaskedAnd,
+    /// Chunks of a comparison's operands masked by one-time truth-table masks.
+    MaskedChunk,
     /// A bit masked by a daBit (bit-to-arithmetic conversion).
     MaskedBit,
     /// Faithful-truncation OT messages (P0: MSB masked by the OT choice bit; P1: two
@@ -48,6 +50,7 @@ impl Opened {
         match self {
             Opened::MaskedProduct => "masked d/e",
             Opened::MaskedAnd => "masked boolean d/e",
+            Opened::MaskedChunk => "one-time-table masked chunk",
             Opened::MaskedBit => "daBit-masked bit",
             Opened::TruncationOt => "truncation OT message",
             Opened::InputSeed => "seed of uniform input shares",
@@ -198,6 +201,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     fn rider_label(&self, _round: usize) -> Opened {
         match &self.rider {
             Some((core, _, _)) if core.converting() => Opened::MaskedBit,
+            Some((core, _, _)) if core.table_round() => Opened::MaskedChunk,
             _ => Opened::MaskedAnd,
         }
     }
@@ -240,11 +244,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         }
         let x = compare::reduce_local(x, drop);
         let (core, step) = if boolean_out {
-            let t = self.material.take_and_triples(compare::and_words(x.len(), bits))?;
-            compare::Compare::start_bits(&x, bits, t)?
+            let (t, c) = compare::take_material_bits(&mut self.material, x.len(), bits)?;
+            compare::Compare::start_bits(&x, bits, t, c)?
         } else {
-            let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
-            compare::Compare::start(&x, bits, t, d)?
+            let (t, c, d) = compare::take_material(&mut self.material, x.len(), bits)?;
+            compare::Compare::start(&x, bits, t, c, d)?
         };
         match step {
             compare::Step::Send(msg) => self.rider = Some((core, msg, 0)),
@@ -473,8 +477,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         if x.is_empty() {
             return Ok(Shares::from_raw(Vec::new()));
         }
-        let (t, d) = compare::take_material(&mut self.material, x.len(), bits)?;
-        let (core, step) = compare::Compare::start(x, bits, t, d)?;
+        let (t, c, d) = compare::take_material(&mut self.material, x.len(), bits)?;
+        let (core, step) = compare::Compare::start(x, bits, t, c, d)?;
         match self.drive_compare(core, step)? {
             RiderResult::Arith(s) => Ok(s),
             RiderResult::Bits(_) => Err(super::shape("comparison", "a converting comparison returned XOR bits")),
@@ -488,8 +492,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         if x.is_empty() {
             return Ok(Vec::new());
         }
-        let t = self.material.take_and_triples(compare::and_words(x.len(), bits))?;
-        let (core, step) = compare::Compare::start_bits(x, bits, t)?;
+        let (t, c) = compare::take_material_bits(&mut self.material, x.len(), bits)?;
+        let (core, step) = compare::Compare::start_bits(x, bits, t, c)?;
         match self.drive_compare(core, step)? {
             RiderResult::Bits(b) => Ok(b),
             RiderResult::Arith(_) => Err(super::shape("comparison", "a boolean comparison returned shares")),
@@ -509,7 +513,13 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         loop {
             match step {
                 compare::Step::Send(msg) => {
-                    let what = if core.converting() { Opened::MaskedBit } else { Opened::MaskedAnd };
+                    let what = if core.converting() {
+                        Opened::MaskedBit
+                    } else if core.table_round() {
+                        Opened::MaskedChunk
+                    } else {
+                        Opened::MaskedAnd
+                    };
                     let peer = self.transfer(what, &msg, msg.len())?;
                     step = core.step(&peer)?;
                 }
