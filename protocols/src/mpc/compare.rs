@@ -417,12 +417,15 @@ pub fn reduce_local<R: Role>(x: &Shares<R>, drop: u32) -> Shares<R> {
     Shares::from_raw(x.as_slice().iter().map(|v| v >> drop).collect())
 }
 
+/// The material of one converting comparison.
+pub type CompareMaterial<R> = (AndTriples<R>, CarryTables<R>, DaBits<R>);
+
 /// Takes the material of one comparison of `n` elements on `bits` bits.
 pub fn take_material<R: Role, M: MaterialSource<R> + ?Sized>(
     m: &mut M,
     n: usize,
     bits: u32,
-) -> Result<(AndTriples<R>, CarryTables<R>, DaBits<R>), MpcError> {
+) -> Result<CompareMaterial<R>, MpcError> {
     let (t, c) = take_material_bits(m, n, bits)?;
     let d = m.take_dabits(n)?;
     Ok((t, c, d))
