@@ -88,6 +88,19 @@ pub struct MatMul<'a, R: Role> {
     pub n: usize,
 }
 
+/// How a transfer carries the background comparison's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ride {
+    /// Not at all.
+    No,
+    /// Ours appended, the peer's split off the reply (symmetric, or P0 in a truncation).
+    Both,
+    /// P1 in a truncation, first half: the peer's split off what P1 receives.
+    ReceiveFirst,
+    /// P1 in a truncation, second half: ours appended to the answer, then step.
+    SendLast,
+}
+
 /// What a background comparison produced.
 #[derive(Debug)]
 enum RiderResult<R: Role> {
@@ -105,6 +118,8 @@ pub struct Session<R: Role, C: Channel, M: MaterialSource<R>> {
     /// A comparison riding along with the Beaver rounds of other work.
     rider: Option<(compare::Compare<R>, Vec<u64>, usize)>,
     rider_result: Option<RiderResult<R>>,
+    /// P1's copy of P0's rider message received with a truncation, until P1 answers.
+    rider_stash: Option<Vec<u64>>,
     _role: std::marker::PhantomData<R>,
 }
 
@@ -127,6 +142,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             record: false,
             rider: None,
             rider_result: None,
+            rider_stash: None,
             _role: Default::default(),
         }
     }
@@ -161,30 +177,58 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// every protocol of this session goes through here.
     ///
     /// A background comparison ([`Session::start_background_msb`]) rides along with every
-    /// [`Opened::MaskedProduct`] transfer (those are symmetric on both parties): its
-    /// message is appended to ours and its answer split off, logged as its own entry.
+    /// [`Opened::MaskedProduct`] and [`Opened::TruncationOt`] round: its message is
+    /// appended to ours and its answer split off, logged as its own entry.
     pub fn transfer(&mut self, what: Opened, send: &[u64], recv_len: usize) -> Result<Vec<u64>, MpcError> {
-        let ride = what == Opened::MaskedProduct && self.rider.is_some();
+        // How a background comparison rides along (it needs both parties to send one
+        // message and receive the other's):
+        // * symmetric Beaver openings: appended to ours, the peer's split off;
+        // * a truncation (P0 sends, then P1 answers): P0 appends to its message and
+        //   splits the peer's off the answer; P1 splits P0's off the message it receives
+        //   and appends its own to its answer, stepping only after it has sent.
+        let rider_msg = self.rider.as_ref().map(|(_, msg, round)| (msg.clone(), self.rider_label(*round)));
+        let mode = match (&rider_msg, what) {
+            (Some(_), Opened::MaskedProduct) => Ride::Both,
+            (Some(_), Opened::TruncationOt) if !send.is_empty() && recv_len > 0 => Ride::Both,
+            (Some(_), Opened::TruncationOt) if send.is_empty() && recv_len > 0 => Ride::ReceiveFirst,
+            (Some(_), Opened::TruncationOt) if !send.is_empty() && recv_len == 0 && self.rider_stash.is_some() => {
+                Ride::SendLast
+            }
+            _ => Ride::No,
+        };
         let mut out = send.to_vec();
-        let mut rider_len = 0;
-        let mut rider_what = Opened::MaskedAnd;
-        if ride {
-            if let Some((_, msg, round)) = &self.rider {
-                out.extend_from_slice(msg);
-                rider_len = msg.len();
-                rider_what = self.rider_label(*round);
+        let (own_len, peer_len) = match (&rider_msg, mode) {
+            (Some((m, _)), Ride::Both) => (m.len(), m.len()),
+            (Some((m, _)), Ride::ReceiveFirst) => (0, m.len()),
+            (Some((m, _)), Ride::SendLast) => (m.len(), 0),
+            _ => (0, 0),
+        };
+        if own_len > 0 {
+            if let Some((m, _)) = &rider_msg {
+                out.extend_from_slice(m);
             }
         }
         if !out.is_empty() {
             self.chan.send_u64s(Lane::Openings, &out)?;
         }
-        let total = recv_len + rider_len;
+        let total = recv_len + peer_len;
         let mut received = if total > 0 { self.chan.recv_u64s(Lane::Openings, total)? } else { Vec::new() };
         let rider_part = received.split_off(recv_len.min(received.len()));
         self.log(what, send.len(), &received);
-        if ride {
-            self.log(rider_what, rider_len, &rider_part);
-            self.step_rider(&rider_part)?;
+        if let Some((_, label)) = rider_msg {
+            match mode {
+                Ride::Both => {
+                    self.log(label, own_len, &rider_part);
+                    self.step_rider(&rider_part)?;
+                }
+                Ride::ReceiveFirst => self.rider_stash = Some(rider_part),
+                Ride::SendLast => {
+                    let peer = self.rider_stash.take().unwrap_or_default();
+                    self.log(label, own_len, &peer);
+                    self.step_rider(&peer)?;
+                }
+                Ride::No => {}
+            }
         }
         Ok(received)
     }
@@ -218,7 +262,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     }
 
     /// Starts a comparison like [`Session::msb_reduced`] that advances one round with each
-    /// later Beaver round of this session (no extra rounds where enough follow); collect
+    /// later Beaver or truncation round of this session (no extra rounds where enough follow); collect
     /// it with [`Session::finish_background_msb`]. One at a time.
     pub fn start_background_msb(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<(), MpcError> {
         self.start_rider(x, drop, bits, false)
