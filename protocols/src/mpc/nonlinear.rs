@@ -14,7 +14,7 @@
 //! |---|---|---|---|---|
 //! | [`relu`] | `x - [x < 0] x` (XOR sign bit, bit product) | comparison on `bits` | exact | cmp |
 //! | [`silu`] | `relu(x) - [abs(x) < T] delta(abs(x))`, `delta(t) = t / (1 + e^t)` fitted by two degree-4 polynomials in `s = t / T` on `[0, A]` and `[A, T]` (Chebyshev interpolation); sign as XOR bits, `abs` by a bit product, range bits riding along, powers from one power tuple, pieces selected by bit products before one truncation | `T = 8`, `A = 2.5`, `s` at 15 bits, pieces at 48 bits | `2.6e-3` (just beyond `abs(x) = T`: `T/(1+e^T)`), `1.2e-3` inside | cmp + 10 |
-//! | [`exp_neg`] | `x < -T` gives 0; else `(1 + y + y^2/2)^(2^k)`, `y = x / 2^k`; the clipping comparison rides along with the squarings | `T = 16`, `k = 6`, 30 internal bits | `6e-5` absolute | 2k + 4 |
+//! | [`exp_neg`] | `x < -T` gives 0; else `(1 + y + y^2/2 + y^3/6)^(2^k)`, `y = x / 2^k`, the square and cube from one power tuple of `z = y / 6^(1/3)` (so the cube needs no coefficient); the clipping comparison rides along | `T = 16`, `k = 4`, `z` at 20 bits, 30 internal bits | `8.7e-5` absolute | 2k + 5 |
 //! | [`reciprocal`] | start `k 2^(-m/16)` from `16 log2(max)` comparisons (sixteenth octaves), 1 Newton step `y (2 - x y)` | output 24 fractional bits | relative `5e-4` | cmp + 4 |
 //! | [`rsqrt`] | start `k 2^(-(lo + m/16)/2)` from sixteenth-octave comparisons over `[2^-20, 2^16]`, 1 Newton step `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `4e-4` | cmp + 6 |
 //! | [`max_segments`] | comparison tree, `max(a, b) = b + [b < a] (a - b)` (XOR bit, bit product) | | exact | `ceil(log2 len)` x cmp |
@@ -56,8 +56,11 @@ pub const SILU_S_BITS: u32 = 15;
 pub const POLY_BITS: u32 = 24;
 /// exp: clipping threshold (`e^-16 = 1.1e-7` is below `2^-16`).
 pub const EXP_T: f64 = 16.0;
-/// exp: squarings (`n = 2^k`).
-pub const EXP_K: u32 = 6;
+/// exp: squarings (`n = 2^k`): `y = x / 16` is in `[-1, 0]`, where the cubic Taylor
+/// polynomial's error, raised to the 16th power, stays below `6e-5` absolute.
+pub const EXP_K: u32 = 4;
+/// exp: fractional bits of `z = y / 6^(1/3)` for its power tuple (`z^3` at 60 bits).
+pub const EXP_Z_BITS: u32 = 20;
 /// exp: internal fractional bits of the squaring chain.
 pub const EXP_BITS: u32 = 30;
 /// Softmax score comparisons (max tree, exp clipping) drop this many low bits (keeping
@@ -193,16 +196,22 @@ pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
     if n == 0 {
         return Ok(x.clone());
     }
-    if f + EXP_K > EXP_BITS || 2 * f + 1 + 2 * EXP_K < EXP_BITS {
+    // y = x / 2^k carries f + k fractional bits with the same ring value as x.
+    let fy = f + EXP_K;
+    if f > EXP_BITS || fy > 3 * EXP_Z_BITS {
         return Err(super::shape("exp", format!("fractional bits {f} do not fit the exp chain")));
     }
-    // The clipping comparison rides along with the squaring chain's rounds.
+    // The clipping comparison rides along with the next rounds.
     sess.start_background_msb_bits(&add_scalar(x, encode(EXP_T, f)), SCORE_DROP, SCORE_BITS)?;
-    // y^2 / 2 at EXP_BITS from x^2 at 2f bits: y^2/2 = x^2 / 2^(2k+1).
-    let x2 = sess.square(x)?;
-    let half_y2 = sess.trunc(x2, 2 * f + 1 + 2 * EXP_K - EXP_BITS)?;
-    let y = x.scale(1u64 << (EXP_BITS - f - EXP_K));
-    let mut b = add_scalar(&y.add(&half_y2), 1u64 << EXP_BITS);
+    // z = y 6^(-1/3) at EXP_Z_BITS: z^3 = y^3 / 6 and y^2 / 2 = z^2 6^(2/3) / 2.
+    const CB: u32 = 24;
+    let z = sess.trunc(x.scale(encode(6f64.powf(-1.0 / 3.0), CB)), fy + CB - EXP_Z_BITS)?;
+    let pw = sess.powers(&z, 3)?;
+    let wide = 3 * EXP_Z_BITS;
+    let b = add_scalar(&x.scale(1u64 << (wide - fy)), 1u64 << wide)
+        .add(&pw[1].scale(encode(6f64.powf(2.0 / 3.0) / 2.0, wide - 2 * EXP_Z_BITS)))
+        .add(&pw[2]);
+    let mut b = sess.trunc(b, wide - EXP_BITS)?;
     for _ in 0..EXP_K {
         let sq = sess.square(&b)?;
         b = sess.trunc(sq, EXP_BITS)?;
