@@ -16,7 +16,7 @@
 //! | [`silu`] | `relu(x) - [abs(x) < T] delta(abs(x))`, `delta(t) = t / (1 + e^t)` fitted by two degree-4 polynomials in `s = t / T` on `[0, A]` and `[A, T]` (Chebyshev interpolation); sign as XOR bits, `abs` by a bit product, range bits riding along, powers from one power tuple, pieces selected by bit products before one truncation | `T = 8`, `A = 2.5`, `s` at 15 bits, pieces at 48 bits | `2.6e-3` (just beyond `abs(x) = T`: `T/(1+e^T)`), `1.2e-3` inside | cmp + 10 |
 //! | [`exp_neg`] | `x < -T` gives 0; else `(1 + y + y^2/2 + y^3/6)^(2^k)`, `y = x / 2^k`, the square and cube from one power tuple of `z = y / 6^(1/3)` (so the cube needs no coefficient); the clipping comparison rides along | `T = 16`, `k = 4`, `z` at 20 bits, 30 internal bits | `8.7e-5` absolute | 2k + 5 |
 //! | [`reciprocal`] | start `k 2^(-m/16)` from `16 log2(max)` comparisons (sixteenth octaves), 1 Newton step `y (2 - x y)` | output 24 fractional bits | relative `5e-4` | cmp + 4 |
-//! | [`rsqrt`] | start `k 2^(-(lo + m/16)/2)` from sixteenth-octave comparisons over `[2^-20, 2^16]`, 1 Newton step `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `4e-4` | cmp + 6 |
+//! | [`rsqrt`] | start `k 2^(-(lo + m/16)/2)` from sixteenth-octave comparisons over `[2^-20, 2^17]`, 1 Newton step `y (3 - x y^2) / 2` | input 28, output 20 fractional bits | relative `4e-4` | cmp + 6 |
 //! | [`max_segments`] | comparison tree, `max(a, b) = b + [b < a] (a - b)` (XOR bit, bit product) | | exact | `ceil(log2 len)` x cmp |
 //!
 //! Comparison cost (`cmp`) is in [`super::compare`]: `1 + ceil(log2(bits - 1)) + 1`
@@ -82,7 +82,7 @@ const Y2_BITS: u32 = 32;
 /// [`rsqrt`]'s input range: `[2^RSQRT_LO, 2^RSQRT_HI]`.
 pub const RSQRT_LO: i32 = -20;
 /// See [`RSQRT_LO`].
-pub const RSQRT_HI: i32 = 16;
+pub const RSQRT_HI: i32 = 17;
 /// Comparisons per octave for Newton starting points: the start is within
 /// `2^(1/32) - 1 = 2.2%` of the answer, so one Newton step gives `5e-4` (reciprocal,
 /// error squared) and `3.5e-4` (rsqrt, `0.75` error squared). These functions run on one
@@ -225,15 +225,7 @@ pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
 
 /// Comparison bits `[x >= 2^(lo + i / S)]` for `i = 1 ..= S (hi - lo)`, `x` at `fx` bits,
 /// all in one batch; returns them element-major (`n x count`).
-fn octave_bits<R: Role, C: Channel, M: MaterialSource<R>>(
-    sess: &mut Session<R, C, M>,
-    x: &Shares<R>,
-    fx: u32,
-    lo: i32,
-    hi: i32,
-    drop: u32,
-    bits: u32,
-) -> Result<(Vec<u64>, usize), MpcError> {
+fn octave_diffs<R: Role>(x: &Shares<R>, fx: u32, lo: i32, hi: i32) -> (Shares<R>, usize) {
     let count = (STEPS_PER_OCTAVE as i32 * (hi - lo)).max(0) as usize;
     let thresholds: Vec<u64> = (1..=count)
         .map(|i| encode((lo as f64 + i as f64 / STEPS_PER_OCTAVE as f64).exp2(), fx))
@@ -244,7 +236,20 @@ fn octave_bits<R: Role, C: Channel, M: MaterialSource<R>>(
             diffs.push(if R::ID == 0 { v.wrapping_sub(t) } else { v });
         }
     }
-    let below = sess.msb_reduced(&Shares::from_raw(diffs), drop, bits)?;
+    (Shares::from_raw(diffs), count)
+}
+
+fn octave_bits<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    fx: u32,
+    lo: i32,
+    hi: i32,
+    drop: u32,
+    bits: u32,
+) -> Result<(Vec<u64>, usize), MpcError> {
+    let (diffs, count) = octave_diffs(x, fx, lo, hi);
+    let below = sess.msb_reduced(&diffs, drop, bits)?;
     Ok((not(&below).into_raw(), count))
 }
 
@@ -255,10 +260,27 @@ pub fn reciprocal<R: Role, C: Channel, M: MaterialSource<R>>(
     f: u32,
     max: f64,
 ) -> Result<Shares<R>, MpcError> {
-    let n = x.len();
-    if n == 0 {
-        return Ok(x.clone());
-    }
+    let pending = reciprocal_start(sess, x, f, max)?;
+    reciprocal_finish(sess, x, pending)
+}
+
+/// A [`reciprocal`] whose starting-point comparisons run in the background.
+#[derive(Debug)]
+#[must_use = "finish it with reciprocal_finish"]
+pub struct PendingReciprocal {
+    f: u32,
+    count: usize,
+}
+
+/// Starts [`reciprocal`]: its sixteenth-octave comparisons ride along with the caller's
+/// next Beaver and truncation rounds ([`Session::start_background_msb`]) until
+/// [`reciprocal_finish`].
+pub fn reciprocal_start<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    f: u32,
+    max: f64,
+) -> Result<PendingReciprocal, MpcError> {
     if f > RECIP_BITS || !max.is_finite() || max > 1e9 {
         return Err(super::shape("reciprocal", format!("needs F <= {RECIP_BITS} and a finite bound, got F = {f}, max = {max}")));
     }
@@ -267,7 +289,23 @@ pub fn reciprocal<R: Role, C: Channel, M: MaterialSource<R>>(
     // start off by one bucket would double the Newton step's error.
     let drop = f.saturating_sub(10);
     let bits = ((f - drop) as i32 + hi + 3).clamp(8, 64 - drop as i32) as u32;
-    let (c, count) = octave_bits(sess, x, f, 0, hi, drop, bits)?;
+    let (diffs, count) = octave_diffs(x, f, 0, hi);
+    sess.start_background_msb(&diffs, drop, bits)?;
+    Ok(PendingReciprocal { f, count })
+}
+
+/// Finishes [`reciprocal_start`] for the same `x`: the start value from the comparison
+/// bits, then Newton.
+pub fn reciprocal_finish<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    pending: PendingReciprocal,
+) -> Result<Shares<R>, MpcError> {
+    let (f, count, n) = (pending.f, pending.count, x.len());
+    let c = not(&sess.finish_background_msb()?).into_raw();
+    if n == 0 {
+        return Ok(x.clone());
+    }
     // y0 = k 2^(-m/S), m = number of thresholds passed, as a linear function of the bits.
     let s = STEPS_PER_OCTAVE as f64;
     let k = 2.0 / (1.0 + (1.0 / s).exp2());

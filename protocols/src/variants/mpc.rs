@@ -21,7 +21,8 @@
 //!   triples, truncation, and the product with the reciprocal, truncated.
 //! * **SwiGLU**: [`nonlinear::silu`] on the gate, a Beaver product with `up`, truncation.
 //! * **RMSNorm**: `sum x^2` with square pairs (local row sums), the mean square with
-//!   [`nonlinear::MS_BITS`] fractional bits, `rsqrt` by a secret power-of-two start from
+//!   [`nonlinear::MS_BITS`] fractional bits (`1/d = m 2^-k`: the `2^-k` rides in the same
+//!   truncation as `x * gain`, `m^-1/2` joins the gain), `rsqrt` by a secret power-of-two start from
 //!   batched comparisons and Newton ([`nonlinear::rsqrt`]), times `x * gain`.
 //! * **logits**: P1 sends its shares of the selected rows' logits to P0
 //!   ([`Session::reveal_to_p0`]); P1's `reveal_logits` returns `None`.
@@ -292,19 +293,28 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             Norm::Final => &w.final_norm,
         };
         let eps = w.config.rms_norm_eps;
-        let g: Vec<u64> = (0..n * d).map(|i| encode_f32(gain[i % d], f)).collect();
+        // 1/d = m 2^-k with m = 2^k/d in (1/2, 1]: the 2^-k joins the sums' truncation
+        // and m^-1/2 the public gain (rsqrt(ms + eps) = m^-1/2 rsqrt(ms/m + eps/m)), so the
+        // mean square takes no truncation round of its own; ms/m < 2 ms stays inside
+        // rsqrt's range.
+        let k = (d.max(1) as f64).log2().ceil() as u32;
+        let m = (1u64 << k) as f64 / d.max(1) as f64;
+        let scale = m.powf(-0.5);
+        let g: Vec<u64> = (0..n * d).map(|i| encode(f64::from(gain[i % d]) * scale, f)).collect();
         let x2 = self.sess.square(&x.data)?;
         let sums: Vec<u64> =
             x2.as_slice().chunks(d).map(|r| r.iter().fold(0u64, |a, &b| a.wrapping_add(b))).collect();
-        // One truncation round for the sums (2F -> F) and x * gain (2F -> F).
-        let mut both = sums;
-        both.extend_from_slice(x.data.mul_public(&g).as_slice());
-        let t = self.sess.trunc(Shares::from_raw(both), f)?.into_raw();
-        let (sum_f, xg) = (Shares::<R>::from_raw(t[..n].to_vec()), Shares::<R>::from_raw(t[n..].to_vec()));
-        // mean square with MS_BITS fractional bits: sum * enc_32(1/d), truncated.
-        const CB: u32 = 32;
-        let ms = self.sess.trunc(sum_f.scale(encode(1.0 / d as f64, CB)), f + CB - nonlinear::MS_BITS)?;
-        let ms = nonlinear::add_scalar(&ms, encode(eps, nonlinear::MS_BITS).max(1));
+        // One truncation round: the sums (2F -> MS_BITS, times 2^-k) and x * gain (2F -> F).
+        let shift = (2 * f + k).checked_sub(nonlinear::MS_BITS).filter(|&s| s > 0).ok_or_else(|| MpcError::Shape {
+            op: "rms norm",
+            detail: format!("2 F + log2(d) = {} must exceed the mean square's {} fractional bits", 2 * f + k, nonlinear::MS_BITS),
+        })?;
+        let t = self.sess.trunc_many(vec![
+            (Shares::from_raw(sums), shift),
+            (x.data.mul_public(&g), f),
+        ])?;
+        let (ms, xg) = (&t[0], &t[1]);
+        let ms = nonlinear::add_scalar(ms, encode(eps / m, nonlinear::MS_BITS).max(1));
         let y = nonlinear::rsqrt(&mut self.sess, &ms)?;
         let out = self.sess.mul(&xg, &broadcast(&y, d))?;
         let out = self.sess.trunc(out, nonlinear::RSQRT_BITS)?;
@@ -445,12 +455,15 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
                 at += len;
             }
         }
-        let recip = nonlinear::reciprocal(&mut self.sess, &Shares::from_raw(sums), f, total as f64)?;
+        // The reciprocal's comparisons ride along with E V and its truncation.
+        let sums = Shares::<R>::from_raw(sums);
+        let pending = nonlinear::reciprocal_start(&mut self.sess, &sums, f, total as f64)?;
         let emats: Vec<Shares<R>> = emats.into_iter().map(Shares::from_raw).collect();
         let ops: Vec<MatMul<'_, R>> =
             (0..nh).map(|h| MatMul { x: &emats[h], y: &vs[h / group], m: n, k: total, n: hd }).collect();
         let ev = self.sess.matmul_many(&ops)?;
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
+        let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
         let out = self.sess.mul(&ev, &broadcast(&recip, hd))?;
         let out = self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw();
         // (head, row, j) -> (row, head * hd + j)
