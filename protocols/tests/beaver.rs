@@ -81,6 +81,21 @@ proptest! {
         );
         let want: Vec<u64> = x.iter().zip(&b).map(|(x, b)| x.wrapping_mul(*b)).collect();
         prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), want);
+        // Row scaling: x as rows of `cols`, one value per row.
+        let cols = 1 + (seed % 5) as usize;
+        let rows = n / cols;
+        if rows > 0 {
+            let xr = x[..rows * cols].to_vec();
+            let y: Vec<u64> = (0..rows).map(|_| r.next_u64()).collect();
+            let (xr0, xr1) = share(&xr, &mut r);
+            let (y0, y1) = share(&y, &mut r);
+            let (r0, r1) = two_party(
+                |ch| beaver::row_mul(ch, &xr0, &y0, m0.take_row_triples(rows, cols).unwrap()).unwrap(),
+                |ch| beaver::row_mul(ch, &xr1, &y1, m1.take_row_triples(rows, cols).unwrap()).unwrap(),
+            );
+            let want: Vec<u64> = xr.iter().enumerate().map(|(i, v)| v.wrapping_mul(y[i / cols])).collect();
+            prop_assert_eq!(reconstruct(&r0, &r1).unwrap(), want);
+        }
         prop_assert_eq!(p0.len(), degree as usize);
         let mut pw = x.clone();
         for (k, (s0, s1)) in p0.iter().zip(&p1).enumerate() {

@@ -65,6 +65,14 @@ pub(crate) fn deal(
             let c0 = ring::sub(&ring::mul(&r, &a), &g(1, 3));
             [vec![r0, c0], vec![]]
         }
+        MaterialRequest::RowTriples { rows, cols } => {
+            let a = ring::add(&g(0, 1), &g(1, 1));
+            let b = ring::add(&g(0, 2), &g(1, 2));
+            let c1 = g(1, 3);
+            let c0 = (0..rows * cols).map(|i| a[i / cols.max(1)].wrapping_mul(b[i]).wrapping_sub(c1[i])).collect();
+            let shape = vec![rows as u64, cols as u64];
+            [vec![shape.clone(), c0], vec![shape]]
+        }
         MaterialRequest::CarryTables { count, chunk } => {
             let (ra, rb, t1) = (g(0, 0), g(1, 1), g(1, 2));
             let words = crate::mpc::CarryTables::<crate::share::P0>::table_words(chunk);
@@ -115,6 +123,7 @@ fn chosen(idx: &[u64], strings: &[u64], n_choices: usize, bits: u32, count: usiz
 pub(crate) fn p1_raw_parts(req: &MaterialRequest) -> Vec<Vec<u64>> {
     match *req {
         MaterialRequest::MatrixTriple { m, k, n } => vec![vec![m as u64, k as u64, n as u64]],
+        MaterialRequest::RowTriples { rows, cols } => vec![vec![rows as u64, cols as u64]],
         _ => vec![],
     }
 }

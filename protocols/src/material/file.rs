@@ -363,7 +363,7 @@ fn elements(req: &MaterialRequest) -> u64 {
         | MaterialRequest::PowerTuples { n, .. }
         | MaterialRequest::TruncOts { n, .. }
         | MaterialRequest::MaskedLinear { n, .. } => n as u64,
-        MaterialRequest::MatrixTriple { .. } => 1,
+        MaterialRequest::MatrixTriple { .. } | MaterialRequest::RowTriples { .. } => 1,
         MaterialRequest::RandomOts { count, .. } => count as u64,
     }
 }

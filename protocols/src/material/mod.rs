@@ -48,7 +48,7 @@ pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WOR
 pub use ideal::{IdealDealer, SharedWeights};
 pub use recorder::Recorder;
 
-use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::prg::{Prg, Seed};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::borrow::Cow;
@@ -186,6 +186,14 @@ pub enum MaterialRequest {
         /// Chunk width in bits (1..=4).
         chunk: u32,
     },
+    /// Row-scaling triples: `a` per row, `b` per element, `c = a_r b_rj`, for every
+    /// element of a row times the row's value with one opening per row.
+    RowTriples {
+        /// Rows.
+        rows: usize,
+        /// Elements per row.
+        cols: usize,
+    },
     /// Power tuples: shares of `a, a^2, ..., a^degree`, for every power of `x` up to
     /// `degree` from one opening of `x - a`.
     PowerTuples {
@@ -239,6 +247,7 @@ impl MaterialRequest {
             MaterialRequest::AndTriples(_) => "and-triples".into(),
             MaterialRequest::DaBits(_) => "dabits".into(),
             MaterialRequest::BitTriples(_) => "bit-triples".into(),
+            MaterialRequest::RowTriples { .. } => "row-triples".into(),
             MaterialRequest::CarryTables { chunk, .. } => format!("carry-tables-{chunk}b"),
             MaterialRequest::PowerTuples { degree, .. } => format!("power-tuples-{degree}"),
             MaterialRequest::RandomOts { n_choices, bits, .. } => {
@@ -303,6 +312,8 @@ pub trait MaterialSource<R: Role> {
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError>;
     /// `n` bit triples (a daBit and a Beaver pair on it).
     fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError>;
+    /// A row-scaling triple for `rows x cols`.
+    fn take_row_triples(&mut self, rows: usize, cols: usize) -> Result<RowTriples<R>, MaterialError>;
     /// Carry truth tables for `count` chunk instances of `chunk` bits.
     fn take_carry_tables(&mut self, count: usize, chunk: u32) -> Result<CarryTables<R>, MaterialError>;
     /// `n` power tuples up to `degree`.
@@ -383,6 +394,12 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
             let n = n as u64;
             vec![c("b", n, Seed, Seed), c("r", n, Raw, Seed), c("a", n, Seed, Seed), c("c", n, Raw, Seed)]
         }
+        MaterialRequest::RowTriples { rows, cols } => vec![
+            c("shape", 2, Raw, Raw),
+            c("a", rows as u64, Seed, Seed),
+            c("b", mul(rows, cols)?, Seed, Seed),
+            c("c", mul(rows, cols)?, Raw, Seed),
+        ],
         MaterialRequest::CarryTables { count, chunk } => {
             if !(1..=4).contains(&chunk) {
                 return Err(MaterialError::InvalidRequest(format!("carry tables on {chunk}-bit chunks: 1..=4 are supported")));
@@ -462,6 +479,7 @@ pub(crate) trait Backend: Send {
 fn expected_shape(req: &MaterialRequest) -> Option<Vec<u64>> {
     match *req {
         MaterialRequest::MatrixTriple { m, k, n } => Some(vec![m as u64, k as u64, n as u64]),
+        MaterialRequest::RowTriples { rows, cols } => Some(vec![rows as u64, cols as u64]),
         MaterialRequest::MaskedLinear { n, d_in, d_out, weight } => {
             Some(vec![n as u64, d_in as u64, d_out as u64, weight as u64])
         }
@@ -629,6 +647,12 @@ impl<R: Role> MaterialSource<R> for Material<R> {
             a: Shares::from_raw(a),
             c: Shares::from_raw(c),
         })
+    }
+
+    fn take_row_triples(&mut self, rows: usize, cols: usize) -> Result<RowTriples<R>, MaterialError> {
+        let [shape, a, b, c] = take_parts(self.take(&MaterialRequest::RowTriples { rows, cols })?)?;
+        check_shape("row triple", &shape, &[rows as u64, cols as u64])?;
+        Ok(RowTriples { rows, cols, a: Shares::from_raw(a), b: Shares::from_raw(b), c: Shares::from_raw(c) })
     }
 
     fn take_carry_tables(&mut self, count: usize, chunk: u32) -> Result<CarryTables<R>, MaterialError> {

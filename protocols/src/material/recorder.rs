@@ -4,7 +4,7 @@
 //! The material it returns has the right shapes and is all zeros: never compute with it.
 
 use super::{MaskedLinearSource, MaterialError, MaterialRequest, MaterialSource};
-use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::marker::PhantomData;
 
@@ -74,6 +74,10 @@ impl<R: Role> MaterialSource<R> for Recorder<R> {
     fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError> {
         self.record(MaterialRequest::BitTriples(n))?;
         Ok(BitTriples { bits: vec![0; n], r: zeros(n), a: zeros(n), c: zeros(n) })
+    }
+    fn take_row_triples(&mut self, rows: usize, cols: usize) -> Result<RowTriples<R>, MaterialError> {
+        self.record(MaterialRequest::RowTriples { rows, cols })?;
+        Ok(RowTriples { rows, cols, a: zeros(rows), b: zeros(rows * cols), c: zeros(rows * cols) })
     }
     fn take_carry_tables(&mut self, count: usize, chunk: u32) -> Result<CarryTables<R>, MaterialError> {
         self.record(MaterialRequest::CarryTables { count, chunk })?;

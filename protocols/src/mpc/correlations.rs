@@ -77,6 +77,22 @@ pub struct BitTriples<R: Role> {
     pub c: Shares<R>,
 }
 
+/// A row-scaling triple: `a_r` per row, `b_rj` per element, `c_rj = a_r b_rj`
+/// ([`super::beaver::row_mul_start`]).
+#[derive(Debug)]
+pub struct RowTriples<R: Role> {
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// Shares of `a` (`rows`).
+    pub a: Shares<R>,
+    /// Shares of `b` (`rows x cols`, row-major).
+    pub b: Shares<R>,
+    /// Shares of `c` (`rows x cols`).
+    pub c: Shares<R>,
+}
+
 /// One-time truth tables for chunk carries ([`super::compare`]): per chunk instance this
 /// party's random mask (P0: `r_A`, P1: `r_B`, `chunk` bits) and its XOR share of the table
 /// `T[u][v] = (gen, prop)` of `A = u + r_A`, `B = v + r_B` (mod `2^chunk`): `gen` is the

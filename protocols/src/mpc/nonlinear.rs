@@ -130,49 +130,70 @@ pub fn relu<R: Role, C: Channel, M: MaterialSource<R>>(
 
 /// SiLU `x / (1 + e^-x)` at `f` fractional bits (module doc: method, constants, error).
 ///
-/// Steps (rounds): the sign of `x` as XOR bits (5); `z = [x < 0] x` by a bit product
-/// (1), so `|x| = x - 2z` and `relu(x) = x - z`; `s = |x| / T` at [`SILU_S_BITS`] (1);
-/// `s .. s^4` from one power-tuple opening (1) while the range comparisons
-/// `[|x| < T]`, `[|x| < A]` on `|x|` start riding along; `s^2 .. s^4` truncated to
-/// [`POLY_BITS`] together (1); the comparisons finish (4); both pieces at `2 POLY_BITS`
-/// bits, selected by two bit products in one round (1) and truncated once, together with
-/// `relu`, back to `f` (1).
+/// Steps (rounds): the sign of `x` as XOR bits (4); `z = [x < 0] x` by a bit product
+/// (1), so `|x| = x - 2z` and `relu(x) = x - z`; the range comparisons `[|x| < T]`,
+/// `[|x| < A]` on `|x|` start and ride along with the next three rounds:
+/// `s = |x| / T` at [`SILU_S_BITS`] (1), `s .. s^4` from one power-tuple opening (1),
+/// `s^3`, `s^4` truncated to `2 SILU_S_BITS` together (1); the comparisons finish (1);
+/// both pieces at `2 POLY_BITS` bits, selected by two bit products in one round (1) and
+/// truncated once, together with `relu`, back to `f` (1): 11 rounds.
 pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     sess: &mut Session<R, C, M>,
     x: &Shares<R>,
+    f: u32,
+) -> Result<Shares<R>, MpcError> {
+    silu_from(sess, x, f, f)
+}
+
+/// [`silu`] of `x` at `f_in >= f` fractional bits (an untruncated product, e.g. the
+/// gate projection at `2 F`), result at `f`: the input's truncation is saved, since
+/// comparisons drop low bits anyway and `|x| / T` is truncated once either way.
+pub fn silu_from<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    x: &Shares<R>,
+    f_in: u32,
     f: u32,
 ) -> Result<Shares<R>, MpcError> {
     let n = x.len();
     if n == 0 {
         return Ok(x.clone());
     }
-    if f > POLY_BITS || f <= SILU_DROP || f + SILU_T_LOG2 < SILU_S_BITS {
-        return Err(super::shape("silu", format!("needs {SILU_DROP} < F <= {POLY_BITS} fractional bits, got {f}")));
+    let drop = f_in.saturating_sub(f - SILU_DROP);
+    if f > POLY_BITS || f <= SILU_DROP || f_in < f || f_in > 2 * POLY_BITS - SILU_T_LOG2 || f_in + SILU_T_LOG2 < SILU_S_BITS {
+        return Err(super::shape(
+            "silu",
+            format!("needs {SILU_DROP} < F <= {POLY_BITS} and F <= input bits <= {}, got {f} and {f_in}", 2 * POLY_BITS - SILU_T_LOG2),
+        ));
     }
-    let sign = sess.msb_bits_reduced(x, SILU_DROP, SILU_BITS)?;
+    let sign = sess.msb_bits_reduced(x, drop, SILU_BITS)?;
     let z = sess.bit_mul_many(&[(&sign, x)])?.remove(0);
     let (abs, relu) = (x.sub(&z.scale(2)), x.sub(&z));
     // [|x| < T] and [|x| < A] (XOR bits), riding along with the next Beaver rounds.
-    let (t_enc, a_enc) = (encode(SILU_T, f), encode(SILU_A, f));
+    let (t_enc, a_enc) = (encode(SILU_T, f_in), encode(SILU_A, f_in));
     let mut range = add_scalar(&abs, t_enc.wrapping_neg()).into_raw();
     range.extend(add_scalar(&abs, a_enc.wrapping_neg()).into_raw());
-    sess.start_background_msb_bits(&Shares::from_raw(range), SILU_DROP, SILU_BITS)?;
+    sess.start_background_msb_bits(&Shares::from_raw(range), drop, SILU_BITS)?;
     // s = |x| / T at SILU_S_BITS: T is 2^SILU_T_LOG2, so a shift.
-    let s = sess.trunc(abs, f + SILU_T_LOG2 - SILU_S_BITS)?;
+    let s = sess.trunc(abs, f_in + SILU_T_LOG2 - SILU_S_BITS)?;
     let pw = sess.powers(&s, 4)?;
-    let k = SILU_S_BITS;
+    // Powers at 2k fractional bits: s scaled up, s^2 as it is, s^3 and s^4 truncated
+    // together (15 + 30 bits of truncation instead of 6 + 21 + 36 at POLY_BITS).
+    let (k, pk) = (SILU_S_BITS, 2 * SILU_S_BITS);
     let mut pw_iter = pw.into_iter();
-    let s1 = pw_iter.next().ok_or_else(|| super::shape("silu", "no first power"))?;
-    let high: Vec<(Shares<R>, u32)> = pw_iter.enumerate().map(|(i, p)| (p, (i as u32 + 2) * k - POLY_BITS)).collect();
-    let mut p: Vec<Shares<R>> = vec![s1.scale(1u64 << (POLY_BITS - k))];
+    let (Some(s1), Some(s2)) = (pw_iter.next(), pw_iter.next()) else {
+        return Err(super::shape("silu", "powers missing"));
+    };
+    let high: Vec<(Shares<R>, u32)> = pw_iter.enumerate().map(|(i, p)| (p, (i as u32 + 3) * k - pk)).collect();
+    let mut p: Vec<Shares<R>> = vec![s1.scale(1u64 << (pk - k)), s2];
     p.extend(sess.trunc_many(high)?);
     let lt = sess.finish_background_msb_bits()?;
     let (lt_t, lt_a) = lt.split_at(n);
-    // Both pieces at 2 POLY_BITS fractional bits, not truncated yet.
+    // Both pieces at 2 POLY_BITS fractional bits (coefficients at 2 POLY_BITS - 2k = 18:
+    // at most 4 * 2^-19 of error), not truncated yet.
     let piece = |c: &[f64]| {
         let mut acc = public::<R>(vec![encode(c[0], 2 * POLY_BITS); n]);
         for (j, cj) in c.iter().enumerate().skip(1) {
-            acc = acc.add(&p[j - 1].scale(encode(*cj, POLY_BITS)));
+            acc = acc.add(&p[j - 1].scale(encode(*cj, 2 * POLY_BITS - pk)));
         }
         acc
     };
@@ -182,7 +203,7 @@ pub fn silu<R: Role, C: Channel, M: MaterialSource<R>>(
     let diff = outer.sub(&inner);
     let sel = sess.bit_mul_many(&[(lt_t, &inner), (&between, &diff)])?;
     // silu = relu - [|x| < T] inner - [A <= |x| < T] (outer - inner), one truncation.
-    let wide = relu.scale(1u64 << (2 * POLY_BITS - f)).sub(&sel[0]).sub(&sel[1]);
+    let wide = relu.scale(1u64 << (2 * POLY_BITS - f_in)).sub(&sel[0]).sub(&sel[1]);
     sess.trunc(wide, 2 * POLY_BITS - f)
 }
 

@@ -411,6 +411,19 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(out)
     }
 
+    /// Shares of `y_r * x_rj` for `x` (`rows x cols`, row-major) and a per-row `y`, one
+    /// round, one opening per row for `y` ([`beaver::row_mul_start`]).
+    pub fn mul_rows(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
+        let rows = y.len();
+        if rows == 0 || x.len() % rows != 0 {
+            return Err(super::shape("row mul", format!("{} elements do not split into {rows} rows", x.len())));
+        }
+        let t = self.material.take_row_triples(rows, x.len() / rows)?;
+        let (st, msg) = beaver::row_mul_start(x, y, t)?;
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        beaver::row_mul_finish(st, &peer)
+    }
+
     /// Shares of `x^1 ..= x^degree` from one opening ([`beaver::powers_start`]).
     pub fn powers(&mut self, x: &Shares<R>, degree: u32) -> Result<Vec<Shares<R>>, MpcError> {
         let t = self.material.take_power_tuples(x.len(), degree)?;

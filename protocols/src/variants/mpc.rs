@@ -19,7 +19,8 @@
 //!   public), `exp(x - max)` ([`nonlinear::exp_neg`]), the row sum (local), its
 //!   reciprocal ([`nonlinear::reciprocal`], sum in `[1, positions]`), `E V` with matrix
 //!   triples, truncation, and the product with the reciprocal, truncated.
-//! * **SwiGLU**: [`nonlinear::silu`] on the gate, a Beaver product with `up`, truncation.
+//! * **SwiGLU**: the gate/up projection stays untruncated (`2F`); [`nonlinear::silu_from`]
+//!   reads the gate at `2F`, a Beaver product with `up` and one truncation by `2F`.
 //! * **RMSNorm**: `sum x^2` with square pairs (local row sums), the mean square with
 //!   [`nonlinear::MS_BITS`] fractional bits (`1/d = m 2^-k`: the `2^-k` rides in the same
 //!   truncation as `x * gain`, `m^-1/2` joins the gain), `rsqrt` by a secret power-of-two start from
@@ -44,7 +45,7 @@ use super::v2::{RingWeights, V2Error};
 use crate::material::{MaterialError, MaterialRequest, MaterialSource, Recorder};
 use crate::model::qwen2::forward;
 use crate::model::{EngineError, Linear, Logits, ModelOps, Norm, Rows, Weights};
-use crate::mpc::nonlinear::{self, broadcast};
+use crate::mpc::nonlinear;
 use crate::mpc::session::{AuditEntry, MatMul, Opened, Session};
 use crate::mpc::MpcError;
 use crate::prg::Seed;
@@ -81,11 +82,14 @@ pub struct SharedTensor<R: Role> {
     pub cols: usize,
     /// This party's shares.
     pub data: Shares<R>,
+    /// Fractional bits above `F` still to be truncated: 0, except for the gate/up
+    /// projection, which SwiGLU truncates itself (saving a round and the gate's bytes).
+    pub extra_frac: u32,
 }
 
 impl<R: Role> SharedTensor<R> {
     fn new(rows: usize, cols: usize, data: Vec<u64>) -> Self {
-        SharedTensor { rows, cols, data: Shares::from_raw(data) }
+        SharedTensor { rows, cols, data: Shares::from_raw(data), extra_frac: 0 }
     }
 }
 
@@ -280,10 +284,19 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         } else {
             self.sess.input_from_p0(None, n * h)?
         };
-        Ok(SharedTensor { rows: n, cols: h, data })
+        Ok(SharedTensor { rows: n, cols: h, data, extra_frac: 0 })
+    }
+
+    /// Only SwiGLU takes an untruncated (`extra_frac > 0`) tensor.
+    fn at_f(x: &SharedTensor<R>, op: &'static str) -> Result<(), MpcPartyError> {
+        if x.extra_frac != 0 {
+            return Err(MpcError::Shape { op, detail: format!("input carries {} fractional bits above F", x.extra_frac) }.into());
+        }
+        Ok(())
     }
 
     fn do_rms_norm(&mut self, x: &SharedTensor<R>, norm: Norm) -> Result<SharedTensor<R>, MpcPartyError> {
+        Self::at_f(x, "rms norm")?;
         let f = self.f();
         let (n, d) = (x.rows, x.cols);
         let w = &self.weights;
@@ -316,9 +329,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let (ms, xg) = (&t[0], &t[1]);
         let ms = nonlinear::add_scalar(ms, encode(eps / m, nonlinear::MS_BITS).max(1));
         let y = nonlinear::rsqrt(&mut self.sess, &ms)?;
-        let out = self.sess.mul(&xg, &broadcast(&y, d))?;
+        let out = self.sess.mul_rows(xg, &y)?;
         let out = self.sess.trunc(out, nonlinear::RSQRT_BITS)?;
-        Ok(SharedTensor { rows: n, cols: d, data: out })
+        Ok(SharedTensor { rows: n, cols: d, data: out, extra_frac: 0 })
     }
 
     fn do_linear(&mut self, x: &SharedTensor<R>, linear: Linear) -> Result<SharedTensor<R>, MpcPartyError> {
@@ -326,14 +339,23 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         if x.cols != d_in {
             return Err(MpcError::Shape { op: "linear", detail: format!("{linear:?} takes {d_in} features, got {}", x.cols) }.into());
         }
+        if x.extra_frac != 0 {
+            return Err(MpcError::Shape { op: "linear", detail: format!("{linear:?} input is {} bits wide of F", x.extra_frac) }.into());
+        }
         let z = self.ring.multiply(linear, x.data.as_slice(), x.rows)?;
-        let mut z = self.sess.trunc(Shares::from_raw(z), self.fixed.weight_frac_bits)?;
-        if let Some(b) = self.weights.linear(linear).bias {
+        let bias = self.weights.linear(linear).bias;
+        let wf = self.fixed.weight_frac_bits;
+        // The gate/up projection goes to SwiGLU untruncated (no bias in Qwen2's MLP).
+        if matches!(linear, Linear::GateUp(_)) && bias.is_none() {
+            return Ok(SharedTensor { rows: x.rows, cols: d_out, data: Shares::from_raw(z), extra_frac: wf });
+        }
+        let mut z = self.sess.trunc(Shares::from_raw(z), wf)?;
+        if let Some(b) = bias {
             let f = self.f();
             let bias: Vec<u64> = (0..x.rows * d_out).map(|i| encode_f32(b[i % d_out], f)).collect();
             z = z.add_public(&bias);
         }
-        Ok(SharedTensor { rows: x.rows, cols: d_out, data: z })
+        Ok(SharedTensor { rows: x.rows, cols: d_out, data: z, extra_frac: 0 })
     }
 
     fn do_rope(&mut self, qkv: &mut SharedTensor<R>, start_pos: usize) -> Result<(), MpcPartyError> {
@@ -464,7 +486,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let ev = self.sess.matmul_many(&ops)?;
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
-        let out = self.sess.mul(&ev, &broadcast(&recip, hd))?;
+        let out = self.sess.mul_rows(&ev, &recip)?;
         let out = self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw();
         // (head, row, j) -> (row, head * hd + j)
         let mut data = vec![0u64; n * qd];
@@ -484,18 +506,22 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             gate.extend_from_slice(&row[..inter]);
             up.extend_from_slice(&row[inter..]);
         }
-        let f = self.f();
-        let s = nonlinear::silu(&mut self.sess, &Shares::from_raw(gate), f)?;
+        // gate and up may carry extra_frac more fractional bits (untruncated projection):
+        // SiLU reads the gate as it is and the product's truncation absorbs up's.
+        let (f, e) = (self.f(), gate_up.extra_frac);
+        let s = nonlinear::silu_from(&mut self.sess, &Shares::from_raw(gate), f + e, f)?;
         let p = self.sess.mul(&s, &Shares::from_raw(up))?;
-        let p = self.sess.trunc(p, f)?;
-        Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p })
+        let p = self.sess.trunc(p, f + e)?;
+        Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p, extra_frac: 0 })
     }
 
     fn do_add(&mut self, a: &SharedTensor<R>, b: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+        Self::at_f(a, "add")?;
+        Self::at_f(b, "add")?;
         if (a.rows, a.cols) != (b.rows, b.cols) {
             return Err(MpcError::Shape { op: "add", detail: format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols) }.into());
         }
-        Ok(SharedTensor { rows: a.rows, cols: a.cols, data: a.data.add(&b.data) })
+        Ok(SharedTensor { rows: a.rows, cols: a.cols, data: a.data.add(&b.data), extra_frac: 0 })
     }
 
     fn do_select_rows(&mut self, x: &SharedTensor<R>, rows: Rows) -> Result<SharedTensor<R>, MpcPartyError> {
