@@ -9,22 +9,24 @@
 //!   forward pass with placeholder tokens of the right count: it never learns them.
 //! * **linear**: local. Each party multiplies its share by the public `enc(W)` on its
 //!   backend ([`RingWeights::multiply`]), then faithful truncation by `F_w`; P0 adds the
-//!   bias. One round (truncation), no triple.
+//!   bias. One round (truncation), no triple; the gate/up projection skips it (SwiGLU).
 //! * **RoPE**: linear with public `cos`/`sin` encoded with `F` bits; the query part also
 //!   carries the attention scale `1 / sqrt(head_dim)` (so scores need no extra step).
 //!   One truncation round.
 //! * **attention**: the KV cache is kept as shares. `Q K^T` per head with one matrix
-//!   triple each (all heads in one round), truncation, the row max by a comparison tree
+//!   triple each (all heads in one round), truncation, the row max by a tournament
 //!   ([`nonlinear::max_segments`]) over the causally visible positions only (the mask is
 //!   public), `exp(x - max)` ([`nonlinear::exp_neg`]), the row sum (local), its
-//!   reciprocal ([`nonlinear::reciprocal`], sum in `[1, positions]`), `E V` with matrix
-//!   triples, truncation, and the product with the reciprocal, truncated.
+//!   reciprocal ([`nonlinear::reciprocal_start`], sum in `[1, positions]`, its comparisons
+//!   riding along with `E V` with matrix triples and its truncation), and the product with
+//!   the reciprocal (a row-scaling triple), truncated.
 //! * **SwiGLU**: the gate/up projection stays untruncated (`2F`); [`nonlinear::silu_from`]
 //!   reads the gate at `2F`, a Beaver product with `up` and one truncation by `2F`.
 //! * **RMSNorm**: `sum x^2` with square pairs (local row sums), the mean square with
 //!   [`nonlinear::MS_BITS`] fractional bits (`1/d = m 2^-k`: the `2^-k` rides in the same
-//!   truncation as `x * gain`, `m^-1/2` joins the gain), `rsqrt` by a secret power-of-two start from
-//!   batched comparisons and Newton ([`nonlinear::rsqrt`]), times `x * gain`.
+//!   truncation as `x * gain`, `m^-1/2` joins the gain), `rsqrt` from a start found by
+//!   batched comparisons and Newton ([`nonlinear::rsqrt`]), times `x * gain` (a
+//!   row-scaling triple).
 //! * **logits**: P1 sends its shares of the selected rows' logits to P0
 //!   ([`Session::reveal_to_p0`]); P1's `reveal_logits` returns `None`.
 //!
@@ -33,13 +35,13 @@
 //! runs the pass on [`Recorder`] material to list the exact dealer requests.
 //!
 //! **Measured** (Qwen2.5-1.5B shape, 98-token prefill, per layer, P0's view, both
-//! directions): SwiGLU 341 bytes per intermediate element and 16 rounds, attention 607
-//! bytes per causal score and 82 rounds, RMSNorm 80 bytes per element and 19 rounds,
-//! linear units and RoPE about 4 bytes per output (truncation) and 1 round; in all 0.344
-//! GiB and 141 rounds per layer, 0.142 GiB of P0 dealer material (P1's is seeds).
-//! Accuracy: Qwen2.5-Coder-0.5B-Instruct top-1 equal to the plaintext engine at 337 of
-//! 339 positions of the 9 reference prompts (both misses near ties), |logit error| p99
-//! 0.024. Details and the per-function table: README, "v3-mpc".
+//! directions): SwiGLU 151 bytes per intermediate element and 13 rounds, attention 466
+//! bytes per causal score and 44 rounds, RMSNorm 50 bytes per element and 16 rounds,
+//! linear units and RoPE at most 4 bytes per output (truncation) and 1 round; in all
+//! 0.166 GiB and 93 rounds per layer, 0.359 GiB of P0 dealer material (P1's is seeds).
+//! Accuracy: Qwen2.5-Coder-0.5B-Instruct top-1 equal to the plaintext engine at 338 of
+//! 339 positions of the 9 reference prompts (the miss is a near tie), |logit error| p99
+//! 0.023. Details and the per-function table: README, "v3-mpc".
 
 use super::v2::{RingWeights, V2Error};
 use crate::material::{MaterialError, MaterialRequest, MaterialSource, Recorder};
