@@ -415,7 +415,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// round, one opening per row for `y` ([`beaver::row_mul_start`]).
     pub fn mul_rows(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
         let rows = y.len();
-        if rows == 0 || x.len() % rows != 0 {
+        if rows == 0 || !x.len().is_multiple_of(rows) {
             return Err(super::shape("row mul", format!("{} elements do not split into {rows} rows", x.len())));
         }
         let t = self.material.take_row_triples(rows, x.len() / rows)?;
