@@ -134,9 +134,6 @@ fn party<R: Role, C: Channel + ?Sized>(
             },
         ),
         Op::Trunc => {
-            // P1's fresh masks: a CSPRNG seeded from the OS in deployment; a fixed seed
-            // costs the same.
-            let mut masks = Prg::new(&Seed::from_u64(0x7a5c));
             timed(
                 ch,
                 reps,
@@ -152,7 +149,7 @@ fn party<R: Role, C: Channel + ?Sized>(
                     (Shares::<R>::from_raw(share), m.take_trunc_ots(n, F).expect("trunc OTs"))
                 },
                 |ch, (x, ots)| {
-                    std::hint::black_box(trunc::truncate(ch, x, F, ots, &mut masks).expect("trunc"));
+                    std::hint::black_box(trunc::truncate(ch, x, F, ots).expect("trunc"));
                 },
             )
         }

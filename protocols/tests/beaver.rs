@@ -137,11 +137,11 @@ proptest! {
         let (t0, t1) = two_party(
             |ch| {
                 let z = beaver::mul(ch, &x0, &y0, m0.take_triples(n).unwrap()).unwrap();
-                trunc::truncate(ch, z, F, m0.take_trunc_ots(n, F).unwrap(), &mut rng(1)).unwrap()
+                trunc::truncate(ch, z, F, m0.take_trunc_ots(n, F).unwrap()).unwrap()
             },
             |ch| {
                 let z = beaver::mul(ch, &x1, &y1, m1.take_triples(n).unwrap()).unwrap();
-                trunc::truncate(ch, z, F, m1.take_trunc_ots(n, F).unwrap(), &mut rng(2)).unwrap()
+                trunc::truncate(ch, z, F, m1.take_trunc_ots(n, F).unwrap()).unwrap()
             },
         );
         let t = reconstruct(&t0, &t1).unwrap();

@@ -48,9 +48,10 @@ fn run_chunk(chunk: u64, n: usize) -> (u64, u64) {
     let (x0, x1) = share(&x, &mut rng);
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(chunk ^ 0x5eed)).split();
     let (ot0, ot1) = (m0.take_trunc_ots(n, F).unwrap(), m1.take_trunc_ots(n, F).unwrap());
-    let (st, msg) = trunc::p0_start(&x0, F, ot0).unwrap();
-    let (t1, answer) = trunc::p1_respond(&x1, F, &ot1, &msg, &mut rng).unwrap();
-    let t0 = trunc::p0_finish(st, &answer).unwrap();
+    let (st0, msg0) = trunc::p0_start(&x0, F, ot0).unwrap();
+    let (st1, msg1) = trunc::p1_start(&x1, F, &ot1).unwrap();
+    let t0 = trunc::p0_finish(st0, &msg1).unwrap();
+    let t1 = trunc::p1_finish(st1, &msg0).unwrap();
     let t = reconstruct(&t0, &t1).unwrap();
     let (mut low, mut exact) = (0, 0);
     for i in 0..n {
@@ -98,12 +99,12 @@ fn faithful_truncation_two_parties_over_channel() {
     let ((t0, c0), (t1, c1)) = two_party(
         |ch| {
             let ot = m0.take_trunc_ots(n, F).unwrap();
-            let t = trunc::truncate(ch, x0, F, ot, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+            let t = trunc::truncate(ch, x0, F, ot).unwrap();
             (t, shardlm_transport::Channel::counters(ch))
         },
         |ch| {
             let ot = m1.take_trunc_ots(n, F).unwrap();
-            let t = trunc::truncate(ch, x1, F, ot, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+            let t = trunc::truncate(ch, x1, F, ot).unwrap();
             (t, shardlm_transport::Channel::counters(ch))
         },
     );
@@ -112,11 +113,11 @@ fn faithful_truncation_two_parties_over_channel() {
         let d = arith_shr(x[i], F).wrapping_sub(t[i]);
         assert!(d <= 1, "x = {}: off by {}", x[i] as i64, d as i64);
     }
-    // P0 sends one bit per element, P1 two F-bit words: 4.125 bytes per element for F = 16.
+    // P0 sends one bit per element, P1 one F-bit word: 2.125 bytes per element for F = 16.
     let p0_bytes = c0.lane(Lane::Openings).bytes_sent;
     let p1_bytes = c1.lane(Lane::Openings).bytes_sent;
     assert_eq!(p0_bytes, (n as u64).div_ceil(64) * 8);
-    assert_eq!(p1_bytes, (2 * n as u64 * F as u64).div_ceil(64) * 8);
+    assert_eq!(p1_bytes, (n as u64 * F as u64).div_ceil(64) * 8);
     assert_eq!(c0.rounds, 1);
     eprintln!(
         "faithful truncation over the channel: {:.3} bytes per element, {} round",

@@ -88,6 +88,12 @@ pub struct MatMul<'a, R: Role> {
     pub n: usize,
 }
 
+/// A truncation between its message and the peer's.
+enum TruncState {
+    P0(trunc::TruncP0State),
+    P1(trunc::TruncP1State),
+}
+
 /// How a transfer carries the background comparison's message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ride {
@@ -131,7 +137,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> std::fmt::Debug for Session<R, C
 
 impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// A session over `chan` with `material`. `rng_seed` seeds this party's private
-    /// randomness (P1's truncation masks, P0's input-share seeds): in deployment it must
+    /// randomness (P0's input-share seeds): in deployment it must
     /// come from fresh OS entropy ([`Seed::random`]); tests fix it.
     pub fn new(chan: C, material: M, rng_seed: Seed) -> Self {
         Session {
@@ -434,55 +440,46 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
 
     /// Faithful truncations of several vectors by their own shifts, in one round.
     pub fn trunc_many(&mut self, items: Vec<(Shares<R>, u32)>) -> Result<Vec<Shares<R>>, MpcError> {
+        if items.iter().all(|(x, _)| x.is_empty()) {
+            return Ok(items.into_iter().map(|(x, _)| x).collect());
+        }
         let mut ots = Vec::with_capacity(items.len());
         for (x, shift) in &items {
             ots.push(if x.is_empty() { None } else { Some(self.material.take_trunc_ots(x.len(), *shift)?) });
         }
-        if R::ID == 0 {
-            let mut states = Vec::new();
-            let mut msg = Vec::new();
-            let mut answer_len = 0;
-            for ((x, shift), ot) in items.into_iter().zip(ots) {
-                let Some(ot) = ot else {
-                    states.push(None);
-                    continue;
-                };
-                let n = x.len();
+        // Both parties send first (the messages are independent), then finish.
+        let mut msg = Vec::new();
+        let mut peer_len = 0;
+        let mut states = Vec::with_capacity(items.len());
+        for ((x, shift), ot) in items.into_iter().zip(ots) {
+            let Some(ot) = ot else {
+                states.push(None);
+                continue;
+            };
+            let n = x.len();
+            let st = if R::ID == 0 {
                 let ot = super::RandomOts::<P0>::receiver(ot.n_choices, ot.bits, ot.index, ot.strings);
                 let (st, m) = trunc::p0_start(&Shares::<P0>::from_raw(x.into_raw()), shift, ot)?;
                 msg.extend_from_slice(&m);
-                let len = packed_words(2 * n, shift);
-                states.push(Some((st, answer_len, len)));
-                answer_len += len;
-            }
-            let answer = self.transfer(Opened::TruncationOt, &msg, answer_len)?;
-            states
-                .into_iter()
-                .map(|st| match st {
-                    None => Ok(Shares::from_raw(Vec::new())),
-                    Some((st, at, len)) => Ok(Shares::from_raw(trunc::p0_finish(st, &answer[at..at + len])?.into_raw())),
-                })
-                .collect()
-        } else {
-            let msg_len: usize = items.iter().map(|(x, _)| if x.is_empty() { 0 } else { packed_words(x.len(), 1) }).sum();
-            let msg = self.transfer(Opened::TruncationOt, &[], msg_len)?;
-            let (mut at, mut answer, mut out) = (0, Vec::new(), Vec::with_capacity(items.len()));
-            for ((x, shift), ot) in items.into_iter().zip(ots) {
-                let Some(ot) = ot else {
-                    out.push(Shares::from_raw(Vec::new()));
-                    continue;
-                };
-                let n = x.len();
-                let len = packed_words(n, 1);
+                (TruncState::P0(st), packed_words(n, shift))
+            } else {
                 let ot = super::RandomOts::<P1>::sender(ot.n_choices, ot.bits, ot.strings);
-                let (t1, a) = trunc::p1_respond(&Shares::<P1>::from_raw(x.into_raw()), shift, &ot, &msg[at..at + len], &mut self.rng)?;
-                at += len;
-                answer.extend(a);
-                out.push(Shares::from_raw(t1.into_raw()));
-            }
-            self.transfer(Opened::TruncationOt, &answer, 0)?;
-            Ok(out)
+                let (st, m) = trunc::p1_start(&Shares::<P1>::from_raw(x.into_raw()), shift, &ot)?;
+                msg.extend_from_slice(&m);
+                (TruncState::P1(st), packed_words(n, 1))
+            };
+            states.push(Some((st.0, peer_len, st.1)));
+            peer_len += st.1;
         }
+        let peer = self.transfer(Opened::TruncationOt, &msg, peer_len)?;
+        states
+            .into_iter()
+            .map(|st| match st {
+                None => Ok(Shares::from_raw(Vec::new())),
+                Some((TruncState::P0(st), at, len)) => Ok(Shares::from_raw(trunc::p0_finish(st, &peer[at..at + len])?.into_raw())),
+                Some((TruncState::P1(st), at, len)) => Ok(Shares::from_raw(trunc::p1_finish(st, &peer[at..at + len])?.into_raw())),
+            })
+            .collect()
     }
 
     /// Matrix products with one matrix triple each, all in one round.
@@ -505,27 +502,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(out)
     }
 
-    /// Faithful truncation by `shift` ([`trunc`]), one round (P0 sends, P1 answers).
+    /// Faithful truncation by `shift` ([`trunc`]), one round (both send, neither waits).
     pub fn trunc(&mut self, x: Shares<R>, shift: u32) -> Result<Shares<R>, MpcError> {
-        let n = x.len();
-        if n == 0 {
-            return Ok(x);
-        }
-        let ots = self.material.take_trunc_ots(n, shift)?;
-        if R::ID == 0 {
-            let x0 = Shares::<P0>::from_raw(x.into_raw());
-            let ots = super::RandomOts::<P0>::receiver(ots.n_choices, ots.bits, ots.index, ots.strings);
-            let (st, msg) = trunc::p0_start(&x0, shift, ots)?;
-            let answer = self.transfer(Opened::TruncationOt, &msg, packed_words(2 * n, shift))?;
-            Ok(Shares::from_raw(trunc::p0_finish(st, &answer)?.into_raw()))
-        } else {
-            let x1 = Shares::<P1>::from_raw(x.into_raw());
-            let ots = super::RandomOts::<P1>::sender(ots.n_choices, ots.bits, ots.strings);
-            let msg = self.transfer(Opened::TruncationOt, &[], packed_words(n, 1))?;
-            let (t1, answer) = trunc::p1_respond(&x1, shift, &ots, &msg, &mut self.rng)?;
-            self.transfer(Opened::TruncationOt, &answer, 0)?;
-            Ok(Shares::from_raw(t1.into_raw()))
-        }
+        Ok(self.trunc_many(vec![(x, shift)])?.remove(0))
     }
 
     /// Additive shares of `msb(x mod 2^bits)` ([`compare`]): `1 + ceil(log2(bits-1)) + 1`

@@ -13,18 +13,21 @@
 //! of the low bits. `w 2^(64-F) mod 2^64` needs `w` only modulo `2^F`, so shares of
 //! `m0 m1 mod 2^F` suffice, and those come from one 1-of-2 OT.
 //!
-//! **Protocol** (one round, on [`Lane::Openings`]). Dealer random OT: P1 holds two
-//! random `F`-bit strings `s_0, s_1`, P0 a random bit `c` and `s_c`.
-//! 1. P0 sends `b = m0 XOR c` (1 bit per element, packed).
-//! 2. P1 draws a fresh `r` mod `2^F`, sets `T[j] = j m1 - r` and sends
-//!    `M_j = T[j XOR b] + s_j mod 2^F` for `j = 0, 1` (two `F`-bit words, packed). Its
-//!    share of `m0 m1` is `u1 = r`; it outputs `t1 = (x1 >> F) - (m1 - u1) 2^(64-F)`.
-//! 3. P0 gets `u0 = M_c - s_c = T[m0] = m0 m1 - r` and outputs
-//!    `t0 = (x0' >> F) - (m0 - u0) 2^(64-F) - 2^(62-F)`.
+//! **Protocol** (one round, on [`Lane::Openings`], both messages independent). Dealer
+//! random OT: P1 holds two random `F`-bit strings `s_0, s_1`, P0 a random bit `c` and
+//! `s_c`. The OT is used as a correlated OT (the correction-string derandomization of
+//! Gilboa's multiplication): P0 gets `y = s_c + c u`, so `y - s_0 = c m1`.
+//! 1. P0 sends `e = m0 XOR c` (1 bit per element, packed); at the same time P1 sends
+//!    `u = s_0 - s_1 + m1 mod 2^F` (`F` bits per element, packed).
+//! 2. With `m0 = e XOR c`, `m0 m1 = e m1 + (1 - 2e) c m1`: P0's share is
+//!    `u0 = (1 - 2e) y`, P1's `u1 = e m1 - (1 - 2e) s_0` (mod `2^F`).
+//! 3. P0 outputs `t0 = (x0' >> F) - (m0 - u0) 2^(64-F) - 2^(62-F)`, P1
+//!    `t1 = (x1 >> F) - (m1 - u1) 2^(64-F)`.
 //!
-//! P1 sees `b`, uniform since `c` is; P0 sees `M_c` masked by fresh `r` and `M_{1-c}`
-//! masked by `s_{1-c}` it does not know. **Cost:** P0 sends `n/8` bytes, P1 `n F/4`
-//! bytes (4.125 bytes per element in total for `F = 16`), one round.
+//! P1 sees `e`, uniform since `c` is; P0 sees `u`, masked by `s_{1-c}` which it does not
+//! know. **Cost:** P0 sends `n/8` bytes, P1 `n F/8` bytes (2.125 bytes per element in
+//! total for `F = 16`; the two-string version it replaces sent `n F/4` from P1), one
+//! round in which neither party waits for the other.
 //!
 //! [`local_truncate`] is SecureML's share-local shift, kept ONLY as a documented
 //! comparison: it fails (an error near `2^(64-F)`) with probability about `|x| / 2^64`
@@ -34,7 +37,6 @@
 use super::{check_len, shape, MpcError, RandomOts};
 use crate::ring::{low_mask, pack_bits, packed_words, unpack_bits};
 use crate::share::{Role, Shares, P0, P1};
-use rand_core::RngCore;
 use shardlm_transport::{Channel, Lane};
 
 const OP: &str = "faithful truncation";
@@ -76,44 +78,54 @@ pub fn p0_start(
     Ok((TruncP0State { shift, x, ots }, pack_bits(&b, 1)))
 }
 
-/// Core, P1's step: from P0's message, returns P1's output shares and its answer
-/// (packed `F`-bit words `M_0, M_1` per element).
-pub fn p1_respond(
-    x1: &Shares<P1>,
+/// P1's state between its message and P0's.
+#[derive(Debug)]
+pub struct TruncP1State {
     shift: u32,
-    ots: &RandomOts<P1>,
-    msg: &[u64],
-    rng: &mut impl RngCore,
-) -> Result<(Shares<P1>, Vec<u64>), MpcError> {
+    x: Vec<u64>,
+    s0: Vec<u64>,
+}
+
+/// Core, P1 step 1: returns the state and the message (packed `F`-bit words
+/// `u = s_0 - s_1 + m1`), which does not depend on P0's.
+pub fn p1_start(x1: &Shares<P1>, shift: u32, ots: &RandomOts<P1>) -> Result<(TruncP1State, Vec<u64>), MpcError> {
     let n = x1.len();
     check_params(shift, n, ots.count(), ots.n_choices(), ots.bits())?;
-    check_len(OP, "P0's message (words)", msg.len(), packed_words(n, 1))?;
-    let b = unpack_bits(msg, 1, n).ok_or_else(|| shape(OP, "short message"))?;
     let mask = low_mask(shift);
     let s = ots.strings();
-    let mut out = Vec::with_capacity(2 * n);
-    let t1 = x1
+    let u: Vec<u64> = x1
         .as_slice()
         .iter()
         .enumerate()
-        .map(|(i, &x)| {
+        .map(|(i, &x)| s[2 * i].wrapping_sub(s[2 * i + 1]).wrapping_add(x >> 63) & mask)
+        .collect();
+    let s0 = (0..n).map(|i| s[2 * i] & mask).collect();
+    Ok((TruncP1State { shift, x: x1.as_slice().to_vec(), s0 }, pack_bits(&u, shift)))
+}
+
+/// Core, P1 step 2: P1's output shares from P0's message (packed bits `e`).
+pub fn p1_finish(st: TruncP1State, msg: &[u64]) -> Result<Shares<P1>, MpcError> {
+    let (n, shift) = (st.x.len(), st.shift);
+    check_len(OP, "P0's message (words)", msg.len(), packed_words(n, 1))?;
+    let e = unpack_bits(msg, 1, n).ok_or_else(|| shape(OP, "short message"))?;
+    let t1 = (0..n)
+        .map(|i| {
+            let x = st.x[i];
             let m1 = x >> 63;
-            let r = rng.next_u64() & mask;
-            let t = [r.wrapping_neg() & mask, m1.wrapping_sub(r) & mask];
-            out.push(t[b[i] as usize].wrapping_add(s[2 * i]) & mask);
-            out.push(t[(1 ^ b[i]) as usize].wrapping_add(s[2 * i + 1]) & mask);
-            let w1 = m1.wrapping_sub(r);
+            // u1 = e m1 - (1 - 2e) s0.
+            let u1 = if e[i] & 1 == 1 { m1.wrapping_add(st.s0[i]) } else { st.s0[i].wrapping_neg() };
+            let w1 = m1.wrapping_sub(u1);
             (x >> shift).wrapping_sub(w1 << (64 - shift))
         })
         .collect();
-    Ok((Shares::from_raw(t1), pack_bits(&out, shift)))
+    Ok(Shares::from_raw(t1))
 }
 
-/// Core, P0 step 2: P0's output shares from P1's answer.
+/// Core, P0 step 2: P0's output shares from P1's message (packed `u`).
 pub fn p0_finish(st: TruncP0State, answer: &[u64]) -> Result<Shares<P0>, MpcError> {
     let (n, shift) = (st.x.len(), st.shift);
-    check_len(OP, "P1's answer (words)", answer.len(), packed_words(2 * n, shift))?;
-    let m = unpack_bits(answer, shift, 2 * n).ok_or_else(|| shape(OP, "short answer"))?;
+    check_len(OP, "P1's message (words)", answer.len(), packed_words(n, shift))?;
+    let u = unpack_bits(answer, shift, n).ok_or_else(|| shape(OP, "short message"))?;
     let mask = low_mask(shift);
     let offset = 1u64 << (62 - shift);
     let (idx, sc) = (st.ots.indices(), st.ots.chosen());
@@ -121,8 +133,11 @@ pub fn p0_finish(st: TruncP0State, answer: &[u64]) -> Result<Shares<P0>, MpcErro
         .map(|i| {
             let x = st.x[i];
             let m0 = x >> 63;
-            let c = (idx[i] & 1) as usize;
-            let u0 = m[2 * i + c].wrapping_sub(sc[i]) & mask;
+            let c = idx[i] & 1;
+            let e = m0 ^ c;
+            // y = s_c + c u; u0 = (1 - 2e) y.
+            let y = sc[i].wrapping_add(c.wrapping_mul(u[i])) & mask;
+            let u0 = if e == 1 { y.wrapping_neg() } else { y };
             let w0 = m0.wrapping_sub(u0);
             (x >> shift).wrapping_sub(w0 << (64 - shift)).wrapping_sub(offset)
         })
@@ -130,31 +145,23 @@ pub fn p0_finish(st: TruncP0State, answer: &[u64]) -> Result<Shares<P0>, MpcErro
     Ok(Shares::from_raw(t0))
 }
 
-/// Driver: faithful truncation of `x` by `shift` bits. P1 draws its fresh masks `r` from
-/// `rng`, which must be a cryptographic generator seeded from fresh OS entropy (e.g. a
-/// [`crate::prg::Prg`] of a [`crate::prg::Seed::random`]); P0 ignores it.
-pub fn truncate<R: Role, C: Channel + ?Sized>(
-    ch: &mut C,
-    x: Shares<R>,
-    shift: u32,
-    ots: RandomOts<R>,
-    rng: &mut impl RngCore,
-) -> Result<Shares<R>, MpcError> {
+/// Driver: faithful truncation of `x` by `shift` bits.
+pub fn truncate<R: Role, C: Channel + ?Sized>(ch: &mut C, x: Shares<R>, shift: u32, ots: RandomOts<R>) -> Result<Shares<R>, MpcError> {
     let n = x.len();
     if R::ID == 0 {
         let x0 = Shares::<P0>::from_raw(x.into_raw());
         let ots = RandomOts::<P0>::receiver(ots.n_choices, ots.bits, ots.index, ots.strings);
         let (st, msg) = p0_start(&x0, shift, ots)?;
         ch.send_u64s(Lane::Openings, &msg)?;
-        let answer = ch.recv_u64s(Lane::Openings, packed_words(2 * n, shift))?;
+        let answer = ch.recv_u64s(Lane::Openings, packed_words(n, shift))?;
         Ok(Shares::from_raw(p0_finish(st, &answer)?.into_raw()))
     } else {
         let x1 = Shares::<P1>::from_raw(x.into_raw());
         let ots = RandomOts::<P1>::sender(ots.n_choices, ots.bits, ots.strings);
-        let msg = ch.recv_u64s(Lane::Openings, packed_words(n, 1))?;
-        let (t1, answer) = p1_respond(&x1, shift, &ots, &msg, rng)?;
-        ch.send_u64s(Lane::Openings, &answer)?;
-        Ok(Shares::from_raw(t1.into_raw()))
+        let (st, msg) = p1_start(&x1, shift, &ots)?;
+        ch.send_u64s(Lane::Openings, &msg)?;
+        let peer = ch.recv_u64s(Lane::Openings, packed_words(n, 1))?;
+        Ok(Shares::from_raw(p1_finish(st, &peer)?.into_raw()))
     }
 }
 
