@@ -94,7 +94,34 @@ proptest! {
                 |ch| beaver::row_mul(ch, &xr1, &y1, m1.take_row_triples(rows, cols).unwrap()).unwrap(),
             );
             let want: Vec<u64> = xr.iter().enumerate().map(|(i, v)| v.wrapping_mul(y[i / cols])).collect();
-            prop_assert_eq!(reconstruct(&r0, &r1).unwrap(), want);
+            prop_assert_eq!(reconstruct(&r0, &r1).unwrap(), want.clone());
+            // The same through a norm triple: square first, then scale without reopening x.
+            let ((sq0, n0), (sq1, n1)) = two_party(
+                |ch| {
+                    let t = m0.take_norm_triples(rows, cols).unwrap();
+                    let (st, msg) = beaver::norm_square_start(&xr0, t).unwrap();
+                    ch.send_u64s(Lane::Openings, &msg).unwrap();
+                    let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
+                    let (sq, pending) = beaver::norm_square_finish(st, &peer).unwrap();
+                    let (st, msg) = beaver::norm_scale_start(pending, &y0).unwrap();
+                    ch.send_u64s(Lane::Openings, &msg).unwrap();
+                    let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
+                    (sq, beaver::norm_scale_finish(st, &peer).unwrap())
+                },
+                |ch| {
+                    let t = m1.take_norm_triples(rows, cols).unwrap();
+                    let (st, msg) = beaver::norm_square_start(&xr1, t).unwrap();
+                    ch.send_u64s(Lane::Openings, &msg).unwrap();
+                    let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
+                    let (sq, pending) = beaver::norm_square_finish(st, &peer).unwrap();
+                    let (st, msg) = beaver::norm_scale_start(pending, &y1).unwrap();
+                    ch.send_u64s(Lane::Openings, &msg).unwrap();
+                    let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
+                    (sq, beaver::norm_scale_finish(st, &peer).unwrap())
+                },
+            );
+            prop_assert_eq!(reconstruct(&sq0, &sq1).unwrap(), ring::mul(&xr, &xr));
+            prop_assert_eq!(reconstruct(&n0, &n1).unwrap(), want);
         }
         prop_assert_eq!(p0.len(), degree as usize);
         let mut pw = x.clone();
@@ -117,6 +144,26 @@ proptest! {
             |ch| beaver::matmul(ch, &x1, &y1, m1.take_matrix_triple(m, k, n).unwrap()).unwrap(),
         );
         prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::gemm(&x, &y, m, k, n));
+        // Causal: X zero beyond column start + r (both shares), only visible entries sent.
+        let start = (seed % 3) as usize;
+        let mut xc = x.clone();
+        beaver::zero_hidden(&mut xc, m, k, start);
+        let (mut c0, mut c1) = share(&xc, &mut r);
+        beaver::zero_hidden(c0.as_mut_slice(), m, k, start);
+        beaver::zero_hidden(c1.as_mut_slice(), m, k, start);
+        let ((z0, sent), (z1, _)) = two_party(
+            |ch| {
+                let z = beaver::matmul(ch, &c0, &y0, m0.take_causal_matrix_triple(m, k, n, start).unwrap()).unwrap();
+                (z, ch.counters().bytes_sent())
+            },
+            |ch| {
+                let z = beaver::matmul(ch, &c1, &y1, m1.take_causal_matrix_triple(m, k, n, start).unwrap()).unwrap();
+                (z, ch.counters().bytes_sent())
+            },
+        );
+        prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::gemm(&xc, &y, m, k, n));
+        let visible: usize = (0..m).map(|row| (start + row + 1).min(k)).sum();
+        prop_assert_eq!(sent, 8 * (visible + k * n) as u64);
     }
 
     /// Fixed-point products: Beaver then faithful truncation lands within one unit in the

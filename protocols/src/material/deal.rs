@@ -42,6 +42,16 @@ pub(crate) fn deal(
             let aa0 = a.iter().zip(g(1, 1)).map(|(a, aa1)| a.wrapping_mul(*a).wrapping_sub(aa1)).collect();
             [vec![aa0], vec![]]
         }
+        MaterialRequest::CausalMatrixTriple { m, k, n, start } => {
+            let (mut a0, mut a1) = (g(0, 1), g(1, 1));
+            crate::mpc::beaver::zero_hidden(&mut a0, m, k, start);
+            crate::mpc::beaver::zero_hidden(&mut a1, m, k, start);
+            let a = ring::add(&a0, &a1);
+            let b = ring::add(&g(0, 2), &g(1, 2));
+            let c0 = ring::sub(&ring::gemm(&a, &b, m, k, n), &g(1, 3));
+            let shape = vec![m as u64, k as u64, n as u64, start as u64];
+            [vec![shape.clone(), c0], vec![shape]]
+        }
         MaterialRequest::MatrixTriple { m, k, n } => {
             let a = ring::add(&g(0, 1), &g(1, 1));
             let b = ring::add(&g(0, 2), &g(1, 2));
@@ -64,6 +74,15 @@ pub(crate) fn deal(
             let r0 = ring::sub(&r, &g(1, 1));
             let c0 = ring::sub(&ring::mul(&r, &a), &g(1, 3));
             [vec![r0, c0], vec![]]
+        }
+        MaterialRequest::NormTriples { rows, cols } => {
+            let a = ring::add(&g(0, 1), &g(1, 1));
+            let aa0 = ring::sub(&ring::mul(&a, &a), &g(1, 2));
+            let r = ring::add(&g(0, 3), &g(1, 3));
+            let c1 = g(1, 4);
+            let c0 = (0..rows * cols).map(|i| r[i / cols.max(1)].wrapping_mul(a[i]).wrapping_sub(c1[i])).collect();
+            let shape = vec![rows as u64, cols as u64];
+            [vec![shape.clone(), aa0, c0], vec![shape]]
         }
         MaterialRequest::RowTriples { rows, cols } => {
             let a = ring::add(&g(0, 1), &g(1, 1));
@@ -123,7 +142,10 @@ fn chosen(idx: &[u64], strings: &[u64], n_choices: usize, bits: u32, count: usiz
 pub(crate) fn p1_raw_parts(req: &MaterialRequest) -> Vec<Vec<u64>> {
     match *req {
         MaterialRequest::MatrixTriple { m, k, n } => vec![vec![m as u64, k as u64, n as u64]],
-        MaterialRequest::RowTriples { rows, cols } => vec![vec![rows as u64, cols as u64]],
+        MaterialRequest::CausalMatrixTriple { m, k, n, start } => vec![vec![m as u64, k as u64, n as u64, start as u64]],
+        MaterialRequest::RowTriples { rows, cols } | MaterialRequest::NormTriples { rows, cols } => {
+            vec![vec![rows as u64, cols as u64]]
+        }
         _ => vec![],
     }
 }

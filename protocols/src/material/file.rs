@@ -363,7 +363,9 @@ fn elements(req: &MaterialRequest) -> u64 {
         | MaterialRequest::PowerTuples { n, .. }
         | MaterialRequest::TruncOts { n, .. }
         | MaterialRequest::MaskedLinear { n, .. } => n as u64,
-        MaterialRequest::MatrixTriple { .. } | MaterialRequest::RowTriples { .. } => 1,
+        MaterialRequest::MatrixTriple { .. }
+        | MaterialRequest::CausalMatrixTriple { .. }
+        | MaterialRequest::RowTriples { .. } | MaterialRequest::NormTriples { .. } => 1,
         MaterialRequest::RandomOts { count, .. } => count as u64,
     }
 }

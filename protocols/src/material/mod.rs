@@ -48,7 +48,7 @@ pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WOR
 pub use ideal::{IdealDealer, SharedWeights};
 pub use recorder::Recorder;
 
-use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, NormTriples, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::prg::{Prg, Seed};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::borrow::Cow;
@@ -164,6 +164,18 @@ pub enum MaterialRequest {
         /// Columns of the right matrix.
         n: usize,
     },
+    /// A matrix triple whose left factor is causal: `A[r][j] = 0` for `j > start + r`
+    /// (attention's `E V`), so only the visible entries of `X - A` are opened.
+    CausalMatrixTriple {
+        /// Rows of the left matrix.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns of the right matrix.
+        n: usize,
+        /// Row `r` sees columns `0 ..= start + r`.
+        start: usize,
+    },
     /// 1-of-2 OTs on `bits`-bit strings for faithful truncation by `bits`.
     TruncOts {
         /// Elements.
@@ -185,6 +197,15 @@ pub enum MaterialRequest {
         count: usize,
         /// Chunk width in bits (1..=4).
         chunk: u32,
+    },
+    /// Norm triples: a square pair `(a, a^2)` per element and a row-scaling triple
+    /// `(r_row, a, r_row a)` on the same `a`, so that `x` opened for its square is not
+    /// opened again when its row is scaled (RMSNorm).
+    NormTriples {
+        /// Rows.
+        rows: usize,
+        /// Elements per row.
+        cols: usize,
     },
     /// Row-scaling triples: `a` per row, `b` per element, `c = a_r b_rj`, for every
     /// element of a row times the row's value with one opening per row.
@@ -243,11 +264,13 @@ impl MaterialRequest {
             MaterialRequest::Triples(_) => "triples".into(),
             MaterialRequest::SquarePairs(_) => "square-pairs".into(),
             MaterialRequest::MatrixTriple { .. } => "matrix-triples".into(),
+            MaterialRequest::CausalMatrixTriple { .. } => "causal-matrix-triples".into(),
             MaterialRequest::TruncOts { bits, .. } => format!("trunc-ots-{bits}b"),
             MaterialRequest::AndTriples(_) => "and-triples".into(),
             MaterialRequest::DaBits(_) => "dabits".into(),
             MaterialRequest::BitTriples(_) => "bit-triples".into(),
             MaterialRequest::RowTriples { .. } => "row-triples".into(),
+            MaterialRequest::NormTriples { .. } => "norm-triples".into(),
             MaterialRequest::CarryTables { chunk, .. } => format!("carry-tables-{chunk}b"),
             MaterialRequest::PowerTuples { degree, .. } => format!("power-tuples-{degree}"),
             MaterialRequest::RandomOts { n_choices, bits, .. } => {
@@ -304,6 +327,8 @@ pub trait MaterialSource<R: Role> {
     fn take_square_pairs(&mut self, n: usize) -> Result<SquarePairs<R>, MaterialError>;
     /// One matrix triple for `(m x k) * (k x n)`.
     fn take_matrix_triple(&mut self, m: usize, k: usize, n: usize) -> Result<MatrixTriple<R>, MaterialError>;
+    /// One causal matrix triple ([`MaterialRequest::CausalMatrixTriple`]).
+    fn take_causal_matrix_triple(&mut self, m: usize, k: usize, n: usize, start: usize) -> Result<MatrixTriple<R>, MaterialError>;
     /// `n` 1-of-2 random OTs on `bits`-bit strings, for faithful truncation by `bits`.
     fn take_trunc_ots(&mut self, n: usize, bits: u32) -> Result<RandomOts<R>, MaterialError>;
     /// AND triples for `words` 64-bit words.
@@ -312,6 +337,8 @@ pub trait MaterialSource<R: Role> {
     fn take_dabits(&mut self, n: usize) -> Result<DaBits<R>, MaterialError>;
     /// `n` bit triples (a daBit and a Beaver pair on it).
     fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError>;
+    /// A norm triple for `rows x cols`.
+    fn take_norm_triples(&mut self, rows: usize, cols: usize) -> Result<NormTriples<R>, MaterialError>;
     /// A row-scaling triple for `rows x cols`.
     fn take_row_triples(&mut self, rows: usize, cols: usize) -> Result<RowTriples<R>, MaterialError>;
     /// Carry truth tables for `count` chunk instances of `chunk` bits.
@@ -383,6 +410,12 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
             vec![c("a", n, Seed, Seed), c("b", n, Seed, Seed), c("c", n, Raw, Seed)]
         }
         MaterialRequest::SquarePairs(n) => vec![c("a", n as u64, Seed, Seed), c("aa", n as u64, Raw, Seed)],
+        MaterialRequest::CausalMatrixTriple { m, k, n, .. } => vec![
+            c("shape", 4, Raw, Raw),
+            c("a", mul(m, k)?, Seed, Seed),
+            c("b", mul(k, n)?, Seed, Seed),
+            c("c", mul(m, n)?, Raw, Seed),
+        ],
         MaterialRequest::MatrixTriple { m, k, n } => vec![
             c("shape", 3, Raw, Raw),
             c("a", mul(m, k)?, Seed, Seed),
@@ -394,6 +427,13 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
             let n = n as u64;
             vec![c("b", n, Seed, Seed), c("r", n, Raw, Seed), c("a", n, Seed, Seed), c("c", n, Raw, Seed)]
         }
+        MaterialRequest::NormTriples { rows, cols } => vec![
+            c("shape", 2, Raw, Raw),
+            c("a", mul(rows, cols)?, Seed, Seed),
+            c("aa", mul(rows, cols)?, Raw, Seed),
+            c("r", rows as u64, Seed, Seed),
+            c("c", mul(rows, cols)?, Raw, Seed),
+        ],
         MaterialRequest::RowTriples { rows, cols } => vec![
             c("shape", 2, Raw, Raw),
             c("a", rows as u64, Seed, Seed),
@@ -479,7 +519,10 @@ pub(crate) trait Backend: Send {
 fn expected_shape(req: &MaterialRequest) -> Option<Vec<u64>> {
     match *req {
         MaterialRequest::MatrixTriple { m, k, n } => Some(vec![m as u64, k as u64, n as u64]),
-        MaterialRequest::RowTriples { rows, cols } => Some(vec![rows as u64, cols as u64]),
+        MaterialRequest::CausalMatrixTriple { m, k, n, start } => Some(vec![m as u64, k as u64, n as u64, start as u64]),
+        MaterialRequest::RowTriples { rows, cols } | MaterialRequest::NormTriples { rows, cols } => {
+            Some(vec![rows as u64, cols as u64])
+        }
         MaterialRequest::MaskedLinear { n, d_in, d_out, weight } => {
             Some(vec![n as u64, d_in as u64, d_out as u64, weight as u64])
         }
@@ -621,7 +664,14 @@ impl<R: Role> MaterialSource<R> for Material<R> {
     fn take_matrix_triple(&mut self, m: usize, k: usize, n: usize) -> Result<MatrixTriple<R>, MaterialError> {
         let [shape, a, b, c] = take_parts(self.take(&MaterialRequest::MatrixTriple { m, k, n })?)?;
         check_shape("matrix triple", &shape, &[m as u64, k as u64, n as u64])?;
-        Ok(MatrixTriple { m, k, n, a: Shares::from_raw(a), b: Shares::from_raw(b), c: Shares::from_raw(c) })
+        Ok(MatrixTriple { m, k, n, causal: None, a: Shares::from_raw(a), b: Shares::from_raw(b), c: Shares::from_raw(c) })
+    }
+
+    fn take_causal_matrix_triple(&mut self, m: usize, k: usize, n: usize, start: usize) -> Result<MatrixTriple<R>, MaterialError> {
+        let [shape, mut a, b, c] = take_parts(self.take(&MaterialRequest::CausalMatrixTriple { m, k, n, start })?)?;
+        check_shape("causal matrix triple", &shape, &[m as u64, k as u64, n as u64, start as u64])?;
+        crate::mpc::beaver::zero_hidden(&mut a, m, k, start);
+        Ok(MatrixTriple { m, k, n, causal: Some(start), a: Shares::from_raw(a), b: Shares::from_raw(b), c: Shares::from_raw(c) })
     }
 
     fn take_trunc_ots(&mut self, n: usize, bits: u32) -> Result<RandomOts<R>, MaterialError> {
@@ -645,6 +695,19 @@ impl<R: Role> MaterialSource<R> for Material<R> {
             bits: b.into_iter().map(|w| w & 1).collect(),
             r: Shares::from_raw(r),
             a: Shares::from_raw(a),
+            c: Shares::from_raw(c),
+        })
+    }
+
+    fn take_norm_triples(&mut self, rows: usize, cols: usize) -> Result<NormTriples<R>, MaterialError> {
+        let [shape, a, aa, r, c] = take_parts(self.take(&MaterialRequest::NormTriples { rows, cols })?)?;
+        check_shape("norm triple", &shape, &[rows as u64, cols as u64])?;
+        Ok(NormTriples {
+            rows,
+            cols,
+            a: Shares::from_raw(a),
+            aa: Shares::from_raw(aa),
+            r: Shares::from_raw(r),
             c: Shares::from_raw(c),
         })
     }

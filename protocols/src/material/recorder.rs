@@ -4,7 +4,7 @@
 //! The material it returns has the right shapes and is all zeros: never compute with it.
 
 use super::{MaskedLinearSource, MaterialError, MaterialRequest, MaterialSource};
-use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, NormTriples, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::marker::PhantomData;
 
@@ -56,7 +56,11 @@ impl<R: Role> MaterialSource<R> for Recorder<R> {
     }
     fn take_matrix_triple(&mut self, m: usize, k: usize, n: usize) -> Result<MatrixTriple<R>, MaterialError> {
         self.record(MaterialRequest::MatrixTriple { m, k, n })?;
-        Ok(MatrixTriple { m, k, n, a: zeros(m * k), b: zeros(k * n), c: zeros(m * n) })
+        Ok(MatrixTriple { m, k, n, causal: None, a: zeros(m * k), b: zeros(k * n), c: zeros(m * n) })
+    }
+    fn take_causal_matrix_triple(&mut self, m: usize, k: usize, n: usize, start: usize) -> Result<MatrixTriple<R>, MaterialError> {
+        self.record(MaterialRequest::CausalMatrixTriple { m, k, n, start })?;
+        Ok(MatrixTriple { m, k, n, causal: Some(start), a: zeros(m * k), b: zeros(k * n), c: zeros(m * n) })
     }
     fn take_trunc_ots(&mut self, n: usize, bits: u32) -> Result<RandomOts<R>, MaterialError> {
         self.record(MaterialRequest::TruncOts { n, bits })?;
@@ -74,6 +78,11 @@ impl<R: Role> MaterialSource<R> for Recorder<R> {
     fn take_bit_triples(&mut self, n: usize) -> Result<BitTriples<R>, MaterialError> {
         self.record(MaterialRequest::BitTriples(n))?;
         Ok(BitTriples { bits: vec![0; n], r: zeros(n), a: zeros(n), c: zeros(n) })
+    }
+    fn take_norm_triples(&mut self, rows: usize, cols: usize) -> Result<NormTriples<R>, MaterialError> {
+        self.record(MaterialRequest::NormTriples { rows, cols })?;
+        let n = rows * cols;
+        Ok(NormTriples { rows, cols, a: zeros(n), aa: zeros(n), r: zeros(rows), c: zeros(n) })
     }
     fn take_row_triples(&mut self, rows: usize, cols: usize) -> Result<RowTriples<R>, MaterialError> {
         self.record(MaterialRequest::RowTriples { rows, cols })?;

@@ -33,9 +33,15 @@
 //! `d_r e_rj`. Cost: `8 (rows + rows cols)` bytes each direction instead of
 //! `16 rows cols` with elementwise triples of the broadcast value.
 //!
+//! **Square, then scale the rows** ([`norm_square_start`], RMSNorm). A norm triple
+//! `(a, a^2)` + `(r_row, a, r_row a)`: open `d = x - a` for `x^2 = a^2 + 2 d a + d^2`, and
+//! later only `d_r = y_r - r_r` for `y_r x_rj` (the `x` side was opened already):
+//! `8 rows cols + 8 rows` bytes each direction for both products instead of
+//! `16 rows cols + 8 rows`.
+//!
 //! Results carry the fractional bits of both inputs: follow with [`super::trunc`].
 
-use super::{check_len, exchange, shape, BitTriples, MatrixTriple, MpcError, PowerTuples, RowTriples, SquarePairs, Triples};
+use super::{check_len, exchange, shape, BitTriples, MatrixTriple, MpcError, NormTriples, PowerTuples, RowTriples, SquarePairs, Triples};
 use crate::ring;
 use crate::share::{Role, Shares};
 use shardlm_transport::{Channel, Lane};
@@ -180,6 +186,87 @@ pub fn row_mul_finish<R: Role>(st: RowMulState<R>, peer: &[u64]) -> Result<Share
             let mut z = c[i].wrapping_add(d.wrapping_mul(b[i])).wrapping_add(e.wrapping_mul(a[r]));
             if R::ID == 0 {
                 z = z.wrapping_add(d.wrapping_mul(e));
+            }
+            z
+        })
+        .collect();
+    Ok(Shares::from_raw(z))
+}
+
+/// State of a norm square between its message and the peer's.
+#[derive(Debug)]
+pub struct NormSquareState<R: Role> {
+    triple: NormTriples<R>,
+    d: Vec<u64>,
+}
+
+/// What a norm square leaves for the row scaling: the opened `x - a` and the rest of
+/// the triple. Consumed by [`norm_scale_start`], once.
+#[derive(Debug)]
+#[must_use = "scale the rows with norm_scale_start"]
+pub struct NormPending<R: Role> {
+    triple: NormTriples<R>,
+    /// The opened `x - a`.
+    d: Vec<u64>,
+}
+
+/// Core: starts `x^2` (elementwise) with a norm triple; our message is `x_i - a_i`.
+pub fn norm_square_start<R: Role>(x: &Shares<R>, triple: NormTriples<R>) -> Result<(NormSquareState<R>, Vec<u64>), MpcError> {
+    let n = triple.rows * triple.cols;
+    check_len("norm square", "x", x.len(), n)?;
+    check_len("norm square", "triple.a", triple.a.len(), n)?;
+    check_len("norm square", "triple.aa", triple.aa.len(), n)?;
+    check_len("norm square", "triple.r", triple.r.len(), triple.rows)?;
+    check_len("norm square", "triple.c", triple.c.len(), n)?;
+    let d = ring::sub(x.as_slice(), triple.a.as_slice());
+    Ok((NormSquareState { triple, d: d.clone() }, d))
+}
+
+/// Core: finishes the square; returns shares of `x^2` and what the row scaling needs.
+pub fn norm_square_finish<R: Role>(st: NormSquareState<R>, peer: &[u64]) -> Result<(Shares<R>, NormPending<R>), MpcError> {
+    check_len("norm square", "peer message", peer.len(), st.d.len())?;
+    let d = ring::add(&st.d, peer);
+    let (a, aa) = (st.triple.a.as_slice(), st.triple.aa.as_slice());
+    let z = (0..d.len())
+        .map(|i| {
+            let mut z = aa[i].wrapping_add(d[i].wrapping_mul(a[i]).wrapping_mul(2));
+            if R::ID == 0 {
+                z = z.wrapping_add(d[i].wrapping_mul(d[i]));
+            }
+            z
+        })
+        .collect();
+    Ok((Shares::from_raw(z), NormPending { triple: st.triple, d }))
+}
+
+/// State of a norm row scaling between its message and the peer's.
+#[derive(Debug)]
+pub struct NormScaleState<R: Role> {
+    pending: NormPending<R>,
+    e: Vec<u64>,
+}
+
+/// Core: starts `y_r x_rj` for the `x` squared before; our message is `y_r - r_r`.
+pub fn norm_scale_start<R: Role>(pending: NormPending<R>, y: &Shares<R>) -> Result<(NormScaleState<R>, Vec<u64>), MpcError> {
+    check_len("norm scale", "y", y.len(), pending.triple.rows)?;
+    let e = ring::sub(y.as_slice(), pending.triple.r.as_slice());
+    Ok((NormScaleState { pending, e: e.clone() }, e))
+}
+
+/// Core: finishes the row scaling; returns shares of `y_r x_rj`.
+pub fn norm_scale_finish<R: Role>(st: NormScaleState<R>, peer: &[u64]) -> Result<Shares<R>, MpcError> {
+    let t = &st.pending.triple;
+    check_len("norm scale", "peer message", peer.len(), t.rows)?;
+    let e: Vec<u64> = ring::add(&st.e, peer);
+    let (a, r, c, d) = (t.a.as_slice(), t.r.as_slice(), t.c.as_slice(), &st.pending.d);
+    let cols = t.cols.max(1);
+    // y x = (e + r)(d + a) = c + e a + d r + e d (P0).
+    let z = (0..t.rows * t.cols)
+        .map(|i| {
+            let row = i / cols;
+            let mut z = c[i].wrapping_add(e[row].wrapping_mul(a[i])).wrapping_add(d[i].wrapping_mul(r[row]));
+            if R::ID == 0 {
+                z = z.wrapping_add(e[row].wrapping_mul(d[i]));
             }
             z
         })
@@ -344,7 +431,26 @@ pub struct MatMulState<R: Role> {
     e: Vec<u64>,
 }
 
-/// Core: starts `X (m x k) * Y (k x n)`; our message is `D_i || E_i`.
+/// Zeroes the entries of an `m x k` row-major matrix beyond column `start + r` in row `r`.
+pub fn zero_hidden(a: &mut [u64], m: usize, k: usize, start: usize) {
+    for (r, row) in a.chunks_mut(k.max(1)).take(m).enumerate() {
+        let visible = (start + r + 1).min(k);
+        row[visible..].iter_mut().for_each(|v| *v = 0);
+    }
+}
+
+/// The visible entries of an `m x k` row-major matrix (row `r`: columns `0 ..= start + r`).
+fn visible_entries(x: &[u64], m: usize, k: usize, start: usize) -> Vec<u64> {
+    x.chunks(k.max(1)).take(m).enumerate().flat_map(|(r, row)| row[..(start + r + 1).min(k)].to_vec()).collect()
+}
+
+/// Words of the visible entries of an `m x k` causal matrix.
+fn visible_count(m: usize, k: usize, start: usize) -> usize {
+    (0..m).map(|r| (start + r + 1).min(k)).sum()
+}
+
+/// Core: starts `X (m x k) * Y (k x n)`; our message is `D_i || E_i` (for a causal
+/// triple only the visible entries of `D`).
 pub fn matmul_start<R: Role>(
     x: &Shares<R>,
     y: &Shares<R>,
@@ -359,7 +465,16 @@ pub fn matmul_start<R: Role>(
     let d = ring::sub(x.as_slice(), triple.a.as_slice());
     let e = ring::sub(y.as_slice(), triple.b.as_slice());
     let mut msg = Vec::with_capacity(d.len() + e.len());
-    msg.extend_from_slice(&d);
+    match triple.causal {
+        // X is zero where A is: only the visible entries of X - A carry anything.
+        Some(start) => {
+            if x.as_slice().chunks(k.max(1)).enumerate().any(|(r, row)| row[(start + r + 1).min(k)..].iter().any(|&v| v != 0)) {
+                return Err(shape("beaver matmul", "X has nonzero shares beyond the causal mask"));
+            }
+            msg.extend(visible_entries(&d, m, k, start));
+        }
+        None => msg.extend_from_slice(&d),
+    }
     msg.extend_from_slice(&e);
     Ok((MatMulState { triple, d, e }, msg))
 }
@@ -367,9 +482,26 @@ pub fn matmul_start<R: Role>(
 /// Core: finishes with the peer's `D || E`; returns shares of `X Y` (`m x n`).
 pub fn matmul_finish<R: Role>(st: MatMulState<R>, peer: &[u64]) -> Result<Shares<R>, MpcError> {
     let (m, k, n) = (st.triple.m, st.triple.k, st.triple.n);
-    check_len("beaver matmul", "peer message", peer.len(), m * k + k * n)?;
-    let d = ring::add(&st.d, &peer[..m * k]);
-    let e = ring::add(&st.e, &peer[m * k..]);
+    let dl = match st.triple.causal {
+        Some(start) => visible_count(m, k, start),
+        None => m * k,
+    };
+    check_len("beaver matmul", "peer message", peer.len(), dl + k * n)?;
+    let peer_d = match st.triple.causal {
+        Some(start) => {
+            let mut full = vec![0u64; m * k];
+            let mut at = 0;
+            for (r, row) in full.chunks_mut(k.max(1)).take(m).enumerate() {
+                let v = (start + r + 1).min(k);
+                row[..v].copy_from_slice(&peer[at..at + v]);
+                at += v;
+            }
+            full
+        }
+        None => peer[..m * k].to_vec(),
+    };
+    let d = ring::add(&st.d, &peer_d);
+    let e = ring::add(&st.e, &peer[dl..]);
     let mut z = st.triple.c.into_raw();
     ring::add_assign(&mut z, &ring::gemm(&d, st.triple.b.as_slice(), m, k, n));
     ring::add_assign(&mut z, &ring::gemm(st.triple.a.as_slice(), &e, m, k, n));

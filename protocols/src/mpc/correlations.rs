@@ -33,6 +33,9 @@ pub struct MatrixTriple<R: Role> {
     pub k: usize,
     /// Columns of `B`.
     pub n: usize,
+    /// `Some(start)`: `A` (and the `X` it masks) is zero beyond column `start + r` of row
+    /// `r`, so only the visible entries of `X - A` are exchanged.
+    pub causal: Option<usize>,
     /// Shares of `A`.
     pub a: Shares<R>,
     /// Shares of `B`.
@@ -74,6 +77,24 @@ pub struct BitTriples<R: Role> {
     /// Additive shares of `a` (uniform).
     pub a: Shares<R>,
     /// Additive shares of `c = r a`.
+    pub c: Shares<R>,
+}
+
+/// A norm triple: a square pair `(a, a^2)` per element and a row-scaling triple
+/// `(r_row, a, c = r_row a)` on the same `a` ([`super::beaver::norm_square_start`]).
+#[derive(Debug)]
+pub struct NormTriples<R: Role> {
+    /// Rows.
+    pub rows: usize,
+    /// Elements per row.
+    pub cols: usize,
+    /// Shares of `a` (`rows x cols`).
+    pub a: Shares<R>,
+    /// Shares of `a^2`.
+    pub aa: Shares<R>,
+    /// Shares of `r` (`rows`).
+    pub r: Shares<R>,
+    /// Shares of `c = r_row a`.
     pub c: Shares<R>,
 }
 

@@ -34,7 +34,7 @@ pub mod session;
 pub mod trunc;
 
 pub use correlations::{
-    AndTriples, BitTriples, CarryTables, DaBits, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples,
+    AndTriples, BitTriples, CarryTables, DaBits, NormTriples, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples,
 };
 
 use crate::material::MaterialError;

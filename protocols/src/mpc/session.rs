@@ -86,6 +86,9 @@ pub struct MatMul<'a, R: Role> {
     pub k: usize,
     /// Columns of `y`.
     pub n: usize,
+    /// `Some(start)`: `x` is causal (zero beyond column `start + r` of row `r`), and only
+    /// its visible entries are opened.
+    pub causal: Option<usize>,
 }
 
 /// A truncation between its message and the peer's.
@@ -417,6 +420,26 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(out)
     }
 
+    /// Shares of `x^2` (`rows x cols`) with a norm triple, one round; the returned
+    /// pending half scales the same `x` by a per-row value later with
+    /// [`Session::scale_rows`], opening only the row values.
+    pub fn square_for_rows(&mut self, x: &Shares<R>, rows: usize) -> Result<(Shares<R>, beaver::NormPending<R>), MpcError> {
+        if rows == 0 || !x.len().is_multiple_of(rows) {
+            return Err(super::shape("norm square", format!("{} elements do not split into {rows} rows", x.len())));
+        }
+        let t = self.material.take_norm_triples(rows, x.len() / rows)?;
+        let (st, msg) = beaver::norm_square_start(x, t)?;
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        beaver::norm_square_finish(st, &peer)
+    }
+
+    /// Shares of `y_r * x_rj` for the `x` of a [`Session::square_for_rows`], one round.
+    pub fn scale_rows(&mut self, pending: beaver::NormPending<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
+        let (st, msg) = beaver::norm_scale_start(pending, y)?;
+        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
+        beaver::norm_scale_finish(st, &peer)
+    }
+
     /// Shares of `y_r * x_rj` for `x` (`rows x cols`, row-major) and a per-row `y`, one
     /// round, one opening per row for `y` ([`beaver::row_mul_start`]).
     pub fn mul_rows(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
@@ -487,7 +510,10 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         let mut states = Vec::with_capacity(ops.len());
         let mut msg = Vec::new();
         for op in ops {
-            let t = self.material.take_matrix_triple(op.m, op.k, op.n)?;
+            let t = match op.causal {
+                Some(start) => self.material.take_causal_matrix_triple(op.m, op.k, op.n, start)?,
+                None => self.material.take_matrix_triple(op.m, op.k, op.n)?,
+            };
             let (st, m) = beaver::matmul_start(op.x, op.y, t)?;
             msg.extend_from_slice(&m);
             states.push((st, m.len()));

@@ -22,11 +22,11 @@
 //!   the reciprocal (a row-scaling triple), truncated.
 //! * **SwiGLU**: the gate/up projection stays untruncated (`2F`); [`nonlinear::silu_from`]
 //!   reads the gate at `2F`, a Beaver product with `up` and one truncation by `2F`.
-//! * **RMSNorm**: `sum x^2` with square pairs (local row sums), the mean square with
-//!   [`nonlinear::MS_BITS`] fractional bits (`1/d = m 2^-k`: the `2^-k` rides in the same
-//!   truncation as `x * gain`, `m^-1/2` joins the gain), `rsqrt` from a start found by
-//!   batched comparisons and Newton ([`nonlinear::rsqrt`]), times `x * gain` (a
-//!   row-scaling triple).
+//! * **RMSNorm**: `sum x^2` with a norm triple (local row sums), the mean square with
+//!   [`nonlinear::MS_BITS`] fractional bits (`1/d = m 2^-k`: the `2^-k` rides in the
+//!   sums' truncation, `m^-1/2` joins the gain), `rsqrt` from a start found by batched
+//!   comparisons and Newton ([`nonlinear::rsqrt`]), times `x` (the norm triple's second
+//!   half: `x` is not opened again) and the public gain, one truncation.
 //! * **logits**: P1 sends its shares of the selected rows' logits to P0
 //!   ([`Session::reveal_to_p0`]); P1's `reveal_logits` returns `None`.
 //!
@@ -315,24 +315,24 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let k = (d.max(1) as f64).log2().ceil() as u32;
         let m = (1u64 << k) as f64 / d.max(1) as f64;
         let scale = m.powf(-0.5);
-        let g: Vec<u64> = (0..n * d).map(|i| encode(f64::from(gain[i % d]) * scale, f)).collect();
-        let x2 = self.sess.square(&x.data)?;
+        // x^2 with a norm triple: x is opened once, for the square and the final scaling.
+        let (x2, pending) = self.sess.square_for_rows(&x.data, n)?;
         let sums: Vec<u64> =
             x2.as_slice().chunks(d).map(|r| r.iter().fold(0u64, |a, &b| a.wrapping_add(b))).collect();
-        // One truncation round: the sums (2F -> MS_BITS, times 2^-k) and x * gain (2F -> F).
+        // The sums 2F -> MS_BITS, times 2^-k: one truncation round.
         let shift = (2 * f + k).checked_sub(nonlinear::MS_BITS).filter(|&s| s > 0).ok_or_else(|| MpcError::Shape {
             op: "rms norm",
             detail: format!("2 F + log2(d) = {} must exceed the mean square's {} fractional bits", 2 * f + k, nonlinear::MS_BITS),
         })?;
-        let t = self.sess.trunc_many(vec![
-            (Shares::from_raw(sums), shift),
-            (x.data.mul_public(&g), f),
-        ])?;
-        let (ms, xg) = (&t[0], &t[1]);
-        let ms = nonlinear::add_scalar(ms, encode(eps / m, nonlinear::MS_BITS).max(1));
+        let ms = self.sess.trunc(Shares::from_raw(sums), shift)?;
+        let ms = nonlinear::add_scalar(&ms, encode(eps / m, nonlinear::MS_BITS).max(1));
         let y = nonlinear::rsqrt(&mut self.sess, &ms)?;
-        let out = self.sess.mul_rows(xg, &y)?;
-        let out = self.sess.trunc(out, nonlinear::RSQRT_BITS)?;
+        // y x (F + RSQRT_BITS), times the public gain m^-1/2 g at GAIN_BITS, one truncation:
+        // |out| < 2^(62 - F - RSQRT_BITS - GAIN_BITS) = 2^12 keeps it within the bound.
+        const GAIN_BITS: u32 = 14;
+        let g: Vec<u64> = (0..n * d).map(|i| encode(f64::from(gain[i % d]) * scale, GAIN_BITS)).collect();
+        let yx = self.sess.scale_rows(pending, &y)?;
+        let out = self.sess.trunc(yx.mul_public(&g), nonlinear::RSQRT_BITS + GAIN_BITS)?;
         Ok(SharedTensor { rows: n, cols: d, data: out, extra_frac: 0 })
     }
 
@@ -444,7 +444,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             })
             .collect();
         let ops: Vec<MatMul<'_, R>> =
-            (0..nh).map(|h| MatMul { x: &qs[h], y: &kt[h / group], m: n, k: hd, n: total }).collect();
+            (0..nh).map(|h| MatMul { x: &qs[h], y: &kt[h / group], m: n, k: hd, n: total, causal: None }).collect();
         let scores = self.sess.matmul_many(&ops)?;
         let scores = self.sess.trunc(Shares::from_raw(scores.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         // Visible entries, head-major then row-major, each row a segment.
@@ -484,7 +484,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let pending = nonlinear::reciprocal_start(&mut self.sess, &sums, f, total as f64)?;
         let emats: Vec<Shares<R>> = emats.into_iter().map(Shares::from_raw).collect();
         let ops: Vec<MatMul<'_, R>> =
-            (0..nh).map(|h| MatMul { x: &emats[h], y: &vs[h / group], m: n, k: total, n: hd }).collect();
+            (0..nh).map(|h| MatMul { x: &emats[h], y: &vs[h / group], m: n, k: total, n: hd, causal: Some(start_pos) }).collect();
         let ev = self.sess.matmul_many(&ops)?;
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
