@@ -520,13 +520,18 @@ fn cost_at_the_qwen2_5_1_5b_shape() {
     let (o2, d2, r2) = m[1];
     let (lo, lr) = (o2 - o1, r2 - r1);
     eprintln!("per layer: online {:.3} GiB, dealer P0 {:.3} GiB, {lr} rounds", gib(lo), gib(d2[0] - d1[0]));
+    let (online, dealer) = (o1 + (layers - 1) as f64 * lo, d1[0] + (layers - 1) as f64 * (d2[0] - d1[0]));
     eprintln!(
-        "scaled to {layers} layers: online {:.2} GiB, dealer P0 {:.2} GiB, P1 {:.6} GiB, rounds {}",
-        gib(o1 + (layers - 1) as f64 * lo),
-        gib(d1[0] + (layers - 1) as f64 * (d2[0] - d1[0])),
+        "scaled to {layers} layers: online {:.3} GiB, dealer P0 {:.3} GiB, P1 {:.6} GiB, rounds {}",
+        gib(online),
+        gib(dealer),
         gib(d1[1] + (layers - 1) as f64 * (d2[1] - d1[1])),
         r1 + (layers - 1) * lr
     );
+    // Issue 7's targets (machine-independent counts, so they are asserted here).
+    assert!(gib(online) <= 4.0, "online {:.3} GiB over the 4 GiB target", gib(online));
+    assert!(gib(dealer) <= 16.0, "dealer {:.3} GiB over the 16 GiB target", gib(dealer));
+    assert!(lr <= 94, "{lr} rounds per layer over the 94 target");
 }
 
 /// The real Qwen2.5-Coder-0.5B-Instruct when `SHARDLM_REAL_MODEL_DIR` is set: top-1

@@ -13,8 +13,8 @@
 //! * **RoPE**: linear with public `cos`/`sin` encoded with `F` bits; the query part also
 //!   carries the attention scale `1 / sqrt(head_dim)` (so scores need no extra step).
 //!   One truncation round.
-//! * **attention**: the KV cache is kept as shares. `Q K^T` per head with one matrix
-//!   triple each (all heads in one round), truncation, the row max by a tournament
+//! * **attention**: the KV cache is kept as shares. `Q K^T` per KV head with the query
+//!   heads of its group stacked, one matrix triple each (all in one round), truncation, the row max by a tournament
 //!   ([`nonlinear::max_segments`]) over the causally visible positions only (the mask is
 //!   public), `exp(x - max)` ([`nonlinear::exp_neg`]), the row sum (local), its
 //!   reciprocal ([`nonlinear::reciprocal_start`], sum in `[1, positions]`, its comparisons
@@ -443,12 +443,19 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
                 Shares::from_raw(m)
             })
             .collect();
-        let ops: Vec<MatMul<'_, R>> =
-            (0..nh).map(|h| MatMul { x: &qs[h], y: &kt[h / group], m: n, k: hd, n: total, causal: None }).collect();
-        let scores = self.sess.matmul_many(&ops)?;
-        let scores = self.sess.trunc(Shares::from_raw(scores.into_iter().flat_map(Shares::into_raw).collect()), f)?;
-        // Visible entries, head-major then row-major, each row a segment.
-        let s = scores.as_slice();
+        // One product per KV head with its query heads stacked (GQA): K^T is opened once
+        // per KV head instead of once per query head. Heads of a group are consecutive, so
+        // the stacked outputs are already head-major.
+        let stacked: Vec<Shares<R>> = (0..nkv)
+            .map(|g| Shares::from_raw(qs[g * group..(g + 1) * group].iter().flat_map(|q| q.as_slice().to_vec()).collect()))
+            .collect();
+        let ops: Vec<MatMul<'_, R>> = (0..nkv)
+            .map(|g| MatMul { x: &stacked[g], y: &kt[g], m: group * n, k: hd, n: total, causal: None })
+            .collect();
+        let scores: Vec<u64> = self.sess.matmul_many(&ops)?.into_iter().flat_map(Shares::into_raw).collect();
+        // Visible entries, head-major then row-major, each row a segment (truncated below:
+        // the masked half of a prefill's scores is never truncated).
+        let s = &scores;
         let mut visible = Vec::new();
         let mut segs = Vec::with_capacity(nh * n);
         for h in 0..nh {
@@ -459,7 +466,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
                 segs.push(len);
             }
         }
-        let visible = Shares::<R>::from_raw(visible);
+        let visible = self.sess.trunc(Shares::<R>::from_raw(visible), f)?;
         let max = nonlinear::max_segments(&mut self.sess, &visible, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)?;
         let mut maxb = Vec::with_capacity(visible.len());
         for (i, &l) in segs.iter().enumerate() {
