@@ -35,10 +35,10 @@
 //! runs the pass on [`Recorder`] material to list the exact dealer requests.
 //!
 //! **Measured** (Qwen2.5-1.5B shape, 98-token prefill, per layer, P0's view, both
-//! directions): SwiGLU 151 bytes per intermediate element and 13 rounds, attention 466
-//! bytes per causal score and 44 rounds, RMSNorm 50 bytes per element and 16 rounds,
-//! linear units and RoPE at most 4 bytes per output (truncation) and 1 round; in all
-//! 0.166 GiB and 93 rounds per layer, 0.359 GiB of P0 dealer material (P1's is seeds).
+//! directions): SwiGLU 135 bytes per intermediate element and 13 rounds, attention 373
+//! bytes per causal score and 44 rounds, RMSNorm 29 bytes per element and 16 rounds,
+//! linear units and RoPE at most 2 bytes per output (truncation) and 1 round; in all
+//! 0.140 GiB and 93 rounds per layer, 0.359 GiB of P0 dealer material (P1's is seeds).
 //! Accuracy: Qwen2.5-Coder-0.5B-Instruct top-1 equal to the plaintext engine at 338 of
 //! 339 positions of the 9 reference prompts (the miss is a near tie), |logit error| p99
 //! 0.023. Details and the per-function table: README, "v3-mpc".
