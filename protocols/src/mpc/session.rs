@@ -32,8 +32,8 @@ pub enum Opened {
     MaskedChunk,
     /// A bit masked by a daBit (bit-to-arithmetic conversion).
     MaskedBit,
-    /// Faithful-truncation OT messages (P0: MSB masked by the OT choice bit; P1: two
-    /// strings masked by OT pads and a fresh mask).
+    /// Faithful-truncation messages (P0: its MSB masked by the OT choice bit; P1: a
+    /// correction string masked by the OT string P0 does not hold).
     TruncationOt,
     /// The seed of P1's uniformly random input shares, sent by P0 (the embedding).
     InputSeed,
@@ -97,19 +97,6 @@ enum TruncState {
     P1(trunc::TruncP1State),
 }
 
-/// How a transfer carries the background comparison's message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ride {
-    /// Not at all.
-    No,
-    /// Ours appended, the peer's split off the reply (symmetric, or P0 in a truncation).
-    Both,
-    /// P1 in a truncation, first half: the peer's split off what P1 receives.
-    ReceiveFirst,
-    /// P1 in a truncation, second half: ours appended to the answer, then step.
-    SendLast,
-}
-
 /// What a background comparison produced.
 #[derive(Debug)]
 enum RiderResult<R: Role> {
@@ -127,8 +114,6 @@ pub struct Session<R: Role, C: Channel, M: MaterialSource<R>> {
     /// A comparison riding along with the Beaver rounds of other work.
     rider: Option<(compare::Compare<R>, Vec<u64>, usize)>,
     rider_result: Option<RiderResult<R>>,
-    /// P1's copy of P0's rider message received with a truncation, until P1 answers.
-    rider_stash: Option<Vec<u64>>,
     _role: std::marker::PhantomData<R>,
 }
 
@@ -151,7 +136,6 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             record: false,
             rider: None,
             rider_result: None,
-            rider_stash: None,
             _role: Default::default(),
         }
     }
@@ -189,55 +173,30 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// [`Opened::MaskedProduct`] and [`Opened::TruncationOt`] round: its message is
     /// appended to ours and its answer split off, logged as its own entry.
     pub fn transfer(&mut self, what: Opened, send: &[u64], recv_len: usize) -> Result<Vec<u64>, MpcError> {
-        // How a background comparison rides along (it needs both parties to send one
-        // message and receive the other's):
-        // * symmetric Beaver openings: appended to ours, the peer's split off;
-        // * a truncation (P0 sends, then P1 answers): P0 appends to its message and
-        //   splits the peer's off the answer; P1 splits P0's off the message it receives
-        //   and appends its own to its answer, stepping only after it has sent.
-        let rider_msg = self.rider.as_ref().map(|(_, msg, round)| (msg.clone(), self.rider_label(*round)));
-        let mode = match (&rider_msg, what) {
-            (Some(_), Opened::MaskedProduct) => Ride::Both,
-            (Some(_), Opened::TruncationOt) if !send.is_empty() && recv_len > 0 => Ride::Both,
-            (Some(_), Opened::TruncationOt) if send.is_empty() && recv_len > 0 => Ride::ReceiveFirst,
-            (Some(_), Opened::TruncationOt) if !send.is_empty() && recv_len == 0 && self.rider_stash.is_some() => {
-                Ride::SendLast
+        // Both kinds of rounds are symmetric (each party sends, then receives the
+        // peer's message of a length it knows), so a background comparison's message can
+        // be appended to ours and the peer's split off what we receive.
+        let rider = match what {
+            Opened::MaskedProduct | Opened::TruncationOt => {
+                self.rider.as_ref().map(|(_, msg, round)| (msg.clone(), self.rider_label(*round)))
             }
-            _ => Ride::No,
+            _ => None,
         };
         let mut out = send.to_vec();
-        let (own_len, peer_len) = match (&rider_msg, mode) {
-            (Some((m, _)), Ride::Both) => (m.len(), m.len()),
-            (Some((m, _)), Ride::ReceiveFirst) => (0, m.len()),
-            (Some((m, _)), Ride::SendLast) => (m.len(), 0),
-            _ => (0, 0),
-        };
-        if own_len > 0 {
-            if let Some((m, _)) = &rider_msg {
-                out.extend_from_slice(m);
-            }
+        let rider_len = rider.as_ref().map_or(0, |(m, _)| m.len());
+        if let Some((m, _)) = &rider {
+            out.extend_from_slice(m);
         }
         if !out.is_empty() {
             self.chan.send_u64s(Lane::Openings, &out)?;
         }
-        let total = recv_len + peer_len;
+        let total = recv_len + rider_len;
         let mut received = if total > 0 { self.chan.recv_u64s(Lane::Openings, total)? } else { Vec::new() };
         let rider_part = received.split_off(recv_len.min(received.len()));
         self.log(what, send.len(), &received);
-        if let Some((_, label)) = rider_msg {
-            match mode {
-                Ride::Both => {
-                    self.log(label, own_len, &rider_part);
-                    self.step_rider(&rider_part)?;
-                }
-                Ride::ReceiveFirst => self.rider_stash = Some(rider_part),
-                Ride::SendLast => {
-                    let peer = self.rider_stash.take().unwrap_or_default();
-                    self.log(label, own_len, &peer);
-                    self.step_rider(&peer)?;
-                }
-                Ride::No => {}
-            }
+        if let Some((_, label)) = rider {
+            self.log(label, rider_len, &rider_part);
+            self.step_rider(&rider_part)?;
         }
         Ok(received)
     }
