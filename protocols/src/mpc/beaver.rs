@@ -431,22 +431,26 @@ pub struct MatMulState<R: Role> {
     e: Vec<u64>,
 }
 
+/// Columns of row `r` that a causal matrix with `k` columns shows: `0 ..= start + r`.
+fn visible(r: usize, k: usize, start: usize) -> usize {
+    (start + r + 1).min(k)
+}
+
 /// Zeroes the entries of an `m x k` row-major matrix beyond column `start + r` in row `r`.
 pub fn zero_hidden(a: &mut [u64], m: usize, k: usize, start: usize) {
     for (r, row) in a.chunks_mut(k.max(1)).take(m).enumerate() {
-        let visible = (start + r + 1).min(k);
-        row[visible..].iter_mut().for_each(|v| *v = 0);
+        row[visible(r, k, start)..].iter_mut().for_each(|v| *v = 0);
     }
 }
 
-/// The visible entries of an `m x k` row-major matrix (row `r`: columns `0 ..= start + r`).
+/// The visible entries of an `m x k` row-major matrix.
 fn visible_entries(x: &[u64], m: usize, k: usize, start: usize) -> Vec<u64> {
-    x.chunks(k.max(1)).take(m).enumerate().flat_map(|(r, row)| row[..(start + r + 1).min(k)].to_vec()).collect()
+    x.chunks(k.max(1)).take(m).enumerate().flat_map(|(r, row)| row[..visible(r, k, start)].to_vec()).collect()
 }
 
 /// Words of the visible entries of an `m x k` causal matrix.
 fn visible_count(m: usize, k: usize, start: usize) -> usize {
-    (0..m).map(|r| (start + r + 1).min(k)).sum()
+    (0..m).map(|r| visible(r, k, start)).sum()
 }
 
 /// Core: starts `X (m x k) * Y (k x n)`; our message is `D_i || E_i` (for a causal
@@ -468,7 +472,7 @@ pub fn matmul_start<R: Role>(
     match triple.causal {
         // X is zero where A is: only the visible entries of X - A carry anything.
         Some(start) => {
-            if x.as_slice().chunks(k.max(1)).enumerate().any(|(r, row)| row[(start + r + 1).min(k)..].iter().any(|&v| v != 0)) {
+            if x.as_slice().chunks(k.max(1)).enumerate().any(|(r, row)| row[visible(r, k, start)..].iter().any(|&v| v != 0)) {
                 return Err(shape("beaver matmul", "X has nonzero shares beyond the causal mask"));
             }
             msg.extend(visible_entries(&d, m, k, start));
@@ -492,7 +496,7 @@ pub fn matmul_finish<R: Role>(st: MatMulState<R>, peer: &[u64]) -> Result<Shares
             let mut full = vec![0u64; m * k];
             let mut at = 0;
             for (r, row) in full.chunks_mut(k.max(1)).take(m).enumerate() {
-                let v = (start + r + 1).min(k);
+                let v = visible(r, k, start);
                 row[..v].copy_from_slice(&peer[at..at + v]);
                 at += v;
             }

@@ -91,6 +91,15 @@ pub struct MatMul<'a, R: Role> {
     pub causal: Option<usize>,
 }
 
+/// `x` with `drop` low bits dropped locally ([`compare::reduce_local`]), for a comparison
+/// on `bits` bits, which must fit what is left.
+fn reduced<R: Role>(x: &Shares<R>, drop: u32, bits: u32) -> Result<Shares<R>, MpcError> {
+    if drop + bits > 64 {
+        return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
+    }
+    Ok(compare::reduce_local(x, drop))
+}
+
 /// A truncation between its message and the peer's.
 enum TruncState {
     P0(trunc::TruncP0State),
@@ -201,6 +210,29 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(received)
     }
 
+    /// One audited round for several cores at once: each part is a core's state, its
+    /// message and the length of the peer's message for it; the messages go as one
+    /// transfer and `finish` gets each state with its slice of the peer's reply.
+    fn round<S, O>(
+        &mut self,
+        what: Opened,
+        parts: Vec<(S, Vec<u64>, usize)>,
+        mut finish: impl FnMut(S, &[u64]) -> Result<O, MpcError>,
+    ) -> Result<Vec<O>, MpcError> {
+        let msg: Vec<u64> = parts.iter().flat_map(|(_, m, _)| m.iter().copied()).collect();
+        let peer_len = parts.iter().map(|(_, _, l)| l).sum();
+        let peer = self.transfer(what, &msg, peer_len)?;
+        let mut at = 0;
+        parts
+            .into_iter()
+            .map(|(st, _, len)| {
+                let out = finish(st, &peer[at..at + len]);
+                at += len;
+                out
+            })
+            .collect()
+    }
+
     fn log(&mut self, what: Opened, sent: usize, received: &[u64]) {
         self.audit.push(AuditEntry {
             what,
@@ -246,15 +278,12 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         if self.rider.is_some() || self.rider_result.is_some() {
             return Err(super::shape("comparison", "a background comparison is already running"));
         }
-        if drop + bits > 64 {
-            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
-        }
+        let x = reduced(x, drop, bits)?;
         if x.is_empty() {
             self.rider_result =
                 Some(if boolean_out { RiderResult::Bits(Vec::new()) } else { RiderResult::Arith(Shares::from_raw(Vec::new())) });
             return Ok(());
         }
-        let x = compare::reduce_local(x, drop);
         let (core, step) = if boolean_out {
             let (t, c) = compare::take_material_bits(&mut self.material, x.len(), bits)?;
             compare::Compare::start_bits(&x, bits, t, c)?
@@ -298,22 +327,14 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
 
     /// Shares of elementwise products `x * y` for every pair, in one round.
     pub fn mul_many(&mut self, pairs: &[(&Shares<R>, &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
-        let mut states = Vec::with_capacity(pairs.len());
-        let mut msg = Vec::new();
+        let mut parts = Vec::with_capacity(pairs.len());
         for (x, y) in pairs {
             let t = self.material.take_triples(x.len())?;
             let (st, m) = beaver::mul_start(x, y, t)?;
-            msg.extend_from_slice(&m);
-            states.push((st, m.len()));
+            let len = m.len();
+            parts.push((st, m, len));
         }
-        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
-        let mut at = 0;
-        let mut out = Vec::with_capacity(states.len());
-        for (st, len) in states {
-            out.push(beaver::mul_finish(st, &peer[at..at + len])?);
-            at += len;
-        }
-        Ok(out)
+        self.round(Opened::MaskedProduct, parts, beaver::mul_finish)
     }
 
     /// Shares of `x * y` (elementwise), one round.
@@ -332,22 +353,14 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// Shares of `b * x` for XOR-shared bits `b` (0 or 1 per element) and arithmetic
     /// shares `x`, every pair in one round ([`beaver::bit_mul_start`]).
     pub fn bit_mul_many(&mut self, pairs: &[(&[u64], &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
-        let mut states = Vec::with_capacity(pairs.len());
-        let mut msg = Vec::new();
+        let mut parts = Vec::with_capacity(pairs.len());
         for (b, x) in pairs {
             let t = self.material.take_bit_triples(x.len())?;
             let (st, m) = beaver::bit_mul_start(b, x, t)?;
-            msg.extend_from_slice(&m);
-            states.push((st, m.len()));
+            let len = m.len();
+            parts.push((st, m, len));
         }
-        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
-        let mut at = 0;
-        let mut out = Vec::with_capacity(states.len());
-        for (st, len) in states {
-            out.push(beaver::bit_mul_finish(st, &peer[at..at + len])?);
-            at += len;
-        }
-        Ok(out)
+        self.round(Opened::MaskedProduct, parts, beaver::bit_mul_finish)
     }
 
     /// ANDs of XOR-shared bits (0 or 1 per element, each pair of equal length), every
@@ -430,61 +443,43 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             ots.push(if x.is_empty() { None } else { Some(self.material.take_trunc_ots(x.len(), *shift)?) });
         }
         // Both parties send first (the messages are independent), then finish.
-        let mut msg = Vec::new();
-        let mut peer_len = 0;
-        let mut states = Vec::with_capacity(items.len());
+        let mut parts = Vec::with_capacity(items.len());
         for ((x, shift), ot) in items.into_iter().zip(ots) {
             let Some(ot) = ot else {
-                states.push(None);
+                parts.push((None, Vec::new(), 0));
                 continue;
             };
             let n = x.len();
-            let st = if R::ID == 0 {
+            parts.push(if R::ID == 0 {
                 let ot = super::RandomOts::<P0>::receiver(ot.n_choices, ot.bits, ot.index, ot.strings);
                 let (st, m) = trunc::p0_start(&Shares::<P0>::from_raw(x.into_raw()), shift, ot)?;
-                msg.extend_from_slice(&m);
-                (TruncState::P0(st), packed_words(n, shift))
+                (Some(TruncState::P0(st)), m, packed_words(n, shift))
             } else {
                 let ot = super::RandomOts::<P1>::sender(ot.n_choices, ot.bits, ot.strings);
                 let (st, m) = trunc::p1_start(&Shares::<P1>::from_raw(x.into_raw()), shift, &ot)?;
-                msg.extend_from_slice(&m);
-                (TruncState::P1(st), packed_words(n, 1))
-            };
-            states.push(Some((st.0, peer_len, st.1)));
-            peer_len += st.1;
+                (Some(TruncState::P1(st)), m, packed_words(n, 1))
+            });
         }
-        let peer = self.transfer(Opened::TruncationOt, &msg, peer_len)?;
-        states
-            .into_iter()
-            .map(|st| match st {
-                None => Ok(Shares::from_raw(Vec::new())),
-                Some((TruncState::P0(st), at, len)) => Ok(Shares::from_raw(trunc::p0_finish(st, &peer[at..at + len])?.into_raw())),
-                Some((TruncState::P1(st), at, len)) => Ok(Shares::from_raw(trunc::p1_finish(st, &peer[at..at + len])?.into_raw())),
-            })
-            .collect()
+        self.round(Opened::TruncationOt, parts, |st, peer| match st {
+            None => Ok(Shares::from_raw(Vec::new())),
+            Some(TruncState::P0(st)) => Ok(Shares::from_raw(trunc::p0_finish(st, peer)?.into_raw())),
+            Some(TruncState::P1(st)) => Ok(Shares::from_raw(trunc::p1_finish(st, peer)?.into_raw())),
+        })
     }
 
     /// Matrix products with one matrix triple each, all in one round.
     pub fn matmul_many(&mut self, ops: &[MatMul<'_, R>]) -> Result<Vec<Shares<R>>, MpcError> {
-        let mut states = Vec::with_capacity(ops.len());
-        let mut msg = Vec::new();
+        let mut parts = Vec::with_capacity(ops.len());
         for op in ops {
             let t = match op.causal {
                 Some(start) => self.material.take_causal_matrix_triple(op.m, op.k, op.n, start)?,
                 None => self.material.take_matrix_triple(op.m, op.k, op.n)?,
             };
             let (st, m) = beaver::matmul_start(op.x, op.y, t)?;
-            msg.extend_from_slice(&m);
-            states.push((st, m.len()));
+            let len = m.len();
+            parts.push((st, m, len));
         }
-        let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
-        let mut at = 0;
-        let mut out = Vec::with_capacity(states.len());
-        for (st, len) in states {
-            out.push(beaver::matmul_finish(st, &peer[at..at + len])?);
-            at += len;
-        }
-        Ok(out)
+        self.round(Opened::MaskedProduct, parts, beaver::matmul_finish)
     }
 
     /// Faithful truncation by `shift` ([`trunc`]), one round (both send, neither waits).
@@ -524,10 +519,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// [`Session::msb_bits`] after dropping `drop` low bits locally (as
     /// [`Session::msb_reduced`]).
     pub fn msb_bits_reduced(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<Vec<u64>, MpcError> {
-        if drop + bits > 64 {
-            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
-        }
-        self.msb_bits(&compare::reduce_local(x, drop), bits)
+        self.msb_bits(&reduced(x, drop, bits)?, bits)
     }
 
     fn drive_compare(&mut self, mut core: compare::Compare<R>, mut step: compare::Step<R>) -> Result<RiderResult<R>, MpcError> {
@@ -554,10 +546,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// `drop` bits are dropped locally first ([`compare::reduce_local`]), so `bits` must
     /// be at most `64 - drop`. Exact when `2^drop <= |x| < 2^(drop + bits - 1)` or `x < 0`.
     pub fn msb_reduced(&mut self, x: &Shares<R>, drop: u32, bits: u32) -> Result<Shares<R>, MpcError> {
-        if drop + bits > 64 {
-            return Err(super::shape("comparison", format!("dropping {drop} bits leaves fewer than {bits}")));
-        }
-        self.msb(&compare::reduce_local(x, drop), bits)
+        self.msb(&reduced(x, drop, bits)?, bits)
     }
 
     /// P0 shares a private vector: it keeps `x - r` and sends P1 a fresh 32-byte seed of
