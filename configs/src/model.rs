@@ -4,14 +4,8 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Names accepted by [`ModelConfig::preset`].
-pub const PRESET_NAMES: &[&str] = &[
-    "tiny",
-    "qwen2.5-0.5b",
-    "qwen2.5-1.5b",
-    "qwen2.5-7b",
-    "qwen2.5-14b",
-    "qwen2.5-72b",
-];
+pub const PRESET_NAMES: &[&str] =
+    &["tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-72b"];
 
 /// A configuration problem, naming the file or field at fault.
 #[derive(Debug, thiserror::Error)]
@@ -254,12 +248,8 @@ impl ModelConfig {
         }
         let hidden_size = required(hf.hidden_size, "hidden_size")?;
         let num_attention_heads = required(hf.num_attention_heads, "num_attention_heads")?;
-        let rope_theta = hf
-            .rope_parameters
-            .as_ref()
-            .and_then(|p| p.rope_theta)
-            .or(hf.rope_theta)
-            .unwrap_or(10_000.0);
+        let rope_theta =
+            hf.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(hf.rope_theta).unwrap_or(10_000.0);
         let eos_token_ids = match hf.eos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
             Some(serde_json::Value::Array(a)) => {
@@ -367,7 +357,8 @@ impl ModelConfig {
     /// Number of parameters (embedding, layers, final norm, untied head).
     pub fn parameter_count(&self) -> usize {
         let (h, i) = (self.hidden_size, self.intermediate_size);
-        let attn = h * self.q_dim() + self.q_dim() + 2 * (h * self.kv_dim() + self.kv_dim()) + self.q_dim() * h;
+        let attn =
+            h * self.q_dim() + self.q_dim() + 2 * (h * self.kv_dim() + self.kv_dim()) + self.q_dim() * h;
         let layer = attn + 3 * h * i + 2 * h;
         let head = if self.tie_word_embeddings { 0 } else { self.vocab_size * h };
         self.vocab_size * h + self.num_hidden_layers * layer + h + head

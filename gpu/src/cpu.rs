@@ -64,7 +64,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn ring_matmul_prepared(&self, x: &[u64], w: &crate::RingMatrix, m: usize, out: &mut [u64]) -> Result<(), BackendError> {
+    fn ring_matmul_prepared(
+        &self,
+        x: &[u64],
+        w: &crate::RingMatrix,
+        m: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError> {
         check_shapes("ring_matmul_prepared", x.len(), w.n * w.k, out.len(), m, w.k, w.n)?;
         crate::ring::ring_matmul_limbs(x, w, m, out)
     }
@@ -88,7 +94,9 @@ fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn gemv_f32(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
-    by_weight_rows(m, n, GEMV_ROWS_PER_TASK, out, |i, j| dot_f32(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]));
+    by_weight_rows(m, n, GEMV_ROWS_PER_TASK, out, |i, j| {
+        dot_f32(&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k])
+    });
 }
 
 /// The float types the `gemm` crate multiplies for us.
@@ -242,7 +250,8 @@ mod tests {
             CpuBackend::new().ring_matmul(&x, &w, m, k, n, &mut out).unwrap();
             for i in 0..m {
                 for j in 0..n {
-                    let want = (0..k).fold(0u64, |s, t| s.wrapping_add(x[i * k + t].wrapping_mul(w[j * k + t])));
+                    let want =
+                        (0..k).fold(0u64, |s, t| s.wrapping_add(x[i * k + t].wrapping_mul(w[j * k + t])));
                     assert_eq!(out[i * n + j], want);
                 }
             }

@@ -102,11 +102,24 @@ impl CudaBackend {
     }
 
     fn dims(m: usize, k: usize, n: usize) -> Result<(i32, i32, i32), BackendError> {
-        let c = |v: usize| i32::try_from(v).map_err(|_| BackendError::Shape { op: "cuda gemm", detail: format!("dimension {v} exceeds i32") });
+        let c = |v: usize| {
+            i32::try_from(v).map_err(|_| BackendError::Shape {
+                op: "cuda gemm",
+                detail: format!("dimension {v} exceeds i32"),
+            })
+        };
         Ok((c(m)?, c(k)?, c(n)?))
     }
 
-    fn ring_gemm_device(&self, x: &[u64], w: &CudaSlice<u64>, m: usize, k: usize, n: usize, out: &mut [u64]) -> Result<(), BackendError> {
+    fn ring_gemm_device(
+        &self,
+        x: &[u64],
+        w: &CudaSlice<u64>,
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError> {
         let (mi, ki, ni) = Self::dims(m, k, n)?;
         let xd = self.stream.clone_htod(x).map_err(unavailable)?;
         let mut od = self.stream.alloc_zeros::<u64>(m * n).map_err(unavailable)?;
@@ -130,7 +143,15 @@ impl Backend for CudaBackend {
         self.name.clone()
     }
 
-    fn matmul_f32(&self, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) -> Result<(), BackendError> {
+    fn matmul_f32(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), BackendError> {
         check_shapes("matmul_f32", x.len(), w.len(), out.len(), m, k, n)?;
         if m == 0 || n == 0 {
             return Ok(());
@@ -148,7 +169,15 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn ring_matmul(&self, x: &[u64], w: &[u64], m: usize, k: usize, n: usize, out: &mut [u64]) -> Result<(), BackendError> {
+    fn ring_matmul(
+        &self,
+        x: &[u64],
+        w: &[u64],
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError> {
         check_shapes("ring_matmul", x.len(), w.len(), out.len(), m, k, n)?;
         if m == 0 || n == 0 {
             return Ok(());
@@ -159,13 +188,22 @@ impl Backend for CudaBackend {
 
     fn prepare_ring(&self, w: &[u64], n: usize, k: usize) -> Result<RingMatrix, BackendError> {
         if w.len() != n * k {
-            return Err(BackendError::Shape { op: "prepare_ring", detail: format!("{} elements, want {n}x{k}", w.len()) });
+            return Err(BackendError::Shape {
+                op: "prepare_ring",
+                detail: format!("{} elements, want {n}x{k}", w.len()),
+            });
         }
         let wd = self.stream.clone_htod(w).map_err(unavailable)?;
         Ok(RingMatrix::on_device(n, k, Arc::new(DeviceRing(wd))))
     }
 
-    fn ring_matmul_prepared(&self, x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) -> Result<(), BackendError> {
+    fn ring_matmul_prepared(
+        &self,
+        x: &[u64],
+        w: &RingMatrix,
+        m: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError> {
         check_shapes("ring_matmul_prepared", x.len(), w.n * w.k, out.len(), m, w.k, w.n)?;
         let Some(dev) = w.device().and_then(|d| d.downcast_ref::<DeviceRing>()) else {
             // Prepared by the CPU backend: multiply there.

@@ -54,24 +54,47 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> String;
 
     /// `out (m x n) = x (m x k) * w^T` with `w` `n x k`, in `f32`.
-    fn matmul_f32(&self, x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32])
-        -> Result<(), BackendError>;
+    fn matmul_f32(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), BackendError>;
 
     /// `out (m x n) = x (m x k) * w^T mod 2^64` with `w` `n x k`: exact wrapping ring GEMM.
-    fn ring_matmul(&self, x: &[u64], w: &[u64], m: usize, k: usize, n: usize, out: &mut [u64])
-        -> Result<(), BackendError>;
+    fn ring_matmul(
+        &self,
+        x: &[u64],
+        w: &[u64],
+        m: usize,
+        k: usize,
+        n: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError>;
 
     /// Prepares a public weight (`n x k`, ring-encoded) for repeated ring GEMMs: the CPU
     /// keeps exact `f64` integers for the limb path, a GPU backend uploads it once.
     fn prepare_ring(&self, w: &[u64], n: usize, k: usize) -> Result<RingMatrix, BackendError> {
         if w.len() != n * k {
-            return Err(BackendError::Shape { op: "prepare_ring", detail: format!("{} elements, want {n}x{k}", w.len()) });
+            return Err(BackendError::Shape {
+                op: "prepare_ring",
+                detail: format!("{} elements, want {n}x{k}", w.len()),
+            });
         }
         Ok(RingMatrix::new(w, n, k))
     }
 
     /// `out (m x n) = x (m x k) * w^T mod 2^64` with a prepared `w`: exact.
-    fn ring_matmul_prepared(&self, x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) -> Result<(), BackendError>;
+    fn ring_matmul_prepared(
+        &self,
+        x: &[u64],
+        w: &RingMatrix,
+        m: usize,
+        out: &mut [u64],
+    ) -> Result<(), BackendError>;
 }
 
 /// Which backend to use.

@@ -107,7 +107,12 @@ impl RingMatrix {
 }
 
 /// `out = x * w^T mod 2^64` for a prepared `w`. `x` is `m x k`.
-pub(crate) fn ring_matmul_limbs(x: &[u64], w: &RingMatrix, m: usize, out: &mut [u64]) -> Result<(), crate::BackendError> {
+pub(crate) fn ring_matmul_limbs(
+    x: &[u64],
+    w: &RingMatrix,
+    m: usize,
+    out: &mut [u64],
+) -> Result<(), crate::BackendError> {
     let (n, k) = (w.n, w.k);
     let wide: std::borrow::Cow<'_, [f64]> = match &w.storage {
         Storage::Raw(raw) => {
@@ -187,7 +192,8 @@ mod tests {
         let mut out = vec![0u64; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = (0..k).fold(0u64, |s, t| s.wrapping_add(x[i * k + t].wrapping_mul(w[j * k + t])));
+                out[i * n + j] =
+                    (0..k).fold(0u64, |s, t| s.wrapping_add(x[i * k + t].wrapping_mul(w[j * k + t])));
             }
         }
         out
@@ -196,9 +202,16 @@ mod tests {
     fn check(m: usize, k: usize, n: usize, wbits: u32, extreme: bool, seed: u64) {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let lim = 1i64 << wbits;
-        let x: Vec<u64> = (0..m * k).map(|i| if extreme && i % 2 == 0 { u64::MAX } else { rng.gen() }).collect();
+        let x: Vec<u64> =
+            (0..m * k).map(|i| if extreme && i % 2 == 0 { u64::MAX } else { rng.gen() }).collect();
         let w: Vec<u64> = (0..n * k)
-            .map(|i| if extreme { (if i % 2 == 0 { lim - 1 } else { -(lim - 1) }) as u64 } else { rng.gen_range(-lim + 1..lim) as u64 })
+            .map(|i| {
+                if extreme {
+                    (if i % 2 == 0 { lim - 1 } else { -(lim - 1) }) as u64
+                } else {
+                    rng.gen_range(-lim + 1..lim) as u64
+                }
+            })
             .collect();
         let rm = RingMatrix::new(&w, n, k);
         let mut out = vec![0u64; m * n];

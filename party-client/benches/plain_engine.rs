@@ -17,7 +17,10 @@ fn main() {
         Err(_) => {
             tmp = tempfile::tempdir().expect("temp dir");
             let cfg = shardlm_configs::ModelConfig::preset("qwen2.5-0.5b").expect("preset");
-            eprintln!("SHARDLM_REAL_MODEL_DIR not set: synthesizing qwen2.5-0.5b weights in {}", tmp.path().display());
+            eprintln!(
+                "SHARDLM_REAL_MODEL_DIR not set: synthesizing qwen2.5-0.5b weights in {}",
+                tmp.path().display()
+            );
             shardlm_protocols::model::synth::write_synthetic_model(&cfg, tmp.path(), 1).expect("synth");
             tmp.path().to_path_buf()
         }
@@ -29,8 +32,16 @@ fn main() {
     let t = Instant::now();
     let md = ModelDir::open(&dir).expect("model dir");
     let weights = Arc::new(md.load_weights().expect("weights"));
-    println!("model {} loaded in {:.2} s; {} rayon threads", md.config.name, t.elapsed().as_secs_f64(), rayon::current_num_threads());
-    let mut engine = shardlm_protocols::model::timing::Timed::new(PlainEngine::new(weights, Arc::new(shardlm_gpu::CpuBackend::new())));
+    println!(
+        "model {} loaded in {:.2} s; {} rayon threads",
+        md.config.name,
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
+    let mut engine = shardlm_protocols::model::timing::Timed::new(PlainEngine::new(
+        weights,
+        Arc::new(shardlm_gpu::CpuBackend::new()),
+    ));
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 1000 + (i * 7919) % 20000).collect();
 
     let mut prefill = Vec::new();
@@ -44,12 +55,17 @@ fn main() {
         if run == runs {
             let mut v: Vec<_> = engine.times.by_op.iter().map(|(k, d)| (*k, d.as_secs_f64() * 1e3)).collect();
             v.sort_by(|a, b| b.1.total_cmp(&a.1));
-            println!("prefill phases (ms): {}", v.iter().map(|(k, ms)| format!("{k} {ms:.1}")).collect::<Vec<_>>().join(", "));
+            println!(
+                "prefill phases (ms): {}",
+                v.iter().map(|(k, ms)| format!("{k} {ms:.1}")).collect::<Vec<_>>().join(", ")
+            );
         }
         let mut next = argmax(l.last());
         let t = Instant::now();
         for i in 0..decode_len {
-            let l = forward(&mut engine, &md.config, &[next], prompt_len + i, Rows::Last).expect("decode").expect("logits");
+            let l = forward(&mut engine, &md.config, &[next], prompt_len + i, Rows::Last)
+                .expect("decode")
+                .expect("logits");
             next = argmax(l.last());
         }
         let d = decode_len as f64 / t.elapsed().as_secs_f64();
@@ -57,7 +73,12 @@ fn main() {
             prefill.push(p);
             decode.push(d);
         }
-        println!("{} prefill {prompt_len} tokens {:.3} s, decode {:.2} tokens/s", if run == 0 { "warmup" } else { "run   " }, p, d);
+        println!(
+            "{} prefill {prompt_len} tokens {:.3} s, decode {:.2} tokens/s",
+            if run == 0 { "warmup" } else { "run   " },
+            p,
+            d
+        );
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(

@@ -120,7 +120,8 @@ pub fn report(
 ) -> Report {
     let col = |f: &dyn Fn(&RunMeasurement) -> f64| runs.iter().map(f).collect::<Vec<_>>();
     let decode: Vec<f64> = runs.iter().flat_map(|r| r.decode_ms.iter().copied()).collect();
-    let tps = runs.iter().map(|r| r.new_tokens as f64 / (r.total_ms / 1e3)).sum::<f64>() / runs.len().max(1) as f64;
+    let tps =
+        runs.iter().map(|r| r.new_tokens as f64 / (r.total_ms / 1e3)).sum::<f64>() / runs.len().max(1) as f64;
     let decode_total: f64 = decode.iter().sum();
     let n = runs.len().max(1) as u64;
     let mut lanes: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
@@ -167,7 +168,8 @@ pub fn report(
 
 /// Current UTC time as RFC 3339, without a date crate.
 pub fn rfc3339_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil-from-days (Howard Hinnant's algorithm).
     let z = days + 719468;

@@ -42,9 +42,11 @@ pub struct CasesFile {
 
 /// Reads and checks a cases file against a vocabulary size.
 pub fn read_cases(path: &Path, vocab: usize) -> Result<Vec<Case>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read cases file", path.display()))?;
-    let file: CasesFile = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a cases file (expected {{\"cases\": [{{\"input_ids\": [...]}}]}})", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read cases file", path.display()))?;
+    let file: CasesFile = serde_json::from_str(&text).with_context(|| {
+        format!("{}: not a cases file (expected {{\"cases\": [{{\"input_ids\": [...]}}]}})", path.display())
+    })?;
     for (i, c) in file.cases.iter().enumerate() {
         if c.input_ids.is_empty() {
             bail!("{}: case {i} has no input_ids", path.display());
@@ -107,7 +109,12 @@ pub fn top20(row: &[f32]) -> (Vec<u32>, Vec<f32>) {
 }
 
 /// Compares a result with the case's reference answers.
-pub fn compare(case: &Case, last_row: &[f32], argmax_all: Option<&[u32]>, greedy: &[u32]) -> Option<Comparison> {
+pub fn compare(
+    case: &Case,
+    last_row: &[f32],
+    argmax_all: Option<&[u32]>,
+    greedy: &[u32],
+) -> Option<Comparison> {
     let ref_ids = case.top20_ids.as_ref()?;
     let mut c = Comparison::default();
     if let Some(full) = &case.last_logits {

@@ -19,7 +19,10 @@
 //! variant's lowest-RTT, highest-rate point minus that point's own network terms. Every
 //! other point is then a prediction, shown next to the measurement.
 
-use crate::netem::{format_ms, format_rate, parse_duration, parse_rate, parse_size, LinkConfig, Netem, NetemConfig, NetemStats};
+use crate::netem::{
+    format_ms, format_rate, parse_duration, parse_rate, parse_size, LinkConfig, Netem, NetemConfig,
+    NetemStats,
+};
 use crate::text::TextCodec;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -220,7 +223,8 @@ fn party_command(bin: &Path, nice: i32) -> Command {
 }
 
 fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path) -> Result<ServerProc> {
-    let log_file = std::fs::File::create(log).with_context(|| format!("{}: cannot create the server log", log.display()))?;
+    let log_file = std::fs::File::create(log)
+        .with_context(|| format!("{}: cannot create the server log", log.display()))?;
     let mut child = party_command(bin, args.party_nice)
         .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "30"])
         .arg("--recv-timeout")
@@ -251,9 +255,9 @@ fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path)
     };
     // "listening on ADDR (server fingerprint FP)"
     let addr = line.split_whitespace().nth(2).unwrap_or_default();
-    proc.addr = addr
-        .parse()
-        .map_err(|_| anyhow!("the server did not start: it said {:?} (see {})", line.trim(), log.display()))?;
+    proc.addr = addr.parse().map_err(|_| {
+        anyhow!("the server did not start: it said {:?} (see {})", line.trim(), log.display())
+    })?;
     Ok(proc)
 }
 
@@ -278,7 +282,8 @@ pub fn prompt_of_length(codec: &TextCodec, n: usize) -> Result<(String, usize)> 
     if n == 0 {
         bail!("--prompt-tokens must be at least 1");
     }
-    const SENTENCE: &str = "The two parties compute the answer together while the server never learns the prompt. ";
+    const SENTENCE: &str =
+        "The two parties compute the answer together while the server never learns the prompt. ";
     let mut text = SENTENCE.to_string();
     let ids = loop {
         let ids = codec.encode(&text)?;
@@ -316,7 +321,12 @@ pub fn prompt_of_length(codec: &TextCodec, n: usize) -> Result<(String, usize)> 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
@@ -342,12 +352,16 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     }
     let bin = server_bin(&args)?;
     let me = std::env::current_exe().context("finding this binary")?;
-    std::fs::create_dir_all(args.out.join("logs")).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    std::fs::create_dir_all(args.out.join("logs"))
+        .with_context(|| format!("{}: cannot create", args.out.display()))?;
     let dir = shardlm_protocols::model::ModelDir::open(&args.model_dir)?;
     let codec = TextCodec::load(&dir.tokenizer)?;
     let (prompt, prompt_tokens) = prompt_of_length(&codec, args.prompt_tokens)?;
     if prompt_tokens != args.prompt_tokens {
-        eprintln!("note: the closest prompt this tokenizer round-trips has {prompt_tokens} tokens, not {}", args.prompt_tokens);
+        eprintln!(
+            "note: the closest prompt this tokenizer round-trips has {prompt_tokens} tokens, not {}",
+            args.prompt_tokens
+        );
     }
 
     let tmp = tempfile::Builder::new().prefix("shardlm-experiment-").tempdir()?;
@@ -372,7 +386,11 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
                     tracing::debug!("info from {}: {e}; trying again", server.addr);
                     std::thread::sleep(Duration::from_millis(250));
                 }
-                Err(e) => return Err(e).with_context(|| format!("asking the server at {} which variants it serves", server.addr)),
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("asking the server at {} which variants it serves", server.addr)
+                    })
+                }
             }
         }
     };
@@ -382,13 +400,17 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
         if served.variants.iter().any(|s| s == v.name()) {
             variants.push(*v);
         } else {
-            let note = format!("{v}: not served by this server (it serves {}); skipped", served.variants.join(", "));
+            let note =
+                format!("{v}: not served by this server (it serves {}); skipped", served.variants.join(", "));
             eprintln!("note: {note}");
             skipped.push(note);
         }
     }
     if variants.is_empty() {
-        bail!("none of the variants asked for is served by this server (it serves {})", served.variants.join(", "));
+        bail!(
+            "none of the variants asked for is served by this server (it serves {})",
+            served.variants.join(", ")
+        );
     }
     let mut rtts = args.rtt.clone();
     rtts.sort();
@@ -401,8 +423,10 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} points ({elapsed}, eta {eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{msg:40} [{bar:30}] {pos}/{len} points ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -414,7 +438,12 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
             for &rtt in &rtts {
                 let name = format!("{v}-rtt{}-{}", format_ms(rtt), format_rate(rate));
                 bar.set_message(format!("{v} rtt {} rate {}", format_ms(rtt), format_rate(rate)));
-                let link = LinkConfig { delay: rtt / 2, rate_bps: Some(rate), queue_bytes: args.queue, ..LinkConfig::default() };
+                let link = LinkConfig {
+                    delay: rtt / 2,
+                    rate_bps: Some(rate),
+                    queue_bytes: args.queue,
+                    ..LinkConfig::default()
+                };
                 let mut point = Point {
                     variant: v.to_string(),
                     rtt_ms: rtt.as_secs_f64() * 1e3,
@@ -501,7 +530,12 @@ fn run_point(
 ) -> Result<()> {
     let logs = args.out.join("logs");
     let server = start_server(bin, args, ids, &logs.join(format!("{name}.server.log")))?;
-    let netem = Netem::start(NetemConfig::symmetric("127.0.0.1:0".parse().map_err(|e| anyhow!("{e}"))?, server.addr, link, 1))?;
+    let netem = Netem::start(NetemConfig::symmetric(
+        "127.0.0.1:0".parse().map_err(|e| anyhow!("{e}"))?,
+        server.addr,
+        link,
+        1,
+    ))?;
     let report_path = logs.join(format!("{name}.report.json"));
     let client_log = logs.join(format!("{name}.client.log"));
     let rtt_s = point.rtt_ms / 1e3;
@@ -537,7 +571,8 @@ fn run_point(
         bail!("the client failed ({status}): {last}");
     }
     let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&report_path).with_context(|| format!("{}: no report", report_path.display()))?,
+        &std::fs::read_to_string(&report_path)
+            .with_context(|| format!("{}: no report", report_path.display()))?,
     )
     .with_context(|| format!("{}: not JSON", report_path.display()))?;
     let r = &report["results"];
@@ -592,7 +627,11 @@ pub fn apply_cost_model(points: &mut [Point]) -> Vec<CostModel> {
             p.predicted_total_ms = Some(pred);
             p.predicted_prefill_ms = Some(pred_prefill);
             p.predicted_decode_step_ms = Some(pred_step);
-            let e = (err(pred, p.total_ms.mean), err(pred_prefill, p.prefill_ms.mean), err(pred_step, p.decode_step_ms.mean));
+            let e = (
+                err(pred, p.total_ms.mean),
+                err(pred_prefill, p.prefill_ms.mean),
+                err(pred_step, p.decode_step_ms.mean),
+            );
             p.prediction_error_pct = Some(e.0);
             p.prediction_error_pct_prefill_decode = Some((e.1, e.2));
             if !(p.rtt_ms == r.rtt_ms && p.rate_bps == r.rate_bps) {
@@ -609,9 +648,14 @@ pub fn apply_cost_model(points: &mut [Point]) -> Vec<CostModel> {
             reference_rate: r.rate.clone(),
             rounds: r.rounds,
             bytes: r.bytes_sent + r.bytes_received,
-            mean_abs_error_pct: (!errors.is_empty()).then(|| errors.iter().map(|e| e.0.abs()).sum::<f64>() / k),
-            mean_abs_error_pct_prefill_decode: (!errors.is_empty())
-                .then(|| (errors.iter().map(|e| e.1.abs()).sum::<f64>() / k, errors.iter().map(|e| e.2.abs()).sum::<f64>() / k)),
+            mean_abs_error_pct: (!errors.is_empty())
+                .then(|| errors.iter().map(|e| e.0.abs()).sum::<f64>() / k),
+            mean_abs_error_pct_prefill_decode: (!errors.is_empty()).then(|| {
+                (
+                    errors.iter().map(|e| e.1.abs()).sum::<f64>() / k,
+                    errors.iter().map(|e| e.2.abs()).sum::<f64>() / k,
+                )
+            }),
         });
     }
     models
@@ -630,7 +674,10 @@ fn fmt_bytes(b: u64) -> String {
 /// The markdown table of `results.md`.
 pub fn render_markdown(r: &Results) -> String {
     let mut s = format!("# Network sweep: {}\n\n", r.model);
-    s += &format!("Machine: {}. {}. Client and server party and the emulator on 127.0.0.1.\n\n", r.machine, r.timestamp);
+    s += &format!(
+        "Machine: {}. {}. Client and server party and the emulator on 127.0.0.1.\n\n",
+        r.machine, r.timestamp
+    );
     s += &format!(
         "Prompt {} tokens, {} new tokens, {} runs per point (+{} warmup). Times in ms, mean (p50 / p95). \
          RTT measured = delay the emulator really added, both ways. Predicted = compute + rounds x RTT + bytes / rate.\n\n",
@@ -646,7 +693,13 @@ pub fn render_markdown(r: &Results) -> String {
     s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for p in &r.points {
         if let Some(e) = &p.error {
-            s += &format!("| {} | {} ms | {} | failed: {} | | | | | | | | | |\n", p.variant, p.rtt_ms, p.rate, e.replace('|', "/"));
+            s += &format!(
+                "| {} | {} ms | {} | failed: {} | | | | | | | | | |\n",
+                p.variant,
+                p.rtt_ms,
+                p.rate,
+                e.replace('|', "/")
+            );
             continue;
         }
         let t = |x: &Stat| format!("{:.1} ({:.1} / {:.1})", x.mean, x.p50, x.p95);
@@ -654,7 +707,8 @@ pub fn render_markdown(r: &Results) -> String {
             (Some(x), Some(e)) => format!("{x:.1} ({e:+.0}%)"),
             _ => "-".into(),
         };
-        let (ep, ed) = p.prediction_error_pct_prefill_decode.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        let (ep, ed) =
+            p.prediction_error_pct_prefill_decode.map_or((None, None), |(a, b)| (Some(a), Some(b)));
         s += &format!(
             "| {} | {} ms | {} | {:.2} ms | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |\n",
             p.variant,
@@ -707,7 +761,8 @@ fn plot_names(r: &Results) -> Vec<String> {
 /// Writes results.json, results.md and the SVG plots into `out`.
 pub fn write_outputs(out: &Path, r: &Results) -> Result<()> {
     std::fs::create_dir_all(out)?;
-    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(r)?).context("writing results.json")?;
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(r)?)
+        .context("writing results.json")?;
     std::fs::write(out.join("results.md"), render_markdown(r)).context("writing results.md")?;
     for m in &r.cost_models {
         plot_latency(&out.join(format!("latency-{}.svg", m.variant)), r, &m.variant)?;
@@ -743,7 +798,9 @@ fn plot_latency(path: &Path, r: &Results, variant: &str) -> Result<()> {
     let xmax = pts.iter().map(|p| p.rtt_ms).fold(0.0, f64::max).max(xmin * 1.01);
     let root = SVGBackend::new(path, (1500, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
-    let root = root.titled(&format!("{variant} on {}: latency vs RTT (one line per rate)", r.model), ("sans-serif", 20)).map_err(plot_err)?;
+    let root = root
+        .titled(&format!("{variant} on {}: latency vs RTT (one line per rate)", r.model), ("sans-serif", 20))
+        .map_err(plot_err)?;
     let panels = root.split_evenly((1, 3));
     type Getter = fn(&Point) -> f64;
     type Predicted = fn(&Point) -> Option<f64>;
@@ -753,12 +810,8 @@ fn plot_latency(path: &Path, r: &Results, variant: &str) -> Result<()> {
         ("total per generation (ms)", |p| p.total_ms.mean, |p| p.predicted_total_ms),
     ];
     for (panel, (title, get, predicted)) in panels.iter().zip(series) {
-        let ymax = pts
-            .iter()
-            .map(|p| get(p).max(predicted(p).unwrap_or(0.0)))
-            .fold(0.0, f64::max)
-            .max(1e-3)
-            * 1.1;
+        let ymax =
+            pts.iter().map(|p| get(p).max(predicted(p).unwrap_or(0.0))).fold(0.0, f64::max).max(1e-3) * 1.1;
         let mut chart = ChartBuilder::on(panel)
             .caption(title, ("sans-serif", 16))
             .margin(12)
@@ -769,17 +822,23 @@ fn plot_latency(path: &Path, r: &Results, variant: &str) -> Result<()> {
         chart.configure_mesh().x_desc("RTT (ms, log)").y_desc("ms").draw().map_err(plot_err)?;
         for (k, rate) in rates.iter().enumerate() {
             let color = COLORS[k % COLORS.len()];
-            let mut line: Vec<(f64, f64)> = pts.iter().filter(|p| p.rate_bps == *rate).map(|p| (p.rtt_ms, get(p))).collect();
+            let mut line: Vec<(f64, f64)> =
+                pts.iter().filter(|p| p.rate_bps == *rate).map(|p| (p.rtt_ms, get(p))).collect();
             line.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
                 .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
                 .map_err(plot_err)?
                 .label(format_rate(*rate))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-            chart.draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled()))).map_err(plot_err)?;
+            chart
+                .draw_series(line.iter().map(|&(x, y)| Circle::new((x, y), 3, color.filled())))
+                .map_err(plot_err)?;
             {
-                let mut pred: Vec<(f64, f64)> =
-                    pts.iter().filter(|p| p.rate_bps == *rate).filter_map(|p| predicted(p).map(|y| (p.rtt_ms, y))).collect();
+                let mut pred: Vec<(f64, f64)> = pts
+                    .iter()
+                    .filter(|p| p.rate_bps == *rate)
+                    .filter_map(|p| predicted(p).map(|y| (p.rtt_ms, y)))
+                    .collect();
                 pred.sort_by(|a, b| a.0.total_cmp(&b.0));
                 chart
                     .draw_series(DashedLineSeries::new(pred, 6, 4, color.stroke_width(1)))
@@ -808,7 +867,11 @@ fn plot_bytes(path: &Path, r: &Results) -> Result<()> {
         .iter()
         .map(|m| {
             let p = r.points.iter().find(|p| p.variant == m.variant && p.error.is_none());
-            (m.variant.clone(), p.map_or(0.0, |p| p.bytes_sent as f64 / 1e6), p.map_or(0.0, |p| p.bytes_received as f64 / 1e6))
+            (
+                m.variant.clone(),
+                p.map_or(0.0, |p| p.bytes_sent as f64 / 1e6),
+                p.map_or(0.0, |p| p.bytes_received as f64 / 1e6),
+            )
         })
         .collect();
     let ymax = bars.iter().map(|b| b.1.max(b.2)).fold(0.0, f64::max).max(1e-6) * 1.2;
@@ -837,7 +900,8 @@ fn plot_bytes(path: &Path, r: &Results) -> Result<()> {
         .y_desc("MB")
         .draw()
         .map_err(plot_err)?;
-    for (k, (label, pick)) in [("client to server", 0usize), ("server to client", 1)].into_iter().enumerate() {
+    for (k, (label, pick)) in [("client to server", 0usize), ("server to client", 1)].into_iter().enumerate()
+    {
         let color = COLORS[k];
         chart
             .draw_series(bars.iter().enumerate().map(|(i, b)| {
@@ -849,7 +913,12 @@ fn plot_bytes(path: &Path, r: &Results) -> Result<()> {
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
     }
-    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).draw().map_err(plot_err)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_err)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }
@@ -889,7 +958,10 @@ mod tests {
     fn cost_model_is_exact_on_its_own_form() {
         // compute 50 ms, 10 rounds, 1 MB: at 8 Mbit/s the bytes cost 1000 ms.
         let truth = |rtt: f64, rate: u64| 50.0 + 10.0 * rtt + 8e6 / rate as f64 * 1e3;
-        let mut pts = vec![point(1.0, 1_000_000_000, truth(1.0, 1_000_000_000)), point(20.0, 8_000_000, truth(20.0, 8_000_000))];
+        let mut pts = vec![
+            point(1.0, 1_000_000_000, truth(1.0, 1_000_000_000)),
+            point(20.0, 8_000_000, truth(20.0, 8_000_000)),
+        ];
         let models = apply_cost_model(&mut pts);
         assert_eq!(models.len(), 1);
         assert!((models[0].compute_ms - 50.0).abs() < 1e-9);
@@ -907,6 +979,8 @@ mod tests {
         write_outputs(tmp.path(), &r).unwrap();
         let svg = std::fs::read_to_string(tmp.path().join("latency-v2.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(std::fs::read_to_string(tmp.path().join("results.md")).unwrap().contains("| v2 | 20 ms | 8mbit |"));
+        assert!(std::fs::read_to_string(tmp.path().join("results.md"))
+            .unwrap()
+            .contains("| v2 | 20 ms | 8mbit |"));
     }
 }

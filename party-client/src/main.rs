@@ -5,7 +5,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use shardlm_client::bench::{self, RunMeasurement};
 use shardlm_client::eval::{self, CaseResult};
-use shardlm_client::session::{parse_server, LocalModel, Loopback, MaterialPlan, MpcPrivate, Private, Remote};
+use shardlm_client::session::{
+    parse_server, LocalModel, Loopback, MaterialPlan, MpcPrivate, Private, Remote,
+};
 use shardlm_client::text::{StreamDecoder, TextCodec};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_protocols::model::generate::{generate, Generation};
@@ -20,7 +22,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "shardlm-client", version, about = "ShardLM client party: private LLM inference where the GPU host never sees the prompt")]
+#[command(
+    name = "shardlm-client",
+    version,
+    about = "ShardLM client party: private LLM inference where the GPU host never sees the prompt"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -287,7 +293,8 @@ struct KeygenArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,shardlm_transport::quic::service=error".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "warn,shardlm_transport::quic::service=error".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -338,16 +345,21 @@ impl Mode {
             let Some(server) = &party.server else {
                 bail!("say where the server party is: `-s HOST:PORT`, or `--loopback` to run it in this process, or `--local` for the plaintext engine");
             };
-            let identity = party.identity.as_ref().context("`-s` needs `--identity DIR` (make one with `shardlm-client keygen --out DIR`)")?;
-            let server_fingerprint = party
-                .server_fingerprint
-                .clone()
-                .context("`-s` needs `--server-fingerprint` (printed by `shardlm-server keygen` on the server)")?;
+            let identity = party
+                .identity
+                .as_ref()
+                .context("`-s` needs `--identity DIR` (make one with `shardlm-client keygen --out DIR`)")?;
+            let server_fingerprint = party.server_fingerprint.clone().context(
+                "`-s` needs `--server-fingerprint` (printed by `shardlm-server keygen` on the server)",
+            )?;
             let remote = Remote {
                 addr: parse_server(server)?,
                 identity: Identity::load(identity)?,
                 server_fingerprint,
-                config: QuicConfig { initial_window: party.initial_window, ..QuicConfig::with_timeouts(timeouts) },
+                config: QuicConfig {
+                    initial_window: party.initial_window,
+                    ..QuicConfig::with_timeouts(timeouts)
+                },
             };
             (remote, None)
         };
@@ -369,7 +381,9 @@ impl Mode {
                 dir: tempfile::Builder::new().prefix("shardlm-material-").tempdir()?,
             },
         };
-        Ok(Mode::Private(Box::new(Private::new(variant, remote, loopback, material).with_chunk_rows(party.chunk_rows))))
+        Ok(Mode::Private(Box::new(
+            Private::new(variant, remote, loopback, material).with_chunk_rows(party.chunk_rows),
+        )))
     }
 
     fn describe(&self) -> String {
@@ -407,16 +421,43 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             let (backend, _) = shardlm_gpu::best_available();
             let mut engine = PlainEngine::new(model.weights.clone(), backend);
             engine.check_tokens(&prompt)?;
-            (generate(&mut engine, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?, None)
+            (
+                generate(
+                    &mut engine,
+                    config,
+                    &prompt,
+                    a.max_tokens,
+                    &mut sampler,
+                    false,
+                    print_stream(&codec),
+                )?,
+                None,
+            )
         }
         Mode::Private(p) => {
             let mut client = p.open(&model, prompt.len(), a.max_tokens, Rows::Last)?;
-            let g = generate(&mut client, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?;
+            let g = generate(
+                &mut client,
+                config,
+                &prompt,
+                a.max_tokens,
+                &mut sampler,
+                false,
+                print_stream(&codec),
+            )?;
             (g, Some(p.finish(client)?))
         }
         Mode::Mpc(m) => {
             let mut party = m.open(&model)?;
-            let g = generate(&mut party, config, &prompt, a.max_tokens, &mut sampler, false, print_stream(&codec))?;
+            let g = generate(
+                &mut party,
+                config,
+                &prompt,
+                a.max_tokens,
+                &mut sampler,
+                false,
+                print_stream(&codec),
+            )?;
             (g, Some(m.finish(party)?))
         }
     };
@@ -433,7 +474,12 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             g.decode_tokens_per_second()
         );
         if let Some(c) = traffic {
-            eprintln!("traffic: {} bytes sent, {} bytes received, {} rounds", c.bytes_sent(), c.bytes_received(), c.rounds);
+            eprintln!(
+                "traffic: {} bytes sent, {} bytes received, {} rounds",
+                c.bytes_sent(),
+                c.bytes_received(),
+                c.rounds
+            );
         }
     }
     Ok(())
@@ -476,7 +522,8 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
                 (l, g, m.finish(party)?, seconds)
             }
         };
-        let argmax_all = a.all_positions.then(|| (0..logits.rows()).map(|r| argmax(logits.row(r))).collect::<Vec<_>>());
+        let argmax_all =
+            a.all_positions.then(|| (0..logits.rows()).map(|r| argmax(logits.row(r))).collect::<Vec<_>>());
         let (top20_ids, top20_logits) = eval::top20(logits.last());
         let vs_reference = eval::compare(case, logits.last(), argmax_all.as_deref(), &greedy);
         if let Some(c) = &vs_reference {
@@ -514,13 +561,19 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
         "seconds": t_all.elapsed().as_secs_f64(),
         "cases": results,
     });
-    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?).with_context(|| format!("{}: cannot write results", a.out.display()))?;
+    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)
+        .with_context(|| format!("{}: cannot write results", a.out.display()))?;
     eprintln!("wrote {} cases to {}", results.len(), a.out.display());
     Ok(())
 }
 
 /// One timed generation on any implementation.
-fn measured_run<O>(ops: O, config: &shardlm_configs::ModelConfig, prompt: &[u32], max_new: usize) -> Result<(RunMeasurement, O)>
+fn measured_run<O>(
+    ops: O,
+    config: &shardlm_configs::ModelConfig,
+    prompt: &[u32],
+    max_new: usize,
+) -> Result<(RunMeasurement, O)>
 where
     O: ModelOps,
     O::Error: std::error::Error + Send + Sync + 'static,
@@ -595,9 +648,14 @@ fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
     bar.finish_and_clear();
     let gpu = match &mode {
         Mode::Local => backend.name(),
-        Mode::Private(p) => QuicClient::info(p.remote.addr, &p.remote.identity, &p.remote.server_fingerprint, p.remote.config.clone())
-            .map(|i| i.devices.join(", "))
-            .unwrap_or_else(|_| "unknown".into()),
+        Mode::Private(p) => QuicClient::info(
+            p.remote.addr,
+            &p.remote.identity,
+            &p.remote.server_fingerprint,
+            p.remote.config.clone(),
+        )
+        .map(|i| i.devices.join(", "))
+        .unwrap_or_else(|_| "unknown".into()),
         Mode::Mpc(_) => backend.name(),
     };
     let cfg = serde_json::json!({
@@ -610,7 +668,8 @@ fn cmd_benchmark(a: BenchmarkArgs) -> Result<()> {
         "client_threads": rayon_threads(),
     });
     let report = bench::report(&config.name, &gpu, &a.endpoint.to_string(), cfg, &runs);
-    std::fs::write(&a.output, serde_json::to_string_pretty(&report)?).with_context(|| format!("{}: cannot write report", a.output.display()))?;
+    std::fs::write(&a.output, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("{}: cannot write report", a.output.display()))?;
     eprintln!(
         "{}: prefill {:.1} ms (p50 {:.1}), total {:.1} ms, {:.2} tokens/s, {} bytes sent, {} received, {} rounds per run; report in {}",
         a.endpoint,
@@ -645,7 +704,11 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     let model = LocalModel::load(&dir)?;
     let codec = TextCodec::load(&model.dir.tokenizer)?;
     let prompt = codec.encode_prompt(&a.prompt, true)?;
-    println!("ShardLM demo: synthetic `tiny` Qwen2 model ({} parameters) in {}", config.parameter_count(), dir.display());
+    println!(
+        "ShardLM demo: synthetic `tiny` Qwen2 model ({} parameters) in {}",
+        config.parameter_count(),
+        dir.display()
+    );
     println!("prompt: {:?} ({} tokens, chat-formatted)", a.prompt, prompt.len());
 
     let (backend, note) = shardlm_gpu::best_available();
@@ -740,13 +803,19 @@ fn cmd_info(a: ServerArgs) -> Result<()> {
 fn cmd_keygen(a: KeygenArgs) -> Result<()> {
     let fp = shardlm_transport::keygen(&a.out, "shardlm-client")?;
     println!("{fp}");
-    eprintln!("wrote {}/cert.pem and key.pem; give the server this fingerprint for --allow-client", a.out.display());
+    eprintln!(
+        "wrote {}/cert.pem and key.pem; give the server this fingerprint for --allow-client",
+        a.out.display()
+    );
     Ok(())
 }
 
 fn cmd_dealer(a: DealerArgs) -> Result<()> {
     if !matches!(a.variant, Variant::V2 | Variant::V3 | Variant::V3Mpc) {
-        bail!("the dealer makes v2, v3 and v3-mpc material in this build; `{}` is not available yet", a.variant);
+        bail!(
+            "the dealer makes v2, v3 and v3-mpc material in this build; `{}` is not available yet",
+            a.variant
+        );
     }
     if a.prompt_tokens == 0 || a.max_new_tokens == 0 || a.sessions == 0 {
         bail!("--prompt-tokens, --max-new-tokens and --sessions must be at least 1");
@@ -756,12 +825,19 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
     let (backend, note) = shardlm_gpu::best_available();
     let ring = RingWeights::encode(&model.weights, FixedPoint::default(), backend)?;
     let seed = shardlm_protocols::prg::Seed::random(&mut rand::rngs::OsRng);
-    let mut writer = shardlm_protocols::material::BundleWriter::create(&a.out, &model.fingerprint, a.variant.name(), seed)?;
+    let mut writer = shardlm_protocols::material::BundleWriter::create(
+        &a.out,
+        &model.fingerprint,
+        a.variant.name(),
+        seed,
+    )?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("dealing [{bar:30}] {pos}/{len} requests ({elapsed}, eta {eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "dealing [{bar:30}] {pos}/{len} requests ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -775,7 +851,14 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
     let planned = if a.variant == Variant::V3Mpc {
         let ring = Arc::new(ring);
         let plan = shardlm_protocols::variants::mpc::deal_sessions(
-            &mut writer, &model.weights, &ring, a.prompt_tokens, a.max_new_tokens, rows, a.sessions, progress,
+            &mut writer,
+            &model.weights,
+            &ring,
+            a.prompt_tokens,
+            a.max_new_tokens,
+            rows,
+            a.sessions,
+            progress,
         )?;
         let mut per_party = [0f64; 2];
         for req in &plan.requests {
@@ -785,8 +868,22 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
         }
         per_party.map(|b| (b * a.sessions as f64).round() as u64)
     } else {
-        shardlm_protocols::variants::v2::deal_sessions(&mut writer, &ring, a.prompt_tokens, a.max_new_tokens, rows, a.sessions, progress)?;
-        shardlm_protocols::variants::v2::planned_raw_bytes(&model.dir.config, a.prompt_tokens, a.max_new_tokens, rows, a.sessions)?
+        shardlm_protocols::variants::v2::deal_sessions(
+            &mut writer,
+            &ring,
+            a.prompt_tokens,
+            a.max_new_tokens,
+            rows,
+            a.sessions,
+            progress,
+        )?;
+        shardlm_protocols::variants::v2::planned_raw_bytes(
+            &model.dir.config,
+            a.prompt_tokens,
+            a.max_new_tokens,
+            rows,
+            a.sessions,
+        )?
     };
     let manifest = writer.finish()?;
     bar.finish_and_clear();

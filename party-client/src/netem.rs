@@ -157,7 +157,10 @@ pub fn parse_size(text: &str) -> Result<u64, LinkParseError> {
 pub fn parse_addr(text: &str) -> Result<SocketAddr, LinkParseError> {
     let t = text.trim();
     let t = t.strip_prefix("quic://").or_else(|| t.strip_prefix("udp://")).unwrap_or(t);
-    t.to_socket_addrs().ok().and_then(|mut a| a.next()).ok_or_else(|| LinkParseError::Address(text.to_string()))
+    t.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| LinkParseError::Address(text.to_string()))
 }
 
 /// Formats a rate the way it is written on the command line (`100mbit`).
@@ -234,7 +237,11 @@ impl Default for LinkConfig {
 impl LinkConfig {
     fn validate(&self) -> Result<()> {
         anyhow::ensure!((0.0..=1.0).contains(&self.loss), "loss must be in [0, 1], got {}", self.loss);
-        anyhow::ensure!((0.0..=1.0).contains(&self.reorder), "reorder must be in [0, 1], got {}", self.reorder);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.reorder),
+            "reorder must be in [0, 1], got {}",
+            self.reorder
+        );
         anyhow::ensure!(
             self.queue_bytes >= 65_536 || self.rate_bps.is_none(),
             "--queue {} bytes cannot hold one maximal datagram; use at least 64kb",
@@ -376,7 +383,10 @@ impl NetemStats {
 
     /// A human-readable table.
     pub fn render(&self) -> String {
-        let mut s = format!("netem {} -> {}: {:.1} s, {} flows\n", self.listen, self.forward, self.elapsed_s, self.flows);
+        let mut s = format!(
+            "netem {} -> {}: {:.1} s, {} flows\n",
+            self.listen, self.forward, self.elapsed_s, self.flows
+        );
         s += "direction    packets in    bytes in  delivered  lost(mtu)  lost(loss)  lost(queue)  lost(send)  reordered  delay mean/p50/p99 ms\n";
         for (name, d) in [("upstream", &self.upstream), ("downstream", &self.downstream)] {
             s += &format!(
@@ -545,8 +555,16 @@ impl Direction {
                     let now = Instant::now();
                     match st.heap.peek().map(|p| p.at) {
                         Some(at) if at <= now => break,
-                        Some(at) => st = self.wake.wait_timeout(st, at - now).unwrap_or_else(|p| p.into_inner()).0,
-                        None => st = self.wake.wait_timeout(st, Duration::from_millis(200)).unwrap_or_else(|p| p.into_inner()).0,
+                        Some(at) => {
+                            st = self.wake.wait_timeout(st, at - now).unwrap_or_else(|p| p.into_inner()).0
+                        }
+                        None => {
+                            st = self
+                                .wake
+                                .wait_timeout(st, Duration::from_millis(200))
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0
+                        }
                     }
                 }
                 let now = Instant::now();
@@ -598,7 +616,11 @@ impl Direction {
         };
         s.added_delay = DelaySummary {
             samples: s.packets_delivered,
-            mean_ms: if s.packets_delivered > 0 { delay_sum_s * 1e3 / s.packets_delivered as f64 } else { 0.0 },
+            mean_ms: if s.packets_delivered > 0 {
+                delay_sum_s * 1e3 / s.packets_delivered as f64
+            } else {
+                0.0
+            },
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
             max_ms: v.last().map_or(0.0, |&m| m as f64 / 1e3),
@@ -663,14 +685,19 @@ impl Netem {
     pub fn start(config: NetemConfig) -> Result<Netem> {
         config.upstream.validate()?;
         config.downstream.validate()?;
-        let listen_std = StdUdpSocket::bind(config.listen).with_context(|| format!("netem: cannot listen on {}", config.listen))?;
+        let listen_std = StdUdpSocket::bind(config.listen)
+            .with_context(|| format!("netem: cannot listen on {}", config.listen))?;
         socket_buffers(&listen_std);
         let listen = listen_std.local_addr()?;
         let upstream = Arc::new(Direction::new(config.upstream.clone(), config.seed));
-        let downstream = Arc::new(Direction::new(config.downstream.clone(), config.seed ^ 0x9e37_79b9_7f4a_7c15));
+        let downstream =
+            Arc::new(Direction::new(config.downstream.clone(), config.seed ^ 0x9e37_79b9_7f4a_7c15));
         let flows = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("netem: starting its runtime")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("netem: starting its runtime")?;
         let mut threads = Vec::new();
         for (name, d) in [("netem-upstream", upstream.clone()), ("netem-downstream", downstream.clone())] {
             threads.push(std::thread::Builder::new().name(name.into()).spawn(move || d.run_departures())?);
@@ -697,7 +724,16 @@ impl Netem {
             // Dropping the runtime here cancels the per-flow tasks.
         })?);
         // From here on, dropping `netem` stops every thread it started.
-        let netem = Netem { listen, forward: config.forward, started: Instant::now(), upstream, downstream, flows, shutdown: Some(tx), threads };
+        let netem = Netem {
+            listen,
+            forward: config.forward,
+            started: Instant::now(),
+            upstream,
+            downstream,
+            flows,
+            shutdown: Some(tx),
+            threads,
+        };
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(netem),
             Ok(Err(e)) => Err(e),
@@ -907,7 +943,11 @@ pub fn run_netem(args: NetemArgs) -> Result<()> {
     let config = args.config();
     let describe = config.upstream.describe();
     let netem = Netem::start(config)?;
-    println!("netem listening on {} forwarding to {} ({describe}, each direction)", netem.listen_addr(), args.forward);
+    println!(
+        "netem listening on {} forwarding to {} ({describe}, each direction)",
+        netem.listen_addr(),
+        args.forward
+    );
     let _ = std::io::stdout().flush();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
@@ -926,7 +966,8 @@ pub fn run_netem(args: NetemArgs) -> Result<()> {
     let stats = netem.stop();
     eprint!("{}", stats.render());
     if let Some(path) = &args.stats_json {
-        std::fs::write(path, serde_json::to_string_pretty(&stats)?).with_context(|| format!("{}: cannot write the counters", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&stats)?)
+            .with_context(|| format!("{}: cannot write the counters", path.display()))?;
     }
     Ok(())
 }

@@ -4,25 +4,27 @@
 //! of a private variant on the connected channel.
 
 use anyhow::{anyhow, bail, Context, Result};
+use rand::rngs::OsRng;
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
-use shardlm_protocols::model::fingerprint::fingerprint;
-use shardlm_protocols::model::{ModelDir, Weights};
-use shardlm_protocols::variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
-use shardlm_transport::handshake::ServerInfo;
-use shardlm_protocols::model::Rows;
 use shardlm_protocols::material::{BundleWriter, IdealDealer, Manifest, Material};
-use shardlm_protocols::variants::mpc::MpcParty;
+use shardlm_protocols::model::fingerprint::fingerprint;
+use shardlm_protocols::model::Rows;
+use shardlm_protocols::model::{ModelDir, Weights};
 use shardlm_protocols::prg::Seed;
 use shardlm_protocols::share::P0;
+use shardlm_protocols::variants::mpc::MpcParty;
+use shardlm_protocols::variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
 use shardlm_protocols::variants::v2::{deal_sessions, Pipeline, RingWeights, V2Client};
-use rand::rngs::OsRng;
-use std::path::PathBuf;
-use shardlm_transport::{close_code, Channel, Counters, Identity, QuicChannel, QuicClient, QuicConfig, QuicServer};
-use std::time::Duration;
+use shardlm_transport::handshake::ServerInfo;
+use shardlm_transport::{
+    close_code, Channel, Counters, Identity, QuicChannel, QuicClient, QuicConfig, QuicServer,
+};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The client's copy of the public model.
 pub struct LocalModel {
@@ -69,7 +71,8 @@ impl Remote {
     /// Opens a session of `variant` for `model`: connect, handshake, return the channel.
     pub fn session(&self, variant: Variant, model: &LocalModel) -> Result<(QuicChannel, ServerInfo)> {
         let mut id = [0u8; 16];
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         id.copy_from_slice(&blake3::hash(&now.to_le_bytes()).as_bytes()[..16]);
         QuicClient::session(
             self.addr,
@@ -108,8 +111,10 @@ impl Loopback {
         let server_id = Identity::generate("shardlm-server")?;
         let client_id = Identity::generate("shardlm-client")?;
         let mpc_material = MpcMaterialQueue::default();
-        let party =
-            Arc::new(ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?.with_mpc_material(MpcMaterial::Queue(mpc_material.clone())));
+        let party = Arc::new(
+            ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?
+                .with_mpc_material(MpcMaterial::Queue(mpc_material.clone())),
+        );
         let ring = party.ring().clone();
         let info = party.info(&model.fingerprint);
         let config = QuicConfig::with_timeouts(timeouts);
@@ -191,12 +196,23 @@ impl Private {
     }
 
     /// Gets material for a session of `prompt_tokens` + `max_new` tokens and connects.
-    pub fn open(&mut self, model: &LocalModel, prompt_tokens: usize, max_new: usize, rows: Rows) -> Result<V2Session> {
+    pub fn open(
+        &mut self,
+        model: &LocalModel,
+        prompt_tokens: usize,
+        max_new: usize,
+        rows: Rows,
+    ) -> Result<V2Session> {
         self.sessions += 1;
         let masks = match &mut self.material {
             MaterialPlan::DealPerSession { ring, dir } => {
                 let bundle = dir.path().join(format!("session-{}", self.sessions));
-                let mut w = BundleWriter::create(&bundle, &model.fingerprint, self.variant.name(), Seed::random(&mut OsRng))?;
+                let mut w = BundleWriter::create(
+                    &bundle,
+                    &model.fingerprint,
+                    self.variant.name(),
+                    Seed::random(&mut OsRng),
+                )?;
                 deal_sessions(&mut w, ring, prompt_tokens, max_new, rows, 1, |_, _| {})?;
                 w.finish()?;
                 Material::<P0>::open(&bundle, Some(&model.fingerprint))?
@@ -208,7 +224,12 @@ impl Private {
                 };
                 let manifest = Manifest::read(dir)?;
                 if manifest.variant != self.variant.name() {
-                    bail!("{}: the bundle was dealt for {}, this session is {}", dir.display(), manifest.variant, self.variant);
+                    bail!(
+                        "{}: the bundle was dealt for {}, this session is {}",
+                        dir.display(),
+                        manifest.variant,
+                        self.variant
+                    );
                 }
                 let start = manifest.next_session_start(m.consumed()).cloned().with_context(|| {
                     format!("{}: every session of this bundle is used; deal more with `shardlm-client dealer --sessions K`", dir.display())
@@ -260,14 +281,23 @@ pub type MpcSession = MpcParty<P0, QuicChannel, Material<P0>>;
 
 impl MpcPrivate {
     /// In-process server party on 127.0.0.1 (`--loopback`).
-    pub fn loopback(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: shardlm_configs::Timeouts) -> Result<Self> {
+    pub fn loopback(
+        model: &LocalModel,
+        backend: Arc<dyn Backend>,
+        timeouts: shardlm_configs::Timeouts,
+    ) -> Result<Self> {
         let loopback = Loopback::start(model, backend, timeouts)?;
         let ring = loopback.ring();
         Ok(Self { remote: loopback.remote.clone(), loopback: Some(loopback), ring, bundle: None })
     }
 
     /// A remote server party, with P0's shard of a dealt bundle in `bundle`.
-    pub fn remote(remote: Remote, bundle: PathBuf, model: &LocalModel, backend: Arc<dyn Backend>) -> Result<Self> {
+    pub fn remote(
+        remote: Remote,
+        bundle: PathBuf,
+        model: &LocalModel,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Self> {
         let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?);
         Ok(Self { remote, loopback: None, ring, bundle: Some((bundle, None)) })
     }
@@ -303,7 +333,8 @@ impl MpcPrivate {
             (None, None) => bail!("v3-mpc needs dealer material: `--material DIR` (from `shardlm-client dealer --variant v3-mpc`) or `--loopback`"),
         };
         let (chan, _) = self.remote.session(Variant::V3Mpc, model)?;
-        Ok(MpcParty::new(model.weights.clone(), self.ring.clone(), chan, m0, Seed::random(&mut OsRng)).driven())
+        Ok(MpcParty::new(model.weights.clone(), self.ring.clone(), chan, m0, Seed::random(&mut OsRng))
+            .driven())
     }
 
     /// Ends a session cleanly, keeps a bundle open for the next, returns the traffic.

@@ -5,7 +5,8 @@ use anyhow::{anyhow, Context, Result};
 use std::path::Path;
 
 /// The system prompt Qwen2.5's chat template inserts when none is given.
-pub const DEFAULT_SYSTEM_PROMPT: &str = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+pub const DEFAULT_SYSTEM_PROMPT: &str =
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
 /// Renders one user turn as the Qwen2.5 chat template does with
 /// `add_generation_prompt=True`.
@@ -38,12 +39,8 @@ impl TextCodec {
 
     /// Token ids of the prompt, chat-formatted when `chat`.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        if chat {
-            self.encode(&chat_prompt(prompt, None))
-        } else {
-            self.encode(prompt)
-        }
-        .context("encoding the prompt")
+        if chat { self.encode(&chat_prompt(prompt, None)) } else { self.encode(prompt) }
+            .context("encoding the prompt")
     }
 
     /// Text of `ids`, special tokens dropped.

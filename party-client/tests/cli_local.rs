@@ -49,7 +49,11 @@ fn generate_local_streams_text_on_a_synthetic_model() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("prefill"));
     // Sampling with a seed is reproducible; different seeds are allowed to differ.
     let run = |seed: &str| {
-        generate(tmp.path()).args(["--temperature", "1.0", "--top-p", "0.9", "--seed", seed]).output().unwrap().stdout
+        generate(tmp.path())
+            .args(["--temperature", "1.0", "--top-p", "0.9", "--seed", seed])
+            .output()
+            .unwrap()
+            .stdout
     };
     assert_eq!(run("5"), run("5"));
 }
@@ -116,7 +120,10 @@ fn rewrite_tensor(dir: &Path, name: &str, dtype: safetensors::Dtype, shape: Vec<
         if n == name {
             continue;
         }
-        views.push((n, safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap()));
+        views.push((
+            n,
+            safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), v.data()).unwrap(),
+        ));
     }
     views.push((name.to_string(), safetensors::tensor::TensorView::new(dtype, shape, &bytes).unwrap()));
     let out = safetensors::serialize(views, &None).unwrap();
@@ -173,7 +180,8 @@ fn chat_formatting_reproduces_the_reference_input_ids() {
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     for case in reference["cases"].as_array().unwrap() {
-        let want: Vec<u32> = case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want: Vec<u32> =
+            case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let got = codec.encode_prompt(case["prompt"].as_str().unwrap(), true).unwrap();
         assert_eq!(got, want, "prompt {:?}", case["prompt"]);
     }

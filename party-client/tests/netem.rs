@@ -117,7 +117,8 @@ fn rate_is_held_within_ten_percent_and_the_queue_tail_drops() {
     let sink = UdpSocket::bind(localhost()).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let link = LinkConfig { rate_bps: Some(rate_bps), queue_bytes: 128_000, ..LinkConfig::default() };
-    let netem = Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, 1)).unwrap();
+    let netem =
+        Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, 1)).unwrap();
     let to = netem.listen_addr();
     // Offer about twice the rate for 0.6 s.
     let sender = std::thread::spawn(move || {
@@ -150,11 +151,19 @@ fn rate_is_held_within_ten_percent_and_the_queue_tail_drops() {
     let secs = (last - first.expect("datagrams arrived")).as_secs_f64();
     let got = (bytes - first_len) as f64 * 8.0 / secs;
     assert!(secs > 0.4, "only {secs:.3} s of traffic");
-    assert!((got - rate_bps as f64).abs() <= 0.1 * rate_bps as f64, "rate {:.2} Mbit/s, configured {:.2}", got / 1e6, rate_bps as f64 / 1e6);
+    assert!(
+        (got - rate_bps as f64).abs() <= 0.1 * rate_bps as f64,
+        "rate {:.2} Mbit/s, configured {:.2}",
+        got / 1e6,
+        rate_bps as f64 / 1e6
+    );
     let up = &stats.upstream;
     assert!(up.dropped_queue > 0, "twice the rate must overflow the queue: {up:?}");
     assert!(up.max_queue_bytes <= 128_000);
-    assert_eq!(up.packets_in, up.packets_delivered + up.dropped_queue + up.dropped_loss + up.dropped_send + up.in_flight);
+    assert_eq!(
+        up.packets_in,
+        up.packets_delivered + up.dropped_queue + up.dropped_loss + up.dropped_send + up.in_flight
+    );
 }
 
 /// Sends `n` numbered datagrams through `link` to a sink and returns the numbers in the
@@ -162,7 +171,8 @@ fn rate_is_held_within_ten_percent_and_the_queue_tail_drops() {
 fn numbered_through(link: LinkConfig, seed: u64, n: u32) -> (Vec<u32>, shardlm_client::netem::NetemStats) {
     let sink = UdpSocket::bind(localhost()).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
-    let netem = Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, seed)).unwrap();
+    let netem =
+        Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, seed)).unwrap();
     // Read while sending: a sink that waits could overflow its socket buffer.
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
@@ -187,7 +197,11 @@ fn numbered_through(link: LinkConfig, seed: u64, n: u32) -> (Vec<u32>, shardlm_c
 
 #[test]
 fn jitter_keeps_order_reorder_breaks_it_and_loss_is_seeded() {
-    let jitter = LinkConfig { delay: Duration::from_millis(3), jitter: Duration::from_millis(2), ..LinkConfig::default() };
+    let jitter = LinkConfig {
+        delay: Duration::from_millis(3),
+        jitter: Duration::from_millis(2),
+        ..LinkConfig::default()
+    };
     let (got, stats) = numbered_through(jitter, 1, 300);
     assert_eq!(got, (0..300).collect::<Vec<_>>(), "jitter alone must keep the link FIFO");
     assert!(stats.upstream.added_delay.max_ms >= 3.0);
@@ -215,7 +229,8 @@ fn datagrams_over_the_link_mtu_are_dropped_and_counted() {
     let sink = UdpSocket::bind(localhost()).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let link = LinkConfig { mtu: 1500, ..LinkConfig::default() };
-    let netem = Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, 1)).unwrap();
+    let netem =
+        Netem::start(NetemConfig::symmetric(localhost(), sink.local_addr().unwrap(), link, 1)).unwrap();
     let sock = UdpSocket::bind(localhost()).unwrap();
     // 1472 = 1500 - 28 header bytes fits; 1473 and a jumbo datagram do not.
     for len in [1472usize, 1473, 8000, 100] {
@@ -263,13 +278,22 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    assert!(server_bin().exists(), "{} missing: `cargo build -p shardlm-server` first", server_bin().display());
+    assert!(
+        server_bin().exists(),
+        "{} missing: `cargo build -p shardlm-server` first",
+        server_bin().display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let (sid, cid) = (tmp.path().join("server-id"), tmp.path().join("client-id"));
     let server_fp = shardlm_transport::keygen(&sid, "shardlm-server").unwrap();
     let client_fp = shardlm_transport::keygen(&cid, "shardlm-client").unwrap();
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 5).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        5,
+    )
+    .unwrap();
     let mut child = Command::new(server_bin())
         .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "5", "--model-dir"])
         .arg(&model)
@@ -283,7 +307,12 @@ fn setup() -> Setup {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().nth(2).unwrap_or_default().parse().unwrap_or_else(|_| panic!("server said {line:?}"));
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or_else(|_| panic!("server said {line:?}"));
     Setup { _tmp: tmp, model, client_id: cid, server_fp, server: Server { child, addr } }
 }
 
@@ -311,7 +340,10 @@ fn lossy_link_retransmits_and_the_session_completes_with_correct_output() {
     let out = generate(&s, Some(netem.listen_addr()), &["--idle-timeout", "10", "--recv-timeout", "30"]);
     let stats = netem.stop();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.stdout, local.stdout, "the private output through a 5% lossy link differs from the plaintext engine's");
+    assert_eq!(
+        out.stdout, local.stdout,
+        "the private output through a 5% lossy link differs from the plaintext engine's"
+    );
     let lost = stats.upstream.dropped_loss + stats.downstream.dropped_loss;
     assert!(lost > 0, "5% loss dropped nothing: {}", stats.render());
     // Datagrams were dropped both ways and the output is still exact: QUIC resent what
@@ -320,7 +352,12 @@ fn lossy_link_retransmits_and_the_session_completes_with_correct_output() {
     for d in [&stats.upstream, &stats.downstream] {
         assert_eq!(
             d.packets_in,
-            d.packets_delivered + d.dropped_mtu + d.dropped_loss + d.dropped_queue + d.dropped_send + d.in_flight
+            d.packets_delivered
+                + d.dropped_mtu
+                + d.dropped_loss
+                + d.dropped_queue
+                + d.dropped_send
+                + d.in_flight
         );
     }
     // QUIC's path MTU discovery probed past the emulated Ethernet MTU and the link
@@ -334,7 +371,11 @@ fn dead_link_fails_with_a_timeout_naming_the_peer() {
     let link = LinkConfig { loss: 1.0, ..LinkConfig::default() };
     let netem = Netem::start(NetemConfig::symmetric(localhost(), s.server.addr, link, 1)).unwrap();
     let t = Instant::now();
-    let out = generate(&s, Some(netem.listen_addr()), &["--connect-timeout", "2", "--idle-timeout", "2", "--recv-timeout", "2"]);
+    let out = generate(
+        &s,
+        Some(netem.listen_addr()),
+        &["--connect-timeout", "2", "--idle-timeout", "2", "--recv-timeout", "2"],
+    );
     let took = t.elapsed();
     let stats = netem.stop();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -355,7 +396,8 @@ fn link_dying_mid_session_fails_with_a_timeout_naming_the_peer() {
     let netem = Netem::start(NetemConfig::symmetric(localhost(), s.server.addr, link.clone(), 1)).unwrap();
     let mut c = client();
     c.args(["generate", "-p", "hello there", "--max-tokens", "200", "--model-dir"]).arg(&s.model);
-    c.args(["-s", &netem.listen_addr().to_string(), "--server-fingerprint", &s.server_fp, "--identity"]).arg(&s.client_id);
+    c.args(["-s", &netem.listen_addr().to_string(), "--server-fingerprint", &s.server_fp, "--identity"])
+        .arg(&s.client_id);
     c.args(["--idle-timeout", "2", "--recv-timeout", "3"]);
     let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait until tokens stream out (the session is past its prefill), then cut the link
@@ -395,10 +437,16 @@ fn link_dying_mid_session_fails_with_a_timeout_naming_the_peer() {
 
 #[test]
 fn netem_command_parses_its_flags_and_reports_counters() {
-    let bad = client().args(["netem", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--delay", "2 weeks"]).output().unwrap();
+    let bad = client()
+        .args(["netem", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--delay", "2 weeks"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("2ms"), "{err}");
-    let bad = client().args(["netem", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--rate", "fast"]).output().unwrap();
+    let bad = client()
+        .args(["netem", "--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--rate", "fast"])
+        .output()
+        .unwrap();
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("100mbit"));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -406,7 +454,17 @@ fn netem_command_parses_its_flags_and_reports_counters() {
     let tmp = tempfile::tempdir().unwrap();
     let stats_path = tmp.path().join("stats.json");
     let mut child = client()
-        .args(["netem", "--listen", "127.0.0.1:0", "--forward", &echo.to_string(), "--delay", "2ms", "--rate", "100mbit"])
+        .args([
+            "netem",
+            "--listen",
+            "127.0.0.1:0",
+            "--forward",
+            &echo.to_string(),
+            "--delay",
+            "2ms",
+            "--rate",
+            "100mbit",
+        ])
         .args(["--loss", "0%", "--duration", "1s", "--stats-json"])
         .arg(&stats_path)
         .stdout(Stdio::piped())
@@ -415,13 +473,15 @@ fn netem_command_parses_its_flags_and_reports_counters() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.split_whitespace().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
+    let addr: SocketAddr =
+        line.split_whitespace().nth(3).unwrap().parse().unwrap_or_else(|_| panic!("{line}"));
     let rtt = median_rtt(addr, 10);
     assert!(rtt >= Duration::from_millis(4), "{rtt:?}");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("upstream"));
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats_path).unwrap()).unwrap();
     assert_eq!(stats["upstream"]["packets_delivered"], 10);
     stop.store(true, Ordering::Relaxed);
 }
@@ -429,14 +489,33 @@ fn netem_command_parses_its_flags_and_reports_counters() {
 #[test]
 fn sweep_of_two_points_writes_results_table_and_plots() {
     let _cpu = exclusive();
-    assert!(server_bin().exists(), "{} missing: `cargo build -p shardlm-server` first", server_bin().display());
+    assert!(
+        server_bin().exists(),
+        "{} missing: `cargo build -p shardlm-server` first",
+        server_bin().display()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 5).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        5,
+    )
+    .unwrap();
     let out_dir = tmp.path().join("sweep");
     let out = client()
         .args(["experiment", "--variants", "v2,v3", "--rtt", "2ms,10ms", "--rate", "1gbit"])
-        .args(["--prompt-tokens", "12", "--max-new-tokens", "3", "--runs", "1", "--warmup", "0", "--model-dir"])
+        .args([
+            "--prompt-tokens",
+            "12",
+            "--max-new-tokens",
+            "3",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--model-dir",
+        ])
         .arg(&model)
         .arg("--out")
         .arg(&out_dir)
@@ -444,7 +523,8 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap()).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap()).unwrap();
     let points = results["points"].as_array().unwrap();
     // Two variants x two RTTs x one rate.
     let v3 = points.iter().filter(|p| p["variant"] == "v3" && p["error"].is_null()).count();
@@ -466,7 +546,10 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
     let rounds = v2[0]["rounds"].as_f64().unwrap();
     assert!(b - a > 0.5 * rounds * 8.0, "2 ms: {a} ms, 10 ms: {b} ms, {rounds} rounds");
     let md = std::fs::read_to_string(out_dir.join("results.md")).unwrap();
-    assert!(md.contains("| variant | RTT |") && md.contains("| v2 | 2 ms | 1gbit |") && md.contains("Cost model"), "{md}");
+    assert!(
+        md.contains("| variant | RTT |") && md.contains("| v2 | 2 ms | 1gbit |") && md.contains("Cost model"),
+        "{md}"
+    );
     for svg in ["latency-v2.svg", "latency-v3.svg", "bytes.svg"] {
         let text = std::fs::read_to_string(out_dir.join(svg)).unwrap();
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{svg}");

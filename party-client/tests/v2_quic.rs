@@ -23,8 +23,10 @@ fn shared() -> PathBuf {
 }
 
 fn oracle_cases() -> Vec<Vec<u32>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(shared().join("oracle/tiny-qwen2/reference.json")).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("oracle/tiny-qwen2/reference.json")).unwrap(),
+    )
+    .unwrap();
     v["cases"]
         .as_array()
         .unwrap()
@@ -79,12 +81,20 @@ fn v2_over_quic_matches_plaintext_with_exact_traffic() {
                 .sum();
             let lane = delta.lane(V2_LANE);
             assert_eq!(lane.bytes_sent + lane.bytes_received, want_bytes, "case {i} pass {pass}");
-            assert_eq!(delta.bytes_sent() + delta.bytes_received(), want_bytes, "case {i} pass {pass}: other lanes");
+            assert_eq!(
+                delta.bytes_sent() + delta.bytes_received(),
+                want_bytes,
+                "case {i} pass {pass}: other lanes"
+            );
             assert_eq!(delta.rounds, 4 * c.num_hidden_layers as u64 + 1, "case {i} pass {pass}: rounds");
             // Framing: each request and each answer is one frame, so the server's framing
             // mirrors ours; both together stay under 1% of the pass's payload.
             let payload = delta.bytes_sent() + delta.bytes_received();
-            assert!(2 * delta.framing_bytes_sent * 100 <= payload, "case {i}: framing {} x 2 of {payload}", delta.framing_bytes_sent);
+            assert!(
+                2 * delta.framing_bytes_sent * 100 <= payload,
+                "case {i}: framing {} x 2 of {payload}",
+                delta.framing_bytes_sent
+            );
             got.push(argmax(pl.last()));
             want.push(argmax(pp.last()));
             pos += step.len();
@@ -157,7 +167,8 @@ fn two_binaries_serve_info_health_generate_and_refuse_bad_peers() {
         panic!("{} missing: run the workspace tests (`cargo test --workspace`)", server_bin().display());
     }
     let tmp = tempfile::tempdir().unwrap();
-    let (sid, cid, other) = (tmp.path().join("server-id"), tmp.path().join("client-id"), tmp.path().join("other-id"));
+    let (sid, cid, other) =
+        (tmp.path().join("server-id"), tmp.path().join("client-id"), tmp.path().join("other-id"));
     let server_fp = keygen(Command::new(server_bin()), &sid);
     let client_fp = keygen(client(), &cid);
     let other_fp = keygen(client(), &other);
@@ -168,11 +179,18 @@ fn two_binaries_serve_info_health_generate_and_refuse_bad_peers() {
         assert_eq!(std::fs::metadata(cid.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
     }
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 5).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        5,
+    )
+    .unwrap();
     let server = start_server(&model, &sid, &client_fp);
     let with_id = |cmd: &str, id: &Path, fp: &str| {
         let mut c = client();
-        c.arg(cmd).args(["-s", &format!("quic://{}", server.addr), "--server-fingerprint", fp, "--identity"]).arg(id);
+        c.arg(cmd)
+            .args(["-s", &format!("quic://{}", server.addr), "--server-fingerprint", fp, "--identity"])
+            .arg(id);
         c
     };
 
@@ -212,7 +230,12 @@ fn two_binaries_serve_info_health_generate_and_refuse_bad_peers() {
 
     // A different model on the client: refused by the handshake, naming the fingerprint.
     let model2 = tmp.path().join("tiny2");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model2, 6).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model2,
+        6,
+    )
+    .unwrap();
     let mut c = client();
     c.args(["generate", "-p", "x", "--max-tokens", "2", "--model-dir"]).arg(&model2);
     c.args(["-s", &server.addr, "--identity", cid.to_str().unwrap(), "--server-fingerprint", &server_fp]);
@@ -256,8 +279,10 @@ fn eval_v2_loopback_reproduces_the_plaintext_engine() {
         assert_eq!(a["greedy"], b["greedy"]);
         assert_eq!(a["top20_ids"].as_array().unwrap()[0], b["top20_ids"].as_array().unwrap()[0]);
         assert!(b["bytes_sent"].as_u64().unwrap() > 0 && b["rounds"].as_u64().unwrap() > 0);
-        let la: Vec<f64> = a["top20_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-        let lb: Vec<f64> = b["top20_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let la: Vec<f64> =
+            a["top20_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let lb: Vec<f64> =
+            b["top20_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert!(la.iter().zip(&lb).all(|(x, y)| (x - y).abs() < 1e-2));
     }
 }
@@ -277,7 +302,18 @@ fn dealer_bundle_serves_its_sessions_once() {
     let dir = shared().join("oracle/tiny-qwen2");
     let bundle = tmp.path().join("bundle");
     let out = client()
-        .args(["dealer", "--variant", "v2", "--prompt-tokens", "6", "--max-new-tokens", "3", "--sessions", "2", "--model-dir"])
+        .args([
+            "dealer",
+            "--variant",
+            "v2",
+            "--prompt-tokens",
+            "6",
+            "--max-new-tokens",
+            "3",
+            "--sessions",
+            "2",
+            "--model-dir",
+        ])
         .arg(&dir)
         .arg("--out")
         .arg(&bundle)
@@ -288,12 +324,16 @@ fn dealer_bundle_serves_its_sessions_once() {
     // 1 row) x every unit's S (n x d_out words) + 4 shape words per request.
     let c = shardlm_configs::ModelConfig::from_hf_file(&dir.join("config.json")).unwrap();
     let per_pass = |n: u64| -> u64 {
-        Linear::all(&c).into_iter().map(|l| 8 * (if l == Linear::LmHead { 1 } else { n } * l.dims(&c).1 as u64 + 4)).sum()
+        Linear::all(&c)
+            .into_iter()
+            .map(|l| 8 * (if l == Linear::LmHead { 1 } else { n } * l.dims(&c).1 as u64 + 4))
+            .sum()
     };
     let planned = 2 * (per_pass(6) + 2 * per_pass(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&format!("= {planned} bytes of material (as planned)")), "{stdout}");
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["variant"], "v2");
     assert_eq!(manifest["sessions"].as_array().unwrap().len(), 2);
     // v2 gives the server nothing to hold: its shard is tiny, the client's holds S.
@@ -302,7 +342,11 @@ fn dealer_bundle_serves_its_sessions_once() {
     assert!(p0 >= planned && p0 - planned < 4096, "p0.shard {p0} vs planned {planned}");
 
     let cases = tmp.path().join("cases.json");
-    std::fs::write(&cases, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}, {"input_ids": [1, 2, 3, 4, 5, 6]}]}"#).unwrap();
+    std::fs::write(
+        &cases,
+        r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}, {"input_ids": [1, 2, 3, 4, 5, 6]}]}"#,
+    )
+    .unwrap();
     let eval = |cases: &Path| {
         client()
             .args(["eval", "--variant", "v2", "--loopback", "--greedy", "3", "--model-dir"])
@@ -353,7 +397,12 @@ fn dealer_bundle_serves_its_sessions_once() {
     // No material where --material points, and material for another model: refused
     // before a connection is made (nothing prompt-dependent leaves the client).
     let other_model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &other_model, 2).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &other_model,
+        2,
+    )
+    .unwrap();
     let other_bundle = tmp.path().join("other-bundle");
     let out = client()
         .args(["dealer", "--prompt-tokens", "6", "--max-new-tokens", "2", "--model-dir"])
@@ -369,7 +418,18 @@ fn dealer_bundle_serves_its_sessions_once() {
         // -s to a port where nothing listens: if the client tried to connect first, the
         // error would be a connection timeout instead of the material error.
         let out = client()
-            .args(["eval", "--variant", "v2", "--greedy", "2", "-s", "127.0.0.1:9", "--server-fingerprint", "blake3:00", "--model-dir"])
+            .args([
+                "eval",
+                "--variant",
+                "v2",
+                "--greedy",
+                "2",
+                "-s",
+                "127.0.0.1:9",
+                "--server-fingerprint",
+                "blake3:00",
+                "--model-dir",
+            ])
             .arg(&dir)
             .arg("--identity")
             .arg(&id)
@@ -430,10 +490,14 @@ fn v3_is_bit_identical_to_v2() {
     let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
     let lb = Loopback::start(&model, backend.clone(), short_timeouts()).unwrap();
     let ring = lb.ring();
-    let plan = |ring: &Arc<RingWeights>| MaterialPlan::DealPerSession { ring: ring.clone(), dir: tempfile::tempdir().unwrap() };
+    let plan = |ring: &Arc<RingWeights>| MaterialPlan::DealPerSession {
+        ring: ring.clone(),
+        dir: tempfile::tempdir().unwrap(),
+    };
     let mut v2 = Private::new(Variant::V2, lb.remote.clone(), None, plan(&ring));
     for chunk_rows in [Some(2), None] {
-        let mut v3 = Private::new(Variant::V3, lb.remote.clone(), None, plan(&ring)).with_chunk_rows(chunk_rows);
+        let mut v3 =
+            Private::new(Variant::V3, lb.remote.clone(), None, plan(&ring)).with_chunk_rows(chunk_rows);
         for ids in oracle_cases() {
             let run = |p: &mut Private| {
                 let mut client = p.open(&model, ids.len(), 4, Rows::Last).unwrap();
@@ -455,7 +519,11 @@ fn v3_is_bit_identical_to_v2() {
             assert!(l2.iter().zip(&l3).all(|(a, b)| a.to_bits() == b.to_bits()), "logits differ in bits");
             assert_eq!(c2.rounds, c3.rounds, "pipelining adds no rounds");
             if chunk_rows == Some(2) {
-                assert!(c3.lanes.len() > 2, "v3 used several masked lanes: {:?}", c3.lanes.keys().collect::<Vec<_>>());
+                assert!(
+                    c3.lanes.len() > 2,
+                    "v3 used several masked lanes: {:?}",
+                    c3.lanes.keys().collect::<Vec<_>>()
+                );
             }
         }
     }
@@ -470,10 +538,26 @@ fn server_killed_mid_session_is_an_error_not_a_hang() {
     let server_fp = keygen(Command::new(server_bin()), &sid);
     let client_fp = keygen(client(), &cid);
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 5).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        5,
+    )
+    .unwrap();
     let mut server = start_server(&model, &sid, &client_fp);
     let mut gen = client()
-        .args(["generate", "-p", "a long story", "--max-tokens", "2000", "--idle-timeout", "2", "--recv-timeout", "3", "--model-dir"])
+        .args([
+            "generate",
+            "-p",
+            "a long story",
+            "--max-tokens",
+            "2000",
+            "--idle-timeout",
+            "2",
+            "--recv-timeout",
+            "3",
+            "--model-dir",
+        ])
         .arg(&model)
         .args(["-s", &server.addr, "--identity", cid.to_str().unwrap(), "--server-fingerprint", &server_fp])
         .stdout(Stdio::null())
@@ -505,20 +589,51 @@ fn server_killed_mid_session_is_an_error_not_a_hang() {
 fn benchmark_writes_the_report() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 4).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        4,
+    )
+    .unwrap();
     let mut reports = Vec::new();
     for endpoint in ["v2", "v3"] {
         let out_file = tmp.path().join(format!("{endpoint}.json"));
         let out = client()
-            .args(["benchmark", "--loopback", "--endpoint", endpoint, "-p", "benchmark me please", "--max-tokens", "4", "--runs", "2", "--warmup", "1", "--model-dir"])
+            .args([
+                "benchmark",
+                "--loopback",
+                "--endpoint",
+                endpoint,
+                "-p",
+                "benchmark me please",
+                "--max-tokens",
+                "4",
+                "--runs",
+                "2",
+                "--warmup",
+                "1",
+                "--model-dir",
+            ])
             .arg(&model)
             .arg("--output")
             .arg(&out_file)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
-        for key in ["model", "gpu", "version", "endpoint", "timestamp", "config", "bytes_sent", "bytes_received", "rounds", "phases_ms"] {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+        for key in [
+            "model",
+            "gpu",
+            "version",
+            "endpoint",
+            "timestamp",
+            "config",
+            "bytes_sent",
+            "bytes_received",
+            "rounds",
+            "phases_ms",
+        ] {
             assert!(!v[key].is_null(), "{key} missing");
         }
         for phase in ["embedding", "prefill", "total"] {
@@ -571,7 +686,16 @@ fn eval_v3_mpc_loopback_matches_top1() {
     let id = tmp.path().join("id");
     keygen(client(), &id);
     let out = client()
-        .args(["eval", "--variant", "v3-mpc", "-s", "127.0.0.1:9", "--server-fingerprint", "blake3:00", "--model-dir"])
+        .args([
+            "eval",
+            "--variant",
+            "v3-mpc",
+            "-s",
+            "127.0.0.1:9",
+            "--server-fingerprint",
+            "blake3:00",
+            "--model-dir",
+        ])
         .arg(&dir)
         .arg("--identity")
         .arg(&id)
@@ -593,14 +717,26 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
     let dir = shared().join("oracle/tiny-qwen2");
     let bundle = tmp.path().join("mpc-bundle");
     let out = client()
-        .args(["dealer", "--variant", "v3-mpc", "--prompt-tokens", "6", "--max-new-tokens", "3", "--sessions", "1", "--model-dir"])
+        .args([
+            "dealer",
+            "--variant",
+            "v3-mpc",
+            "--prompt-tokens",
+            "6",
+            "--max-new-tokens",
+            "3",
+            "--sessions",
+            "1",
+            "--model-dir",
+        ])
         .arg(&dir)
         .arg("--out")
         .arg(&bundle)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["variant"], "v3-mpc");
     assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() <= 4096, "P1's shard is seeds only");
 
@@ -612,7 +748,18 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
     std::fs::write(&cases, r#"{"cases": [{"input_ids": [9707, 11, 1246, 525, 498, 30]}]}"#).unwrap();
     let eval = || {
         client()
-            .args(["eval", "--variant", "v3-mpc", "--greedy", "3", "-s", &server.addr, "--server-fingerprint", &server_fp, "--model-dir"])
+            .args([
+                "eval",
+                "--variant",
+                "v3-mpc",
+                "--greedy",
+                "3",
+                "-s",
+                &server.addr,
+                "--server-fingerprint",
+                &server_fp,
+                "--model-dir",
+            ])
             .arg(&dir)
             .arg("--identity")
             .arg(&cid)
@@ -627,7 +774,8 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
     };
     let out = eval();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("out.json")).unwrap()).unwrap();
     assert_eq!(v["cases"][0]["greedy"].as_array().unwrap().len(), 3);
     // The only session is spent: refused before connecting, naming the flag.
     let out = eval();

@@ -20,7 +20,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
-#[command(name = "shardlm-server", version, about = "ShardLM server party: serves private inference sessions")]
+#[command(
+    name = "shardlm-server",
+    version,
+    about = "ShardLM server party: serves private inference sessions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -156,8 +160,10 @@ fn serve(a: ServeArgs) -> Result<()> {
     eprintln!("backend: {note}");
     let dir = ModelDir::open(&a.model_dir)?;
     if let Some(arch) = &a.model_arch {
-        let want = ModelConfig::preset(arch).with_context(|| format!("SHARDLM_MODEL_ARCH / --model-arch `{arch}`"))?;
-        check_arch(&want, &dir.config).with_context(|| format!("{} is not a {arch} checkpoint", a.model_dir.display()))?;
+        let want = ModelConfig::preset(arch)
+            .with_context(|| format!("SHARDLM_MODEL_ARCH / --model-arch `{arch}`"))?;
+        check_arch(&want, &dir.config)
+            .with_context(|| format!("{} is not a {arch} checkpoint", a.model_dir.display()))?;
     }
     let t = std::time::Instant::now();
     let fp = fingerprint(&dir)?;
@@ -174,14 +180,19 @@ fn serve(a: ServeArgs) -> Result<()> {
                 manifest.model_fingerprint
             );
         }
-        party = party.with_mpc_material(MpcMaterial::Bundle { dir: dir.clone(), fingerprint: fp.clone(), open: Mutex::new(None) });
+        party = party.with_mpc_material(MpcMaterial::Bundle {
+            dir: dir.clone(),
+            fingerprint: fp.clone(),
+            open: Mutex::new(None),
+        });
     }
     let party = Arc::new(party);
     eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
 
     let info = party.info(&fp);
     let cfg = QuicConfig { initial_window: a.initial_window, ..QuicConfig::with_timeouts(timeouts) };
-    let server = Arc::new(QuicServer::bind(SocketAddr::new(a.bind, a.port), &identity, &a.allow_client, cfg)?);
+    let server =
+        Arc::new(QuicServer::bind(SocketAddr::new(a.bind, a.port), &identity, &a.allow_client, cfg)?);
     println!("listening on {} (server fingerprint {})", server.local_addr(), server.fingerprint());
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -233,7 +244,10 @@ fn check_arch(want: &ModelConfig, got: &ModelConfig) -> Result<()> {
 fn keygen(a: KeygenArgs) -> Result<()> {
     let fp = shardlm_transport::keygen(&a.out, "shardlm-server")?;
     println!("{fp}");
-    eprintln!("wrote {}/cert.pem and key.pem; give clients this fingerprint for --server-fingerprint", a.out.display());
+    eprintln!(
+        "wrote {}/cert.pem and key.pem; give clients this fingerprint for --server-fingerprint",
+        a.out.display()
+    );
     Ok(())
 }
 

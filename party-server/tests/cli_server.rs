@@ -12,14 +12,22 @@ fn server() -> Command {
 #[test]
 fn synth_model_writes_a_loadable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = server().args(["synth-model", "--preset", "tiny", "--seed", "9", "--out"]).arg(tmp.path()).output().unwrap();
+    let out = server()
+        .args(["synth-model", "--preset", "tiny", "--seed", "9", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let md = shardlm_protocols::model::ModelDir::open(tmp.path()).unwrap();
     let w = md.load_weights().unwrap();
     assert_eq!(w.config.hidden_size, 64);
     let tok = std::fs::read_to_string(tmp.path().join("tokenizer.json")).unwrap();
     assert!(tok.contains("<|im_start|>"));
-    let bad = server().args(["synth-model", "--preset", "qwen9", "--out"]).arg(tmp.path().join("x")).output().unwrap();
+    let bad = server()
+        .args(["synth-model", "--preset", "qwen9", "--out"])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("qwen9"));
 }
@@ -48,7 +56,12 @@ fn keygen_and_serve_errors() {
 
     // serve with a model of the wrong architecture preset.
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(&shardlm_configs::ModelConfig::preset("tiny").unwrap(), &model, 1).unwrap();
+    shardlm_protocols::model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        1,
+    )
+    .unwrap();
     let out = server()
         .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--allow-client", "blake3:00", "--model-dir"])
         .arg(&model)

@@ -100,10 +100,7 @@ fn timed<C: Channel + ?Sized, S>(
         run(ch, s);
     }
     let elapsed = t0.elapsed();
-    Side {
-        elapsed,
-        counters: ch.counters().since(&before),
-    }
+    Side { elapsed, counters: ch.counters().since(&before) }
 }
 
 fn random_shares<R: Role>(prg: &mut Prg, n: usize) -> Shares<R> {
@@ -141,11 +138,8 @@ fn party<R: Role, C: Channel + ?Sized>(
                     // |x| < 2^62: P0 holds x - r, P1 holds r, for a public small x here
                     // (the cost does not depend on the values).
                     let r = prg.u64s(n);
-                    let share = if R::ID == 0 {
-                        r.iter().map(|v| 12345u64.wrapping_sub(*v)).collect()
-                    } else {
-                        r
-                    };
+                    let share =
+                        if R::ID == 0 { r.iter().map(|v| 12345u64.wrapping_sub(*v)).collect() } else { r };
                     (Shares::<R>::from_raw(share), m.take_trunc_ots(n, F).expect("trunc OTs"))
                 },
                 |ch, (x, ots)| {
@@ -228,20 +222,11 @@ fn quic_pair() -> (shardlm_transport::QuicChannel, shardlm_transport::QuicChanne
     let server_id = Identity::generate("bench-p1").expect("keygen");
     let client_id = Identity::generate("bench-p0").expect("keygen");
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = QuicServer::bind(
-        addr,
-        &server_id,
-        &[client_id.fingerprint()],
-        QuicConfig::default(),
-    )
-    .expect("bind");
-    let client = QuicClient::connect(
-        server.local_addr(),
-        &client_id,
-        server.fingerprint(),
-        QuicConfig::default(),
-    )
-    .expect("connect");
+    let server =
+        QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], QuicConfig::default()).expect("bind");
+    let client =
+        QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), QuicConfig::default())
+            .expect("connect");
     let srv = server.accept().expect("server open").expect("accept");
     (client, srv)
 }
@@ -255,13 +240,7 @@ fn list(var: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
-fn run_transport<C: Channel + Send>(
-    name: &str,
-    mut c0: C,
-    mut c1: C,
-    ops: &[Op],
-    batches: &[usize],
-) {
+fn run_transport<C: Channel + Send>(name: &str, mut c0: C, mut c1: C, ops: &[Op], batches: &[usize]) {
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(0xbe9c)).split();
     for &op in ops {
         for &n in batches {

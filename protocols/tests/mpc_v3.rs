@@ -78,7 +78,12 @@ fn comparison_matches_plaintext_at_several_widths() {
             (if rng.gen_bool(0.5) { -v } else { v }) as u64
         })
         .collect();
-    let got = on_shares(&x, 8, |s, v| s.msb_reduced(&v, 12, 16).unwrap(), |s, v| s.msb_reduced(&v, 12, 16).unwrap());
+    let got = on_shares(
+        &x,
+        8,
+        |s, v| s.msb_reduced(&v, 12, 16).unwrap(),
+        |s, v| s.msb_reduced(&v, 12, 16).unwrap(),
+    );
     for (&v, &g) in x.iter().zip(&got) {
         assert_eq!(g, u64::from((v as i64) < 0), "reduced comparison of {}", v as i64);
     }
@@ -132,19 +137,35 @@ fn enc(xs: &[f64], f: u32) -> Vec<u64> {
 fn nonlinear_functions_within_their_bounds() {
     // ReLU, exact.
     let xs: Vec<f64> = (0..400).map(|i| (i as f64 - 200.0) * 0.173).collect();
-    let r = on_shares(&enc(&xs, F), 11, |s, v| nonlinear::relu(s, &v, 32).unwrap(), |s, v| nonlinear::relu(s, &v, 32).unwrap());
+    let r = on_shares(
+        &enc(&xs, F),
+        11,
+        |s, v| nonlinear::relu(s, &v, 32).unwrap(),
+        |s, v| nonlinear::relu(s, &v, 32).unwrap(),
+    );
     for (x, g) in xs.iter().zip(&r) {
         assert_eq!(*g, encode(x.max(0.0), F));
     }
     // SiLU on [-40, 40] (gate inputs reach 36).
     let xs: Vec<f64> = (0..2001).map(|i| -40.0 + i as f64 * 0.04).collect();
-    let r = on_shares(&enc(&xs, F), 12, |s, v| nonlinear::silu(s, &v, F).unwrap(), |s, v| nonlinear::silu(s, &v, F).unwrap());
-    let err = xs.iter().zip(&r).map(|(x, g)| (decode(*g, F) - x / (1.0 + (-x).exp())).abs()).fold(0.0, f64::max);
+    let r = on_shares(
+        &enc(&xs, F),
+        12,
+        |s, v| nonlinear::silu(s, &v, F).unwrap(),
+        |s, v| nonlinear::silu(s, &v, F).unwrap(),
+    );
+    let err =
+        xs.iter().zip(&r).map(|(x, g)| (decode(*g, F) - x / (1.0 + (-x).exp())).abs()).fold(0.0, f64::max);
     eprintln!("silu max abs error on [-40, 40]: {err:.2e}");
     assert!(err < 3.5e-3, "silu error {err}");
     // exp on [-30, 0].
     let xs: Vec<f64> = (0..1501).map(|i| -30.0 + i as f64 * 0.02).collect();
-    let r = on_shares(&enc(&xs, F), 13, |s, v| nonlinear::exp_neg(s, &v, F).unwrap(), |s, v| nonlinear::exp_neg(s, &v, F).unwrap());
+    let r = on_shares(
+        &enc(&xs, F),
+        13,
+        |s, v| nonlinear::exp_neg(s, &v, F).unwrap(),
+        |s, v| nonlinear::exp_neg(s, &v, F).unwrap(),
+    );
     let err = xs.iter().zip(&r).map(|(x, g)| (decode(*g, F) - x.exp()).abs()).fold(0.0, f64::max);
     eprintln!("exp max abs error on [-30, 0]: {err:.2e}");
     assert!(err < 1.5e-4, "exp error {err}");
@@ -156,8 +177,11 @@ fn nonlinear_functions_within_their_bounds() {
         |s, v| nonlinear::reciprocal(s, &v, F, 100.0).unwrap(),
         |s, v| nonlinear::reciprocal(s, &v, F, 100.0).unwrap(),
     );
-    let err =
-        xs.iter().zip(&r).map(|(x, g)| (decode(*g, nonlinear::RECIP_BITS) * x - 1.0).abs()).fold(0.0, f64::max);
+    let err = xs
+        .iter()
+        .zip(&r)
+        .map(|(x, g)| (decode(*g, nonlinear::RECIP_BITS) * x - 1.0).abs())
+        .fold(0.0, f64::max);
     eprintln!("reciprocal max relative error on [1, 100]: {err:.2e}");
     assert!(err < 7e-4, "reciprocal error {err}");
     // rsqrt on [1e-5, 1e4].
@@ -223,7 +247,15 @@ struct Run {
     audit1: Vec<AuditEntry>,
 }
 
-fn run_mpc(md: &ModelDir, ring: &Arc<RingWeights>, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u64, record: bool) -> Run {
+fn run_mpc(
+    md: &ModelDir,
+    ring: &Arc<RingWeights>,
+    w: &Arc<Weights>,
+    ids: &[u32],
+    greedy_n: usize,
+    seed: u64,
+    record: bool,
+) -> Run {
     let (m0, m1) = IdealDealer::new(Seed::from_u64(seed)).split();
     run_with(md, ring, w, ids, greedy_n, seed, record, m0, m1)
 }
@@ -266,7 +298,10 @@ fn run_with<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
             let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(seed ^ 0xb));
             p.session().record_transfers(record);
             let placeholder = vec![0u32; n];
-            assert!(forward(&mut p, &c1, &placeholder, 0, Rows::Last).unwrap().is_none(), "P1 never gets logits");
+            assert!(
+                forward(&mut p, &c1, &placeholder, 0, Rows::Last).unwrap().is_none(),
+                "P1 never gets logits"
+            );
             for step in 1..greedy_n {
                 assert!(forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap().is_none());
             }
@@ -355,8 +390,12 @@ fn audit_only_masked_openings_and_the_final_logits_at_the_client() {
     for (k, prompt) in [vec![9707u32, 11, 1246, 525, 498, 30], vec![0u32; 6]].iter().enumerate() {
         let run = run_mpc(&md, &ring, &w, prompt, 2, 200 + k as u64, true);
         for (party, log) in [(0, &run.audit0), (1, &run.audit1)] {
-            let finals: Vec<usize> =
-                log.iter().enumerate().filter(|(_, e)| e.what == Opened::FinalLogits).map(|(i, _)| i).collect();
+            let finals: Vec<usize> = log
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.what == Opened::FinalLogits)
+                .map(|(i, _)| i)
+                .collect();
             assert_eq!(finals.len(), 2, "p{party}: one final-logits transfer per forward pass");
             for &i in &finals {
                 if party == 0 {
@@ -372,13 +411,16 @@ fn audit_only_masked_openings_and_the_final_logits_at_the_client() {
             }
             let bytes = received_bytes(log);
             let chi = chi_square_bytes(&bytes);
-            eprintln!("prompt {k} p{party}: {} transfers, {} bytes received (masked), chi2 {chi:.1}", log.len(), bytes.len());
+            eprintln!(
+                "prompt {k} p{party}: {} transfers, {} bytes received (masked), chi2 {chi:.1}",
+                log.len(),
+                bytes.len()
+            );
             // 255 dof: mean 255, sd 22.6; 400 is p < 1e-6.
             assert!(chi < 400.0, "prompt {k} p{party}: received bytes not uniform, chi2 {chi:.1}");
         }
     }
 }
-
 
 #[test]
 fn planned_bundle_runs_the_session_and_then_runs_out_on_both_sides() {
@@ -463,7 +505,8 @@ fn cost_at_the_qwen2_5_1_5b_shape() {
         return;
     }
     let layers = 28u64;
-    let tokens: usize = std::env::var("SHARDLM_MPC_COST_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(98);
+    let tokens: usize =
+        std::env::var("SHARDLM_MPC_COST_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(98);
     let base = shardlm_configs::ModelConfig::preset("qwen2.5-1.5b").unwrap();
     let (h, inter, qd, kvd) = (base.hidden_size, base.intermediate_size, base.q_dim(), base.kv_dim());
     let mut rng = ChaCha8Rng::seed_from_u64(1);
@@ -486,11 +529,13 @@ fn cost_at_the_qwen2_5_1_5b_shape() {
     for nl in [1usize, 2] {
         let mut cfg = base.clone();
         cfg.num_hidden_layers = nl;
-        let w = Arc::new(Weights::new(cfg, embed.clone(), layer_ws[..nl].to_vec(), vec![1.0; h], None).unwrap());
+        let w =
+            Arc::new(Weights::new(cfg, embed.clone(), layer_ws[..nl].to_vec(), vec![1.0; h], None).unwrap());
         let ring = ring_weights(&w);
         let t = std::time::Instant::now();
         let plan = plan_session(&w, &ring, tokens, 1, Rows::Last).unwrap();
-        let dealer: [f64; 2] = [0u8, 1].map(|p| plan.requests.iter().map(|r| r.raw_bytes(p).unwrap()).sum::<f64>());
+        let dealer: [f64; 2] =
+            [0u8, 1].map(|p| plan.requests.iter().map(|r| r.raw_bytes(p).unwrap()).sum::<f64>());
         let online = (plan.counters.bytes_sent() + plan.counters.bytes_received()) as f64;
         eprintln!(
             "{nl} layer(s), {tokens} tokens, planned run {:.1} s: online {:.3} GiB, dealer P0 {:.3} GiB P1 {:.6} GiB, {} rounds",
@@ -501,7 +546,9 @@ fn cost_at_the_qwen2_5_1_5b_shape() {
             plan.counters.rounds
         );
         if nl == 1 {
-            eprintln!("| op (1 layer) | calls | elements | bytes sent/elem | bytes recv/elem | rounds/call |");
+            eprintln!(
+                "| op (1 layer) | calls | elements | bytes sent/elem | bytes recv/elem | rounds/call |"
+            );
             for (op, c) in &plan.costs {
                 let e = c.elements.max(1) as f64;
                 eprintln!(
@@ -550,7 +597,8 @@ fn real_model_agreement_over_all_positions() {
     let w = Arc::new(md.load_weights().unwrap());
     let c = md.config.clone();
     let ring = ring_weights(&w);
-    let refp = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/models/qwen2.5-coder-0.5b-instruct/reference.json");
+    let refp = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/models/qwen2.5-coder-0.5b-instruct/reference.json");
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(refp).unwrap()).unwrap();
     let cases: Vec<Vec<u32>> = v["cases"]
         .as_array()
@@ -582,7 +630,8 @@ fn real_model_agreement_over_all_positions() {
                 let mut greedy = vec![argmax(l.last())];
                 let mut pos = n;
                 while greedy.len() < greedy_n {
-                    let s = forward(&mut p, &c0, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+                    let s =
+                        forward(&mut p, &c0, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
                     greedy.push(argmax(s.last()));
                     pos += 1;
                 }
@@ -603,7 +652,10 @@ fn real_model_agreement_over_all_positions() {
             } else {
                 let mut sorted = pl.row(r).to_vec();
                 sorted.sort_by(|a, b| b.total_cmp(a));
-                eprintln!("case {i} position {r}: plaintext top-2 gap {:.4} (a near tie)", sorted[0] - sorted[1]);
+                eprintln!(
+                    "case {i} position {r}: plaintext top-2 gap {:.4} (a near tie)",
+                    sorted[0] - sorted[1]
+                );
             }
             errs.extend(all.row(r).iter().zip(pl.row(r)).map(|(a, b)| (a - b).abs()));
         }
@@ -647,12 +699,42 @@ fn nonlinear_costs_per_element() {
     type F1 = fn(&mut Sess<'_, P1>, Shares<P1>);
     let ops: Vec<(&str, &Vec<u64>, F0, F1)> = vec![
         ("msb, 64 bits", &xs, |s, v| drop(s.msb(&v, 64).unwrap()), |s, v| drop(s.msb(&v, 64).unwrap())),
-        ("msb, 16 bits after dropping 12", &xs, |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap()), |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap())),
-        ("relu (64-bit comparison)", &xs, |s, v| drop(nonlinear::relu(s, &v, 64).unwrap()), |s, v| drop(nonlinear::relu(s, &v, 64).unwrap())),
-        ("silu", &xs, |s, v| drop(nonlinear::silu(s, &v, F).unwrap()), |s, v| drop(nonlinear::silu(s, &v, F).unwrap())),
-        ("exp (x <= 0)", &xs, |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap()), |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap())),
-        ("reciprocal on [1, 128]", &pos, |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap()), |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap())),
-        ("rsqrt", &ms, |s, v| drop(nonlinear::rsqrt(s, &v).unwrap()), |s, v| drop(nonlinear::rsqrt(s, &v).unwrap())),
+        (
+            "msb, 16 bits after dropping 12",
+            &xs,
+            |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap()),
+            |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap()),
+        ),
+        (
+            "relu (64-bit comparison)",
+            &xs,
+            |s, v| drop(nonlinear::relu(s, &v, 64).unwrap()),
+            |s, v| drop(nonlinear::relu(s, &v, 64).unwrap()),
+        ),
+        (
+            "silu",
+            &xs,
+            |s, v| drop(nonlinear::silu(s, &v, F).unwrap()),
+            |s, v| drop(nonlinear::silu(s, &v, F).unwrap()),
+        ),
+        (
+            "exp (x <= 0)",
+            &xs,
+            |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap()),
+            |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap()),
+        ),
+        (
+            "reciprocal on [1, 128]",
+            &pos,
+            |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap()),
+            |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap()),
+        ),
+        (
+            "rsqrt",
+            &ms,
+            |s, v| drop(nonlinear::rsqrt(s, &v).unwrap()),
+            |s, v| drop(nonlinear::rsqrt(s, &v).unwrap()),
+        ),
     ];
     eprintln!("| function | bytes per element (both directions) | rounds |");
     eprintln!("|---|---|---|");
@@ -683,12 +765,14 @@ fn nonlinear_costs_per_element() {
     let (c0, _) = two_party(
         |c| {
             let mut s = Session::new(c, m0, Seed::from_u64(1));
-            nonlinear::max_segments(&mut s, &x0, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS).unwrap();
+            nonlinear::max_segments(&mut s, &x0, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)
+                .unwrap();
             s.counters()
         },
         |c| {
             let mut s = Session::new(c, m1, Seed::from_u64(2));
-            nonlinear::max_segments(&mut s, &x1, &segs1, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS).unwrap();
+            nonlinear::max_segments(&mut s, &x1, &segs1, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)
+                .unwrap();
         },
     );
     eprintln!(
@@ -718,7 +802,8 @@ fn tiny_qwen2_over_quic_loopback() {
     };
     let server_id = Identity::generate("server").unwrap();
     let client_id = Identity::generate("client").unwrap();
-    let server = QuicServer::bind(([127, 0, 0, 1], 0).into(), &server_id, &[client_id.fingerprint()], cfg()).unwrap();
+    let server =
+        QuicServer::bind(([127, 0, 0, 1], 0).into(), &server_id, &[client_id.fingerprint()], cfg()).unwrap();
     let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
     let mut greedy_equal = 0;
     for (i, ids) in cases().iter().enumerate() {
@@ -731,7 +816,8 @@ fn tiny_qwen2_over_quic_loopback() {
             want.push(argmax(s.last()));
             pos += 1;
         }
-        let mut cch = QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), cfg()).unwrap();
+        let mut cch =
+            QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), cfg()).unwrap();
         let mut sch = server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
         let (m0, m1) = IdealDealer::new(Seed::from_u64(300 + i as u64)).split();
         let n = ids.len();

@@ -15,7 +15,8 @@ fn shared() -> PathBuf {
 }
 
 fn load(dir: &Path) -> (ModelDir, PlainEngine) {
-    let md = ModelDir::open(dir).unwrap_or_else(|e| panic!("oracle model missing ({e}); ../shared must sit beside the checkout"));
+    let md = ModelDir::open(dir)
+        .unwrap_or_else(|e| panic!("oracle model missing ({e}); ../shared must sit beside the checkout"));
     let w = Arc::new(md.load_weights().expect("oracle weights load"));
     let engine = PlainEngine::new(w, Arc::new(shardlm_gpu::CpuBackend::new()));
     (md, engine)
@@ -49,7 +50,8 @@ fn tiny_qwen2_matches_transformers() {
         let ids = as_u32(&case["input_ids"]);
         let logits = forward(&mut engine, &md.config, &ids, 0, Rows::All).unwrap().unwrap();
         assert_eq!(logits.rows(), ids.len());
-        let want: Vec<f32> = case["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> =
+            case["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         let max_diff = want.iter().zip(logits.last()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(max_diff < 1e-3, "case {i}: max |logit diff| {max_diff}");
         let argmax_all: Vec<u32> = (0..logits.rows()).map(|r| argmax(logits.row(r))).collect();

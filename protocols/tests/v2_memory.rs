@@ -4,10 +4,10 @@
 //! and a server view that does not depend on the prompt.
 
 use shardlm_configs::FixedPoint;
+use shardlm_protocols::material::IdealDealer;
 use shardlm_protocols::model::qwen2::forward;
 use shardlm_protocols::model::sampling::argmax;
 use shardlm_protocols::model::{Linear, ModelDir, PlainEngine, Rows, Weights};
-use shardlm_protocols::material::IdealDealer;
 use shardlm_protocols::prg::Seed;
 use shardlm_protocols::variants::v2::{RingWeights, V2Client, V2Server, V2_LANE};
 use shardlm_transport::{memory, Channel, Counters, Lane, Result as TResult};
@@ -83,7 +83,8 @@ fn run_v2(md: &ModelDir, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u
     let mut pos = ids.len();
     while greedy.len() < greedy_n {
         let before = client.channel().counters();
-        let step = forward(&mut client, &md.config, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+        let step =
+            forward(&mut client, &md.config, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
         per_pass.push(client.channel().counters().since(&before));
         greedy.push(argmax(step.last()));
         pos += 1;
@@ -126,7 +127,11 @@ fn v2_reproduces_the_plaintext_engine_with_exact_traffic() {
             }
             let lane = counters.lane(V2_LANE);
             assert_eq!(lane.bytes_sent + lane.bytes_received, want_bytes, "case {i} pass {p}");
-            assert_eq!(counters.bytes_sent() + counters.bytes_received(), want_bytes, "no other lane carries data");
+            assert_eq!(
+                counters.bytes_sent() + counters.bytes_received(),
+                want_bytes,
+                "no other lane carries data"
+            );
             assert_eq!(counters.rounds, 4 * c.num_hidden_layers as u64 + 1, "case {i} pass {p}: rounds");
             assert!(counters.framing_bytes_sent * 100 <= counters.bytes_sent(), "framing within 1%");
         }
@@ -177,6 +182,8 @@ fn server_view_does_not_depend_on_the_prompt() {
     // 15 dof: p < 1e-6 at about 60.
     assert!(chi < 60.0, "two-sample chi-square {chi:.1}: the two views are distinguishable");
     // Sanity of the test itself: unmasked encodings would fail it badly.
-    let raw: Vec<u8> = (0..all_a.len() / 8).flat_map(|i| shardlm_protocols::ring::encode_f32((i % 7) as f32 * 0.1, 16).to_le_bytes()).collect();
+    let raw: Vec<u8> = (0..all_a.len() / 8)
+        .flat_map(|i| shardlm_protocols::ring::encode_f32((i % 7) as f32 * 0.1, 16).to_le_bytes())
+        .collect();
     assert!(chi_square_bytes(&raw) > 1000.0);
 }

@@ -38,8 +38,8 @@
 //! * `SHARDLM_BENCH_PING=0`: skip the ping-pong rows.
 
 use shardlm_transport::{
-    le_bytes_to_u64s, u64s_to_le_bytes, Channel, Identity, Lane, QuicChannel, QuicClient,
-    QuicConfig, QuicServer,
+    le_bytes_to_u64s, u64s_to_le_bytes, Channel, Identity, Lane, QuicChannel, QuicClient, QuicConfig,
+    QuicServer,
 };
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -127,15 +127,9 @@ fn quic_pair() -> (QuicChannel, QuicChannel) {
     let server_id = Identity::generate("bench-server").expect("keygen");
     let client_id = Identity::generate("bench-client").expect("keygen");
     let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-    let server =
-        QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], config()).expect("bind");
-    let client = QuicClient::connect(
-        server.local_addr(),
-        &client_id,
-        server.fingerprint(),
-        config(),
-    )
-    .expect("connect");
+    let server = QuicServer::bind(addr, &server_id, &[client_id.fingerprint()], config()).expect("bind");
+    let client = QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), config())
+        .expect("connect");
     let srv = server.accept().expect("server open").expect("accept");
     // The server endpoint may go: accepted channels keep the runtime alive.
     (client, srv)
@@ -149,9 +143,8 @@ fn quic_bulk(total_mib: usize, msg_mib: usize, conns: usize, lanes: usize) -> Ro
     let words = (msg_mib << 20) / 8;
     let n_msgs = total_mib / msg_mib;
     let data = message(words);
-    let slots: Vec<(usize, Lane)> = (0..conns)
-        .flat_map(|c| (0..lanes).map(move |l| (c, Lane::Masked(l as u8))))
-        .collect();
+    let slots: Vec<(usize, Lane)> =
+        (0..conns).flat_map(|c| (0..lanes).map(move |l| (c, Lane::Masked(l as u8)))).collect();
     let recv_slots = slots.clone();
     let receiver = std::thread::spawn(move || {
         for i in 0..n_msgs {
@@ -184,10 +177,7 @@ fn quic_bulk(total_mib: usize, msg_mib: usize, conns: usize, lanes: usize) -> Ro
         bytes,
         time,
         cpu: None,
-        note: format!(
-            "UDP +{:.2}% (framing {framing} B)",
-            (udp as f64 / bytes as f64 - 1.0) * 100.0
-        ),
+        note: format!("UDP +{:.2}% (framing {framing} B)", (udp as f64 / bytes as f64 - 1.0) * 100.0),
     }
 }
 
@@ -241,10 +231,7 @@ fn tls_configs() -> Tls {
         .expect("tls13")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Tls {
-        server: Arc::new(server),
-        client: Arc::new(client),
-    }
+    Tls { server: Arc::new(server), client: Arc::new(client) }
 }
 
 fn tls_bulk(total_mib: usize, msg_mib: usize, workers: usize) -> (Row, String) {
@@ -280,12 +267,8 @@ fn tls_bulk(total_mib: usize, msg_mib: usize, workers: usize) -> (Row, String) {
         let connector = tokio_rustls::TlsConnector::from(tls.client);
         let name = rustls::pki_types::ServerName::try_from("bench-server").expect("name");
         let mut c = connector.connect(name, tcp).await.expect("tls connect");
-        let suite = c
-            .get_ref()
-            .1
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
-            .unwrap_or_default();
+        let suite =
+            c.get_ref().1.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
         let t0 = Instant::now();
         for _ in 0..n_msgs {
             let bytes = u64s_to_le_bytes(&data);
@@ -441,7 +424,9 @@ fn main() {
             r.note
         );
     }
-    println!("(x TLS/TCP: over the mean of the two TLS/TCP rows, {tls_mib_s:.1} MiB/s. CPU s/GiB: CPU time of");
+    println!(
+        "(x TLS/TCP: over the mean of the two TLS/TCP rows, {tls_mib_s:.1} MiB/s. CPU s/GiB: CPU time of"
+    );
     println!(" the whole process, both ends and the kernel's share, per GiB, setup included: the cost that");
     println!(" decides the rate on a machine with few or busy cores)");
 
@@ -449,15 +434,7 @@ fn main() {
         println!();
         println!("| {:<40} | {:>12} |", "ping-pong, 8 B each way", "us per round");
         println!("|{:-<42}|{:-<14}|", "", "");
-        println!(
-            "| {:<40} | {:>12.1} |",
-            "quic (lane Openings)",
-            quic_ping_pong().as_secs_f64() * 1e6
-        );
-        println!(
-            "| {:<40} | {:>12.1} |",
-            "tcp plain",
-            tcp_ping_pong().as_secs_f64() * 1e6
-        );
+        println!("| {:<40} | {:>12.1} |", "quic (lane Openings)", quic_ping_pong().as_secs_f64() * 1e6);
+        println!("| {:<40} | {:>12.1} |", "tcp plain", tcp_ping_pong().as_secs_f64() * 1e6);
     }
 }

@@ -45,10 +45,7 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits {
-            max_frame: DEFAULT_MAX_FRAME,
-            max_message: DEFAULT_MAX_MESSAGE,
-        }
+        FrameLimits { max_frame: DEFAULT_MAX_FRAME, max_message: DEFAULT_MAX_MESSAGE }
     }
 }
 
@@ -66,12 +63,7 @@ pub struct FrameHeader {
 
 impl FrameHeader {
     fn new(seq: u64, len: u32, more: bool) -> Self {
-        FrameHeader {
-            seq,
-            len,
-            more,
-            flags: if more { FLAG_MORE } else { 0 },
-        }
+        FrameHeader { seq, len, more, flags: if more { FLAG_MORE } else { 0 } }
     }
 
     /// The wire form.
@@ -119,10 +111,7 @@ pub struct FrameEncoder {
 impl FrameEncoder {
     /// A fresh lane. `max_frame` of 0 is treated as 1.
     pub fn new(max_frame: u32) -> Self {
-        FrameEncoder {
-            next_seq: 0,
-            max_frame: max_frame.max(1),
-        }
+        FrameEncoder { next_seq: 0, max_frame: max_frame.max(1) }
     }
 
     /// Frames one message.
@@ -143,10 +132,7 @@ impl FrameEncoder {
             }
             offset = end;
         }
-        EncodedMessage {
-            chunks,
-            framing_len: n_frames * HEADER_LEN,
-        }
+        EncodedMessage { chunks, framing_len: n_frames * HEADER_LEN }
     }
 
     /// Frames one message into a single contiguous buffer (tests, small messages).
@@ -189,10 +175,7 @@ impl Reassembler {
     }
 
     fn malformed(&self, problem: String) -> TransportError {
-        TransportError::Malformed {
-            lane: self.lane,
-            problem,
-        }
+        TransportError::Malformed { lane: self.lane, problem }
     }
 
     /// Checks `header` against the lane state without consuming it.
@@ -204,10 +187,9 @@ impl Reassembler {
             )));
         }
         if header.flags & !FLAG_MORE != 0 {
-            return Err(self.malformed(format!(
-                "frame {} has unknown flags {:#04x}",
-                header.seq, header.flags
-            )));
+            return Err(
+                self.malformed(format!("frame {} has unknown flags {:#04x}", header.seq, header.flags))
+            );
         }
         if header.len > self.limits.max_frame {
             return Err(self.malformed(format!(
@@ -283,12 +265,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder for one lane.
     pub fn new(lane: Lane, limits: FrameLimits) -> Self {
-        FrameDecoder {
-            reassembler: Reassembler::new(lane, limits),
-            buf: Vec::new(),
-            pos: 0,
-            current: None,
-        }
+        FrameDecoder { reassembler: Reassembler::new(lane, limits), buf: Vec::new(), pos: 0, current: None }
     }
 
     /// Appends received bytes.
@@ -345,10 +322,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn limits(max_frame: u32) -> FrameLimits {
-        FrameLimits {
-            max_frame,
-            max_message: 1 << 24,
-        }
+        FrameLimits { max_frame, max_message: 1 << 24 }
     }
 
     #[test]
@@ -357,10 +331,7 @@ mod tests {
         let mut dec = FrameDecoder::new(Lane::Ot, limits(4));
         for payload in [vec![], vec![1, 2, 3, 4], vec![5; 8], vec![7; 9]] {
             let bytes = enc.encode_to_vec(&payload);
-            assert_eq!(
-                bytes.len(),
-                payload.len() + HEADER_LEN * payload.len().div_ceil(4).max(1)
-            );
+            assert_eq!(bytes.len(), payload.len() + HEADER_LEN * payload.len().div_ceil(4).max(1));
             dec.push(&bytes);
             assert_eq!(dec.next_message().unwrap(), Some(payload));
             assert!(dec.at_message_boundary());
@@ -381,13 +352,7 @@ mod tests {
         let err = dec.next_message().unwrap_err().to_string();
         assert!(err.contains("above the frame cap of 16"), "{err}");
 
-        let mut dec = FrameDecoder::new(
-            Lane::Openings,
-            FrameLimits {
-                max_frame: 16,
-                max_message: 20,
-            },
-        );
+        let mut dec = FrameDecoder::new(Lane::Openings, FrameLimits { max_frame: 16, max_message: 20 });
         dec.push(&FrameEncoder::new(16).encode_to_vec(&[0; 21]));
         let err = dec.next_message().unwrap_err().to_string();
         assert!(err.contains("above the message cap of 20"), "{err}");
@@ -396,19 +361,11 @@ mod tests {
         let mut hdr = FrameHeader::new(0, 0, false).encode();
         hdr[12] = 0x80;
         dec.push(&hdr);
-        assert!(dec
-            .next_message()
-            .unwrap_err()
-            .to_string()
-            .contains("unknown flags"));
+        assert!(dec.next_message().unwrap_err().to_string().contains("unknown flags"));
 
         let mut dec = FrameDecoder::new(Lane::Openings, limits(16));
         dec.push(&FrameHeader::new(0, 0, true).encode());
-        assert!(dec
-            .next_message()
-            .unwrap_err()
-            .to_string()
-            .contains("empty continued chunk"));
+        assert!(dec.next_message().unwrap_err().to_string().contains("empty continued chunk"));
     }
 
     proptest! {

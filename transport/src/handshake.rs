@@ -53,10 +53,7 @@ pub struct ClientHello {
 impl ClientHello {
     /// A hello at this build's [`PROTOCOL_VERSION`].
     pub fn new(request: Request) -> Self {
-        ClientHello {
-            protocol_version: PROTOCOL_VERSION,
-            request,
-        }
+        ClientHello { protocol_version: PROTOCOL_VERSION, request }
     }
 }
 
@@ -121,19 +118,13 @@ pub fn check_hello(hello: &ClientHello, server: &ServerInfo) -> Result<(), Misma
             hint: "run the same ShardLM release on both hosts".into(),
         });
     }
-    if let Request::Session {
-        variant,
-        model_fingerprint,
-        ..
-    } = &hello.request
-    {
+    if let Request::Session { variant, model_fingerprint, .. } = &hello.request {
         if !server.variants.iter().any(|v| v == variant) {
             return Err(Mismatch {
                 field: "variant".into(),
                 server: format!("[{}]", server.variants.join(", ")),
                 client: variant.clone(),
-                hint: "choose a variant the server serves, or start the server with it enabled"
-                    .into(),
+                hint: "choose a variant the server serves, or start the server with it enabled".into(),
             });
         }
         if model_fingerprint != &server.fingerprint {
@@ -141,10 +132,7 @@ pub fn check_hello(hello: &ClientHello, server: &ServerInfo) -> Result<(), Misma
                 field: "model fingerprint".into(),
                 server: server.fingerprint.clone(),
                 client: model_fingerprint.clone(),
-                hint: format!(
-                    "both parties must load the same checkpoint (server serves {})",
-                    server.model
-                ),
+                hint: format!("both parties must load the same checkpoint (server serves {})", server.model),
             });
         }
     }
@@ -196,12 +184,11 @@ pub fn server_handshake<C: Channel + ?Sized>(
     let hello: ClientHello = match bincode::deserialize(&bytes) {
         Ok(h) => h,
         Err(e) => {
-            let problem = format!("cannot decode the client's hello ({e}); is it a ShardLM client of a compatible release?");
+            let problem = format!(
+                "cannot decode the client's hello ({e}); is it a ShardLM client of a compatible release?"
+            );
             chan.close(close_code::PROTOCOL_VIOLATION, &problem);
-            return Err(TransportError::Protocol {
-                peer: chan.peer(),
-                problem,
-            });
+            return Err(TransportError::Protocol { peer: chan.peer(), problem });
         }
     };
     match check_hello(&hello, ours) {
@@ -258,10 +245,7 @@ mod tests {
         );
         let mut old = ClientHello::new(Request::Info);
         old.protocol_version = 0;
-        assert_eq!(
-            check_hello(&old, &info()).unwrap_err().field,
-            "protocol version"
-        );
+        assert_eq!(check_hello(&old, &info()).unwrap_err().field, "protocol version");
     }
 
     #[test]
@@ -271,22 +255,15 @@ mod tests {
         let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t));
         let got = client_handshake(&mut c, &session("v3-mpc", "blake3:aaaa"), t).unwrap();
         assert_eq!(got, info());
-        assert_eq!(
-            server.join().unwrap().unwrap(),
-            session("v3-mpc", "blake3:aaaa")
-        );
+        assert_eq!(server.join().unwrap().unwrap(), session("v3-mpc", "blake3:aaaa"));
 
         let (mut c, mut s) = memory::pair();
         let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t));
-        let cerr = client_handshake(&mut c, &session("v2", "blake3:bbbb"), t)
-            .unwrap_err()
-            .to_string();
+        let cerr = client_handshake(&mut c, &session("v2", "blake3:bbbb"), t).unwrap_err().to_string();
         let serr = server.join().unwrap().unwrap_err().to_string();
         for e in [&cerr, &serr] {
             assert!(
-                e.contains(
-                    "model fingerprint differs: server has blake3:aaaa, client has blake3:bbbb"
-                ),
+                e.contains("model fingerprint differs: server has blake3:aaaa, client has blake3:bbbb"),
                 "{e}"
             );
         }

@@ -31,30 +31,22 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Identity {
-            cert: self.cert.clone(),
-            key: self.key.clone_key(),
-        }
+        Identity { cert: self.cert.clone(), key: self.key.clone_key() }
     }
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        f.debug_struct("Identity").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
 impl Identity {
     /// A fresh self-signed certificate (ECDSA P-256) for `common_name`.
     pub fn generate(common_name: &str) -> Result<Identity> {
-        let ck =
-            rcgen::generate_simple_self_signed(vec![common_name.to_string()]).map_err(|e| {
-                TransportError::Setup(format!(
-                    "cannot generate a certificate for {common_name:?}: {e}"
-                ))
-            })?;
+        let ck = rcgen::generate_simple_self_signed(vec![common_name.to_string()]).map_err(|e| {
+            TransportError::Setup(format!("cannot generate a certificate for {common_name:?}: {e}"))
+        })?;
         Ok(Identity {
             cert: ck.cert.der().clone(),
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
@@ -65,10 +57,7 @@ impl Identity {
     /// overwrite an existing identity. The key file is created with mode 0600 on unix.
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            TransportError::Setup(format!(
-                "cannot create identity directory {}: {e}",
-                dir.display()
-            ))
+            TransportError::Setup(format!("cannot create identity directory {}: {e}", dir.display()))
         })?;
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
@@ -99,16 +88,10 @@ impl Identity {
             )));
         }
         let cert = CertificateDer::from_pem_file(&cert_path).map_err(|e| {
-            TransportError::Setup(format!(
-                "cannot read certificate {}: {e}",
-                cert_path.display()
-            ))
+            TransportError::Setup(format!("cannot read certificate {}: {e}", cert_path.display()))
         })?;
         let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| {
-            TransportError::Setup(format!(
-                "cannot read private key {}: {e}",
-                key_path.display()
-            ))
+            TransportError::Setup(format!("cannot read private key {}: {e}", key_path.display()))
         })?;
         Ok(Identity { cert, key })
     }
@@ -163,11 +146,7 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -218,10 +197,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let err = keygen(dir.path(), "again").unwrap_err().to_string();
@@ -231,13 +207,8 @@ mod tests {
     #[test]
     fn missing_identity_says_what_to_run() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Identity::load(&dir.path().join("nope"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("no identity in") && err.contains("keygen --out"),
-            "{err}"
-        );
+        let err = Identity::load(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(err.contains("no identity in") && err.contains("keygen --out"), "{err}");
     }
 
     #[test]

@@ -102,7 +102,9 @@ impl Channel for MemoryChannel {
             }
             if q.sender_gone {
                 return Err(match &q.close {
-                    Some((code, reason)) => crate::closed_by_peer(self.peer_name.into(), u64::from(*code), reason),
+                    Some((code, reason)) => {
+                        crate::closed_by_peer(self.peer_name.into(), u64::from(*code), reason)
+                    }
                     None => TransportError::PeerGone {
                         peer: self.peer_name.into(),
                         reason: format!("in-memory peer dropped while {} waited on lane {lane:?}", self.name),
@@ -117,12 +119,7 @@ impl Channel for MemoryChannel {
                     after: timeout,
                 });
             }
-            q = self
-                .incoming
-                .ready
-                .wait_timeout(q, deadline - now)
-                .expect("memory channel lock poisoned")
-                .0;
+            q = self.incoming.ready.wait_timeout(q, deadline - now).expect("memory channel lock poisoned").0;
         }
     }
 

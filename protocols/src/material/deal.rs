@@ -80,7 +80,8 @@ pub(crate) fn deal(
             let aa0 = ring::sub(&ring::mul(&a, &a), &g(1, 2));
             let r = ring::add(&g(0, 3), &g(1, 3));
             let c1 = g(1, 4);
-            let c0 = (0..rows * cols).map(|i| r[i / cols.max(1)].wrapping_mul(a[i]).wrapping_sub(c1[i])).collect();
+            let c0 =
+                (0..rows * cols).map(|i| r[i / cols.max(1)].wrapping_mul(a[i]).wrapping_sub(c1[i])).collect();
             let shape = vec![rows as u64, cols as u64];
             [vec![shape.clone(), aa0, c0], vec![shape]]
         }
@@ -88,7 +89,8 @@ pub(crate) fn deal(
             let a = ring::add(&g(0, 1), &g(1, 1));
             let b = ring::add(&g(0, 2), &g(1, 2));
             let c1 = g(1, 3);
-            let c0 = (0..rows * cols).map(|i| a[i / cols.max(1)].wrapping_mul(b[i]).wrapping_sub(c1[i])).collect();
+            let c0 =
+                (0..rows * cols).map(|i| a[i / cols.max(1)].wrapping_mul(b[i]).wrapping_sub(c1[i])).collect();
             let shape = vec![rows as u64, cols as u64];
             [vec![shape.clone(), c0], vec![shape]]
         }
@@ -99,7 +101,11 @@ pub(crate) fn deal(
                 .into_par_iter()
                 .flat_map_iter(|i| {
                     let table = crate::mpc::compare::carry_table(chunk, ra[i], rb[i]);
-                    table.into_iter().zip(t1[i * words..(i + 1) * words].to_vec()).map(|(t, m)| t ^ m).collect::<Vec<_>>()
+                    table
+                        .into_iter()
+                        .zip(t1[i * words..(i + 1) * words].to_vec())
+                        .map(|(t, m)| t ^ m)
+                        .collect::<Vec<_>>()
                 })
                 .collect();
             [vec![t0], vec![]]
@@ -142,7 +148,9 @@ fn chosen(idx: &[u64], strings: &[u64], n_choices: usize, bits: u32, count: usiz
 pub(crate) fn p1_raw_parts(req: &MaterialRequest) -> Vec<Vec<u64>> {
     match *req {
         MaterialRequest::MatrixTriple { m, k, n } => vec![vec![m as u64, k as u64, n as u64]],
-        MaterialRequest::CausalMatrixTriple { m, k, n, start } => vec![vec![m as u64, k as u64, n as u64, start as u64]],
+        MaterialRequest::CausalMatrixTriple { m, k, n, start } => {
+            vec![vec![m as u64, k as u64, n as u64, start as u64]]
+        }
         MaterialRequest::RowTriples { rows, cols } | MaterialRequest::NormTriples { rows, cols } => {
             vec![vec![rows as u64, cols as u64]]
         }

@@ -96,7 +96,9 @@ impl Manifest {
     /// The first session start at or after `consumed` on every stream: where the next
     /// session must begin. `None` when no dealt session is left.
     pub fn next_session_start(&self, consumed: &BTreeMap<String, u64>) -> Option<&BTreeMap<String, u64>> {
-        self.sessions.iter().find(|start| consumed.iter().all(|(k, &v)| v <= start.get(k).copied().unwrap_or(0)))
+        self.sessions
+            .iter()
+            .find(|start| consumed.iter().all(|(k, &v)| v <= start.get(k).copied().unwrap_or(0)))
     }
 }
 
@@ -317,7 +319,8 @@ impl BundleWriter {
 
     /// Lays out the shards, writes the manifest and returns it.
     pub fn finish(self) -> Result<Manifest, MaterialError> {
-        let BundleWriter { dir, model_fingerprint, variant, seeds, cursors, present, tmp, counts, sessions } = self;
+        let BundleWriter { dir, model_fingerprint, variant, seeds, cursors, present, tmp, counts, sessions } =
+            self;
         let mut shards = BTreeMap::new();
         let mut hashes = Vec::new();
         for (p, tmps) in tmp.into_iter().enumerate() {
@@ -365,7 +368,8 @@ fn elements(req: &MaterialRequest) -> u64 {
         | MaterialRequest::MaskedLinear { n, .. } => n as u64,
         MaterialRequest::MatrixTriple { .. }
         | MaterialRequest::CausalMatrixTriple { .. }
-        | MaterialRequest::RowTriples { .. } | MaterialRequest::NormTriples { .. } => 1,
+        | MaterialRequest::RowTriples { .. }
+        | MaterialRequest::NormTriples { .. } => 1,
         MaterialRequest::RandomOts { count, .. } => count as u64,
     }
 }

@@ -48,7 +48,10 @@ pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WOR
 pub use ideal::{IdealDealer, SharedWeights};
 pub use recorder::Recorder;
 
-use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, NormTriples, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{
+    AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples, PowerTuples,
+    RandomOts, RowTriples, SquarePairs, Triples,
+};
 use crate::prg::{Prg, Seed};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::borrow::Cow;
@@ -290,7 +293,14 @@ pub trait LinearWeights {
     /// `S = R enc(W_id)^T` (`n x d_out`) for a mask `R` (`n x d_in`). The default
     /// multiplies with [`crate::ring::gemm_abt`]; holders of prepared weights override it
     /// with a faster exact backend GEMM.
-    fn mask_image(&self, id: u32, r: &[u64], n: usize, d_in: usize, d_out: usize) -> Result<Vec<u64>, String> {
+    fn mask_image(
+        &self,
+        id: u32,
+        r: &[u64],
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Vec<u64>, String> {
         let w = self.linear_weight(id)?;
         if w.len() as u64 != (d_out as u64) * (d_in as u64) {
             return Err(format!("has {} elements, expected d_out x d_in = {d_out} x {d_in}", w.len()));
@@ -328,7 +338,13 @@ pub trait MaterialSource<R: Role> {
     /// One matrix triple for `(m x k) * (k x n)`.
     fn take_matrix_triple(&mut self, m: usize, k: usize, n: usize) -> Result<MatrixTriple<R>, MaterialError>;
     /// One causal matrix triple ([`MaterialRequest::CausalMatrixTriple`]).
-    fn take_causal_matrix_triple(&mut self, m: usize, k: usize, n: usize, start: usize) -> Result<MatrixTriple<R>, MaterialError>;
+    fn take_causal_matrix_triple(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        start: usize,
+    ) -> Result<MatrixTriple<R>, MaterialError>;
     /// `n` 1-of-2 random OTs on `bits`-bit strings, for faithful truncation by `bits`.
     fn take_trunc_ots(&mut self, n: usize, bits: u32) -> Result<RandomOts<R>, MaterialError>;
     /// AND triples for `words` 64-bit words.
@@ -442,7 +458,9 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
         ],
         MaterialRequest::CarryTables { count, chunk } => {
             if !(1..=4).contains(&chunk) {
-                return Err(MaterialError::InvalidRequest(format!("carry tables on {chunk}-bit chunks: 1..=4 are supported")));
+                return Err(MaterialError::InvalidRequest(format!(
+                    "carry tables on {chunk}-bit chunks: 1..=4 are supported"
+                )));
             }
             let words = crate::mpc::CarryTables::<crate::share::P0>::table_words(chunk);
             vec![
@@ -453,7 +471,9 @@ pub(crate) fn layout(req: &MaterialRequest) -> Result<Vec<Component>, MaterialEr
         }
         MaterialRequest::PowerTuples { n, degree } => {
             if !(2..=8).contains(&degree) {
-                return Err(MaterialError::InvalidRequest(format!("power tuples of degree {degree}: 2..=8 are supported")));
+                return Err(MaterialError::InvalidRequest(format!(
+                    "power tuples of degree {degree}: 2..=8 are supported"
+                )));
             }
             vec![c("a", n as u64, Seed, Seed), c("pow", mul(n, degree as usize - 1)?, Raw, Seed)]
         }
@@ -519,7 +539,9 @@ pub(crate) trait Backend: Send {
 fn expected_shape(req: &MaterialRequest) -> Option<Vec<u64>> {
     match *req {
         MaterialRequest::MatrixTriple { m, k, n } => Some(vec![m as u64, k as u64, n as u64]),
-        MaterialRequest::CausalMatrixTriple { m, k, n, start } => Some(vec![m as u64, k as u64, n as u64, start as u64]),
+        MaterialRequest::CausalMatrixTriple { m, k, n, start } => {
+            Some(vec![m as u64, k as u64, n as u64, start as u64])
+        }
         MaterialRequest::RowTriples { rows, cols } | MaterialRequest::NormTriples { rows, cols } => {
             Some(vec![rows as u64, cols as u64])
         }
@@ -664,14 +686,37 @@ impl<R: Role> MaterialSource<R> for Material<R> {
     fn take_matrix_triple(&mut self, m: usize, k: usize, n: usize) -> Result<MatrixTriple<R>, MaterialError> {
         let [shape, a, b, c] = take_parts(self.take(&MaterialRequest::MatrixTriple { m, k, n })?)?;
         check_shape("matrix triple", &shape, &[m as u64, k as u64, n as u64])?;
-        Ok(MatrixTriple { m, k, n, causal: None, a: Shares::from_raw(a), b: Shares::from_raw(b), c: Shares::from_raw(c) })
+        Ok(MatrixTriple {
+            m,
+            k,
+            n,
+            causal: None,
+            a: Shares::from_raw(a),
+            b: Shares::from_raw(b),
+            c: Shares::from_raw(c),
+        })
     }
 
-    fn take_causal_matrix_triple(&mut self, m: usize, k: usize, n: usize, start: usize) -> Result<MatrixTriple<R>, MaterialError> {
-        let [shape, mut a, b, c] = take_parts(self.take(&MaterialRequest::CausalMatrixTriple { m, k, n, start })?)?;
+    fn take_causal_matrix_triple(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        start: usize,
+    ) -> Result<MatrixTriple<R>, MaterialError> {
+        let [shape, mut a, b, c] =
+            take_parts(self.take(&MaterialRequest::CausalMatrixTriple { m, k, n, start })?)?;
         check_shape("causal matrix triple", &shape, &[m as u64, k as u64, n as u64, start as u64])?;
         crate::mpc::beaver::zero_hidden(&mut a, m, k, start);
-        Ok(MatrixTriple { m, k, n, causal: Some(start), a: Shares::from_raw(a), b: Shares::from_raw(b), c: Shares::from_raw(c) })
+        Ok(MatrixTriple {
+            m,
+            k,
+            n,
+            causal: Some(start),
+            a: Shares::from_raw(a),
+            b: Shares::from_raw(b),
+            c: Shares::from_raw(c),
+        })
     }
 
     fn take_trunc_ots(&mut self, n: usize, bits: u32) -> Result<RandomOts<R>, MaterialError> {
@@ -722,7 +767,12 @@ impl<R: Role> MaterialSource<R> for Material<R> {
         let [ra, rb, t] = take_parts(self.take(&MaterialRequest::CarryTables { count, chunk })?)?;
         let lo = crate::ring::low_mask(chunk);
         let mask = if R::ID == 0 { ra } else { rb };
-        Ok(CarryTables { chunk, mask: mask.into_iter().map(|r| r & lo).collect(), tables: t, _role: PhantomData })
+        Ok(CarryTables {
+            chunk,
+            mask: mask.into_iter().map(|r| r & lo).collect(),
+            tables: t,
+            _role: PhantomData,
+        })
     }
 
     fn take_power_tuples(&mut self, n: usize, degree: u32) -> Result<PowerTuples<R>, MaterialError> {

@@ -4,7 +4,10 @@
 //! The material it returns has the right shapes and is all zeros: never compute with it.
 
 use super::{MaskedLinearSource, MaterialError, MaterialRequest, MaterialSource};
-use crate::mpc::{AndTriples, BitTriples, CarryTables, DaBits, NormTriples, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples};
+use crate::mpc::{
+    AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples, PowerTuples,
+    RandomOts, RowTriples, SquarePairs, Triples,
+};
 use crate::share::{BitShares, Role, Shares, P0};
 use std::marker::PhantomData;
 
@@ -58,7 +61,13 @@ impl<R: Role> MaterialSource<R> for Recorder<R> {
         self.record(MaterialRequest::MatrixTriple { m, k, n })?;
         Ok(MatrixTriple { m, k, n, causal: None, a: zeros(m * k), b: zeros(k * n), c: zeros(m * n) })
     }
-    fn take_causal_matrix_triple(&mut self, m: usize, k: usize, n: usize, start: usize) -> Result<MatrixTriple<R>, MaterialError> {
+    fn take_causal_matrix_triple(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        start: usize,
+    ) -> Result<MatrixTriple<R>, MaterialError> {
         self.record(MaterialRequest::CausalMatrixTriple { m, k, n, start })?;
         Ok(MatrixTriple { m, k, n, causal: Some(start), a: zeros(m * k), b: zeros(k * n), c: zeros(m * n) })
     }

@@ -26,7 +26,11 @@ impl Generation {
     /// Decode throughput in tokens per second (decode steps only).
     pub fn decode_tokens_per_second(&self) -> f64 {
         let t: f64 = self.decode.iter().map(Duration::as_secs_f64).sum();
-        if t > 0.0 { self.decode.len() as f64 / t } else { 0.0 }
+        if t > 0.0 {
+            self.decode.len() as f64 / t
+        } else {
+            0.0
+        }
     }
 }
 
@@ -64,7 +68,9 @@ pub fn generate<O: ModelOps>(
         return Ok(g);
     }
     let t0 = Instant::now();
-    let logits = forward(ops, config, prompt, 0, Rows::Last).map_err(GenerateError::Ops)?.ok_or(GenerateError::NoLogits)?;
+    let logits = forward(ops, config, prompt, 0, Rows::Last)
+        .map_err(GenerateError::Ops)?
+        .ok_or(GenerateError::NoLogits)?;
     g.prefill = t0.elapsed();
     let mut next = sampler.sample(logits.last());
     g.prefill_logits = Some(logits);
@@ -80,8 +86,9 @@ pub fn generate<O: ModelOps>(
             break;
         }
         let t = Instant::now();
-        let logits =
-            forward(ops, config, &[next], pos, Rows::Last).map_err(GenerateError::Ops)?.ok_or(GenerateError::NoLogits)?;
+        let logits = forward(ops, config, &[next], pos, Rows::Last)
+            .map_err(GenerateError::Ops)?
+            .ok_or(GenerateError::NoLogits)?;
         g.decode.push(t.elapsed());
         pos += 1;
         next = sampler.sample(logits.last());

@@ -10,9 +10,9 @@ use super::weights::{LayerWeights, Weights};
 use configs::ModelConfig;
 use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
+use shardlm_configs as configs;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use shardlm_configs as configs;
 
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -161,7 +161,10 @@ impl ModelDir {
                     detail: format!("weight_map[{tensor}] is not a file name"),
                 })?;
                 if file.contains('/') || file.contains("..") {
-                    return Err(LoadError::Index { path: index.clone(), detail: format!("shard name `{file}` is not a plain file name") });
+                    return Err(LoadError::Index {
+                        path: index.clone(),
+                        detail: format!("shard name `{file}` is not a plain file name"),
+                    });
                 }
                 let path = dir.join(file);
                 if !files.contains(&path) {
@@ -198,10 +201,9 @@ impl ModelDir {
         let parsed = maps
             .iter()
             .map(|(p, m)| {
-                SafeTensors::deserialize(m).map(|st| (p.clone(), st)).map_err(|e| LoadError::Safetensors {
-                    path: p.clone(),
-                    detail: e.to_string(),
-                })
+                SafeTensors::deserialize(m)
+                    .map(|st| (p.clone(), st))
+                    .map_err(|e| LoadError::Safetensors { path: p.clone(), detail: e.to_string() })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let reader = Reader { dir: self, files: &parsed };
@@ -236,10 +238,8 @@ impl ModelDir {
         } else {
             Some(reader.get("lm_head.weight", &[c.vocab_size, h])?)
         };
-        Weights::new(c.clone(), embed, layers, final_norm, lm_head).map_err(|detail| LoadError::Index {
-            path: self.dir.clone(),
-            detail,
-        })
+        Weights::new(c.clone(), embed, layers, final_norm, lm_head)
+            .map_err(|detail| LoadError::Index { path: self.dir.clone(), detail })
     }
 }
 
@@ -251,10 +251,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
         let (path, st) = match self.dir.weight_map.get(name) {
-            Some(file) => self.files.iter().find(|(p, _)| p == file).ok_or_else(|| LoadError::MissingTensor {
-                path: file.clone(),
-                name: name.to_string(),
-            })?,
+            Some(file) => self
+                .files
+                .iter()
+                .find(|(p, _)| p == file)
+                .ok_or_else(|| LoadError::MissingTensor { path: file.clone(), name: name.to_string() })?,
             None if self.dir.weight_map.is_empty() => &self.files[0],
             None => {
                 return Err(LoadError::MissingTensor {
@@ -263,7 +264,9 @@ impl Reader<'_> {
                 })
             }
         };
-        let view = st.tensor(name).map_err(|_| LoadError::MissingTensor { path: path.clone(), name: name.to_string() })?;
+        let view = st
+            .tensor(name)
+            .map_err(|_| LoadError::MissingTensor { path: path.clone(), name: name.to_string() })?;
         if view.shape() != shape {
             return Err(LoadError::Shape {
                 path: path.clone(),
@@ -278,7 +281,11 @@ impl Reader<'_> {
             Dtype::F16 => convert(data, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
             Dtype::F32 => convert(data, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             other => {
-                return Err(LoadError::Dtype { path: path.clone(), name: name.to_string(), dtype: format!("{other:?}") })
+                return Err(LoadError::Dtype {
+                    path: path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
             }
         };
         Ok(out)
@@ -300,7 +307,8 @@ fn convert(data: &[u8], width: usize, f: impl Fn(&[u8]) -> f32 + Sync) -> Vec<f3
 /// Memory-maps a weight file read-only.
 #[allow(unsafe_code)]
 fn map_file(path: &Path) -> Result<memmap2::Mmap, LoadError> {
-    let file = std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    let file =
+        std::fs::File::open(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
     // SAFETY: the map is read-only and private to this process; checkpoints are not
     // modified while a party runs (a concurrent truncation would be a deployment error
     // that can at worst fault, never corrupt memory we write). The map lives only until

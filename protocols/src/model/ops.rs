@@ -123,7 +123,12 @@ pub trait ModelOps {
     /// Grouped-query causal attention of a layer: appends this step's k and v to the
     /// layer's cache (which must hold exactly `start_pos` positions) and returns the
     /// per-head outputs concatenated, `n x q_dim`.
-    fn attention(&mut self, qkv: &Self::Act, layer: usize, start_pos: usize) -> Result<Self::Act, Self::Error>;
+    fn attention(
+        &mut self,
+        qkv: &Self::Act,
+        layer: usize,
+        start_pos: usize,
+    ) -> Result<Self::Act, Self::Error>;
     /// `silu(gate) * up` of a `GateUp` output, `n x intermediate`.
     fn swiglu(&mut self, gate_up: &Self::Act) -> Result<Self::Act, Self::Error>;
     /// Elementwise sum (the residual connection).

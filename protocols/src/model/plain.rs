@@ -204,7 +204,10 @@ macro_rules! delegate_clear_ops {
         ) -> Result<$crate::model::kernels::Tensor, $err> {
             Ok(self.$field.attention(qkv, layer, start_pos)?)
         }
-        fn swiglu(&mut self, gate_up: &$crate::model::kernels::Tensor) -> Result<$crate::model::kernels::Tensor, $err> {
+        fn swiglu(
+            &mut self,
+            gate_up: &$crate::model::kernels::Tensor,
+        ) -> Result<$crate::model::kernels::Tensor, $err> {
             Ok($crate::model::kernels::swiglu(gate_up))
         }
         fn add(

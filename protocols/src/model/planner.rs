@@ -105,7 +105,12 @@ impl Planner {
     /// The operations of a whole generation session: a prefill over `prompt_tokens`,
     /// then `max_new_tokens - 1` single-token decode steps (the last sampled token is
     /// never fed back), with logits for `rows` in the prefill.
-    pub fn session(config: &ModelConfig, prompt_tokens: usize, max_new_tokens: usize, rows: Rows) -> Vec<PlannedOp> {
+    pub fn session(
+        config: &ModelConfig,
+        prompt_tokens: usize,
+        max_new_tokens: usize,
+        rows: Rows,
+    ) -> Vec<PlannedOp> {
         let mut p = Planner::new(config);
         let prompt = vec![0u32; prompt_tokens];
         let Ok(_) = forward(&mut p, config, &prompt, 0, rows);
@@ -175,7 +180,10 @@ mod tests {
         let linears: Vec<_> = ops.iter().filter(|o| matches!(o, PlannedOp::Linear { .. })).collect();
         // 4 forward passes (prefill + 3 decode steps) x (4 per layer x 2 layers + head).
         assert_eq!(linears.len(), 4 * (4 * 2 + 1));
-        assert_eq!(linears[0], &PlannedOp::Linear { linear: Linear::Qkv(0), rows: 10, d_in: 64, d_out: 64 + 2 * 32 });
+        assert_eq!(
+            linears[0],
+            &PlannedOp::Linear { linear: Linear::Qkv(0), rows: 10, d_in: 64, d_out: 64 + 2 * 32 }
+        );
         assert!(matches!(linears[8], PlannedOp::Linear { linear: Linear::LmHead, rows: 1, .. }));
         assert!(matches!(linears[9], PlannedOp::Linear { linear: Linear::Qkv(0), rows: 1, .. }));
         let last_attn = ops.iter().rev().find(|o| matches!(o, PlannedOp::Attention { .. })).unwrap();

@@ -114,8 +114,14 @@ mod tests {
         let draws: Vec<u32> = (0..200).map(|_| s.sample(&logits)).collect();
         assert!(draws.iter().all(|&t| t == 0), "top_p=0.5 keeps only the top token here");
         let cfg = SamplingConfig { temperature: 1.0, top_p: 1.0, seed: 7 };
-        let a: Vec<u32> = { let mut s = Sampler::new(cfg); (0..100).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(cfg); (0..100).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..100).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(cfg);
+            (0..100).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         assert!(a.contains(&0) && a.contains(&1), "both likely tokens are drawn");
     }

@@ -78,7 +78,10 @@ pub fn write_synthetic_model(config: &ModelConfig, out: &Path, seed: u64) -> Res
 
     let shapes = tensor_shapes(config);
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({"format": "pt", "generator": "shardlm synth-model"}));
+    header.insert(
+        "__metadata__".into(),
+        serde_json::json!({"format": "pt", "generator": "shardlm synth-model"}),
+    );
     let mut offset = 0usize;
     for (name, shape) in &shapes {
         let bytes = shape.iter().product::<usize>() * 2;
@@ -127,7 +130,8 @@ pub fn write_synthetic_model(config: &ModelConfig, out: &Path, seed: u64) -> Res
             left -= m;
         }
     }
-    let file = w.into_inner().map_err(|e| SynthError::Io { path: tmp_path.clone(), source: e.into_error() })?;
+    let file =
+        w.into_inner().map_err(|e| SynthError::Io { path: tmp_path.clone(), source: e.into_error() })?;
     file.sync_all().map_err(io(&tmp_path))?;
     std::fs::rename(&tmp_path, &st_path).map_err(io(&st_path))?;
     Ok(())
@@ -135,7 +139,8 @@ pub fn write_synthetic_model(config: &ModelConfig, out: &Path, seed: u64) -> Res
 
 /// GPT-2's reversible byte-to-unicode map, as used by byte-level BPE tokenizers.
 fn byte_to_char(b: u8) -> char {
-    let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable =
+        |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
     if printable(b) {
         return b as char;
     }

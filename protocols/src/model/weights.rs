@@ -65,7 +65,12 @@ impl Weights {
         for lin in Linear::all(&w.config) {
             let v = w.linear(lin);
             if v.weight.len() != v.d_in * v.d_out {
-                return Err(format!("{lin:?} has {} weights, expected {}x{}", v.weight.len(), v.d_out, v.d_in));
+                return Err(format!(
+                    "{lin:?} has {} weights, expected {}x{}",
+                    v.weight.len(),
+                    v.d_out,
+                    v.d_in
+                ));
             }
         }
         if w.layers.len() != w.config.num_hidden_layers {

@@ -41,7 +41,10 @@
 //!
 //! Results carry the fractional bits of both inputs: follow with [`super::trunc`].
 
-use super::{check_len, exchange, shape, BitTriples, MatrixTriple, MpcError, NormTriples, PowerTuples, RowTriples, SquarePairs, Triples};
+use super::{
+    check_len, exchange, shape, BitTriples, MatrixTriple, MpcError, NormTriples, PowerTuples, RowTriples,
+    SquarePairs, Triples,
+};
 use crate::ring;
 use crate::share::{Role, Shares};
 use shardlm_transport::{Channel, Lane};
@@ -159,7 +162,11 @@ pub struct RowMulState<R: Role> {
 
 /// Core: starts `y_r * x_rj` for `x` (`rows x cols`, row-major) and `y` (`rows`); our
 /// message is `d_r` (`rows` words) then `e_rj`.
-pub fn row_mul_start<R: Role>(x: &Shares<R>, y: &Shares<R>, triple: RowTriples<R>) -> Result<(RowMulState<R>, Vec<u64>), MpcError> {
+pub fn row_mul_start<R: Role>(
+    x: &Shares<R>,
+    y: &Shares<R>,
+    triple: RowTriples<R>,
+) -> Result<(RowMulState<R>, Vec<u64>), MpcError> {
     let (rows, cols) = (triple.rows, triple.cols);
     check_len("row mul", "x", x.len(), rows * cols)?;
     check_len("row mul", "y", y.len(), rows)?;
@@ -211,7 +218,10 @@ pub struct NormPending<R: Role> {
 }
 
 /// Core: starts `x^2` (elementwise) with a norm triple; our message is `x_i - a_i`.
-pub fn norm_square_start<R: Role>(x: &Shares<R>, triple: NormTriples<R>) -> Result<(NormSquareState<R>, Vec<u64>), MpcError> {
+pub fn norm_square_start<R: Role>(
+    x: &Shares<R>,
+    triple: NormTriples<R>,
+) -> Result<(NormSquareState<R>, Vec<u64>), MpcError> {
     let n = triple.rows * triple.cols;
     check_len("norm square", "x", x.len(), n)?;
     check_len("norm square", "triple.a", triple.a.len(), n)?;
@@ -223,7 +233,10 @@ pub fn norm_square_start<R: Role>(x: &Shares<R>, triple: NormTriples<R>) -> Resu
 }
 
 /// Core: finishes the square; returns shares of `x^2` and what the row scaling needs.
-pub fn norm_square_finish<R: Role>(st: NormSquareState<R>, peer: &[u64]) -> Result<(Shares<R>, NormPending<R>), MpcError> {
+pub fn norm_square_finish<R: Role>(
+    st: NormSquareState<R>,
+    peer: &[u64],
+) -> Result<(Shares<R>, NormPending<R>), MpcError> {
     check_len("norm square", "peer message", peer.len(), st.d.len())?;
     let d = ring::add(&st.d, peer);
     let (a, aa) = (st.triple.a.as_slice(), st.triple.aa.as_slice());
@@ -247,7 +260,10 @@ pub struct NormScaleState<R: Role> {
 }
 
 /// Core: starts `y_r x_rj` for the `x` squared before; our message is `y_r - r_r`.
-pub fn norm_scale_start<R: Role>(pending: NormPending<R>, y: &Shares<R>) -> Result<(NormScaleState<R>, Vec<u64>), MpcError> {
+pub fn norm_scale_start<R: Role>(
+    pending: NormPending<R>,
+    y: &Shares<R>,
+) -> Result<(NormScaleState<R>, Vec<u64>), MpcError> {
     check_len("norm scale", "y", y.len(), pending.triple.rows)?;
     let e = ring::sub(y.as_slice(), pending.triple.r.as_slice());
     Ok((NormScaleState { pending, e: e.clone() }, e))
@@ -282,7 +298,10 @@ pub struct PowersState<R: Role> {
 }
 
 /// Core: starts `x^1 ..= x^D` with power tuples of degree `D`; our message is `d_i`.
-pub fn powers_start<R: Role>(x: &Shares<R>, tuples: PowerTuples<R>) -> Result<(PowersState<R>, Vec<u64>), MpcError> {
+pub fn powers_start<R: Role>(
+    x: &Shares<R>,
+    tuples: PowerTuples<R>,
+) -> Result<(PowersState<R>, Vec<u64>), MpcError> {
     let n = x.len();
     check_len("powers", "tuples", tuples.a.len(), n)?;
     if tuples.degree < 2 {
@@ -472,7 +491,11 @@ pub fn matmul_start<R: Role>(
     match triple.causal {
         // X is zero where A is: only the visible entries of X - A carry anything.
         Some(start) => {
-            if x.as_slice().chunks(k.max(1)).enumerate().any(|(r, row)| row[visible(r, k, start)..].iter().any(|&v| v != 0)) {
+            if x.as_slice()
+                .chunks(k.max(1))
+                .enumerate()
+                .any(|(r, row)| row[visible(r, k, start)..].iter().any(|&v| v != 0))
+            {
                 return Err(shape("beaver matmul", "X has nonzero shares beyond the causal mask"));
             }
             msg.extend(visible_entries(&d, m, k, start));

@@ -109,7 +109,8 @@ fn levels(w: usize) -> Vec<(usize, bool)> {
 /// AND-triple words one comparison of `n` elements on `bits` bits consumes.
 pub fn and_words(n: usize, bits: u32) -> usize {
     let per_plane = n.div_ceil(64);
-    let gates: usize = levels(chunks(bits)).iter().map(|&(pairs, with_p)| pairs * if with_p { 2 } else { 1 }).sum();
+    let gates: usize =
+        levels(chunks(bits)).iter().map(|&(pairs, with_p)| pairs * if with_p { 2 } else { 1 }).sum();
     gates * per_plane
 }
 
@@ -191,7 +192,12 @@ impl<R: Role> Compare<R> {
 
     /// Like [`Compare::start`], but finishes with XOR shares of the bits
     /// ([`Step::Bits`]) one round earlier and takes no daBits.
-    pub fn start_bits(x: &Shares<R>, bits: u32, triples: AndTriples<R>, tables: CarryTables<R>) -> Result<(Self, Step<R>), MpcError> {
+    pub fn start_bits(
+        x: &Shares<R>,
+        bits: u32,
+        triples: AndTriples<R>,
+        tables: CarryTables<R>,
+    ) -> Result<(Self, Step<R>), MpcError> {
         Self::begin(x, bits, triples, tables, None)
     }
 
@@ -211,10 +217,18 @@ impl<R: Role> Compare<R> {
         check_len(OP, "AND-triple words (c)", triples.c.len(), and_words(n, bits))?;
         let q = chunks(bits);
         if tables.chunk != CHUNK_BITS {
-            return Err(shape(OP, format!("carry tables on {}-bit chunks, expected {CHUNK_BITS}", tables.chunk)));
+            return Err(shape(
+                OP,
+                format!("carry tables on {}-bit chunks, expected {CHUNK_BITS}", tables.chunk),
+            ));
         }
         check_len(OP, "carry-table masks", tables.mask.len(), q * n)?;
-        check_len(OP, "carry-table words", tables.tables.len(), q * n * CarryTables::<R>::table_words(CHUNK_BITS))?;
+        check_len(
+            OP,
+            "carry-table words",
+            tables.tables.len(),
+            q * n * CarryTables::<R>::table_words(CHUNK_BITS),
+        )?;
         let w = bits - 1;
         let words = n.div_ceil(64);
         let v: Vec<u64> = x.as_slice().iter().map(|s| s & low_mask(bits)).collect();
@@ -264,7 +278,8 @@ impl<R: Role> Compare<R> {
             let (mut g, mut p) = (vec![0u64; self.words], vec![0u64; self.words]);
             for i in 0..n {
                 let k = c * n + i;
-                let (u, v) = if R::ID == 0 { (self.masked[k], theirs[k]) } else { (theirs[k], self.masked[k]) };
+                let (u, v) =
+                    if R::ID == 0 { (self.masked[k], theirs[k]) } else { (theirs[k], self.masked[k]) };
                 let at = 2 * (u as usize * size + v as usize);
                 let e = self.tables.tables[k * tw + at / 64] >> (at % 64);
                 g[i / 64] |= (e & 1) << (i % 64);
@@ -348,7 +363,8 @@ impl<R: Role> Compare<R> {
         if self.boolean_out {
             self.phase = Phase::Finished;
             let words = self.sign_words();
-            let bits = crate::ring::unpack_bits(&words, 1, self.n).ok_or_else(|| shape(OP, "short bit planes"))?;
+            let bits =
+                crate::ring::unpack_bits(&words, 1, self.n).ok_or_else(|| shape(OP, "short bit planes"))?;
             return Ok(Step::Bits(bits));
         }
         Ok(Step::Send(self.convert_message()?))

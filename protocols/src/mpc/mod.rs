@@ -34,7 +34,8 @@ pub mod session;
 pub mod trunc;
 
 pub use correlations::{
-    AndTriples, BitTriples, CarryTables, DaBits, NormTriples, RowTriples, MaskedLinear, MatrixTriple, PowerTuples, RandomOts, SquarePairs, Triples,
+    AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples, PowerTuples,
+    RandomOts, RowTriples, SquarePairs, Triples,
 };
 
 use crate::material::MaterialError;

@@ -159,10 +159,18 @@ pub fn silu_from<R: Role, C: Channel, M: MaterialSource<R>>(
         return Ok(x.clone());
     }
     let drop = f_in.saturating_sub(f - SILU_DROP);
-    if f > POLY_BITS || f <= SILU_DROP || f_in < f || f_in > 2 * POLY_BITS - SILU_T_LOG2 || f_in + SILU_T_LOG2 < SILU_S_BITS {
+    if f > POLY_BITS
+        || f <= SILU_DROP
+        || f_in < f
+        || f_in > 2 * POLY_BITS - SILU_T_LOG2
+        || f_in + SILU_T_LOG2 < SILU_S_BITS
+    {
         return Err(super::shape(
             "silu",
-            format!("needs {SILU_DROP} < F <= {POLY_BITS} and F <= input bits <= {}, got {f} and {f_in}", 2 * POLY_BITS - SILU_T_LOG2),
+            format!(
+                "needs {SILU_DROP} < F <= {POLY_BITS} and F <= input bits <= {}, got {f} and {f_in}",
+                2 * POLY_BITS - SILU_T_LOG2
+            ),
         ));
     }
     let sign = sess.msb_bits_reduced(x, drop, SILU_BITS)?;
@@ -183,7 +191,8 @@ pub fn silu_from<R: Role, C: Channel, M: MaterialSource<R>>(
     let (Some(s1), Some(s2)) = (pw_iter.next(), pw_iter.next()) else {
         return Err(super::shape("silu", "powers missing"));
     };
-    let high: Vec<(Shares<R>, u32)> = pw_iter.enumerate().map(|(i, p)| (p, (i as u32 + 3) * k - pk)).collect();
+    let high: Vec<(Shares<R>, u32)> =
+        pw_iter.enumerate().map(|(i, p)| (p, (i as u32 + 3) * k - pk)).collect();
     let mut p: Vec<Shares<R>> = vec![s1.scale(1u64 << (pk - k)), s2];
     p.extend(sess.trunc_many(high)?);
     let lt = sess.finish_background_msb_bits()?;
@@ -248,9 +257,8 @@ pub fn exp_neg<R: Role, C: Channel, M: MaterialSource<R>>(
 /// all in one batch; returns them element-major (`n x count`).
 fn octave_diffs<R: Role>(x: &Shares<R>, fx: u32, lo: i32, hi: i32) -> (Shares<R>, usize) {
     let count = (STEPS_PER_OCTAVE as i32 * (hi - lo)).max(0) as usize;
-    let thresholds: Vec<u64> = (1..=count)
-        .map(|i| encode((lo as f64 + i as f64 / STEPS_PER_OCTAVE as f64).exp2(), fx))
-        .collect();
+    let thresholds: Vec<u64> =
+        (1..=count).map(|i| encode((lo as f64 + i as f64 / STEPS_PER_OCTAVE as f64).exp2(), fx)).collect();
     let mut diffs = Vec::with_capacity(x.len() * count);
     for &v in x.as_slice() {
         for &t in &thresholds {
@@ -303,7 +311,10 @@ pub fn reciprocal_start<R: Role, C: Channel, M: MaterialSource<R>>(
     max: f64,
 ) -> Result<PendingReciprocal, MpcError> {
     if f > RECIP_BITS || !max.is_finite() || max > 1e9 {
-        return Err(super::shape("reciprocal", format!("needs F <= {RECIP_BITS} and a finite bound, got F = {f}, max = {max}")));
+        return Err(super::shape(
+            "reciprocal",
+            format!("needs F <= {RECIP_BITS} and a finite bound, got F = {f}, max = {max}"),
+        ));
     }
     let hi = max.max(2.0).log2().ceil() as i32;
     // Keep 10 fractional bits: thresholds are 2^(1/16) - 1 = 0.044 apart at least, and a
@@ -330,8 +341,9 @@ pub fn reciprocal_finish<R: Role, C: Channel, M: MaterialSource<R>>(
     // y0 = k 2^(-m/S), m = number of thresholds passed, as a linear function of the bits.
     let s = STEPS_PER_OCTAVE as f64;
     let k = 2.0 / (1.0 + (1.0 / s).exp2());
-    let steps: Vec<u64> =
-        (1..=count).map(|i| encode(k * ((-(i as f64 - 1.0) / s).exp2() - (-(i as f64) / s).exp2()), RECIP_BITS)).collect();
+    let steps: Vec<u64> = (1..=count)
+        .map(|i| encode(k * ((-(i as f64 - 1.0) / s).exp2() - (-(i as f64) / s).exp2()), RECIP_BITS))
+        .collect();
     let mut y0 = vec![0u64; n];
     for (r, y) in y0.iter_mut().enumerate() {
         let mut acc = if R::ID == 0 { encode(k, RECIP_BITS) } else { 0 };
@@ -442,7 +454,11 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
         // All pairs j < i of every group: [r_j < r_i] = msb(r_j - r_i).
         let mut diffs = Vec::new();
         for &(si, start, m) in &groups {
-            let red = super::compare::reduce_local(&Shares::<R>::from_raw(segs[si][start..start + m].to_vec()), drop).into_raw();
+            let red = super::compare::reduce_local(
+                &Shares::<R>::from_raw(segs[si][start..start + m].to_vec()),
+                drop,
+            )
+            .into_raw();
             for i in 1..m {
                 for j in 0..i {
                     diffs.push(red[j].wrapping_sub(red[i]));
@@ -487,8 +503,10 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
             }
         }
         // One-hot winners (a group of one wins alone: the public bit 1) times the values.
-        let winners: Vec<u64> = lists.iter().map(|l| l.first().copied().unwrap_or(u64::from(R::ID == 0))).collect();
-        let values: Vec<u64> = groups.iter().flat_map(|&(si, start, m)| segs[si][start..start + m].to_vec()).collect();
+        let winners: Vec<u64> =
+            lists.iter().map(|l| l.first().copied().unwrap_or(u64::from(R::ID == 0))).collect();
+        let values: Vec<u64> =
+            groups.iter().flat_map(|&(si, start, m)| segs[si][start..start + m].to_vec()).collect();
         let picked = sess.bit_mul_many(&[(&winners, &Shares::from_raw(values))])?.remove(0).into_raw();
         let mut next: Vec<Vec<u64>> = vec![Vec::new(); segs.len()];
         let mut at = 0;

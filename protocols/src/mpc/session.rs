@@ -274,14 +274,23 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         self.start_rider(x, drop, bits, true)
     }
 
-    fn start_rider(&mut self, x: &Shares<R>, drop: u32, bits: u32, boolean_out: bool) -> Result<(), MpcError> {
+    fn start_rider(
+        &mut self,
+        x: &Shares<R>,
+        drop: u32,
+        bits: u32,
+        boolean_out: bool,
+    ) -> Result<(), MpcError> {
         if self.rider.is_some() || self.rider_result.is_some() {
             return Err(super::shape("comparison", "a background comparison is already running"));
         }
         let x = reduced(x, drop, bits)?;
         if x.is_empty() {
-            self.rider_result =
-                Some(if boolean_out { RiderResult::Bits(Vec::new()) } else { RiderResult::Arith(Shares::from_raw(Vec::new())) });
+            self.rider_result = Some(if boolean_out {
+                RiderResult::Bits(Vec::new())
+            } else {
+                RiderResult::Arith(Shares::from_raw(Vec::new()))
+            });
             return Ok(());
         }
         let (core, step) = if boolean_out {
@@ -305,14 +314,18 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             let peer = self.transfer(what, &msg, msg.len())?;
             self.step_rider(&peer)?;
         }
-        self.rider_result.take().ok_or_else(|| super::shape("comparison", "no background comparison was started"))
+        self.rider_result
+            .take()
+            .ok_or_else(|| super::shape("comparison", "no background comparison was started"))
     }
 
     /// Runs the background comparison's remaining rounds (if any) and returns its result.
     pub fn finish_background_msb(&mut self) -> Result<Shares<R>, MpcError> {
         match self.finish_rider()? {
             RiderResult::Arith(s) => Ok(s),
-            RiderResult::Bits(_) => Err(super::shape("comparison", "the background comparison was started for XOR bits")),
+            RiderResult::Bits(_) => {
+                Err(super::shape("comparison", "the background comparison was started for XOR bits"))
+            }
         }
     }
 
@@ -320,10 +333,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     pub fn finish_background_msb_bits(&mut self) -> Result<Vec<u64>, MpcError> {
         match self.finish_rider()? {
             RiderResult::Bits(b) => Ok(b),
-            RiderResult::Arith(_) => Err(super::shape("comparison", "the background comparison was started for shares")),
+            RiderResult::Arith(_) => {
+                Err(super::shape("comparison", "the background comparison was started for shares"))
+            }
         }
     }
-
 
     /// Shares of elementwise products `x * y` for every pair, in one round.
     pub fn mul_many(&mut self, pairs: &[(&Shares<R>, &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
@@ -395,9 +409,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     /// Shares of `x^2` (`rows x cols`) with a norm triple, one round; the returned
     /// pending half scales the same `x` by a per-row value later with
     /// [`Session::scale_rows`], opening only the row values.
-    pub fn square_for_rows(&mut self, x: &Shares<R>, rows: usize) -> Result<(Shares<R>, beaver::NormPending<R>), MpcError> {
+    pub fn square_for_rows(
+        &mut self,
+        x: &Shares<R>,
+        rows: usize,
+    ) -> Result<(Shares<R>, beaver::NormPending<R>), MpcError> {
         if rows == 0 || !x.len().is_multiple_of(rows) {
-            return Err(super::shape("norm square", format!("{} elements do not split into {rows} rows", x.len())));
+            return Err(super::shape(
+                "norm square",
+                format!("{} elements do not split into {rows} rows", x.len()),
+            ));
         }
         let t = self.material.take_norm_triples(rows, x.len() / rows)?;
         let (st, msg) = beaver::norm_square_start(x, t)?;
@@ -406,7 +427,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     }
 
     /// Shares of `y_r * x_rj` for the `x` of a [`Session::square_for_rows`], one round.
-    pub fn scale_rows(&mut self, pending: beaver::NormPending<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
+    pub fn scale_rows(
+        &mut self,
+        pending: beaver::NormPending<R>,
+        y: &Shares<R>,
+    ) -> Result<Shares<R>, MpcError> {
         let (st, msg) = beaver::norm_scale_start(pending, y)?;
         let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
         beaver::norm_scale_finish(st, &peer)
@@ -417,7 +442,10 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     pub fn mul_rows(&mut self, x: &Shares<R>, y: &Shares<R>) -> Result<Shares<R>, MpcError> {
         let rows = y.len();
         if rows == 0 || !x.len().is_multiple_of(rows) {
-            return Err(super::shape("row mul", format!("{} elements do not split into {rows} rows", x.len())));
+            return Err(super::shape(
+                "row mul",
+                format!("{} elements do not split into {rows} rows", x.len()),
+            ));
         }
         let t = self.material.take_row_triples(rows, x.len() / rows)?;
         let (st, msg) = beaver::row_mul_start(x, y, t)?;
@@ -497,7 +525,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         let (core, step) = compare::Compare::start(x, bits, t, c, d)?;
         match self.drive_compare(core, step)? {
             RiderResult::Arith(s) => Ok(s),
-            RiderResult::Bits(_) => Err(super::shape("comparison", "a converting comparison returned XOR bits")),
+            RiderResult::Bits(_) => {
+                Err(super::shape("comparison", "a converting comparison returned XOR bits"))
+            }
         }
     }
 
@@ -522,7 +552,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         self.msb_bits(&reduced(x, drop, bits)?, bits)
     }
 
-    fn drive_compare(&mut self, mut core: compare::Compare<R>, mut step: compare::Step<R>) -> Result<RiderResult<R>, MpcError> {
+    fn drive_compare(
+        &mut self,
+        mut core: compare::Compare<R>,
+        mut step: compare::Step<R>,
+    ) -> Result<RiderResult<R>, MpcError> {
         loop {
             match step {
                 compare::Step::Send(msg) => {
@@ -556,7 +590,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             let x = x.ok_or_else(|| super::shape("input", "P0 must provide its input"))?;
             super::check_len("input", "P0's input", x.len(), n)?;
             let seed = Seed::random(&mut self.rng);
-            let words: Vec<u64> = seed.0.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+            let words: Vec<u64> =
+                seed.0.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
             self.transfer(Opened::InputSeed, &words, 0)?;
             let r = Prg::new(&seed).u64s(n);
             Ok(Shares::from_raw(crate::ring::sub(x, &r)))

@@ -88,7 +88,11 @@ pub struct TruncP1State {
 
 /// Core, P1 step 1: returns the state and the message (packed `F`-bit words
 /// `u = s_0 - s_1 + m1`), which does not depend on P0's.
-pub fn p1_start(x1: &Shares<P1>, shift: u32, ots: &RandomOts<P1>) -> Result<(TruncP1State, Vec<u64>), MpcError> {
+pub fn p1_start(
+    x1: &Shares<P1>,
+    shift: u32,
+    ots: &RandomOts<P1>,
+) -> Result<(TruncP1State, Vec<u64>), MpcError> {
     let n = x1.len();
     check_params(shift, n, ots.count(), ots.n_choices(), ots.bits())?;
     let mask = low_mask(shift);
@@ -146,7 +150,12 @@ pub fn p0_finish(st: TruncP0State, answer: &[u64]) -> Result<Shares<P0>, MpcErro
 }
 
 /// Driver: faithful truncation of `x` by `shift` bits.
-pub fn truncate<R: Role, C: Channel + ?Sized>(ch: &mut C, x: Shares<R>, shift: u32, ots: RandomOts<R>) -> Result<Shares<R>, MpcError> {
+pub fn truncate<R: Role, C: Channel + ?Sized>(
+    ch: &mut C,
+    x: Shares<R>,
+    shift: u32,
+    ots: RandomOts<R>,
+) -> Result<Shares<R>, MpcError> {
     let n = x.len();
     if R::ID == 0 {
         let x0 = Shares::<P0>::from_raw(x.into_raw());

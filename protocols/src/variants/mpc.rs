@@ -175,7 +175,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             Some(0) | None => None,
             Some(n) if n <= 1 << 20 => Some(n as usize),
             Some(n) => {
-                return Err(MpcError::Shape { op: "step", detail: format!("P0 announced {n} positions") }.into())
+                return Err(
+                    MpcError::Shape { op: "step", detail: format!("P0 announced {n} positions") }.into()
+                )
             }
         })
     }
@@ -222,7 +224,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         } else {
             let end = chan.recv_bytes(Lane::Control).map_err(MpcError::from)?;
             if !end.is_empty() {
-                return Err(MpcError::Shape { op: "finish", detail: format!("expected the empty end frame, got {} bytes", end.len()) }.into());
+                return Err(MpcError::Shape {
+                    op: "finish",
+                    detail: format!("expected the empty end frame, got {} bytes", end.len()),
+                }
+                .into());
             }
         }
         Ok((chan, material))
@@ -265,12 +271,15 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
 }
 
 impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
-
     fn do_embed(&mut self, tokens: &[u32]) -> Result<SharedTensor<R>, MpcPartyError> {
         let h = self.weights.config.hidden_size;
         let n = tokens.len();
         if n == 0 {
-            return Err(MpcError::Shape { op: "embed", detail: "no tokens: a step needs at least one".into() }.into());
+            return Err(MpcError::Shape {
+                op: "embed",
+                detail: "no tokens: a step needs at least one".into(),
+            }
+            .into());
         }
         let data = if R::ID == 0 {
             let vocab = self.weights.config.vocab_size;
@@ -280,7 +289,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
                 if t as usize >= vocab {
                     return Err(EngineError::TokenOutOfRange { token: t, vocab }.into());
                 }
-                enc.extend(self.weights.embed[t as usize * h..(t as usize + 1) * h].iter().map(|&v| encode_f32(v, f)));
+                enc.extend(
+                    self.weights.embed[t as usize * h..(t as usize + 1) * h]
+                        .iter()
+                        .map(|&v| encode_f32(v, f)),
+                );
             }
             self.sess.input_from_p0(Some(&enc), n * h)?
         } else {
@@ -292,7 +305,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     /// Only SwiGLU takes an untruncated (`extra_frac > 0`) tensor.
     fn at_f(x: &SharedTensor<R>, op: &'static str) -> Result<(), MpcPartyError> {
         if x.extra_frac != 0 {
-            return Err(MpcError::Shape { op, detail: format!("input carries {} fractional bits above F", x.extra_frac) }.into());
+            return Err(MpcError::Shape {
+                op,
+                detail: format!("input carries {} fractional bits above F", x.extra_frac),
+            }
+            .into());
         }
         Ok(())
     }
@@ -320,9 +337,15 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let sums: Vec<u64> =
             x2.as_slice().chunks(d).map(|r| r.iter().fold(0u64, |a, &b| a.wrapping_add(b))).collect();
         // The sums 2F -> MS_BITS, times 2^-k: one truncation round.
-        let shift = (2 * f + k).checked_sub(nonlinear::MS_BITS).filter(|&s| s > 0).ok_or_else(|| MpcError::Shape {
-            op: "rms norm",
-            detail: format!("2 F + log2(d) = {} must exceed the mean square's {} fractional bits", 2 * f + k, nonlinear::MS_BITS),
+        let shift = (2 * f + k).checked_sub(nonlinear::MS_BITS).filter(|&s| s > 0).ok_or_else(|| {
+            MpcError::Shape {
+                op: "rms norm",
+                detail: format!(
+                    "2 F + log2(d) = {} must exceed the mean square's {} fractional bits",
+                    2 * f + k,
+                    nonlinear::MS_BITS
+                ),
+            }
         })?;
         let ms = self.sess.trunc(Shares::from_raw(sums), shift)?;
         let ms = nonlinear::add_scalar(&ms, encode(eps / m, nonlinear::MS_BITS).max(1));
@@ -339,10 +362,18 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     fn do_linear(&mut self, x: &SharedTensor<R>, linear: Linear) -> Result<SharedTensor<R>, MpcPartyError> {
         let (d_in, d_out) = linear.dims(&self.weights.config);
         if x.cols != d_in {
-            return Err(MpcError::Shape { op: "linear", detail: format!("{linear:?} takes {d_in} features, got {}", x.cols) }.into());
+            return Err(MpcError::Shape {
+                op: "linear",
+                detail: format!("{linear:?} takes {d_in} features, got {}", x.cols),
+            }
+            .into());
         }
         if x.extra_frac != 0 {
-            return Err(MpcError::Shape { op: "linear", detail: format!("{linear:?} input is {} bits wide of F", x.extra_frac) }.into());
+            return Err(MpcError::Shape {
+                op: "linear",
+                detail: format!("{linear:?} input is {} bits wide of F", x.extra_frac),
+            }
+            .into());
         }
         let z = self.ring.multiply(linear, x.data.as_slice(), x.rows)?;
         let bias = self.weights.linear(linear).bias;
@@ -392,9 +423,15 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         Ok(())
     }
 
-    fn do_attention(&mut self, qkv: &SharedTensor<R>, layer: usize, start_pos: usize) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn do_attention(
+        &mut self,
+        qkv: &SharedTensor<R>,
+        layer: usize,
+        start_pos: usize,
+    ) -> Result<SharedTensor<R>, MpcPartyError> {
         let c = self.weights.config.clone();
-        let (hd, nh, nkv, qd, kvd) = (c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.q_dim(), c.kv_dim());
+        let (hd, nh, nkv, qd, kvd) =
+            (c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.q_dim(), c.kv_dim());
         let f = self.f();
         let n = qkv.rows;
         let cols = qkv.cols;
@@ -429,7 +466,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             .map(|g| {
                 let mut m = vec![0u64; total * hd];
                 for t in 0..total {
-                    m[t * hd..(t + 1) * hd].copy_from_slice(&cache.v[t * kvd + g * hd..t * kvd + (g + 1) * hd]);
+                    m[t * hd..(t + 1) * hd]
+                        .copy_from_slice(&cache.v[t * kvd + g * hd..t * kvd + (g + 1) * hd]);
                 }
                 Shares::from_raw(m)
             })
@@ -447,7 +485,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         // per KV head instead of once per query head. Heads of a group are consecutive, so
         // the stacked outputs are already head-major.
         let stacked: Vec<Shares<R>> = (0..nkv)
-            .map(|g| Shares::from_raw(qs[g * group..(g + 1) * group].iter().flat_map(|q| q.as_slice().to_vec()).collect()))
+            .map(|g| {
+                Shares::from_raw(
+                    qs[g * group..(g + 1) * group].iter().flat_map(|q| q.as_slice().to_vec()).collect(),
+                )
+            })
             .collect();
         let ops: Vec<MatMul<'_, R>> = (0..nkv)
             .map(|g| MatMul { x: &stacked[g], y: &kt[g], m: group * n, k: hd, n: total, causal: None })
@@ -467,7 +509,13 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             }
         }
         let visible = self.sess.trunc(Shares::<R>::from_raw(visible), f)?;
-        let max = nonlinear::max_segments(&mut self.sess, &visible, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)?;
+        let max = nonlinear::max_segments(
+            &mut self.sess,
+            &visible,
+            &segs,
+            nonlinear::SCORE_DROP,
+            nonlinear::SCORE_BITS,
+        )?;
         let mut maxb = Vec::with_capacity(visible.len());
         for (i, &l) in segs.iter().enumerate() {
             maxb.extend(std::iter::repeat_n(max.as_slice()[i], l));
@@ -490,8 +538,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let sums = Shares::<R>::from_raw(sums);
         let pending = nonlinear::reciprocal_start(&mut self.sess, &sums, f, total as f64)?;
         let emats: Vec<Shares<R>> = emats.into_iter().map(Shares::from_raw).collect();
-        let ops: Vec<MatMul<'_, R>> =
-            (0..nh).map(|h| MatMul { x: &emats[h], y: &vs[h / group], m: n, k: total, n: hd, causal: Some(start_pos) }).collect();
+        let ops: Vec<MatMul<'_, R>> = (0..nh)
+            .map(|h| MatMul {
+                x: &emats[h],
+                y: &vs[h / group],
+                m: n,
+                k: total,
+                n: hd,
+                causal: Some(start_pos),
+            })
+            .collect();
         let ev = self.sess.matmul_many(&ops)?;
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
@@ -510,7 +566,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
 
     fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
         let inter = gate_up.cols / 2;
-        let (mut gate, mut up) = (Vec::with_capacity(gate_up.rows * inter), Vec::with_capacity(gate_up.rows * inter));
+        let (mut gate, mut up) =
+            (Vec::with_capacity(gate_up.rows * inter), Vec::with_capacity(gate_up.rows * inter));
         for row in gate_up.data.as_slice().chunks(gate_up.cols) {
             gate.extend_from_slice(&row[..inter]);
             up.extend_from_slice(&row[inter..]);
@@ -528,7 +585,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         Self::at_f(a, "add")?;
         Self::at_f(b, "add")?;
         if (a.rows, a.cols) != (b.rows, b.cols) {
-            return Err(MpcError::Shape { op: "add", detail: format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols) }.into());
+            return Err(MpcError::Shape {
+                op: "add",
+                detail: format!("{}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols),
+            }
+            .into());
         }
         Ok(SharedTensor { rows: a.rows, cols: a.cols, data: a.data.add(&b.data), extra_frac: 0 })
     }
@@ -584,7 +645,12 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
         self.meter("rope", m, qkv.data.len());
         Ok(())
     }
-    fn attention(&mut self, qkv: &SharedTensor<R>, layer: usize, start_pos: usize) -> Result<SharedTensor<R>, MpcPartyError> {
+    fn attention(
+        &mut self,
+        qkv: &SharedTensor<R>,
+        layer: usize,
+        start_pos: usize,
+    ) -> Result<SharedTensor<R>, MpcPartyError> {
         let m = self.counters();
         let r = self.do_attention(qkv, layer, start_pos)?;
         let c = &self.weights.config;
@@ -694,7 +760,8 @@ pub fn plan_session(
     };
     let (r0, r1) = std::thread::scope(|s| {
         let h = s.spawn(|| {
-            let mut p1 = MpcParty::new(weights.clone(), ring.clone(), c1, Recorder::<P1>::new(), Seed([1; 32]));
+            let mut p1 =
+                MpcParty::new(weights.clone(), ring.clone(), c1, Recorder::<P1>::new(), Seed([1; 32]));
             let cfg = config.clone();
             run(&mut |t, pos, rows| forward(&mut p1, &cfg, t, pos, rows).map(|_| ()))
                 .map(|_| p1.into_parts().1.into_requests())
@@ -707,9 +774,14 @@ pub fn plan_session(
         (r0.map(|_| (requests, costs, counters)), h.join())
     });
     let (requests, costs, counters) = r0?;
-    let r1 = r1.map_err(|_| MpcError::Shape { op: "plan", detail: "P1's planning thread panicked".into() })??;
+    let r1 =
+        r1.map_err(|_| MpcError::Shape { op: "plan", detail: "P1's planning thread panicked".into() })??;
     if r1 != requests {
-        return Err(MpcError::Shape { op: "plan", detail: "the two parties' material requests differ".into() }.into());
+        return Err(MpcError::Shape {
+            op: "plan",
+            detail: "the two parties' material requests differ".into(),
+        }
+        .into());
     }
     Ok(MpcPlan { requests, costs, counters })
 }

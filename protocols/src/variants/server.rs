@@ -127,7 +127,11 @@ impl ServerParty {
     /// of its variant, then closes the channel (normally, or as a protocol violation with
     /// the error as the reason, which the client reports). `Ok(None)` for requests that
     /// are not sessions (the accept loop answers those).
-    pub fn serve_client<C: Channel>(&self, chan: &mut C, request: &Request) -> Result<Option<ServerSessionStats>, String> {
+    pub fn serve_client<C: Channel>(
+        &self,
+        chan: &mut C,
+        request: &Request,
+    ) -> Result<Option<ServerSessionStats>, String> {
         let Request::Session { variant, .. } = request else { return Ok(None) };
         let outcome = variant
             .parse::<Variant>()
@@ -146,12 +150,19 @@ impl ServerParty {
     }
 
     /// Runs one session of `variant` on `chan` until the client ends it.
-    pub fn serve_session<C: Channel>(&self, chan: &mut C, variant: Variant) -> Result<ServerSessionStats, ServeError> {
+    pub fn serve_session<C: Channel>(
+        &self,
+        chan: &mut C,
+        variant: Variant,
+    ) -> Result<ServerSessionStats, ServeError> {
         match variant {
             Variant::V2 => Ok(self.v2.serve_session(chan)?),
             Variant::V3 => Ok(self.v2.serve_pipelined(chan)?),
             Variant::V3Mpc => match self.mpc_material.as_ref() {
-                None => Err(ServeError::NotServed(variant, ": start it with --material DIR (P1's shard of a v3-mpc bundle)")),
+                None => Err(ServeError::NotServed(
+                    variant,
+                    ": start it with --material DIR (P1's shard of a v3-mpc bundle)",
+                )),
                 Some(MpcMaterial::Queue(queue)) => {
                     let material = queue
                         .lock()
@@ -162,19 +173,24 @@ impl ServerParty {
                     Ok(ServerSessionStats { requests: 0, forward_passes: passes })
                 }
                 Some(MpcMaterial::Bundle { dir, fingerprint, open }) => {
-                    let mut slot = open.lock().map_err(|_| ServeError::NotServed(variant, ": its material lock is poisoned"))?;
+                    let mut slot = open
+                        .lock()
+                        .map_err(|_| ServeError::NotServed(variant, ": its material lock is poisoned"))?;
                     let mut material = match slot.take() {
                         Some(m) => m,
-                        None => Material::<P1>::open(dir, Some(fingerprint)).map_err(MpcPartyError::Material)?,
+                        None => {
+                            Material::<P1>::open(dir, Some(fingerprint)).map_err(MpcPartyError::Material)?
+                        }
                     };
                     let manifest = crate::material::Manifest::read(dir).map_err(MpcPartyError::Material)?;
-                    let start = manifest.next_session_start(material.consumed()).cloned().ok_or_else(|| {
-                        MpcPartyError::Material(crate::material::MaterialError::Exhausted {
-                            kind: "sessions".into(),
-                            needed: 1,
-                            left: 0,
-                        })
-                    })?;
+                    let start =
+                        manifest.next_session_start(material.consumed()).cloned().ok_or_else(|| {
+                            MpcPartyError::Material(crate::material::MaterialError::Exhausted {
+                                kind: "sessions".into(),
+                                needed: 1,
+                                left: 0,
+                            })
+                        })?;
                     material.advance_to(&start).map_err(MpcPartyError::Material)?;
                     let (passes, material) = self.run_mpc(chan, material)?;
                     *slot = Some(material);
@@ -185,7 +201,11 @@ impl ServerParty {
         }
     }
 
-    fn run_mpc<C: Channel>(&self, chan: &mut C, material: Material<P1>) -> Result<(u64, Material<P1>), ServeError> {
+    fn run_mpc<C: Channel>(
+        &self,
+        chan: &mut C,
+        material: Material<P1>,
+    ) -> Result<(u64, Material<P1>), ServeError> {
         let seed = Seed::random(&mut rand_core::OsRng);
         let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed).driven();
         let (passes, _, material) = serve_driven(party, &self.config)?;

@@ -56,7 +56,11 @@ impl Pipeline {
     /// The default chunk size before any measurement: about four chunks per request, at
     /// least 8 rows each (a decode step of one row is one chunk, exactly v2).
     pub fn auto_chunk_rows(n: usize) -> usize {
-        if n < 16 { n.max(1) } else { n.div_ceil(4).max(8) }
+        if n < 16 {
+            n.max(1)
+        } else {
+            n.div_ceil(4).max(8)
+        }
     }
 }
 
@@ -99,7 +103,9 @@ impl ChunkTuner {
                 .iter()
                 .copied()
                 .min_by(|a, b| {
-                    let per_row = |c: usize| self.samples.get(&(kind, c)).map_or(f64::MAX, |(t, r)| t / *r.max(&1) as f64);
+                    let per_row = |c: usize| {
+                        self.samples.get(&(kind, c)).map_or(f64::MAX, |(t, r)| t / *r.max(&1) as f64)
+                    };
                     per_row(*a).total_cmp(&per_row(*b))
                 })
                 .unwrap_or(1),
@@ -186,7 +192,8 @@ impl RingWeights {
             .into_iter()
             .map(|lin| {
                 let v = w.linear(lin);
-                let enc: Vec<u64> = v.weight.par_iter().map(|&x| encode_f32(x, fixed.weight_frac_bits)).collect();
+                let enc: Vec<u64> =
+                    v.weight.par_iter().map(|&x| encode_f32(x, fixed.weight_frac_bits)).collect();
                 Ok((lin, backend.prepare_ring(&enc, v.d_out, v.d_in)?))
             })
             .collect::<Result<_, V2Error>>()?;
@@ -238,7 +245,14 @@ impl LinearWeights for RingWeights {
         Ok(Cow::Owned(m.to_ring()))
     }
 
-    fn mask_image(&self, id: u32, r: &[u64], n: usize, d_in: usize, d_out: usize) -> Result<Vec<u64>, String> {
+    fn mask_image(
+        &self,
+        id: u32,
+        r: &[u64],
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Vec<u64>, String> {
         let (lin, m) = self.unit_by_id(id).ok_or_else(|| format!("the model has no linear unit {id}"))?;
         if (m.k, m.n) != (d_in, d_out) {
             return Err(format!("{lin:?} is {}x{}, the request says {d_out}x{d_in}", m.n, m.k));
@@ -356,7 +370,14 @@ impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
     }
 
     /// Sends `Y` and receives `Z = Y enc(W)^T`, in one piece (v2) or pipelined (v3).
-    fn exchange(&mut self, linear: Linear, y: &[u64], n: usize, d_in: usize, d_out: usize) -> Result<Vec<u64>, V2Error> {
+    fn exchange(
+        &mut self,
+        linear: Linear,
+        y: &[u64],
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<Vec<u64>, V2Error> {
         let Some(p) = self.pipeline else {
             self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(y))?;
             return Ok(self.chan.recv_u64s(V2_LANE, n * d_out)?);
@@ -396,7 +417,8 @@ impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
         let c = &self.weights.config;
         let (d_in, d_out) = linear.dims(c);
         let n = x.rows;
-        let material = self.masks.take_masked_linear(n, d_in, d_out, linear.weight_id(c.num_hidden_layers))?;
+        let material =
+            self.masks.take_masked_linear(n, d_in, d_out, linear.weight_id(c.num_hidden_layers))?;
         let f = self.fixed.frac_bits;
         let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
         let (state, y) = masked::client_request(&x_enc, material)?;
@@ -442,7 +464,11 @@ impl V2Server {
         self.serve(chan, Some(Pipeline::default()))
     }
 
-    fn serve<C: Channel>(&self, chan: &mut C, pipeline: Option<Pipeline>) -> Result<ServerSessionStats, V2Error> {
+    fn serve<C: Channel>(
+        &self,
+        chan: &mut C,
+        pipeline: Option<Pipeline>,
+    ) -> Result<ServerSessionStats, V2Error> {
         if let Some(p) = pipeline {
             return self.serve_chunks(chan, p);
         }
@@ -454,7 +480,9 @@ impl V2Server {
             let bytes = chan.recv_bytes(V2_LANE)?;
             if bytes.is_empty() {
                 if stats.requests % order.len() as u64 != 0 {
-                    return Err(V2Error::Protocol(format!("session ended in the middle of a forward pass, before {lin:?}")));
+                    return Err(V2Error::Protocol(format!(
+                        "session ended in the middle of a forward pass, before {lin:?}"
+                    )));
                 }
                 return Ok(stats);
             }
@@ -487,12 +515,16 @@ impl V2Server {
             let (n, rows) = (header[0], header[1]);
             if n == 0 {
                 if stats.requests % order.len() as u64 != 0 {
-                    return Err(V2Error::Protocol(format!("session ended in the middle of a forward pass, before {lin:?}")));
+                    return Err(V2Error::Protocol(format!(
+                        "session ended in the middle of a forward pass, before {lin:?}"
+                    )));
                 }
                 return Ok(stats);
             }
             if n > MAX_REQUEST_ROWS || rows == 0 || rows > n {
-                return Err(V2Error::Protocol(format!("request header for {lin:?} says {n} rows in chunks of {rows}")));
+                return Err(V2Error::Protocol(format!(
+                    "request header for {lin:?} says {n} rows in chunks of {rows}"
+                )));
             }
             let (n, rows) = (n as usize, rows as usize);
             for j in 0..n.div_ceil(rows) {

@@ -34,9 +34,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-use crate::frame::{
-    FrameEncoder, FrameHeader, FrameLimits, Reassembler, HEADER_LEN, LANE_PREAMBLE_LEN,
-};
+use crate::frame::{FrameEncoder, FrameHeader, FrameLimits, Reassembler, HEADER_LEN, LANE_PREAMBLE_LEN};
 use crate::identity::{cert_fingerprint, normalize_fingerprint, Identity};
 use crate::{close_code, Channel, Counters, Lane, Result, TransportError};
 use bytes::Bytes;
@@ -112,29 +110,18 @@ impl Default for QuicConfig {
 impl QuicConfig {
     /// The defaults with the given deadlines.
     pub fn with_timeouts(timeouts: Timeouts) -> Self {
-        QuicConfig {
-            timeouts,
-            ..Default::default()
-        }
+        QuicConfig { timeouts, ..Default::default() }
     }
 }
 
 /// Parses a server address as users type it: `host:port` or `quic://host:port`,
 /// resolving host names.
 pub fn resolve_addr(text: &str) -> Result<SocketAddr> {
-    let hostport = text
-        .trim()
-        .strip_prefix("quic://")
-        .unwrap_or(text.trim())
-        .trim_end_matches('/');
+    let hostport = text.trim().strip_prefix("quic://").unwrap_or(text.trim()).trim_end_matches('/');
     let mut addrs = hostport.to_socket_addrs().map_err(|e| {
-        TransportError::Setup(format!(
-            "cannot resolve server address {text:?} (expected host:port): {e}"
-        ))
+        TransportError::Setup(format!("cannot resolve server address {text:?} (expected host:port): {e}"))
     })?;
-    addrs.next().ok_or_else(|| {
-        TransportError::Setup(format!("server address {text:?} resolves to nothing"))
-    })
+    addrs.next().ok_or_else(|| TransportError::Setup(format!("server address {text:?} resolves to nothing")))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,10 +142,7 @@ impl Rt {
             .enable_all()
             .build()
             .map_err(|e| TransportError::Setup(format!("cannot start the network runtime: {e}")))?;
-        Ok(Rt {
-            handle: rt.handle().clone(),
-            rt: Some(rt),
-        })
+        Ok(Rt { handle: rt.handle().clone(), rt: Some(rt) })
     }
 
     /// Runs `fut` on the runtime and waits for it on this (non-runtime) thread.
@@ -171,8 +155,7 @@ impl Rt {
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv()
-            .map_err(|_| TransportError::Setup("the network runtime stopped".into()))
+        rx.recv().map_err(|_| TransportError::Setup("the network runtime stopped".into()))
     }
 }
 
@@ -211,13 +194,9 @@ fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig> {
         .receive_window(VarInt::from_u32(cfg.connection_window))
         .send_window(cfg.send_window);
     let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle).map_err(|e| {
-        TransportError::Setup(format!(
-            "idle timeout {:?} is out of range: {e}",
-            cfg.timeouts.idle
-        ))
+        TransportError::Setup(format!("idle timeout {:?} is out of range: {e}", cfg.timeouts.idle))
     })?;
-    t.max_idle_timeout(Some(idle))
-        .keep_alive_interval(Some(cfg.timeouts.idle / 3));
+    t.max_idle_timeout(Some(idle)).keep_alive_interval(Some(cfg.timeouts.idle / 3));
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(cfg.initial_window.max(14720));
     t.congestion_controller_factory(Arc::new(cubic));
@@ -239,8 +218,7 @@ fn server_config(
     transport: Arc<TransportConfig>,
 ) -> Result<(quinn::ServerConfig, Seen)> {
     let provider = provider();
-    let verifier =
-        PinnedVerifier::new(allowed.to_vec(), provider.signature_verification_algorithms);
+    let verifier = PinnedVerifier::new(allowed.to_vec(), provider.signature_verification_algorithms);
     let seen = verifier.seen();
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -249,8 +227,8 @@ fn server_config(
         .with_single_cert(vec![identity.cert().clone()], identity.key())
         .map_err(|e| setup_err("server certificate")(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicServerConfig::try_from(tls)
-        .map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
+    let crypto =
+        QuicServerConfig::try_from(tls).map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     sc.transport_config(transport);
     Ok((sc, seen))
@@ -262,10 +240,8 @@ fn client_config(
     transport: Arc<TransportConfig>,
 ) -> Result<(quinn::ClientConfig, Seen)> {
     let provider = provider();
-    let verifier = PinnedVerifier::new(
-        vec![server_fp.to_string()],
-        provider.signature_verification_algorithms,
-    );
+    let verifier =
+        PinnedVerifier::new(vec![server_fp.to_string()], provider.signature_verification_algorithms);
     let seen = verifier.seen();
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -275,8 +251,8 @@ fn client_config(
         .with_client_auth_cert(vec![identity.cert().clone()], identity.key())
         .map_err(|e| setup_err("client certificate")(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls)
-        .map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
+    let crypto =
+        QuicClientConfig::try_from(tls).map_err(|e| setup_err("QUIC TLS configuration")(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
     cc.transport_config(transport);
     Ok((cc, seen))
@@ -290,8 +266,8 @@ fn udp_socket(addr: SocketAddr, buffer: usize) -> Result<std::net::UdpSocket> {
             "cannot bind UDP {addr}: {e} (is another process using the port? choose another one)"
         ))
     };
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(bind_err)?;
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
     if let Err(e) = socket.set_recv_buffer_size(buffer) {
         tracing::debug!("cannot raise the UDP receive buffer to {buffer} bytes: {e}");
     }
@@ -317,35 +293,21 @@ fn new_endpoint(
     let mut ep = EndpointConfig::default();
     ep.max_udp_payload_size(max_udp_payload.max(1472))
         .map_err(|e| TransportError::Setup(format!("largest UDP payload {max_udp_payload}: {e:?}")))?;
-    Endpoint::new(
-        ep,
-        server,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|e| TransportError::Setup(format!("cannot start the QUIC endpoint: {e}")))
+    Endpoint::new(ep, server, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| TransportError::Setup(format!("cannot start the QUIC endpoint: {e}")))
 }
 
 fn peer_fingerprint(conn: &Connection) -> Option<String> {
-    let certs = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
+    let certs = conn.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     certs.first().map(|c| cert_fingerprint(c))
 }
 
 /// TLS alerts a peer sends when it refuses our certificate.
 fn is_certificate_alert(code: quinn::TransportErrorCode) -> bool {
     use rustls::AlertDescription as A;
-    [
-        A::AccessDenied,
-        A::BadCertificate,
-        A::CertificateUnknown,
-        A::CertificateRequired,
-        A::UnknownCA,
-    ]
-    .into_iter()
-    .any(|a| code == quinn::TransportErrorCode::crypto(u8::from(a)))
+    [A::AccessDenied, A::BadCertificate, A::CertificateUnknown, A::CertificateRequired, A::UnknownCA]
+        .into_iter()
+        .any(|a| code == quinn::TransportErrorCode::crypto(u8::from(a)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -376,10 +338,8 @@ impl QuicServer {
         allowed_clients: &[String],
         cfg: QuicConfig,
     ) -> Result<QuicServer> {
-        let allowed: Vec<String> = allowed_clients
-            .iter()
-            .map(|f| normalize_fingerprint(f))
-            .collect::<Result<_>>()?;
+        let allowed: Vec<String> =
+            allowed_clients.iter().map(|f| normalize_fingerprint(f)).collect::<Result<_>>()?;
         if allowed.is_empty() {
             return Err(TransportError::Setup(
                 "no client fingerprint is allowed, so no client could connect: pass the fingerprint that the \
@@ -404,8 +364,7 @@ impl QuicServer {
             handshake_timeout: cfg.timeouts.connect,
             own_fingerprint: identity.fingerprint(),
         };
-        rt.handle
-            .spawn(accept_loop(endpoint.clone(), Arc::new(acceptor), tx));
+        rt.handle.spawn(accept_loop(endpoint.clone(), Arc::new(acceptor), tx));
         tracing::info!(
             "listening on {local_addr} (QUIC, ALPN shardlm/1), fingerprint {}",
             identity.fingerprint()
@@ -456,18 +415,11 @@ impl QuicServer {
 
     /// Stops accepting and closes every connection of this endpoint.
     pub fn close(&self) {
-        self.endpoint.close(
-            VarInt::from_u32(close_code::NORMAL),
-            b"server shutting down",
-        );
+        self.endpoint.close(VarInt::from_u32(close_code::NORMAL), b"server shutting down");
     }
 
     fn channel(&self, c: Connected) -> QuicChannel {
-        let peer = format!(
-            "client {} ({})",
-            c.conn.remote_address(),
-            short_fp(&c.peer_fingerprint)
-        );
+        let peer = format!("client {} ({})", c.conn.remote_address(), short_fp(&c.peer_fingerprint));
         QuicChannel::new(
             self.rt.clone(),
             None,
@@ -516,9 +468,9 @@ async fn accept_loop(
 async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected> {
     let remote = incoming.remote_address();
     let (config, seen) = server_config(&a.identity, &a.allowed, a.transport.clone())?;
-    let connecting = incoming.accept_with(Arc::new(config)).map_err(|e| {
-        TransportError::Setup(format!("cannot accept the connection from {remote}: {e}"))
-    })?;
+    let connecting = incoming
+        .accept_with(Arc::new(config))
+        .map_err(|e| TransportError::Setup(format!("cannot accept the connection from {remote}: {e}")))?;
     match tokio::time::timeout(a.handshake_timeout, connecting).await {
         Err(_) => Err(TransportError::Timeout {
             peer: format!("client {remote}"),
@@ -538,12 +490,8 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
             })
         }
         Ok(Ok(conn)) => {
-            let peer_fingerprint =
-                peer_fingerprint(&conn).unwrap_or_else(|| "unknown certificate".into());
-            Ok(Connected {
-                conn,
-                peer_fingerprint,
-            })
+            let peer_fingerprint = peer_fingerprint(&conn).unwrap_or_else(|| "unknown certificate".into());
+            Ok(Connected { conn, peer_fingerprint })
         }
     }
 }
@@ -553,8 +501,8 @@ fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str) -> TransportErro
     match e {
         ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => {
             TransportError::Setup(format!(
-            "{peer} rejected our certificate {own_fp}: ask its operator to allow this fingerprint"
-        ))
+                "{peer} rejected our certificate {own_fp}: ask its operator to allow this fingerprint"
+            ))
         }
         ConnectionError::TimedOut => TransportError::Timeout {
             peer: peer.into(),
@@ -590,11 +538,8 @@ impl QuicClient {
         let rt = Arc::new(Rt::new(cfg.worker_threads)?);
         let transport = Arc::new(transport_config(&cfg)?);
         let (client_cfg, seen) = client_config(identity, &expected, transport)?;
-        let local: SocketAddr = if addr.is_ipv6() {
-            SocketAddr::from(([0u16; 8], 0))
-        } else {
-            SocketAddr::from(([0u8; 4], 0))
-        };
+        let local: SocketAddr =
+            if addr.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0u8; 4], 0)) };
         let socket = udp_socket(local, cfg.socket_buffer)?;
         let timeout = cfg.timeouts.connect;
         let payload = cfg.max_udp_payload;
@@ -631,15 +576,7 @@ impl QuicClient {
             }
             (endpoint, Ok(Ok(conn))) => {
                 let peer = format!("server {addr}");
-                Ok(QuicChannel::new(
-                    rt,
-                    Some(endpoint),
-                    conn,
-                    &cfg,
-                    peer,
-                    expected,
-                    own_fp,
-                ))
+                Ok(QuicChannel::new(rt, Some(endpoint), conn, &cfg, peer, expected, own_fp))
             }
         }
     }
@@ -896,9 +833,7 @@ impl QuicChannel {
         self.closed = true;
         // Before the connection closes, so our own receives report this reason rather
         // than a bare "locally closed" (a reason the peer gave first is kept).
-        self.shared.set_gone(Gone::Local(format!(
-            "this side closed the channel ({reason})"
-        )));
+        self.shared.set_gone(Gone::Local(format!("this side closed the channel ({reason})")));
         let tasks: Vec<_> = self
             .writers
             .drain()
@@ -956,14 +891,7 @@ impl Channel for QuicChannel {
                     self.timeouts.idle,
                     self.own_fingerprint.clone(),
                 ));
-                (
-                    v.insert(LaneWriter {
-                        encoder: FrameEncoder::new(self.max_frame),
-                        tx,
-                        task,
-                    }),
-                    true,
-                )
+                (v.insert(LaneWriter { encoder: FrameEncoder::new(self.max_frame), tx, task }), true)
             }
         };
         let msg = writer.encoder.encode(Bytes::from(payload));
@@ -1034,24 +962,11 @@ impl Drop for QuicChannel {
 
 /// Accepts the peer's lane streams and spawns a reader per stream; records why the
 /// connection ended.
-async fn demux(
-    conn: Connection,
-    shared: Arc<Shared>,
-    limits: FrameLimits,
-    idle: Duration,
-    own_fp: String,
-) {
+async fn demux(conn: Connection, shared: Arc<Shared>, limits: FrameLimits, idle: Duration, own_fp: String) {
     loop {
         match conn.accept_uni().await {
             Ok(stream) => {
-                tokio::spawn(read_lane(
-                    stream,
-                    conn.clone(),
-                    shared.clone(),
-                    limits,
-                    idle,
-                    own_fp.clone(),
-                ));
+                tokio::spawn(read_lane(stream, conn.clone(), shared.clone(), limits, idle, own_fp.clone()));
             }
             Err(e) => {
                 shared.set_gone(Gone::from_connection(&e, idle, &own_fp));
@@ -1073,10 +988,7 @@ async fn read_lane(
         if let Gone::Protocol(p) | Gone::Malformed { problem: p, .. } = &gone {
             let reason = format!("protocol violation: {p}");
             shared.set_gone(gone.clone());
-            conn.close(
-                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-                reason.as_bytes(),
-            );
+            conn.close(VarInt::from_u32(close_code::PROTOCOL_VIOLATION), reason.as_bytes());
         } else {
             shared.set_gone(gone);
         }
@@ -1131,14 +1043,12 @@ async fn read_lane_inner(
         return Ok(());
     }
     let id = u16::from_le_bytes(id);
-    let lane = Lane::from_id(id)
-        .ok_or_else(|| Gone::Protocol(format!("stream opened for unknown lane id {id}")))?;
+    let lane =
+        Lane::from_id(id).ok_or_else(|| Gone::Protocol(format!("stream opened for unknown lane id {id}")))?;
     {
         let mut inbox = lock(&shared.inbox);
         if inbox.open_lanes.contains(&lane) {
-            return Err(Gone::Protocol(format!(
-                "a second stream was opened for lane {lane:?}"
-            )));
+            return Err(Gone::Protocol(format!("a second stream was opened for lane {lane:?}")));
         }
         inbox.open_lanes.push(lane);
     }
@@ -1188,25 +1098,16 @@ async fn write_lane(
 ) {
     let write_err = |e: quinn::WriteError| match e {
         quinn::WriteError::ConnectionLost(c) => Gone::from_connection(&c, idle, &own_fp),
-        quinn::WriteError::Stopped(code) => Gone::Protocol(format!(
-            "the peer stopped reading lane {lane:?} (code {code})"
-        )),
+        quinn::WriteError::Stopped(code) => {
+            Gone::Protocol(format!("the peer stopped reading lane {lane:?} (code {code})"))
+        }
         other => Gone::Other(format!("writing lane {lane:?}: {other}")),
     };
     let result = async {
-        let mut stream = conn
-            .open_uni()
-            .await
-            .map_err(|e| Gone::from_connection(&e, idle, &own_fp))?;
-        stream
-            .write_all(&lane.id().to_le_bytes())
-            .await
-            .map_err(write_err)?;
+        let mut stream = conn.open_uni().await.map_err(|e| Gone::from_connection(&e, idle, &own_fp))?;
+        stream.write_all(&lane.id().to_le_bytes()).await.map_err(write_err)?;
         while let Some((mut chunks, len)) = rx.recv().await {
-            stream
-                .write_all_chunks(&mut chunks)
-                .await
-                .map_err(write_err)?;
+            stream.write_all_chunks(&mut chunks).await.map_err(write_err)?;
             shared.release_send(len);
         }
         // The channel is closing: end the stream and wait until the peer has everything.

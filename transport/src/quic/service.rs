@@ -53,7 +53,11 @@ impl QuicServer {
                         // The client closes once it has read the answer. Closing first
                         // could overtake the answer still in flight (a connection close
                         // discards unread stream data), so wait for that, bounded.
-                        let _ = crate::Channel::recv_bytes_within(&mut chan, crate::Lane::Control, handshake_timeout);
+                        let _ = crate::Channel::recv_bytes_within(
+                            &mut chan,
+                            crate::Lane::Control,
+                            handshake_timeout,
+                        );
                         chan.close(close_code::NORMAL, "done");
                     }
                     Request::Session { .. } => {
@@ -145,9 +149,8 @@ mod tests {
         let server_id = Identity::generate("server").unwrap();
         let client_id = Identity::generate("client").unwrap();
         let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = Arc::new(
-            QuicServer::bind(localhost, &server_id, &[client_id.fingerprint()], cfg()).unwrap(),
-        );
+        let server =
+            Arc::new(QuicServer::bind(localhost, &server_id, &[client_id.fingerprint()], cfg()).unwrap());
         let (addr, fp) = (server.local_addr(), server.fingerprint().to_string());
         let srv = server.clone();
         let serving = std::thread::spawn(move || {
@@ -160,15 +163,11 @@ mod tests {
             })
         });
 
-        assert_eq!(
-            QuicClient::info(addr, &client_id, &fp, cfg()).unwrap(),
-            server_info()
-        );
+        assert_eq!(QuicClient::info(addr, &client_id, &fp, cfg()).unwrap(), server_info());
         assert!(QuicClient::health(addr, &client_id, &fp, cfg()).unwrap() < Duration::from_secs(5));
 
         let (mut chan, info) =
-            QuicClient::session(addr, &client_id, &fp, cfg(), "v3", "blake3:1111", [9; 16])
-                .unwrap();
+            QuicClient::session(addr, &client_id, &fp, cfg(), "v3", "blake3:1111", [9; 16]).unwrap();
         assert_eq!(info.model, "tiny");
         chan.send_u64s(Lane::Openings, &[40, 2]).unwrap();
         assert_eq!(chan.recv_u64s(Lane::Openings, 1).unwrap(), vec![42]);
@@ -176,16 +175,8 @@ mod tests {
         let e = chan.recv_bytes(Lane::Control).unwrap_err();
         assert!(e.to_string().contains("session done"), "{e}");
 
-        let e = QuicClient::session(
-            addr,
-            &client_id,
-            &fp,
-            cfg(),
-            "v3-ot",
-            "blake3:1111",
-            [1; 16],
-        )
-        .unwrap_err();
+        let e =
+            QuicClient::session(addr, &client_id, &fp, cfg(), "v3-ot", "blake3:1111", [1; 16]).unwrap_err();
         assert!(matches!(e, TransportError::Handshake(_)), "{e:?}");
         assert!(e.to_string().contains("variant differs"), "{e}");
 

@@ -27,24 +27,14 @@ struct Setup {
 fn setup(cfg: QuicConfig) -> Setup {
     let server_id = Identity::generate("server").unwrap();
     let client_id = Identity::generate("client").unwrap();
-    let server =
-        QuicServer::bind(localhost(), &server_id, &[client_id.fingerprint()], cfg).unwrap();
+    let server = QuicServer::bind(localhost(), &server_id, &[client_id.fingerprint()], cfg).unwrap();
     Setup { server, client_id }
 }
 
 fn connect(s: &Setup, cfg: QuicConfig) -> (QuicChannel, QuicChannel) {
-    let client = QuicClient::connect(
-        s.server.local_addr(),
-        &s.client_id,
-        s.server.fingerprint(),
-        cfg,
-    )
-    .unwrap();
-    let server = s
-        .server
-        .accept_within(Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
+    let client =
+        QuicClient::connect(s.server.local_addr(), &s.client_id, s.server.fingerprint(), cfg).unwrap();
+    let server = s.server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
     (client, server)
 }
 
@@ -54,13 +44,7 @@ fn lanes_round_trip_concurrently_with_exact_counters() {
     let (mut c, mut srv) = connect(&s, cfg());
     assert_eq!(srv.peer_fingerprint(), s.client_id.fingerprint());
     assert_eq!(c.peer_fingerprint(), s.server.fingerprint());
-    let lanes = [
-        Lane::Control,
-        Lane::Openings,
-        Lane::Ot,
-        Lane::Masked(0),
-        Lane::Masked(200),
-    ];
+    let lanes = [Lane::Control, Lane::Openings, Lane::Ot, Lane::Masked(0), Lane::Masked(200)];
     let sizes = [0usize, 1, 7, 1000, 100_000];
 
     // Server: echo every message back on the same lane, receiving lanes in reverse order.
@@ -91,12 +75,7 @@ fn lanes_round_trip_concurrently_with_exact_counters() {
     for lane in lanes {
         let l = cc.lane(lane);
         assert_eq!(
-            (
-                l.bytes_sent,
-                l.bytes_received,
-                l.messages_sent,
-                l.messages_received
-            ),
+            (l.bytes_sent, l.bytes_received, l.messages_sent, l.messages_received),
             (total, total, 5, 5)
         );
         assert_eq!(sc.lane(lane), l);
@@ -117,9 +96,7 @@ fn large_payload_is_chunked_and_reassembled() {
     let s = setup(config.clone());
     let (mut c, mut srv) = connect(&s, config);
     let n = (64usize << 20) / 8;
-    let values: Vec<u64> = (0..n as u64)
-        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .collect();
+    let values: Vec<u64> = (0..n as u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
     let expected = values.clone();
     let receiver = std::thread::spawn(move || {
         let got = srv.recv_u64s(Lane::Masked(1), n).unwrap();
@@ -129,14 +106,8 @@ fn large_payload_is_chunked_and_reassembled() {
     let (got, srv) = receiver.join().unwrap();
     assert!(got == expected, "64 MiB payload differs after reassembly");
     let frames = 16; // 64 MiB / 4 MiB
-    assert_eq!(
-        c.counters().framing_bytes_sent,
-        (frames * HEADER_LEN + LANE_PREAMBLE_LEN) as u64
-    );
-    assert_eq!(
-        srv.counters().lane(Lane::Masked(1)).bytes_received,
-        64 << 20
-    );
+    assert_eq!(c.counters().framing_bytes_sent, (frames * HEADER_LEN + LANE_PREAMBLE_LEN) as u64);
+    assert_eq!(srv.counters().lane(Lane::Masked(1)).bytes_received, 64 << 20);
     // Loopback carries large datagrams: path MTU discovery climbs past Ethernet's 1452
     // toward MAX_UDP_PAYLOAD while the 64 MiB move (a stuck-at-1200 regression fails here).
     let mtu = c.path_mtu();
@@ -162,11 +133,7 @@ fn several_clients_at_once() {
         .collect();
     let mut servers = Vec::new();
     for _ in 0..3 {
-        let mut ch = s
-            .server
-            .accept_within(Duration::from_secs(5))
-            .unwrap()
-            .unwrap();
+        let mut ch = s.server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
         servers.push(std::thread::spawn(move || {
             let v = ch.recv_u64s(Lane::Openings, 1).unwrap();
             ch.send_u64s(Lane::Openings, &[v[0] + 100]).unwrap();
@@ -184,70 +151,40 @@ fn several_clients_at_once() {
 fn wrong_client_certificate_is_rejected_on_both_sides() {
     let s = setup(cfg());
     let stranger = Identity::generate("stranger").unwrap();
-    let client_side = match QuicClient::connect(
-        s.server.local_addr(),
-        &stranger,
-        s.server.fingerprint(),
-        cfg(),
-    ) {
-        Err(e) => e.to_string(),
-        Ok(mut c) => {
-            // TLS 1.3: the client may finish before the server checks its certificate.
-            client_handshake(
-                &mut c,
-                &ClientHello::new(Request::Health),
-                Duration::from_secs(5),
-            )
-            .unwrap_err()
-            .to_string()
-        }
-    };
-    let server_side = s
-        .server
-        .accept_within(Duration::from_secs(5))
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let client_side =
+        match QuicClient::connect(s.server.local_addr(), &stranger, s.server.fingerprint(), cfg()) {
+            Err(e) => e.to_string(),
+            Ok(mut c) => {
+                // TLS 1.3: the client may finish before the server checks its certificate.
+                client_handshake(&mut c, &ClientHello::new(Request::Health), Duration::from_secs(5))
+                    .unwrap_err()
+                    .to_string()
+            }
+        };
+    let server_side = s.server.accept_within(Duration::from_secs(5)).unwrap().unwrap_err().to_string();
     eprintln!("client: {client_side}\nserver: {server_side}");
     assert!(
-        client_side.contains("rejected our certificate")
-            && client_side.contains(&stranger.fingerprint()),
+        client_side.contains("rejected our certificate") && client_side.contains(&stranger.fingerprint()),
         "{client_side}"
     );
     assert!(
-        server_side.contains(&stranger.fingerprint())
-            && server_side.contains("not an allowed client"),
+        server_side.contains(&stranger.fingerprint()) && server_side.contains("not an allowed client"),
         "{server_side}"
     );
-    assert!(
-        server_side.contains(&s.client_id.fingerprint()),
-        "{server_side}"
-    );
+    assert!(server_side.contains(&s.client_id.fingerprint()), "{server_side}");
 }
 
 #[test]
 fn wrong_server_fingerprint_is_rejected_on_both_sides() {
     let s = setup(cfg());
     let expected = Identity::generate("someone else").unwrap().fingerprint();
-    let err = QuicClient::connect(s.server.local_addr(), &s.client_id, &expected, cfg())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&format!("presented certificate {}", s.server.fingerprint())),
-        "{err}"
-    );
+    let err =
+        QuicClient::connect(s.server.local_addr(), &s.client_id, &expected, cfg()).unwrap_err().to_string();
+    assert!(err.contains(&format!("presented certificate {}", s.server.fingerprint())), "{err}");
     assert!(err.contains(&format!("we expected {expected}")), "{err}");
-    let server_side = s
-        .server
-        .accept_within(Duration::from_secs(5))
-        .unwrap()
-        .unwrap_err()
-        .to_string();
+    let server_side = s.server.accept_within(Duration::from_secs(5)).unwrap().unwrap_err().to_string();
     eprintln!("client: {err}\nserver: {server_side}");
-    assert!(
-        server_side.contains("rejected our certificate"),
-        "{server_side}"
-    );
+    assert!(server_side.contains("rejected our certificate"), "{server_side}");
 }
 
 pub(super) fn server_info() -> ServerInfo {
@@ -268,16 +205,14 @@ fn handshake_over_quic_accepts_and_rejects() {
     let t = Duration::from_secs(5);
 
     let (mut c, mut srv) = connect(&s, cfg());
-    let server =
-        std::thread::spawn(move || server_handshake(&mut srv, &server_info(), t).map(|h| (h, srv)));
+    let server = std::thread::spawn(move || server_handshake(&mut srv, &server_info(), t).map(|h| (h, srv)));
     let info = client_handshake(&mut c, &ClientHello::new(Request::Info), t).unwrap();
     assert_eq!(info, server_info());
     let (hello, _srv) = server.join().unwrap().unwrap();
     assert_eq!(hello.request, Request::Info);
 
     let (mut c, mut srv) = connect(&s, cfg());
-    let server =
-        std::thread::spawn(move || server_handshake(&mut srv, &server_info(), t).map(|_| ()));
+    let server = std::thread::spawn(move || server_handshake(&mut srv, &server_info(), t).map(|_| ()));
     let hello = ClientHello::new(Request::Session {
         variant: "v2".into(),
         model_fingerprint: "blake3:2222".into(),
@@ -289,18 +224,14 @@ fn handshake_over_quic_accepts_and_rejects() {
     for e in [&client_err, &server_err] {
         assert!(matches!(e, TransportError::Handshake(_)), "{e:?}");
         assert!(
-            e.to_string().contains(
-                "model fingerprint differs: server has blake3:1111, client has blake3:2222"
-            ),
+            e.to_string()
+                .contains("model fingerprint differs: server has blake3:1111, client has blake3:2222"),
             "{e}"
         );
     }
     // The connection is closed with the handshake code: later receives say why.
     let later = c.recv_bytes(Lane::Control).unwrap_err();
-    assert!(
-        later.to_string().contains("model fingerprint differs"),
-        "{later}"
-    );
+    assert!(later.to_string().contains("model fingerprint differs"), "{later}");
 }
 
 #[test]
@@ -327,17 +258,8 @@ fn vanished_peer_is_an_error_within_the_idle_timeout() {
     let e = srv.recv_bytes(Lane::Control).unwrap_err();
     let waited = t0.elapsed();
     eprintln!("after {waited:?}: {e}");
-    assert!(
-        matches!(
-            e,
-            TransportError::Timeout { .. } | TransportError::PeerGone { .. }
-        ),
-        "{e:?}"
-    );
-    assert!(
-        waited < Duration::from_secs(4),
-        "idle timeout is 2 s, waited {waited:?}"
-    );
+    assert!(matches!(e, TransportError::Timeout { .. } | TransportError::PeerGone { .. }), "{e:?}");
+    assert!(waited < Duration::from_secs(4), "idle timeout is 2 s, waited {waited:?}");
 }
 
 #[test]
@@ -345,9 +267,7 @@ fn receive_timeout_leaves_the_channel_usable() {
     let s = setup(cfg());
     let (mut c, mut srv) = connect(&s, cfg());
     let t0 = Instant::now();
-    let e = c
-        .recv_bytes_within(Lane::Ot, Duration::from_millis(300))
-        .unwrap_err();
+    let e = c.recv_bytes_within(Lane::Ot, Duration::from_millis(300)).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e:?}");
     assert!(t0.elapsed() >= Duration::from_millis(300) && t0.elapsed() < Duration::from_secs(2));
     srv.send_u64s(Lane::Ot, &[5, 6]).unwrap();
@@ -357,22 +277,17 @@ fn receive_timeout_leaves_the_channel_usable() {
 #[test]
 fn bad_setup_inputs_are_clear_errors() {
     let id = Identity::generate("x").unwrap();
-    let e = QuicServer::bind(localhost(), &id, &[], cfg())
+    let e = QuicServer::bind(localhost(), &id, &[], cfg()).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("no client fingerprint is allowed"), "{e}");
+    let e = QuicClient::connect(localhost(), &id, "not-a-fingerprint", cfg()).unwrap_err().to_string();
+    assert!(e.contains("is not a certificate fingerprint"), "{e}");
+    let jumbo = QuicConfig { max_udp_payload: 8952, ..cfg() };
+    let e = QuicServer::bind(localhost(), &id, &[id.fingerprint().to_string()], jumbo)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(e.contains("no client fingerprint is allowed"), "{e}");
-    let e = QuicClient::connect(localhost(), &id, "not-a-fingerprint", cfg())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("is not a certificate fingerprint"), "{e}");
-    let jumbo = QuicConfig { max_udp_payload: 8952, ..cfg() };
-    let e = QuicServer::bind(localhost(), &id, &[id.fingerprint().to_string()], jumbo).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("between 1200 and 6500 bytes, not 8952"), "{e}");
-    assert_eq!(
-        resolve_addr("quic://127.0.0.1:4433").unwrap(),
-        SocketAddr::from(([127, 0, 0, 1], 4433))
-    );
+    assert_eq!(resolve_addr("quic://127.0.0.1:4433").unwrap(), SocketAddr::from(([127, 0, 0, 1], 4433)));
 }
 
 #[test]
@@ -411,22 +326,14 @@ fn raw_peer_writes(s: &Setup, bytes: Vec<u8>) -> (QuicChannel, Arc<Rt>, Connecti
     let conn = rt
         .run(async move {
             let endpoint = new_endpoint(socket, None, MAX_UDP_PAYLOAD).unwrap();
-            let conn = endpoint
-                .connect_with(client_cfg, addr, SERVER_NAME)
-                .unwrap()
-                .await
-                .unwrap();
+            let conn = endpoint.connect_with(client_cfg, addr, SERVER_NAME).unwrap().await.unwrap();
             let mut stream = conn.open_uni().await.unwrap();
             stream.write_all(&bytes).await.unwrap();
             stream.finish().unwrap();
             conn
         })
         .unwrap();
-    let srv = s
-        .server
-        .accept_within(Duration::from_secs(5))
-        .unwrap()
-        .unwrap();
+    let srv = s.server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
     (srv, rt, conn)
 }
 
@@ -453,13 +360,8 @@ fn framing_violations_close_the_connection_with_a_named_error() {
     let (mut srv, _rt, _conn) = raw_peer_writes(&s, bytes);
     let e = srv.recv_bytes(Lane::Openings).unwrap_err();
     assert!(
-        matches!(
-            e,
-            TransportError::Malformed {
-                lane: Lane::Openings,
-                ..
-            }
-        ) && e.to_string().contains("expected frame 0, got frame 5"),
+        matches!(e, TransportError::Malformed { lane: Lane::Openings, .. })
+            && e.to_string().contains("expected frame 0, got frame 5"),
         "{e}"
     );
 
@@ -486,11 +388,7 @@ fn framing_violations_close_the_connection_with_a_named_error() {
     bytes.truncate(bytes.len() - HEADER_LEN - 2);
     let (mut srv, _rt, _conn) = raw_peer_writes(&s, bytes);
     let e = srv.recv_bytes(Lane::Ot).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("ended in the middle of a chunked message"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("ended in the middle of a chunked message"), "{e}");
 }
 
 #[test]
@@ -501,8 +399,7 @@ fn nobody_listening_is_a_connect_timeout() {
     // A bound but silent UDP socket: nothing answers.
     let silent = std::net::UdpSocket::bind(localhost()).unwrap();
     let t0 = Instant::now();
-    let e = QuicClient::connect(silent.local_addr().unwrap(), &id, &id.fingerprint(), config)
-        .unwrap_err();
+    let e = QuicClient::connect(silent.local_addr().unwrap(), &id, &id.fingerprint(), config).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e:?}");
     assert!(e.to_string().contains("is the server running"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(2));

@@ -25,11 +25,7 @@ pub(crate) struct PinnedVerifier {
 impl PinnedVerifier {
     /// Accepts certificates whose fingerprint is in `allowed` (canonical form).
     pub(crate) fn new(allowed: Vec<String>, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        PinnedVerifier {
-            allowed,
-            algorithms,
-            seen: Arc::new(Mutex::new(None)),
-        }
+        PinnedVerifier { allowed, algorithms, seen: Arc::new(Mutex::new(None)) }
     }
 
     /// Where the fingerprint of the presented certificate is recorded.
@@ -45,9 +41,7 @@ impl PinnedVerifier {
         if self.allowed.contains(&fp) {
             Ok(())
         } else {
-            Err(Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ))
+            Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
         }
     }
 }
@@ -61,8 +55,7 @@ impl ServerCertVerifier for PinnedVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        self.check(end_entity)
-            .map(|()| ServerCertVerified::assertion())
+        self.check(end_entity).map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -99,8 +92,7 @@ impl ClientCertVerifier for PinnedVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.check(end_entity)
-            .map(|()| ClientCertVerified::assertion())
+        self.check(end_entity).map(|()| ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
