@@ -1,7 +1,8 @@
 //! The CPU backend: `f32` GEMM on the `gemm` crate, exact ring GEMM with wrapping
 //! `u64` arithmetic, both multi-threaded with rayon.
 
-use crate::{check_shapes, Backend, BackendError};
+use crate::ring::Storage;
+use crate::{check_shapes, Backend, BackendError, RingMatrix};
 use rayon::prelude::*;
 
 /// Multi-threaded CPU backend.
@@ -67,12 +68,12 @@ impl Backend for CpuBackend {
     fn ring_matmul_prepared(
         &self,
         x: &[u64],
-        w: &crate::RingMatrix,
+        w: &RingMatrix,
         m: usize,
         out: &mut [u64],
     ) -> Result<(), BackendError> {
         check_shapes("ring_matmul_prepared", x.len(), w.n * w.k, out.len(), m, w.k, w.n)?;
-        crate::ring::ring_matmul_limbs(x, w, m, out)
+        ring_matmul_limbs(x, w, m, out)
     }
 }
 
@@ -205,6 +206,83 @@ fn ring_dot(a: &[u64], b: &[u64]) -> u64 {
     s
 }
 
+/// `out = x * w^T mod 2^64` for a prepared `w`. `x` is `m x k`.
+pub(crate) fn ring_matmul_limbs(
+    x: &[u64],
+    w: &RingMatrix,
+    m: usize,
+    out: &mut [u64],
+) -> Result<(), BackendError> {
+    let (n, k) = (w.n, w.k);
+    let wide: std::borrow::Cow<'_, [f64]> = match &w.storage {
+        Storage::Raw(raw) => {
+            ring_matmul_cpu(x, raw, m, k, n, out);
+            return Ok(());
+        }
+        Storage::Device(_) => {
+            return Err(BackendError::Shape {
+                op: "ring_matmul_prepared",
+                detail: "this matrix was prepared on a GPU backend; multiply it there".into(),
+            })
+        }
+        Storage::Small(v) if m <= 4 => {
+            // Decode steps: memory-bound; one pass over the 4-byte weights with wrapping
+            // integer products.
+            ring_gemv_small_m(x, v, m, k, n, out);
+            return Ok(());
+        }
+        Storage::Wide(v) if m <= 4 => {
+            ring_gemv_small_m(x, v, m, k, n, out);
+            return Ok(());
+        }
+        Storage::Small(v) => std::borrow::Cow::Owned(v.par_iter().map(|&x| f64::from(x)).collect()),
+        Storage::Wide(v) => std::borrow::Cow::Borrowed(v.as_slice()),
+    };
+    let b = w.limb_bits;
+    let limbs = 64u32.div_ceil(b);
+    let mask = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
+    out.fill(0);
+    let mut xl = vec![0f64; m * k];
+    let mut acc = vec![0f64; m * n];
+    for l in 0..limbs {
+        let shift = l * b;
+        xl.par_iter_mut().zip(x.par_iter()).for_each(|(d, &v)| *d = ((v >> shift) & mask) as f64);
+        f64_gemm_wt(&xl, &wide, m, k, n, &mut acc);
+        out.par_iter_mut().zip(acc.par_iter()).for_each(|(o, &a)| {
+            *o = o.wrapping_add((a as i64 as u64).wrapping_shl(shift));
+        });
+    }
+    Ok(())
+}
+
+/// A weight element that converts exactly to a signed 64-bit integer.
+trait IntWeight: Copy + Send + Sync {
+    fn as_ring(self) -> u64;
+}
+
+impl IntWeight for i32 {
+    fn as_ring(self) -> u64 {
+        i64::from(self) as u64
+    }
+}
+
+impl IntWeight for f64 {
+    fn as_ring(self) -> u64 {
+        self as i64 as u64
+    }
+}
+
+fn ring_gemv_small_m<W: IntWeight>(x: &[u64], w: &[W], m: usize, k: usize, n: usize, out: &mut [u64]) {
+    by_weight_rows(m, n, 64, out, |i, j| {
+        let (xr, row) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
+        xr.iter().zip(row).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b.as_ring())))
+    });
+}
+
+fn f64_gemm_wt(x: &[f64], w: &[f64], m: usize, k: usize, n: usize, out: &mut [f64]) {
+    gemm_abt(x, w, m, k, n, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +341,55 @@ mod tests {
         let mut out = vec![0.0; 4];
         let err = CpuBackend::new().matmul_f32(&[0.0; 3], &[0.0; 4], 2, 2, 2, &mut out).unwrap_err();
         assert!(err.to_string().contains("matmul_f32"));
+    }
+
+    fn naive(x: &[u64], w: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
+        let mut out = vec![0u64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] =
+                    (0..k).fold(0u64, |s, t| s.wrapping_add(x[i * k + t].wrapping_mul(w[j * k + t])));
+            }
+        }
+        out
+    }
+
+    fn check(m: usize, k: usize, n: usize, wbits: u32, extreme: bool, seed: u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let lim = 1i64 << wbits;
+        let x: Vec<u64> =
+            (0..m * k).map(|i| if extreme && i % 2 == 0 { u64::MAX } else { rng.gen() }).collect();
+        let w: Vec<u64> = (0..n * k)
+            .map(|i| {
+                if extreme {
+                    (if i % 2 == 0 { lim - 1 } else { -(lim - 1) }) as u64
+                } else {
+                    rng.gen_range(-lim + 1..lim) as u64
+                }
+            })
+            .collect();
+        let rm = RingMatrix::new(&w, n, k);
+        let mut out = vec![0u64; m * n];
+        ring_matmul_limbs(&x, &rm, m, &mut out).unwrap();
+        assert_eq!(out, naive(&x, &w, m, k, n), "m={m} k={k} n={n} wbits={wbits} limbs={}", rm.limb_bits);
+    }
+
+    #[test]
+    fn limb_gemm_equals_wrapping_reference() {
+        check(5, 64, 9, 18, false, 1);
+        check(1, 64, 70, 18, true, 7); // decode path
+        check(4, 100, 3, 18, false, 8);
+        check(7, 300, 5, 18, true, 2);
+        check(3, 33, 4, 40, false, 3); // large weights: narrow limbs
+        check(2, 17, 3, 60, true, 4); // too large for limbs: integer fallback
+    }
+
+    #[test]
+    fn limb_gemm_is_exact_at_k_18944_with_extreme_weights() {
+        // The 7B's intermediate size, weights at the largest magnitude F_w = 16 gives to
+        // |W| < 4 (2^18 - 1), inputs all ones (u64::MAX) in half the entries.
+        check(2, 18944, 3, 18, true, 5);
+        check(3, 18944, 2, 18, false, 6);
+        assert_eq!(crate::limb_bits_for(18944, 18), 20);
     }
 }

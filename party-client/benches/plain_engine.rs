@@ -4,9 +4,9 @@
 //! `SHARDLM_REAL_MODEL_DIR=DIR cargo bench -p shardlm-client --bench plain_engine`;
 //! without the variable it synthesizes a `qwen2.5-0.5b`-shaped model in a temp dir.
 
-use shardlm_protocols::model::qwen2::forward;
-use shardlm_protocols::model::sampling::argmax;
-use shardlm_protocols::model::{ModelDir, PlainEngine, Rows};
+use shardlm_model::qwen2::forward;
+use shardlm_model::sampling::argmax;
+use shardlm_model::{ModelDir, PlainEngine, Rows};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ fn main() {
                 "SHARDLM_REAL_MODEL_DIR not set: synthesizing qwen2.5-0.5b weights in {}",
                 tmp.path().display()
             );
-            shardlm_protocols::model::synth::write_synthetic_model(&cfg, tmp.path(), 1).expect("synth");
+            shardlm_model::synth::write_synthetic_model(&cfg, tmp.path(), 1).expect("synth");
             tmp.path().to_path_buf()
         }
     };
@@ -38,7 +38,7 @@ fn main() {
         t.elapsed().as_secs_f64(),
         rayon::current_num_threads()
     );
-    let mut engine = shardlm_protocols::model::timing::Timed::new(PlainEngine::new(
+    let mut engine = shardlm_model::timing::Timed::new(PlainEngine::new(
         weights,
         Arc::new(shardlm_gpu::CpuBackend::new()),
     ));

@@ -4,7 +4,7 @@
 //! `bytes_received`, `rounds`, per lane) and a per-phase time breakdown.
 
 use serde::Serialize;
-use shardlm_protocols::model::timing::PhaseTimes;
+use shardlm_model::timing::PhaseTimes;
 use shardlm_transport::Counters;
 use std::collections::BTreeMap;
 

@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use shardlm_protocols::model::sampling::top_k;
+use shardlm_model::sampling::top_k;
 use std::path::Path;
 
 /// One case of a cases file; reference fields are optional.
@@ -126,7 +126,7 @@ pub fn compare(
             .map(|(&i, &l)| (last_row.get(i as usize).copied().unwrap_or(f32::NAN) - l).abs())
             .fold(0.0, f32::max);
     }
-    c.top1_equal = ref_ids.first().copied() == Some(shardlm_protocols::model::sampling::argmax(last_row));
+    c.top1_equal = ref_ids.first().copied() == Some(shardlm_model::sampling::argmax(last_row));
     if let (Some(r), Some(a)) = (&case.argmax_all_positions, argmax_all) {
         c.argmax_agree = Some((r.iter().zip(a).filter(|(x, y)| x == y).count(), r.len()));
     }
@@ -145,13 +145,13 @@ pub fn run_case<O>(
     config: &shardlm_configs::ModelConfig,
     input_ids: &[u32],
     greedy_n: usize,
-    rows: shardlm_protocols::model::Rows,
-) -> Result<(shardlm_protocols::model::Logits, Vec<u32>)>
+    rows: shardlm_model::Rows,
+) -> Result<(shardlm_model::Logits, Vec<u32>)>
 where
-    O: shardlm_protocols::model::ModelOps,
+    O: shardlm_model::ModelOps,
     O::Error: std::error::Error + Send + Sync + 'static,
 {
-    use shardlm_protocols::model::{qwen2::forward, sampling::argmax, Rows};
+    use shardlm_model::{qwen2::forward, sampling::argmax, Rows};
     let logits = forward(ops, config, input_ids, 0, rows)?.context("this party received no logits")?;
     let mut greedy = Vec::with_capacity(greedy_n);
     let mut pos = input_ids.len();

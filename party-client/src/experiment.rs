@@ -354,7 +354,7 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     let me = std::env::current_exe().context("finding this binary")?;
     std::fs::create_dir_all(args.out.join("logs"))
         .with_context(|| format!("{}: cannot create", args.out.display()))?;
-    let dir = shardlm_protocols::model::ModelDir::open(&args.model_dir)?;
+    let dir = shardlm_model::ModelDir::open(&args.model_dir)?;
     let codec = TextCodec::load(&dir.tokenizer)?;
     let (prompt, prompt_tokens) = prompt_of_length(&codec, args.prompt_tokens)?;
     if prompt_tokens != args.prompt_tokens {

@@ -10,12 +10,12 @@ use shardlm_client::session::{
 };
 use shardlm_client::text::{StreamDecoder, TextCodec};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
-use shardlm_protocols::model::generate::{generate, Generation};
-use shardlm_protocols::model::sampling::{argmax, Sampler, SamplingConfig};
-use shardlm_protocols::model::timing::Timed;
-use shardlm_protocols::model::{ModelOps, PlainEngine, Rows};
-use shardlm_protocols::variants::v2::RingWeights;
+use shardlm_model::generate::{generate, Generation};
+use shardlm_model::sampling::{argmax, Sampler, SamplingConfig};
+use shardlm_model::timing::Timed;
+use shardlm_model::{ModelOps, PlainEngine, Rows};
 use shardlm_transport::{Counters, Identity, QuicClient, QuicConfig};
+use shardlm_variants::v2::RingWeights;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -700,7 +700,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     };
     let t0 = Instant::now();
     let config = shardlm_configs::ModelConfig::preset("tiny")?;
-    shardlm_protocols::model::synth::write_synthetic_model(&config, &dir, 7)?;
+    shardlm_model::synth::write_synthetic_model(&config, &dir, 7)?;
     let model = LocalModel::load(&dir)?;
     let codec = TextCodec::load(&model.dir.tokenizer)?;
     let prompt = codec.encode_prompt(&a.prompt, true)?;
@@ -824,13 +824,9 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
     let model = LocalModel::load(&a.model_dir)?;
     let (backend, note) = shardlm_gpu::best_available();
     let ring = RingWeights::encode(&model.weights, FixedPoint::default(), backend)?;
-    let seed = shardlm_protocols::prg::Seed::random(&mut rand::rngs::OsRng);
-    let mut writer = shardlm_protocols::material::BundleWriter::create(
-        &a.out,
-        &model.fingerprint,
-        a.variant.name(),
-        seed,
-    )?;
+    let seed = shardlm_mpc::prg::Seed::random(&mut rand::rngs::OsRng);
+    let mut writer =
+        shardlm_mpc::material::BundleWriter::create(&a.out, &model.fingerprint, a.variant.name(), seed)?;
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
@@ -850,7 +846,7 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
     };
     let planned = if a.variant == Variant::V3Mpc {
         let ring = Arc::new(ring);
-        let plan = shardlm_protocols::variants::mpc::deal_sessions(
+        let plan = shardlm_variants::v3_mpc::deal_sessions(
             &mut writer,
             &model.weights,
             &ring,
@@ -868,7 +864,7 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
         }
         per_party.map(|b| (b * a.sessions as f64).round() as u64)
     } else {
-        shardlm_protocols::variants::v2::deal_sessions(
+        shardlm_variants::v2::deal_sessions(
             &mut writer,
             &ring,
             a.prompt_tokens,
@@ -877,7 +873,7 @@ fn cmd_dealer(a: DealerArgs) -> Result<()> {
             a.sessions,
             progress,
         )?;
-        shardlm_protocols::variants::v2::planned_raw_bytes(
+        shardlm_variants::v2::planned_raw_bytes(
             &model.dir.config,
             a.prompt_tokens,
             a.max_new_tokens,

@@ -7,19 +7,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use rand::rngs::OsRng;
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
-use shardlm_protocols::material::{BundleWriter, IdealDealer, Manifest, Material};
-use shardlm_protocols::model::fingerprint::fingerprint;
-use shardlm_protocols::model::Rows;
-use shardlm_protocols::model::{ModelDir, Weights};
-use shardlm_protocols::prg::Seed;
-use shardlm_protocols::share::P0;
-use shardlm_protocols::variants::mpc::MpcParty;
-use shardlm_protocols::variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
-use shardlm_protocols::variants::v2::{deal_sessions, Pipeline, RingWeights, V2Client};
+use shardlm_model::fingerprint::fingerprint;
+use shardlm_model::Rows;
+use shardlm_model::{ModelDir, Weights};
+use shardlm_mpc::material::{BundleWriter, IdealDealer, Manifest, Material};
+use shardlm_mpc::prg::Seed;
+use shardlm_mpc::share::P0;
 use shardlm_transport::handshake::ServerInfo;
 use shardlm_transport::{
     close_code, Channel, Counters, Identity, QuicChannel, QuicClient, QuicConfig, QuicServer,
 };
+use shardlm_variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
+use shardlm_variants::v2::{deal_sessions, Pipeline, RingWeights, V2Client};
+use shardlm_variants::v3_mpc::MpcParty;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! file and the problem, a non-zero exit, and no panic.
 
 use shardlm_configs::ModelConfig;
-use shardlm_protocols::model::synth::write_synthetic_model;
+use shardlm_model::synth::write_synthetic_model;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -288,7 +288,7 @@ fn setup() -> Setup {
     let server_fp = shardlm_transport::keygen(&sid, "shardlm-server").unwrap();
     let client_fp = shardlm_transport::keygen(&cid, "shardlm-client").unwrap();
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         5,
@@ -496,7 +496,7 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         5,

@@ -7,11 +7,11 @@
 
 use shardlm_client::session::{LocalModel, Loopback, MaterialPlan, Private};
 use shardlm_configs::{Timeouts, Variant};
-use shardlm_protocols::model::qwen2::forward;
-use shardlm_protocols::model::sampling::argmax;
-use shardlm_protocols::model::{Linear, PlainEngine, Rows};
-use shardlm_protocols::variants::v2::{RingWeights, V2_LANE};
+use shardlm_model::qwen2::forward;
+use shardlm_model::sampling::argmax;
+use shardlm_model::{Linear, PlainEngine, Rows};
 use shardlm_transport::Channel;
+use shardlm_variants::v2::{RingWeights, V2_LANE};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,7 +179,7 @@ fn two_binaries_serve_info_health_generate_and_refuse_bad_peers() {
         assert_eq!(std::fs::metadata(cid.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
     }
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         5,
@@ -230,7 +230,7 @@ fn two_binaries_serve_info_health_generate_and_refuse_bad_peers() {
 
     // A different model on the client: refused by the handshake, naming the fingerprint.
     let model2 = tmp.path().join("tiny2");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model2,
         6,
@@ -397,7 +397,7 @@ fn dealer_bundle_serves_its_sessions_once() {
     // No material where --material points, and material for another model: refused
     // before a connection is made (nothing prompt-dependent leaves the client).
     let other_model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &other_model,
         2,
@@ -538,7 +538,7 @@ fn server_killed_mid_session_is_an_error_not_a_hang() {
     let server_fp = keygen(Command::new(server_bin()), &sid);
     let client_fp = keygen(client(), &cid);
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         5,
@@ -589,7 +589,7 @@ fn server_killed_mid_session_is_an_error_not_a_hang() {
 fn benchmark_writes_the_report() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         4,

@@ -11,10 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use shardlm_configs::{FixedPoint, ModelConfig, Timeouts, Variant};
 use shardlm_gpu::DeviceChoice;
-use shardlm_protocols::model::fingerprint::fingerprint;
-use shardlm_protocols::model::ModelDir;
-use shardlm_protocols::variants::server::{MpcMaterial, ServerParty};
+use shardlm_model::fingerprint::fingerprint;
+use shardlm_model::ModelDir;
 use shardlm_transport::{Identity, QuicConfig, QuicServer};
+use shardlm_variants::server::{MpcMaterial, ServerParty};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -171,7 +171,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let mut party = ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?;
     if let Some(dir) = &a.material {
         // Check the bundle now rather than at the first session.
-        let manifest = shardlm_protocols::material::Manifest::read(dir)?;
+        let manifest = shardlm_mpc::material::Manifest::read(dir)?;
         if manifest.variant != Variant::V3Mpc.name() || manifest.model_fingerprint != fp {
             anyhow::bail!(
                 "{}: a {} bundle for {}; --material needs a v3-mpc bundle dealt for this model ({fp})",
@@ -253,7 +253,7 @@ fn keygen(a: KeygenArgs) -> Result<()> {
 
 fn synth(a: SynthArgs) -> Result<()> {
     let config = ModelConfig::preset(&a.preset)?;
-    shardlm_protocols::model::synth::write_synthetic_model(&config, &a.out, a.seed)
+    shardlm_model::synth::write_synthetic_model(&config, &a.out, a.seed)
         .with_context(|| format!("writing synthetic model `{}`", a.preset))?;
     println!(
         "wrote {} ({} parameters, seed {}) to {}",

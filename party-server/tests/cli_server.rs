@@ -18,7 +18,7 @@ fn synth_model_writes_a_loadable_checkpoint() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let md = shardlm_protocols::model::ModelDir::open(tmp.path()).unwrap();
+    let md = shardlm_model::ModelDir::open(tmp.path()).unwrap();
     let w = md.load_weights().unwrap();
     assert_eq!(w.config.hidden_size, 64);
     let tok = std::fs::read_to_string(tmp.path().join("tokenizer.json")).unwrap();
@@ -56,7 +56,7 @@ fn keygen_and_serve_errors() {
 
     // serve with a model of the wrong architecture preset.
     let model = tmp.path().join("tiny");
-    shardlm_protocols::model::synth::write_synthetic_model(
+    shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         1,

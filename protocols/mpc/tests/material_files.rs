@@ -1,0 +1,425 @@
+//! Dealer bundles on disk: write, reopen, consume; one-time use across restarts;
+//! corruption, exhaustion, wrong party/model and concurrent use are clear errors.
+
+mod common;
+
+use common::two_party;
+use shardlm_mpc::beaver;
+use shardlm_mpc::material::{
+    BundleWriter, IdealDealer, Manifest, MaskedLinearSource, Material, MaterialError, MaterialRequest,
+    MaterialSource, NoWeights,
+};
+use shardlm_mpc::prg::Seed;
+use shardlm_mpc::ring;
+use shardlm_mpc::share::{reconstruct, reconstruct_bits, share, BitShares, Shares, P0, P1};
+use std::path::Path;
+use std::sync::Arc;
+
+const MODEL: &str = "blake3:test-model";
+const D_IN: usize = 6;
+const D_OUT: usize = 5;
+
+fn weight(id: u32) -> Result<Vec<u64>, String> {
+    if id == 7 {
+        Ok((0..(D_OUT * D_IN) as u64).map(|i| ring::encode((i as f64 - 14.0) / 8.0, 16)).collect())
+    } else {
+        Err(format!("no weight {id}"))
+    }
+}
+
+fn requests() -> Vec<MaterialRequest> {
+    vec![
+        MaterialRequest::Triples(100),
+        MaterialRequest::MatrixTriple { m: 3, k: 4, n: 5 },
+        MaterialRequest::TruncOts { n: 50, bits: 16 },
+        MaterialRequest::AndTriples(10),
+        MaterialRequest::DaBits(20),
+        MaterialRequest::RandomOts { n_choices: 16, bits: 8, count: 7 },
+        MaterialRequest::SquarePairs(30),
+        MaterialRequest::MaskedLinear { n: 4, d_in: D_IN, d_out: D_OUT, weight: 7 },
+        MaterialRequest::MatrixTriple { m: 2, k: 2, n: 2 },
+    ]
+}
+
+fn write_bundle(dir: &Path, seed: u64) -> Manifest {
+    let mut w = BundleWriter::create(dir, MODEL, "v3-mpc", Seed::from_u64(seed)).unwrap();
+    for r in requests() {
+        w.push(&r, &weight).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Takes everything of `requests()` from both parties and checks the correlations.
+fn consume_and_check(m0: &mut Material<P0>, m1: &mut Material<P1>) {
+    let t0 = m0.take_triples(100).unwrap();
+    let t1 = m1.take_triples(100).unwrap();
+    let a = reconstruct(&t0.a, &t1.a).unwrap();
+    let b = reconstruct(&t0.b, &t1.b).unwrap();
+    assert_eq!(reconstruct(&t0.c, &t1.c).unwrap(), ring::mul(&a, &b));
+
+    let (x0, x1) = (m0.take_matrix_triple(3, 4, 5).unwrap(), m1.take_matrix_triple(3, 4, 5).unwrap());
+    let (a, b) = (reconstruct(&x0.a, &x1.a).unwrap(), reconstruct(&x0.b, &x1.b).unwrap());
+    assert_eq!(reconstruct(&x0.c, &x1.c).unwrap(), ring::gemm(&a, &b, 3, 4, 5));
+
+    let (o0, o1) = (m0.take_trunc_ots(50, 16).unwrap(), m1.take_trunc_ots(50, 16).unwrap());
+    for i in 0..50 {
+        let c = o0.indices()[i] as usize;
+        assert!(c < 2);
+        assert_eq!(o0.chosen()[i], o1.strings()[2 * i + c]);
+        assert!(o0.chosen()[i] < 1 << 16);
+    }
+
+    let (g0, g1) = (m0.take_and_triples(10).unwrap(), m1.take_and_triples(10).unwrap());
+    let (a, b) = (reconstruct_bits(&g0.a, &g1.a).unwrap(), reconstruct_bits(&g0.b, &g1.b).unwrap());
+    let c = reconstruct_bits(&g0.c, &g1.c).unwrap();
+    assert_eq!(c, a.iter().zip(&b).map(|(a, b)| a & b).collect::<Vec<_>>());
+    let _: &BitShares<P0> = &g0.a;
+
+    let (d0, d1) = (m0.take_dabits(20).unwrap(), m1.take_dabits(20).unwrap());
+    let r = reconstruct(&d0.arith, &d1.arith).unwrap();
+    for (i, ri) in r.iter().enumerate() {
+        assert_eq!(*ri, d0.bits[i] ^ d1.bits[i]);
+    }
+
+    let (r0, r1) = (m0.take_random_ots(16, 8, 7).unwrap(), m1.take_random_ots(16, 8, 7).unwrap());
+    for i in 0..7 {
+        assert_eq!(r0.chosen()[i], r1.strings()[16 * i + r0.indices()[i] as usize]);
+    }
+
+    let (s0, s1) = (m0.take_square_pairs(30).unwrap(), m1.take_square_pairs(30).unwrap());
+    let a = reconstruct(&s0.a, &s1.a).unwrap();
+    assert_eq!(reconstruct(&s0.aa, &s1.aa).unwrap(), ring::mul(&a, &a));
+
+    let ml = m0.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
+    assert_eq!(ml.s, ring::gemm_abt(&ml.r, &weight(7).unwrap(), 4, D_IN, D_OUT));
+
+    let (x0, x1) = (m0.take_matrix_triple(2, 2, 2).unwrap(), m1.take_matrix_triple(2, 2, 2).unwrap());
+    let (a, b) = (reconstruct(&x0.a, &x1.a).unwrap(), reconstruct(&x0.b, &x1.b).unwrap());
+    assert_eq!(reconstruct(&x0.c, &x1.c).unwrap(), ring::gemm(&a, &b, 2, 2, 2));
+}
+
+#[test]
+fn write_reopen_consume_matches_ideal_dealer() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_bundle(dir.path(), 11);
+    assert_eq!(m.model_fingerprint, MODEL);
+    assert_eq!(m.counts["p0"]["triples"].elements, 100);
+    assert_eq!(m.counts["p0"]["matrix-triples"].elements, 2);
+    assert_eq!(m.counts["p0"]["masked-linear"].elements, 4);
+    assert!(!m.counts["p1"].contains_key("masked-linear"));
+    // P1's shard is seeds, shapes and a trailer only.
+    assert!(m.shards["p1"].bytes < 4096, "p1 shard is {} bytes", m.shards["p1"].bytes);
+    assert_eq!(Manifest::read(dir.path()).unwrap(), m);
+
+    let mut f0 = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+    let mut f1 = Material::<P1>::open(dir.path(), Some(MODEL)).unwrap();
+    consume_and_check(&mut f0, &mut f1);
+
+    // Same seed, same requests: the ideal dealer hands out the very same material.
+    let dir2 = tempfile::tempdir().unwrap();
+    write_bundle(dir2.path(), 12);
+    let mut g0 = Material::<P0>::open(dir2.path(), None).unwrap();
+    let weights: Arc<dyn shardlm_mpc::material::LinearWeights + Send + Sync> = Arc::new(weight);
+    let (mut i0, mut i1) = IdealDealer::new(Seed::from_u64(12)).with_weights(weights).split();
+    assert_eq!(g0.take_triples(100).unwrap().c, i0.take_triples(100).unwrap().c);
+    assert_eq!(g0.take_matrix_triple(3, 4, 5).unwrap().c, i0.take_matrix_triple(3, 4, 5).unwrap().c);
+    i1.take_triples(100).unwrap();
+    i1.take_matrix_triple(3, 4, 5).unwrap();
+    // The rest of the ideal dealer's material is as correlated as the bundle's.
+    consume_rest(&mut i0, &mut i1);
+}
+
+fn consume_rest(i0: &mut Material<P0>, i1: &mut Material<P1>) {
+    let (o0, o1) = (i0.take_trunc_ots(50, 16).unwrap(), i1.take_trunc_ots(50, 16).unwrap());
+    for i in 0..50 {
+        assert_eq!(o0.chosen()[i], o1.strings()[2 * i + o0.indices()[i] as usize]);
+    }
+    i0.take_and_triples(10).unwrap();
+    i0.take_dabits(20).unwrap();
+    i0.take_random_ots(16, 8, 7).unwrap();
+    i0.take_square_pairs(30).unwrap();
+    let ml = i0.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
+    assert_eq!(ml.s, ring::gemm_abt(&ml.r, &weight(7).unwrap(), 4, D_IN, D_OUT));
+}
+
+#[test]
+fn two_parties_compute_with_bundle_material() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(5)).unwrap();
+    w.push(&MaterialRequest::Triples(64), &NoWeights).unwrap();
+    w.finish().unwrap();
+    let x: Vec<u64> = (0..64).map(|i| i * 3 + 1).collect();
+    let y: Vec<u64> = (0..64).map(|i| i * i).collect();
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1);
+    let (x0, x1) = share(&x, &mut rng);
+    let (y0, y1) = share(&y, &mut rng);
+    let p = dir.path();
+    let (z0, z1) = two_party(
+        |ch| {
+            let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
+            beaver::mul(ch, &x0, &y0, m.take_triples(64).unwrap()).unwrap()
+        },
+        |ch| {
+            let mut m = Material::<P1>::open(p, Some(MODEL)).unwrap();
+            beaver::mul(ch, &x1, &y1, m.take_triples(64).unwrap()).unwrap()
+        },
+    );
+    assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::mul(&x, &y));
+}
+
+#[test]
+fn reuse_after_restart_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 21);
+    let first = {
+        let mut m = Material::<P0>::open(dir.path(), None).unwrap();
+        m.take_triples(60).unwrap().c
+        // dropped: the process "exits" (or crashes) after taking.
+    };
+    let mut m = Material::<P0>::open(dir.path(), None).unwrap();
+    assert_eq!(m.consumed()["triples.c"], 60);
+    // Only 40 left: taking 60 again is refused, the next 40 are fresh.
+    let err = m.take_triples(60).unwrap_err();
+    assert!(matches!(err, MaterialError::Exhausted { needed: 60, left: 40, .. }), "{err}");
+    let next = m.take_triples(40).unwrap().c;
+    assert!(first.as_slice().iter().all(|v| !next.as_slice().contains(v)));
+    // The ideal dealer confirms the second batch is words 60..100.
+    let (mut i0, _) = IdealDealer::new(Seed::from_u64(21)).split();
+    let all = i0.take_triples(100).unwrap().c;
+    assert_eq!(first.as_slice(), &all.as_slice()[..60]);
+    assert_eq!(next.as_slice(), &all.as_slice()[60..]);
+}
+
+/// A crash (no clean drop) leaves the journal's reservation consumed: nothing handed
+/// out before the crash is handed out again, whatever the reservation size.
+#[test]
+fn crash_never_reuses_material() {
+    for reserve in [0u64, 7, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        write_bundle(dir.path(), 22);
+        let mut m = Material::<P0>::open_with_reserve(dir.path(), None, reserve).unwrap();
+        let first = m.take_triples(30).unwrap().c.into_raw();
+        let second = m.take_triples(5).unwrap().c.into_raw();
+        // The process dies: no clean close. The kernel would release its flock; in this
+        // process the leaked lock stays held, so stand in a fresh lock file.
+        std::mem::forget(m);
+        std::fs::remove_file(dir.path().join("p0.lock")).unwrap();
+        let mut m = Material::<P0>::open_with_reserve(dir.path(), None, reserve).unwrap();
+        let done = m.consumed()["triples.c"];
+        assert!(done >= 35, "reserve {reserve}: resumed at {done}");
+        let left = 100 - done as usize;
+        if left > 0 {
+            let next = m.take_triples(left).unwrap().c.into_raw();
+            assert!(next.iter().all(|v| !first.contains(v) && !second.contains(v)));
+        }
+        assert!(m.take_triples(1).is_err());
+    }
+}
+
+#[test]
+fn parties_realign_by_advancing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 23);
+    let mut m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    let mut m1 = Material::<P1>::open(dir.path(), None).unwrap();
+    m0.take_triples(10).unwrap();
+    m1.take_triples(25).unwrap();
+    let mut target = m0.consumed().clone();
+    for (k, v) in m1.consumed() {
+        let e = target.entry(k.clone()).or_insert(0);
+        *e = (*e).max(*v);
+    }
+    m0.advance_to(&target).unwrap();
+    m1.advance_to(&target).unwrap();
+    let (t0, t1) = (m0.take_triples(75).unwrap(), m1.take_triples(75).unwrap());
+    let (a, b) = (reconstruct(&t0.a, &t1.a).unwrap(), reconstruct(&t0.b, &t1.b).unwrap());
+    assert_eq!(reconstruct(&t0.c, &t1.c).unwrap(), ring::mul(&a, &b));
+}
+
+#[test]
+fn exhausted_error_names_the_dealer_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 31);
+    let mut m = Material::<P1>::open(dir.path(), None).unwrap();
+    let err = m.take_triples(101).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--max-new-tokens") && msg.contains("--prompt-tokens") && msg.contains("--sessions"),
+        "{msg}"
+    );
+    assert!(msg.contains("triples"), "{msg}");
+    // A kind never dealt is exhausted too.
+    assert!(m.take_dabits(1).is_ok());
+    assert!(matches!(m.take_random_ots(4, 8, 1), Err(MaterialError::Exhausted { left: 0, .. })));
+    // A step asking for a different shape than was dealt is a mismatch.
+    let mut m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    m0.take_triples(100).unwrap();
+    let before = m0.consumed().clone();
+    let err = m0.take_matrix_triple(5, 4, 3).unwrap_err();
+    assert!(matches!(err, MaterialError::Mismatch(_)), "{err}");
+    assert_eq!(m0.consumed(), &before, "a mismatch consumes nothing");
+    assert!(m0.take_matrix_triple(3, 4, 5).is_ok());
+}
+
+#[test]
+fn corrupted_byte_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 41);
+    let shard = dir.path().join("p0.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, MaterialError::Corrupted { .. }), "{msg}");
+    assert!(msg.contains("p0.shard blake3 mismatch") && msg.contains("shardlm-client dealer"), "{msg}");
+    // Truncation too.
+    bytes.truncate(40);
+    std::fs::write(&shard, &bytes).unwrap();
+    assert!(matches!(Material::<P0>::open(dir.path(), None), Err(MaterialError::Corrupted { .. })));
+    // P1 is unaffected.
+    assert!(Material::<P1>::open(dir.path(), None).is_ok());
+
+    // A flipped byte in P1's (seed-only, few hundred bytes) shard is caught just the same.
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 42);
+    let shard = dir.path().join("p1.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&shard, &bytes).unwrap();
+    let msg = Material::<P1>::open(dir.path(), None).unwrap_err().to_string();
+    assert!(msg.contains("p1.shard blake3 mismatch"), "{msg}");
+    assert!(Material::<P0>::open(dir.path(), None).is_ok());
+}
+
+#[test]
+fn concurrent_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 51);
+    let held = Material::<P0>::open(dir.path(), None).unwrap();
+    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    assert!(matches!(err, MaterialError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("p0.lock"), "{err}");
+    // The other party's lock is separate.
+    let _p1 = Material::<P1>::open(dir.path(), None).unwrap();
+    drop(held);
+    assert!(Material::<P0>::open(dir.path(), None).is_ok());
+}
+
+#[test]
+fn wrong_party_model_and_missing_files_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 61);
+    let err = Material::<P0>::open(dir.path(), Some("blake3:other")).unwrap_err();
+    assert!(matches!(err, MaterialError::WrongModel { .. }), "{err}");
+    // A P1 shard in P0's place.
+    std::fs::copy(dir.path().join("p1.shard"), dir.path().join("p0.shard")).unwrap();
+    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    assert!(matches!(err, MaterialError::WrongParty { .. }), "{err}");
+    // The server's copy of the bundle has no p0.shard.
+    std::fs::remove_file(dir.path().join("p0.shard")).unwrap();
+    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    assert!(err.to_string().contains("no p0 material"), "{err}");
+    // Not a bundle at all.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(matches!(Material::<P1>::open(empty.path(), None), Err(MaterialError::Format { .. })));
+    // Writing over an existing bundle is refused.
+    assert!(BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(1)).is_err());
+    // A dealer without the weights cannot deal masked-linear material.
+    let d = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::create(d.path(), MODEL, "v2", Seed::from_u64(1)).unwrap();
+    let req = MaterialRequest::MaskedLinear { n: 1, d_in: 2, d_out: 2, weight: 3 };
+    assert!(matches!(w.push(&req, &NoWeights), Err(MaterialError::Weights { id: 3, .. })));
+    let _ = Shares::<P0>::default();
+}
+
+#[test]
+fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
+    use shardlm_mpc::material::Recorder;
+    // A "forward pass" generic over the material source.
+    fn pass<S: MaterialSource<P0> + MaskedLinearSource>(m: &mut S) {
+        m.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
+        m.take_triples(12).unwrap();
+        m.take_trunc_ots(12, 16).unwrap();
+        m.take_matrix_triple(2, 3, 4).unwrap();
+    }
+    let mut rec = Recorder::<P0>::new();
+    pass(&mut rec);
+    let reqs = rec.into_requests();
+    assert_eq!(reqs.len(), 4);
+    assert_eq!(reqs[0].raw_bytes(0).unwrap(), 8.0 * (4 + 4 * D_OUT) as f64);
+    assert_eq!(reqs[1].raw_bytes(1).unwrap(), 0.0);
+    assert_eq!(reqs[2].raw_bytes(0).unwrap(), 24.0); // 12 packed 16-bit strings
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(8)).unwrap();
+    for r in &reqs {
+        w.push(r, &weight).unwrap();
+    }
+    w.finish().unwrap();
+    let mut m = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+    pass(&mut m);
+    assert!(m.take_triples(1).is_err(), "the bundle holds exactly what the pass takes");
+}
+
+/// v2 linear layer end to end: dealer bundle for P0, server holds only the public
+/// weight; exact `enc(X) enc(W)^T`, traffic exactly `8 n (d_in + d_out)` bytes.
+#[test]
+fn client_assisted_linear_layer_is_exact() {
+    use shardlm_mpc::masked_linear;
+    use shardlm_transport::{Channel, Lane};
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3;
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(4)).unwrap();
+    w.push(&MaterialRequest::MaskedLinear { n, d_in: D_IN, d_out: D_OUT, weight: 7 }, &weight).unwrap();
+    w.finish().unwrap();
+    let xs: Vec<f64> = (0..n * D_IN).map(|i| (i as f64 * 0.7).cos() * 40.0).collect();
+    let x = ring::encode_vec_f64(&xs, 16);
+    let wt = weight(7).unwrap();
+    let p = dir.path();
+    let ((y, c0), c1) = common::two_party(
+        |ch| {
+            let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
+            let ml = m.take_masked_linear(n, D_IN, D_OUT, 7).unwrap();
+            (masked_linear::client(ch, Lane::Masked(0), &x, ml).unwrap(), ch.counters())
+        },
+        |ch| {
+            masked_linear::server(ch, Lane::Masked(0), &wt, n, D_IN, D_OUT).unwrap();
+            ch.counters()
+        },
+    );
+    assert_eq!(y, ring::gemm_abt(&x, &wt, n, D_IN, D_OUT));
+    let bytes = c0.bytes_sent() + c1.bytes_sent();
+    assert_eq!(bytes, 8 * (n * (D_IN + D_OUT)) as u64);
+    assert_eq!(c0.rounds, 1);
+}
+
+/// Packed OT strings (P0 stores 16-bit strings in 2 bytes) read back exactly, in pieces
+/// that straddle words, across a reopen; the shard holds 2 bytes per truncation.
+#[test]
+fn packed_ot_strings_read_back_in_any_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(77)).unwrap();
+    for n in [3usize, 5, 64, 1, 1000, 7] {
+        w.push(&MaterialRequest::TruncOts { n, bits: 16 }, &NoWeights).unwrap();
+        w.push(&MaterialRequest::RandomOts { n_choices: 8, bits: 13, count: n }, &NoWeights).unwrap();
+    }
+    let m = w.finish().unwrap();
+    // 1080 strings of 16 bits and 1080 of 13 bits, plus preamble, alignment and trailer.
+    assert!(m.shards["p0"].bytes < 64 + 2160 + 1760 + 128 + 2048, "p0 shard {} bytes", m.shards["p0"].bytes);
+    let (mut i0, _) = IdealDealer::new(Seed::from_u64(77)).split();
+    let want_t = i0.take_trunc_ots(1080, 16).unwrap();
+    let want_r = i0.take_random_ots(8, 13, 1080).unwrap();
+    let (mut got_t, mut got_r) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    for piece in [1usize, 2, 61, 3, 500, 13, 500] {
+        let mut f = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+        got_t.extend_from_slice(f.take_trunc_ots(piece, 16).unwrap().chosen());
+        got_r.extend_from_slice(f.take_random_ots(8, 13, piece).unwrap().chosen());
+        at += piece;
+    }
+    assert_eq!(at, 1080);
+    assert_eq!(got_t, want_t.chosen());
+    assert_eq!(got_r, want_r.chosen());
+}

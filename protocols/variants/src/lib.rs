@@ -1,0 +1,17 @@
+//! shardlm-variants: the private variants of ShardLM, where the model
+//! ([`shardlm_model`]) meets the two-party engine ([`shardlm_mpc`]). Each client-side
+//! variant implements [`shardlm_model::ModelOps`]; the server party's cores answer it.
+//! Only this crate knows both; it sees the network only through
+//! [`shardlm_transport::Channel`].
+//!
+//! * [`v2`]: the client-assisted linear layer (DESIGN.md section 3): the server computes
+//!   every linear layer on masked inputs, the client does the rest in plaintext; v3 is
+//!   the same protocol pipelined.
+//! * [`v3_mpc`]: v3-mpc, the whole forward pass on additive shares; only the final
+//!   logits are opened, to the client.
+//! * [`server`]: the server party's dispatch of sessions to variants.
+#![deny(missing_docs)]
+
+pub mod server;
+pub mod v2;
+pub mod v3_mpc;

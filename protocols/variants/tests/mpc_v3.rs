@@ -1,0 +1,897 @@
+//! v3-mpc: comparison, nonlinear functions and the whole forward pass on shares, two
+//! parties on two threads over the in-memory pair, material from the ideal dealer.
+//!
+//! * comparisons exact against plaintext at several bit widths;
+//! * nonlinear functions within their documented error bounds (measured errors printed);
+//! * tiny-qwen2: last-position top-1 equal to the plaintext engine for every case,
+//!   greedy_8 equal for at least 3 of 4, max logit error printed, bytes and rounds;
+//! * audit: every transfer is a masked opening except the final logits, which only P0
+//!   receives; what each party receives is uniform (chi-square) for two prompts.
+
+mod common;
+
+use common::two_party;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shardlm_configs::FixedPoint;
+use shardlm_model::qwen2::forward;
+use shardlm_model::sampling::argmax;
+use shardlm_model::{ModelDir, PlainEngine, Rows, Weights};
+use shardlm_mpc::compare;
+use shardlm_mpc::material::{BundleWriter, IdealDealer, Material, MaterialSource, NoWeights};
+use shardlm_mpc::nonlinear;
+use shardlm_mpc::prg::Seed;
+use shardlm_mpc::ring::{decode, encode};
+use shardlm_mpc::session::{AuditEntry, Opened, Session};
+use shardlm_mpc::share::{reconstruct, share, Shares, P0, P1};
+use shardlm_transport::memory::MemoryChannel;
+use shardlm_transport::Counters;
+use shardlm_variants::v2::RingWeights;
+use shardlm_variants::v3_mpc::{plan_session, MpcParty, MpcPartyError};
+use std::path::Path;
+use std::sync::Arc;
+
+const F: u32 = 16;
+
+type Sess<'a, R> = Session<R, &'a mut MemoryChannel, Material<R>>;
+
+/// Runs `f` on both parties' sessions with shares of `x`; returns the opened result.
+fn on_shares(
+    x: &[u64],
+    seed: u64,
+    f: impl Fn(&mut Sess<'_, P0>, Shares<P0>) -> Shares<P0>,
+    g: impl Fn(&mut Sess<'_, P1>, Shares<P1>) -> Shares<P1> + Send + Sync,
+) -> Vec<u64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (x0, x1) = share(x, &mut rng);
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+    let (r0, r1) = two_party(
+        |c| {
+            let mut s = Session::new(c, m0, Seed::from_u64(seed + 1));
+            f(&mut s, x0)
+        },
+        |c| {
+            let mut s = Session::new(c, m1, Seed::from_u64(seed + 2));
+            g(&mut s, x1)
+        },
+    );
+    reconstruct(&r0, &r1).unwrap()
+}
+
+#[test]
+fn comparison_matches_plaintext_at_several_widths() {
+    for (bits, seed) in [(64u32, 1u64), (32, 2), (17, 3), (2, 4)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let bound = 1i64 << (bits - 1).min(62);
+        let mut x: Vec<u64> = (0..203).map(|_| rng.gen_range(-bound..bound) as u64).collect();
+        x.extend([0u64, 1, u64::MAX, (bound - 1) as u64, (-bound) as u64]);
+        let got = on_shares(&x, seed, |s, v| s.msb(&v, bits).unwrap(), |s, v| s.msb(&v, bits).unwrap());
+        for (i, (&v, &g)) in x.iter().zip(&got).enumerate() {
+            assert_eq!(g, u64::from((v as i64) < 0), "bits {bits} element {i}: x = {}", v as i64);
+        }
+    }
+    // Dropping low bits locally: exact sign once |x| >= 2^drop.
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let x: Vec<u64> = (0..500)
+        .map(|_| {
+            let v: i64 = rng.gen_range((1i64 << 12)..(1i64 << 26));
+            (if rng.gen_bool(0.5) { -v } else { v }) as u64
+        })
+        .collect();
+    let got = on_shares(
+        &x,
+        8,
+        |s, v| s.msb_reduced(&v, 12, 16).unwrap(),
+        |s, v| s.msb_reduced(&v, 12, 16).unwrap(),
+    );
+    for (&v, &g) in x.iter().zip(&got) {
+        assert_eq!(g, u64::from((v as i64) < 0), "reduced comparison of {}", v as i64);
+    }
+    // The driver over a plain channel, and less-than.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let a: Vec<u64> = (0..100).map(|_| rng.gen_range(-1000i64..1000) as u64).collect();
+    let b: Vec<u64> = (0..100).map(|_| rng.gen_range(-1000i64..1000) as u64).collect();
+    let (a0, a1) = share(&a, &mut rng);
+    let (b0, b1) = share(&b, &mut rng);
+    let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(9)).split();
+    let (l0, l1) = two_party(
+        |c| compare::less_than(c, &a0, &b0, 16, &mut m0).unwrap(),
+        |c| compare::less_than(c, &a1, &b1, 16, &mut m1).unwrap(),
+    );
+    let l = reconstruct(&l0, &l1).unwrap();
+    for i in 0..100 {
+        assert_eq!(l[i], u64::from((a[i] as i64) < (b[i] as i64)));
+    }
+}
+
+#[test]
+fn comparison_cost_matches_the_module_doc() {
+    let x: Vec<u64> = (0..640u64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (x0, x1) = share(&x, &mut rng);
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(5)).split();
+    let (c0, _) = two_party(
+        |c| {
+            let mut s = Session::new(c, m0, Seed::from_u64(1));
+            s.msb(&x0, 32).unwrap();
+            s.counters()
+        },
+        |c| {
+            let mut s = Session::new(c, m1, Seed::from_u64(2));
+            s.msb(&x1, 32).unwrap();
+        },
+    );
+    let per_elem = c0.bytes_sent() as f64 / 640.0;
+    eprintln!("comparison k=32: {per_elem:.2} bytes/element sent, {} rounds", c0.rounds);
+    assert_eq!(c0.rounds as usize, compare::rounds(32));
+    // Table round: 3 bits per chunk; tree: d and e per AND word; daBit: 1 bit.
+    let chunk_words = (compare::chunks(32) * 640 * compare::CHUNK_BITS as usize).div_ceil(64);
+    assert_eq!(c0.bytes_sent() as usize, 8 * (chunk_words + 2 * compare::and_words(640, 32) + 640 / 64));
+}
+
+fn enc(xs: &[f64], f: u32) -> Vec<u64> {
+    xs.iter().map(|&v| encode(v, f)).collect()
+}
+
+#[test]
+fn nonlinear_functions_within_their_bounds() {
+    // ReLU, exact.
+    let xs: Vec<f64> = (0..400).map(|i| (i as f64 - 200.0) * 0.173).collect();
+    let r = on_shares(
+        &enc(&xs, F),
+        11,
+        |s, v| nonlinear::relu(s, &v, 32).unwrap(),
+        |s, v| nonlinear::relu(s, &v, 32).unwrap(),
+    );
+    for (x, g) in xs.iter().zip(&r) {
+        assert_eq!(*g, encode(x.max(0.0), F));
+    }
+    // SiLU on [-40, 40] (gate inputs reach 36).
+    let xs: Vec<f64> = (0..2001).map(|i| -40.0 + i as f64 * 0.04).collect();
+    let r = on_shares(
+        &enc(&xs, F),
+        12,
+        |s, v| nonlinear::silu(s, &v, F).unwrap(),
+        |s, v| nonlinear::silu(s, &v, F).unwrap(),
+    );
+    let err =
+        xs.iter().zip(&r).map(|(x, g)| (decode(*g, F) - x / (1.0 + (-x).exp())).abs()).fold(0.0, f64::max);
+    eprintln!("silu max abs error on [-40, 40]: {err:.2e}");
+    assert!(err < 3.5e-3, "silu error {err}");
+    // exp on [-30, 0].
+    let xs: Vec<f64> = (0..1501).map(|i| -30.0 + i as f64 * 0.02).collect();
+    let r = on_shares(
+        &enc(&xs, F),
+        13,
+        |s, v| nonlinear::exp_neg(s, &v, F).unwrap(),
+        |s, v| nonlinear::exp_neg(s, &v, F).unwrap(),
+    );
+    let err = xs.iter().zip(&r).map(|(x, g)| (decode(*g, F) - x.exp()).abs()).fold(0.0, f64::max);
+    eprintln!("exp max abs error on [-30, 0]: {err:.2e}");
+    assert!(err < 1.5e-4, "exp error {err}");
+    // Reciprocal on [1, 100].
+    let xs: Vec<f64> = (0..500).map(|i| 1.0 + i as f64 * 0.198).collect();
+    let r = on_shares(
+        &enc(&xs, F),
+        14,
+        |s, v| nonlinear::reciprocal(s, &v, F, 100.0).unwrap(),
+        |s, v| nonlinear::reciprocal(s, &v, F, 100.0).unwrap(),
+    );
+    let err = xs
+        .iter()
+        .zip(&r)
+        .map(|(x, g)| (decode(*g, nonlinear::RECIP_BITS) * x - 1.0).abs())
+        .fold(0.0, f64::max);
+    eprintln!("reciprocal max relative error on [1, 100]: {err:.2e}");
+    assert!(err < 7e-4, "reciprocal error {err}");
+    // rsqrt on [1e-5, 1e4].
+    let xs: Vec<f64> = (0..600).map(|i| 10f64.powf(-5.0 + i as f64 * 9.0 / 599.0)).collect();
+    let r = on_shares(
+        &enc(&xs, nonlinear::MS_BITS),
+        15,
+        |s, v| nonlinear::rsqrt(s, &v).unwrap(),
+        |s, v| nonlinear::rsqrt(s, &v).unwrap(),
+    );
+    let err = xs
+        .iter()
+        .zip(&r)
+        .map(|(x, g)| (decode(*g, nonlinear::RSQRT_BITS) * x.sqrt() - 1.0).abs())
+        .fold(0.0, f64::max);
+    eprintln!("rsqrt max relative error on [1e-5, 1e4]: {err:.2e}");
+    assert!(err < 6e-4, "rsqrt error {err}");
+    // Segment maxima, exact.
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    // Wide values, then narrow ones full of ties (exactly one winner must be picked).
+    let segs = [1usize, 2, 3, 7, 16, 33, 98, 40];
+    let wide: usize = segs[..6].iter().sum();
+    let xs: Vec<u64> = (0..segs.iter().sum::<usize>())
+        .map(|i| if i < wide { rng.gen_range(-100_000i64..100_000) } else { rng.gen_range(-3i64..3) } as u64)
+        .collect();
+    let r = on_shares(
+        &xs,
+        16,
+        |s, v| nonlinear::max_segments(s, &v, &segs, 0, 32).unwrap(),
+        |s, v| nonlinear::max_segments(s, &v, &segs, 0, 32).unwrap(),
+    );
+    let mut at = 0;
+    for (i, &l) in segs.iter().enumerate() {
+        let want = xs[at..at + l].iter().map(|&v| v as i64).max().unwrap();
+        assert_eq!(r[i] as i64, want, "segment {i}");
+        at += l;
+    }
+}
+
+fn tiny() -> (ModelDir, Arc<Weights>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/oracle/tiny-qwen2");
+    let md = ModelDir::open(&dir).expect("../shared/oracle/tiny-qwen2 must sit beside the checkout");
+    let w = Arc::new(md.load_weights().unwrap());
+    (md, w)
+}
+
+fn cases() -> Vec<Vec<u32>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/oracle/tiny-qwen2/reference.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir).unwrap()).unwrap();
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect()
+}
+
+struct Run {
+    logits: Vec<f32>,
+    greedy: Vec<u32>,
+    per_pass: Vec<Counters>,
+    audit0: Vec<AuditEntry>,
+    audit1: Vec<AuditEntry>,
+}
+
+fn run_mpc(
+    md: &ModelDir,
+    ring: &Arc<RingWeights>,
+    w: &Arc<Weights>,
+    ids: &[u32],
+    greedy_n: usize,
+    seed: u64,
+    record: bool,
+) -> Run {
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+    run_with(md, ring, w, ids, greedy_n, seed, record, m0, m1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
+    md: &ModelDir,
+    ring: &Arc<RingWeights>,
+    w: &Arc<Weights>,
+    ids: &[u32],
+    greedy_n: usize,
+    seed: u64,
+    record: bool,
+    m0: M0,
+    m1: M1,
+) -> Run {
+    let c = md.config.clone();
+    let c1 = md.config.clone();
+    let n = ids.len();
+    let ((logits, greedy, per_pass, audit0), audit1) = two_party(
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(seed ^ 0xa));
+            p.session().record_transfers(record);
+            let mut per_pass = Vec::new();
+            let before = p.counters();
+            let l = forward(&mut p, &c, ids, 0, Rows::Last).unwrap().expect("P0 gets logits");
+            per_pass.push(p.counters().since(&before));
+            let mut greedy = vec![argmax(l.last())];
+            let mut pos = n;
+            while greedy.len() < greedy_n {
+                let before = p.counters();
+                let s = forward(&mut p, &c, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+                per_pass.push(p.counters().since(&before));
+                greedy.push(argmax(s.last()));
+                pos += 1;
+            }
+            (l.last().to_vec(), greedy, per_pass, p.audit().to_vec())
+        },
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(seed ^ 0xb));
+            p.session().record_transfers(record);
+            let placeholder = vec![0u32; n];
+            assert!(
+                forward(&mut p, &c1, &placeholder, 0, Rows::Last).unwrap().is_none(),
+                "P1 never gets logits"
+            );
+            for step in 1..greedy_n {
+                assert!(forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap().is_none());
+            }
+            p.audit().to_vec()
+        },
+    );
+    Run { logits, greedy, per_pass, audit0, audit1 }
+}
+
+fn ring_weights(w: &Weights) -> Arc<RingWeights> {
+    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    Arc::new(RingWeights::encode(w, FixedPoint::default(), backend).unwrap())
+}
+
+#[test]
+fn tiny_qwen2_matches_the_plaintext_engine() {
+    let (md, w) = tiny();
+    let c = &md.config;
+    let ring = ring_weights(&w);
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let mut greedy_equal = 0;
+    let mut worst = 0.0f32;
+    for (i, ids) in cases().iter().enumerate() {
+        plain.reset();
+        let pl = forward(&mut plain, c, ids, 0, Rows::Last).unwrap().unwrap();
+        let mut want = vec![argmax(pl.last())];
+        let mut pos = ids.len();
+        while want.len() < 8 {
+            let s = forward(&mut plain, c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+            want.push(argmax(s.last()));
+            pos += 1;
+        }
+        let t = std::time::Instant::now();
+        let run = run_mpc(&md, &ring, &w, ids, 8, 100 + i as u64, false);
+        let err = run.logits.iter().zip(pl.last()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        worst = worst.max(err);
+        let p = &run.per_pass[0];
+        let d = run.per_pass.last().unwrap();
+        eprintln!(
+            "case {i}: {} tokens, max |logit err| {err:.4}, top-1 {} vs {}, greedy equal {}, prefill {} rounds {:.2} MiB sent, decode {} rounds {:.2} MiB sent, {:.1} s",
+            ids.len(),
+            argmax(&run.logits),
+            want[0],
+            run.greedy == want,
+            p.rounds,
+            p.bytes_sent() as f64 / 1048576.0,
+            d.rounds,
+            d.bytes_sent() as f64 / 1048576.0,
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(argmax(&run.logits), want[0], "case {i}: last-position top-1");
+        if run.greedy == want {
+            greedy_equal += 1;
+        } else {
+            eprintln!("case {i}: greedy {:?} vs plaintext {:?}", run.greedy, want);
+        }
+    }
+    eprintln!("max |logit error| over cases: {worst:.4}; greedy_8 equal in {greedy_equal} of 4");
+    assert!(greedy_equal >= 3, "greedy_8 equal in only {greedy_equal} of 4 cases");
+}
+
+/// Chi-square statistic of the byte histogram (255 degrees of freedom).
+fn chi_square_bytes(data: &[u8]) -> f64 {
+    let mut hist = [0u64; 256];
+    data.iter().for_each(|&b| hist[b as usize] += 1);
+    let e = data.len() as f64 / 256.0;
+    hist.iter().map(|&o| (o as f64 - e).powi(2) / e).sum()
+}
+
+fn received_bytes(log: &[AuditEntry]) -> Vec<u8> {
+    log.iter()
+        .filter(|e| e.what != Opened::FinalLogits)
+        .flat_map(|e| {
+            // Bit-packed messages end in a partial word padded with zeros: skip it.
+            let packed = matches!(e.what, Opened::MaskedBit | Opened::MaskedChunk | Opened::TruncationOt);
+            let keep = if packed { e.received.len().saturating_sub(1) } else { e.received.len() };
+            e.received[..keep].iter().flat_map(|w| w.to_le_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn audit_only_masked_openings_and_the_final_logits_at_the_client() {
+    let (md, w) = tiny();
+    let ring = ring_weights(&w);
+    for (k, prompt) in [vec![9707u32, 11, 1246, 525, 498, 30], vec![0u32; 6]].iter().enumerate() {
+        let run = run_mpc(&md, &ring, &w, prompt, 2, 200 + k as u64, true);
+        for (party, log) in [(0, &run.audit0), (1, &run.audit1)] {
+            let finals: Vec<usize> = log
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.what == Opened::FinalLogits)
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(finals.len(), 2, "p{party}: one final-logits transfer per forward pass");
+            for &i in &finals {
+                if party == 0 {
+                    assert_eq!(log[i].sent, 0, "P0 sends nothing for the logits");
+                    assert_eq!(log[i].received_len, md.config.vocab_size);
+                } else {
+                    assert_eq!(log[i].received_len, 0, "P1 never receives logits");
+                }
+            }
+            assert_eq!(*finals.last().unwrap(), log.len() - 1, "p{party}: the logits are the last transfer");
+            for e in log {
+                assert!(e.what == Opened::FinalLogits || e.received_len == e.received.len());
+            }
+            let bytes = received_bytes(log);
+            let chi = chi_square_bytes(&bytes);
+            eprintln!(
+                "prompt {k} p{party}: {} transfers, {} bytes received (masked), chi2 {chi:.1}",
+                log.len(),
+                bytes.len()
+            );
+            // 255 dof: mean 255, sd 22.6; 400 is p < 1e-6.
+            assert!(chi < 400.0, "prompt {k} p{party}: received bytes not uniform, chi2 {chi:.1}");
+        }
+    }
+}
+
+#[test]
+fn planned_bundle_runs_the_session_and_then_runs_out_on_both_sides() {
+    let (md, w) = tiny();
+    let c = &md.config;
+    let ring = ring_weights(&w);
+    let ids = cases()[2].clone();
+    let plan = plan_session(&w, &ring, ids.len(), 3, Rows::Last).unwrap();
+    eprintln!("tiny-qwen2, {} tokens, 3 new: {} material requests", ids.len(), plan.requests.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut bw = BundleWriter::create(dir.path(), "tiny", "v3-mpc", Seed::from_u64(77)).unwrap();
+    bw.start_session();
+    for r in &plan.requests {
+        bw.push(r, &NoWeights).unwrap();
+    }
+    let manifest = bw.finish().unwrap();
+    let p0_bytes = std::fs::metadata(dir.path().join("p0.shard")).unwrap().len();
+    let p1_bytes = std::fs::metadata(dir.path().join("p1.shard")).unwrap().len();
+    eprintln!("bundle {}: p0.shard {p0_bytes} bytes, p1.shard {p1_bytes} bytes", manifest.bundle_id);
+    assert!(p1_bytes < 64 * 1024, "the server's shard is seed-compressed");
+    let m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    let m1 = Material::<P1>::open(dir.path(), None).unwrap();
+
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let pl = forward(&mut plain, c, &ids, 0, Rows::Last).unwrap().unwrap();
+    let run = run_with(&md, &ring, &w, &ids, 3, 5, false, m0, m1);
+    assert_eq!(run.greedy[0], argmax(pl.last()));
+
+    // A fourth forward pass: the bundle is spent; both parties stop with a clear error.
+    let m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    let m1 = Material::<P1>::open(dir.path(), None).unwrap();
+    let (e0, e1) = two_party(
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(1));
+            forward(&mut p, c, &[1], 0, Rows::Last).map(|_| ())
+        },
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(2));
+            forward(&mut p, c, &[0], 0, Rows::Last).map(|_| ())
+        },
+    );
+    for (party, e) in [(0, e0), (1, e1)] {
+        let msg = e.expect_err("spent material must fail").to_string();
+        eprintln!("p{party}: {msg}");
+        assert!(msg.contains("material"), "p{party}: {msg}");
+    }
+}
+
+#[test]
+fn peer_gone_mid_layer_is_an_error_not_a_hang() {
+    let (md, w) = tiny();
+    let c = &md.config;
+    let ring = ring_weights(&w);
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(3)).split();
+    let (e0, e1) = two_party(
+        |ch| {
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(1));
+            forward(&mut p, c, &[1, 2, 3], 0, Rows::Last).map(|_| ())
+        },
+        |ch| {
+            // P1 does the embedding and the first norm, then vanishes.
+            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(2));
+            use shardlm_model::{ModelOps, Norm};
+            let x = p.embed(&[0, 0, 0])?;
+            p.rms_norm(&x, Norm::Input(0))?;
+            Ok::<(), MpcPartyError>(())
+        },
+    );
+    assert!(e1.is_ok());
+    let msg = e0.expect_err("P0 must see the peer gone").to_string();
+    eprintln!("p0: {msg}");
+}
+
+/// Cost at the Qwen2.5-1.5B shape with a 98-token prompt and random weights: planned
+/// runs (both parties, recorder material) with 1 and 2 layers; their difference is one
+/// layer, scaled to 28. Run with `SHARDLM_MPC_COST=1` (minutes in --release on 2 cores,
+/// about 8 GiB of memory).
+#[test]
+fn cost_at_the_qwen2_5_1_5b_shape() {
+    if std::env::var_os("SHARDLM_MPC_COST").is_none() {
+        eprintln!("skipped: set SHARDLM_MPC_COST=1 to measure the 1.5B-shape cost");
+        return;
+    }
+    let layers = 28u64;
+    let tokens: usize =
+        std::env::var("SHARDLM_MPC_COST_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(98);
+    let base = shardlm_configs::ModelConfig::preset("qwen2.5-1.5b").unwrap();
+    let (h, inter, qd, kvd) = (base.hidden_size, base.intermediate_size, base.q_dim(), base.kv_dim());
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut rv = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
+    let embed = rv(base.vocab_size * h, 0.5);
+    let mut layer_ws = Vec::new();
+    for _ in 0..2 {
+        layer_ws.push(shardlm_model::weights::LayerWeights {
+            input_norm: vec![1.0; h],
+            qkv_w: rv((qd + 2 * kvd) * h, 0.03),
+            qkv_b: rv(qd + 2 * kvd, 0.1),
+            o_w: rv(h * qd, 0.03),
+            post_norm: vec![1.0; h],
+            gate_up_w: rv(2 * inter * h, 0.03),
+            down_w: rv(h * inter, 0.03),
+        });
+    }
+    let gib = |b: f64| b / (1u64 << 30) as f64;
+    let mut m = Vec::new();
+    for nl in [1usize, 2] {
+        let mut cfg = base.clone();
+        cfg.num_hidden_layers = nl;
+        let w =
+            Arc::new(Weights::new(cfg, embed.clone(), layer_ws[..nl].to_vec(), vec![1.0; h], None).unwrap());
+        let ring = ring_weights(&w);
+        let t = std::time::Instant::now();
+        let plan = plan_session(&w, &ring, tokens, 1, Rows::Last).unwrap();
+        let dealer: [f64; 2] =
+            [0u8, 1].map(|p| plan.requests.iter().map(|r| r.raw_bytes(p).unwrap()).sum::<f64>());
+        let online = (plan.counters.bytes_sent() + plan.counters.bytes_received()) as f64;
+        eprintln!(
+            "{nl} layer(s), {tokens} tokens, planned run {:.1} s: online {:.3} GiB, dealer P0 {:.3} GiB P1 {:.6} GiB, {} rounds",
+            t.elapsed().as_secs_f64(),
+            gib(online),
+            gib(dealer[0]),
+            gib(dealer[1]),
+            plan.counters.rounds
+        );
+        if nl == 1 {
+            eprintln!(
+                "| op (1 layer) | calls | elements | bytes sent/elem | bytes recv/elem | rounds/call |"
+            );
+            for (op, c) in &plan.costs {
+                let e = c.elements.max(1) as f64;
+                eprintln!(
+                    "| {op} | {} | {} | {:.1} | {:.1} | {:.1} |",
+                    c.calls,
+                    c.elements,
+                    c.bytes_sent as f64 / e,
+                    c.bytes_received as f64 / e,
+                    c.rounds as f64 / c.calls as f64
+                );
+            }
+        }
+        m.push((online, dealer, plan.counters.rounds));
+    }
+    let (o1, d1, r1) = m[0];
+    let (o2, d2, r2) = m[1];
+    let (lo, lr) = (o2 - o1, r2 - r1);
+    eprintln!("per layer: online {:.3} GiB, dealer P0 {:.3} GiB, {lr} rounds", gib(lo), gib(d2[0] - d1[0]));
+    let (online, dealer) = (o1 + (layers - 1) as f64 * lo, d1[0] + (layers - 1) as f64 * (d2[0] - d1[0]));
+    eprintln!(
+        "scaled to {layers} layers: online {:.3} GiB, dealer P0 {:.3} GiB, P1 {:.6} GiB, rounds {}",
+        gib(online),
+        gib(dealer),
+        gib(d1[1] + (layers - 1) as f64 * (d2[1] - d1[1])),
+        r1 + (layers - 1) * lr
+    );
+    // Issue 7's targets (machine-independent counts, so they are asserted here).
+    assert!(gib(online) <= 4.0, "online {:.3} GiB over the 4 GiB target", gib(online));
+    assert!(gib(dealer) <= 16.0, "dealer {:.3} GiB over the 16 GiB target", gib(dealer));
+    assert!(lr <= 94, "{lr} rounds per layer over the 94 target");
+}
+
+/// The real Qwen2.5-Coder-0.5B-Instruct when `SHARDLM_REAL_MODEL_DIR` is set: top-1
+/// agreement with the plaintext engine over all positions of the reference prompts,
+/// greedy matches and the logit error distribution. `SHARDLM_MPC_CASES` (default 9) and
+/// `SHARDLM_MPC_GREEDY` (default 16) shrink the run on a small machine.
+#[test]
+fn real_model_agreement_over_all_positions() {
+    let Some(dir) = std::env::var_os("SHARDLM_REAL_MODEL_DIR") else {
+        eprintln!("skipped: set SHARDLM_REAL_MODEL_DIR to a Qwen2.5 model directory");
+        return;
+    };
+    let env_n = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (n_cases, greedy_n) = (env_n("SHARDLM_MPC_CASES", 9), env_n("SHARDLM_MPC_GREEDY", 16));
+    let md = ModelDir::open(Path::new(&dir)).unwrap();
+    let w = Arc::new(md.load_weights().unwrap());
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let refp = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/qwen2.5-coder-0.5b-instruct/reference.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(refp).unwrap()).unwrap();
+    let cases: Vec<Vec<u32>> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+        .collect();
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let (mut agree, mut total, mut greedy_eq) = (0usize, 0usize, 0usize);
+    let mut errs: Vec<f32> = Vec::new();
+    for (i, ids) in cases.iter().take(n_cases).enumerate() {
+        let t = std::time::Instant::now();
+        plain.reset();
+        let pl = forward(&mut plain, &c, ids, 0, Rows::All).unwrap().unwrap();
+        let mut want = vec![argmax(pl.last())];
+        let mut pos = ids.len();
+        while want.len() < greedy_n {
+            let s = forward(&mut plain, &c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+            want.push(argmax(s.last()));
+            pos += 1;
+        }
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(1000 + i as u64)).split();
+        let n = ids.len();
+        let (c0, c1) = (c.clone(), c.clone());
+        let ((all, greedy), ()) = two_party(
+            |ch| {
+                let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(i as u64));
+                let l = forward(&mut p, &c0, ids, 0, Rows::All).unwrap().unwrap();
+                let mut greedy = vec![argmax(l.last())];
+                let mut pos = n;
+                while greedy.len() < greedy_n {
+                    let s =
+                        forward(&mut p, &c0, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+                    greedy.push(argmax(s.last()));
+                    pos += 1;
+                }
+                (l, greedy)
+            },
+            |ch| {
+                let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(99 + i as u64));
+                forward(&mut p, &c1, &vec![0; n], 0, Rows::All).unwrap();
+                for step in 1..greedy_n {
+                    forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap();
+                }
+            },
+        );
+        let mut case_agree = 0;
+        for r in 0..n {
+            if argmax(all.row(r)) == argmax(pl.row(r)) {
+                case_agree += 1;
+            } else {
+                let mut sorted = pl.row(r).to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                eprintln!(
+                    "case {i} position {r}: plaintext top-2 gap {:.4} (a near tie)",
+                    sorted[0] - sorted[1]
+                );
+            }
+            errs.extend(all.row(r).iter().zip(pl.row(r)).map(|(a, b)| (a - b).abs()));
+        }
+        agree += case_agree;
+        total += n;
+        let geq = greedy.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        if geq < greedy_n {
+            eprintln!("case {i}: greedy {greedy:?}\n    plaintext {want:?}");
+        }
+        if geq == greedy_n {
+            greedy_eq += 1;
+        }
+        eprintln!(
+            "case {i}: {n} tokens, top-1 agreement {case_agree}/{n}, greedy_{greedy_n} common prefix {geq}, {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    errs.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| errs[((errs.len() - 1) as f64 * p) as usize];
+    eprintln!(
+        "top-1 agreement {agree}/{total} = {:.2}%, greedy_{greedy_n} equal {greedy_eq}/{n_cases}; |logit err| p50 {:.4} p90 {:.4} p99 {:.4} max {:.4}",
+        100.0 * agree as f64 / total as f64,
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(1.0)
+    );
+    assert!(agree as f64 >= 0.99 * total as f64, "top-1 agreement {agree}/{total}");
+}
+
+/// Bytes (both directions, per element) and rounds of each nonlinear function, printed as
+/// the table in the README.
+#[test]
+fn nonlinear_costs_per_element() {
+    let n = 4096usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let xs: Vec<u64> = (0..n).map(|_| encode(rng.gen_range(-30.0..0.0), F)).collect();
+    let pos: Vec<u64> = (0..n).map(|_| encode(rng.gen_range(1.0..100.0), F)).collect();
+    let ms: Vec<u64> = (0..n).map(|_| encode(rng.gen_range(1e-4..1e3), nonlinear::MS_BITS)).collect();
+    type F0 = fn(&mut Sess<'_, P0>, Shares<P0>);
+    type F1 = fn(&mut Sess<'_, P1>, Shares<P1>);
+    let ops: Vec<(&str, &Vec<u64>, F0, F1)> = vec![
+        ("msb, 64 bits", &xs, |s, v| drop(s.msb(&v, 64).unwrap()), |s, v| drop(s.msb(&v, 64).unwrap())),
+        (
+            "msb, 16 bits after dropping 12",
+            &xs,
+            |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap()),
+            |s, v| drop(s.msb_reduced(&v, 12, 16).unwrap()),
+        ),
+        (
+            "relu (64-bit comparison)",
+            &xs,
+            |s, v| drop(nonlinear::relu(s, &v, 64).unwrap()),
+            |s, v| drop(nonlinear::relu(s, &v, 64).unwrap()),
+        ),
+        (
+            "silu",
+            &xs,
+            |s, v| drop(nonlinear::silu(s, &v, F).unwrap()),
+            |s, v| drop(nonlinear::silu(s, &v, F).unwrap()),
+        ),
+        (
+            "exp (x <= 0)",
+            &xs,
+            |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap()),
+            |s, v| drop(nonlinear::exp_neg(s, &v, F).unwrap()),
+        ),
+        (
+            "reciprocal on [1, 128]",
+            &pos,
+            |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap()),
+            |s, v| drop(nonlinear::reciprocal(s, &v, F, 128.0).unwrap()),
+        ),
+        (
+            "rsqrt",
+            &ms,
+            |s, v| drop(nonlinear::rsqrt(s, &v).unwrap()),
+            |s, v| drop(nonlinear::rsqrt(s, &v).unwrap()),
+        ),
+    ];
+    eprintln!("| function | bytes per element (both directions) | rounds |");
+    eprintln!("|---|---|---|");
+    for (name, x, f0, f1) in ops {
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        let (x0, x1) = share(x, &mut rng);
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(22)).split();
+        let (c0, _) = two_party(
+            |c| {
+                let mut s = Session::new(c, m0, Seed::from_u64(1));
+                f0(&mut s, x0);
+                s.counters()
+            },
+            |c| {
+                let mut s = Session::new(c, m1, Seed::from_u64(2));
+                f1(&mut s, x1);
+            },
+        );
+        let bytes = (c0.bytes_sent() + c0.bytes_received()) as f64 / n as f64;
+        eprintln!("| {name} | {bytes:.1} | {} |", c0.rounds);
+    }
+    // max over segments of 128 (a softmax row of 128 positions).
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let (x0, x1) = share(&xs, &mut rng);
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(23)).split();
+    let segs = vec![128usize; n / 128];
+    let segs1 = segs.clone();
+    let (c0, _) = two_party(
+        |c| {
+            let mut s = Session::new(c, m0, Seed::from_u64(1));
+            nonlinear::max_segments(&mut s, &x0, &segs, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)
+                .unwrap();
+            s.counters()
+        },
+        |c| {
+            let mut s = Session::new(c, m1, Seed::from_u64(2));
+            nonlinear::max_segments(&mut s, &x1, &segs1, nonlinear::SCORE_DROP, nonlinear::SCORE_BITS)
+                .unwrap();
+        },
+    );
+    eprintln!(
+        "| row max of 128 (per input element) | {:.1} | {} |",
+        (c0.bytes_sent() + c0.bytes_received()) as f64 / n as f64,
+        c0.rounds
+    );
+}
+
+/// v3-mpc over QUIC loopback (127.0.0.1, mutual TLS) on tiny-qwen2: last-position top-1
+/// equal to the plaintext engine for every case, greedy_8 equal for at least 3 of 4.
+#[test]
+fn tiny_qwen2_over_quic_loopback() {
+    use shardlm_configs::Timeouts;
+    use shardlm_transport::{Identity, QuicClient, QuicConfig, QuicServer};
+    use std::time::Duration;
+    let (md, w) = tiny();
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let cfg = || {
+        QuicConfig::with_timeouts(Timeouts {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(5),
+            idle: Duration::from_secs(5),
+            recv: Duration::from_secs(20),
+        })
+    };
+    let server_id = Identity::generate("server").unwrap();
+    let client_id = Identity::generate("client").unwrap();
+    let server =
+        QuicServer::bind(([127, 0, 0, 1], 0).into(), &server_id, &[client_id.fingerprint()], cfg()).unwrap();
+    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+    let mut greedy_equal = 0;
+    for (i, ids) in cases().iter().enumerate() {
+        plain.reset();
+        let pl = forward(&mut plain, &c, ids, 0, Rows::Last).unwrap().unwrap();
+        let mut want = vec![argmax(pl.last())];
+        let mut pos = ids.len();
+        while want.len() < 8 {
+            let s = forward(&mut plain, &c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+            want.push(argmax(s.last()));
+            pos += 1;
+        }
+        let mut cch =
+            QuicClient::connect(server.local_addr(), &client_id, server.fingerprint(), cfg()).unwrap();
+        let mut sch = server.accept_within(Duration::from_secs(5)).unwrap().unwrap();
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(300 + i as u64)).split();
+        let n = ids.len();
+        let t = std::time::Instant::now();
+        let (greedy, counters) = std::thread::scope(|s| {
+            let (w1, r1, c1) = (w.clone(), ring.clone(), c.clone());
+            let h = s.spawn(move || {
+                let mut p = MpcParty::new(w1, r1, &mut sch, m1, Seed::from_u64(2));
+                forward(&mut p, &c1, &vec![0; n], 0, Rows::Last).unwrap();
+                for step in 1..8 {
+                    forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap();
+                }
+                // Closing a QUIC connection discards data in flight: finish() waits for
+                // P0's end frame so that the last logits shares arrive.
+                p.finish().unwrap();
+            });
+            let mut p = MpcParty::new(w.clone(), ring.clone(), &mut cch, m0, Seed::from_u64(1));
+            let l = forward(&mut p, &c, ids, 0, Rows::Last).unwrap().unwrap();
+            let mut greedy = vec![argmax(l.last())];
+            let mut pos = n;
+            while greedy.len() < 8 {
+                let st = forward(&mut p, &c, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
+                greedy.push(argmax(st.last()));
+                pos += 1;
+            }
+            let counters = p.counters();
+            p.finish().unwrap();
+            h.join().unwrap();
+            (greedy, counters)
+        });
+        eprintln!(
+            "quic case {i}: greedy equal {}, {} rounds, {:.2} MiB sent, {:.2} MiB received, {:.1} s",
+            greedy == want,
+            counters.rounds,
+            counters.bytes_sent() as f64 / 1048576.0,
+            counters.bytes_received() as f64 / 1048576.0,
+            t.elapsed().as_secs_f64()
+        );
+        assert_eq!(greedy[0], want[0], "case {i}: last-position top-1 over QUIC");
+        if greedy == want {
+            greedy_equal += 1;
+        }
+    }
+    assert!(greedy_equal >= 3, "greedy_8 equal in {greedy_equal} of 4");
+}
+
+/// A driven session: P1 does not know the prompt length or the steps; P0 announces each
+/// step's public shape and P1 follows with `serve_driven`, as a server party does.
+#[test]
+fn driven_session_lets_p1_follow_unknown_steps() {
+    let (md, w) = tiny();
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let ids = cases()[1].clone();
+    let (m0, m1) = IdealDealer::new(Seed::from_u64(77)).split();
+    let (ch0, ch1) = shardlm_transport::memory::pair();
+    let (w1, r1, c1) = (w.clone(), ring.clone(), c.clone());
+    let server = std::thread::spawn(move || {
+        let p1 = MpcParty::new(w1, r1, ch1, m1, Seed::from_u64(2)).driven();
+        shardlm_variants::v3_mpc::serve_driven(p1, &c1).map(|(passes, _, _)| passes)
+    });
+    let mut p0 = MpcParty::new(w.clone(), ring, ch0, m0, Seed::from_u64(1)).driven();
+    // All-position logits in the prefill (P1 learns the choice from P0), then greedy steps.
+    let l = forward(&mut p0, &c, &ids, 0, Rows::All).unwrap().unwrap();
+    assert_eq!(l.rows(), ids.len());
+    let mut next = argmax(l.last());
+    for pos in ids.len()..ids.len() + 2 {
+        next = argmax(forward(&mut p0, &c, &[next], pos, Rows::Last).unwrap().unwrap().last());
+    }
+    let _ = next;
+    p0.end_steps().unwrap();
+    p0.finish().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), 3);
+    let mut plain = PlainEngine::new(w, Arc::new(shardlm_gpu::CpuBackend::new()));
+    let pl = forward(&mut plain, &c, &ids, 0, Rows::All).unwrap().unwrap();
+    assert_eq!(argmax(pl.last()), argmax(l.last()));
+}
