@@ -2,6 +2,7 @@
 //! (`S = R enc(W)^T`), bundle writing, and journaled takes from a bundle.
 //! Run: `cargo bench -p shardlm-protocols --bench material`.
 
+use shardlm_mpc::material::TriplesRequest;
 use shardlm_mpc::material::{BundleWriter, Material, MaterialRequest, MaterialSource, NoWeights};
 use shardlm_mpc::prg::{Prg, Seed};
 use shardlm_mpc::ring;
@@ -30,7 +31,7 @@ fn main() {
     let mut wr = BundleWriter::create(&dir, "bench", "v3-mpc", Seed::from_u64(3)).expect("create bundle");
     let takes = 2000usize;
     for _ in 0..takes {
-        wr.push(&MaterialRequest::Triples(4096), &NoWeights).expect("push");
+        wr.push(&MaterialRequest::Triples(TriplesRequest { n: 4096 }), &NoWeights).expect("push");
     }
     let m = wr.finish().expect("finish");
     let secs = t.elapsed().as_secs_f64();
@@ -46,7 +47,7 @@ fn main() {
     let open_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..takes {
-        std::hint::black_box(mat.take_triples(4096).expect("take"));
+        std::hint::black_box(mat.take(TriplesRequest { n: 4096 }).expect("take"));
     }
     let secs = t.elapsed().as_secs_f64();
     println!(

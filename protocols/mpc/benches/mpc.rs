@@ -24,6 +24,7 @@
 //! `16,20`), `SHARDLM_MPC_TRANSPORTS` (`memory,quic` by default), `SHARDLM_MPC_OPS`
 //! (`mul,trunc,and,ot` by default).
 
+use shardlm_mpc::material::{AndTriplesRequest, RandomOtsRequest, TriplesRequest, TruncOtsRequest};
 use shardlm_mpc::material::{IdealDealer, Material, MaterialSource};
 use shardlm_mpc::prg::{Prg, Seed};
 use shardlm_mpc::share::{BitShares, Role, Shares, P0, P1};
@@ -124,7 +125,7 @@ fn party<R: Role, C: Channel + ?Sized>(
             || {
                 let x = random_shares::<R>(&mut prg, n);
                 let y = random_shares::<R>(&mut prg, n);
-                (x, y, m.take_triples(n).expect("triples"))
+                (x, y, m.take(TriplesRequest { n }).expect("triples"))
             },
             |ch, (x, y, t)| {
                 std::hint::black_box(beaver::mul(ch, &x, &y, t).expect("mul"));
@@ -140,7 +141,7 @@ fn party<R: Role, C: Channel + ?Sized>(
                     let r = prg.u64s(n);
                     let share =
                         if R::ID == 0 { r.iter().map(|v| 12345u64.wrapping_sub(*v)).collect() } else { r };
-                    (Shares::<R>::from_raw(share), m.take_trunc_ots(n, F).expect("trunc OTs"))
+                    (Shares::<R>::from_raw(share), m.take(TruncOtsRequest { n, bits: F }).expect("trunc OTs"))
                 },
                 |ch, (x, ots)| {
                     std::hint::black_box(trunc::truncate(ch, x, F, ots).expect("trunc"));
@@ -153,7 +154,7 @@ fn party<R: Role, C: Channel + ?Sized>(
             || {
                 let x = BitShares::<R>::from_raw(prg.u64s(n));
                 let y = BitShares::<R>::from_raw(prg.u64s(n));
-                (x, y, m.take_and_triples(n).expect("AND triples"))
+                (x, y, m.take(AndTriplesRequest { words: n }).expect("AND triples"))
             },
             |ch, (x, y, t)| {
                 std::hint::black_box(boolean::and(ch, &x, &y, t).expect("and"));
@@ -170,7 +171,9 @@ fn ot_receiver<C: Channel + ?Sized>(ch: &mut C, m: &mut Material<P0>, n: usize, 
         ch,
         reps,
         || {
-            let ots = m.take_random_ots(OT_CHOICES, OT_BITS, n).expect("random OTs");
+            let ots = m
+                .take(RandomOtsRequest { n_choices: OT_CHOICES, bits: OT_BITS, count: n })
+                .expect("random OTs");
             let choices: Vec<u64> = prg.u64s(n).iter().map(|v| v % OT_CHOICES as u64).collect();
             (choices, ots)
         },
@@ -188,7 +191,9 @@ fn ot_sender<C: Channel + ?Sized>(ch: &mut C, m: &mut Material<P1>, n: usize, re
         ch,
         reps,
         || {
-            let ots = m.take_random_ots(OT_CHOICES, OT_BITS, n).expect("random OTs");
+            let ots = m
+                .take(RandomOtsRequest { n_choices: OT_CHOICES, bits: OT_BITS, count: n })
+                .expect("random OTs");
             let tables: Vec<u64> = prg.u64s(n * OT_CHOICES).iter().map(|v| v & mask).collect();
             (tables, ots)
         },

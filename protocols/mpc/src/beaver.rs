@@ -45,6 +45,7 @@ use super::{
     check_len, exchange, shape, BitTriples, MatrixTriple, MpcError, NormTriples, PowerTuples, RowTriples,
     SquarePairs, Triples,
 };
+use crate::material::kinds::causal_matrix_triples::visible;
 use crate::ring;
 use crate::share::{Role, Shares};
 use shardlm_transport::{Channel, Lane};
@@ -448,18 +449,6 @@ pub struct MatMulState<R: Role> {
     triple: MatrixTriple<R>,
     d: Vec<u64>,
     e: Vec<u64>,
-}
-
-/// Columns of row `r` that a causal matrix with `k` columns shows: `0 ..= start + r`.
-fn visible(r: usize, k: usize, start: usize) -> usize {
-    (start + r + 1).min(k)
-}
-
-/// Zeroes the entries of an `m x k` row-major matrix beyond column `start + r` in row `r`.
-pub fn zero_hidden(a: &mut [u64], m: usize, k: usize, start: usize) {
-    for (r, row) in a.chunks_mut(k.max(1)).take(m).enumerate() {
-        row[visible(r, k, start)..].iter_mut().for_each(|v| *v = 0);
-    }
 }
 
 /// The visible entries of an `m x k` row-major matrix.

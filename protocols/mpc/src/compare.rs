@@ -59,6 +59,7 @@
 use super::boolean;
 use super::{check_len, exchange, shape, AndTriples, CarryTables, DaBits, MpcError};
 use crate::material::MaterialSource;
+use crate::material::{AndTriplesRequest, CarryTablesRequest, DaBitsRequest};
 use crate::ring::{low_mask, pack_bits, packed_words, unpack_bits};
 use crate::share::{BitShares, Role, Shares};
 use shardlm_transport::{Channel, Lane};
@@ -73,23 +74,6 @@ pub const CHUNK_BITS: u32 = 3;
 /// Chunks of a comparison on `bits` bits.
 pub fn chunks(bits: u32) -> usize {
     (bits.saturating_sub(1) as usize).div_ceil(CHUNK_BITS as usize)
-}
-
-/// The XOR-sharable carry table of one chunk for masks `ra`, `rb` (module doc), as
-/// [`CarryTables::table_words`] words.
-pub fn carry_table(chunk: u32, ra: u64, rb: u64) -> Vec<u64> {
-    let size = 1u64 << chunk;
-    let m = size - 1;
-    let mut t = vec![0u64; CarryTables::<crate::share::P0>::table_words(chunk)];
-    for u in 0..size {
-        for v in 0..size {
-            let sum = ((u + ra) & m) + ((v + rb) & m);
-            let entry = u64::from(sum >= size) | (u64::from(sum == m) << 1);
-            let at = 2 * (u * size + v) as usize;
-            t[at / 64] |= entry << (at % 64);
-        }
-    }
-    t
 }
 
 /// The schedule of the carry tree for `w` bit planes: per level, the number of pairs
@@ -443,7 +427,7 @@ pub fn take_material<R: Role, M: MaterialSource<R> + ?Sized>(
     bits: u32,
 ) -> Result<CompareMaterial<R>, MpcError> {
     let (t, c) = take_material_bits(m, n, bits)?;
-    let d = m.take_dabits(n)?;
+    let d = m.take(DaBitsRequest { n })?;
     Ok((t, c, d))
 }
 
@@ -453,8 +437,8 @@ pub fn take_material_bits<R: Role, M: MaterialSource<R> + ?Sized>(
     n: usize,
     bits: u32,
 ) -> Result<(AndTriples<R>, CarryTables<R>), MpcError> {
-    let t = m.take_and_triples(and_words(n, bits))?;
-    let c = m.take_carry_tables(chunks(bits) * n, CHUNK_BITS)?;
+    let t = m.take(AndTriplesRequest { words: and_words(n, bits) })?;
+    let c = m.take(CarryTablesRequest { count: chunks(bits) * n, chunk: CHUNK_BITS })?;
     Ok((t, c))
 }
 
@@ -513,21 +497,5 @@ mod tests {
         assert_eq!(rounds(64), 7);
         assert_eq!(rounds(2), 2);
         assert_eq!(and_words(65, 2), 0);
-    }
-
-    #[test]
-    fn carry_tables_hold_generate_and_propagate() {
-        for (ra, rb) in [(0u64, 0u64), (3, 5), (7, 7)] {
-            let t = carry_table(3, ra, rb);
-            for a in 0..8u64 {
-                for b in 0..8u64 {
-                    let (u, v) = ((a + 8 - ra) % 8, (b + 8 - rb) % 8);
-                    let at = 2 * (u * 8 + v) as usize;
-                    let e = (t[at / 64] >> (at % 64)) & 3;
-                    assert_eq!(e & 1, u64::from(a + b >= 8));
-                    assert_eq!(e >> 1, u64::from(a + b == 7));
-                }
-            }
-        }
     }
 }

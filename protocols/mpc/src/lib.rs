@@ -28,7 +28,7 @@
 //! | 1-of-N random-OT lookup | [`ot`] | P0 `log2 N` bits, P1 `N * bits` bits | 1 |
 //! | client-assisted linear `n x d_in -> d_out` (v2) | [`masked_linear`] | P0 `8 n d_in`, P1 `8 n d_out` bytes | 1 |
 //!
-//! The correlated randomness they consume is in [`correlations`]; where it comes from
+//! The correlated randomness they consume, one module per kind, and where it comes from
 //! (an ideal dealer in tests, dealer files in deployment) is [`material`].
 
 #![deny(missing_docs)]
@@ -36,7 +36,6 @@
 pub mod beaver;
 pub mod boolean;
 pub mod compare;
-pub mod correlations;
 pub mod masked_linear;
 pub mod material;
 pub mod nonlinear;
@@ -48,7 +47,7 @@ pub mod session;
 pub mod share;
 pub mod trunc;
 
-pub use correlations::{
+pub use material::{
     AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples, PowerTuples,
     RandomOts, RowTriples, SquarePairs, Triples,
 };

@@ -15,6 +15,10 @@
 
 use super::{beaver, compare, trunc, MpcError};
 use crate::material::MaterialSource;
+use crate::material::{
+    AndTriplesRequest, BitTriplesRequest, CausalMatrixTripleRequest, MatrixTripleRequest, NormTriplesRequest,
+    PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest, TriplesRequest, TruncOtsRequest,
+};
 use crate::prg::{Prg, Seed};
 use crate::ring::packed_words;
 use crate::share::{BitShares, Role, Shares, P0, P1};
@@ -343,7 +347,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     pub fn mul_many(&mut self, pairs: &[(&Shares<R>, &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
         let mut parts = Vec::with_capacity(pairs.len());
         for (x, y) in pairs {
-            let t = self.material.take_triples(x.len())?;
+            let t = self.material.take(TriplesRequest { n: x.len() })?;
             let (st, m) = beaver::mul_start(x, y, t)?;
             let len = m.len();
             parts.push((st, m, len));
@@ -358,7 +362,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
 
     /// Shares of `x^2` with a square pair, one round.
     pub fn square(&mut self, x: &Shares<R>) -> Result<Shares<R>, MpcError> {
-        let p = self.material.take_square_pairs(x.len())?;
+        let p = self.material.take(SquarePairsRequest { n: x.len() })?;
         let (st, msg) = beaver::square_start(x, p)?;
         let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
         beaver::square_finish(st, &peer)
@@ -369,7 +373,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
     pub fn bit_mul_many(&mut self, pairs: &[(&[u64], &Shares<R>)]) -> Result<Vec<Shares<R>>, MpcError> {
         let mut parts = Vec::with_capacity(pairs.len());
         for (b, x) in pairs {
-            let t = self.material.take_bit_triples(x.len())?;
+            let t = self.material.take(BitTriplesRequest { n: x.len() })?;
             let (st, m) = beaver::bit_mul_start(b, x, t)?;
             let len = m.len();
             parts.push((st, m, len));
@@ -392,7 +396,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             return Ok(pairs.iter().map(|_| Vec::new()).collect());
         }
         let (xw, yw) = (crate::ring::pack_bits(&xs, 1), crate::ring::pack_bits(&ys, 1));
-        let t = self.material.take_and_triples(xw.len())?;
+        let t = self.material.take(AndTriplesRequest { words: xw.len() })?;
         let (st, msg) = super::boolean::and_start(&BitShares::from_raw(xw), &BitShares::from_raw(yw), t)?;
         let peer = self.transfer(Opened::MaskedAnd, &msg, msg.len())?;
         let z = super::boolean::and_finish(st, &peer)?.into_raw();
@@ -420,7 +424,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
                 format!("{} elements do not split into {rows} rows", x.len()),
             ));
         }
-        let t = self.material.take_norm_triples(rows, x.len() / rows)?;
+        let t = self.material.take(NormTriplesRequest { rows, cols: x.len() / rows })?;
         let (st, msg) = beaver::norm_square_start(x, t)?;
         let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
         beaver::norm_square_finish(st, &peer)
@@ -447,7 +451,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
                 format!("{} elements do not split into {rows} rows", x.len()),
             ));
         }
-        let t = self.material.take_row_triples(rows, x.len() / rows)?;
+        let t = self.material.take(RowTriplesRequest { rows, cols: x.len() / rows })?;
         let (st, msg) = beaver::row_mul_start(x, y, t)?;
         let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
         beaver::row_mul_finish(st, &peer)
@@ -455,7 +459,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
 
     /// Shares of `x^1 ..= x^degree` from one opening ([`beaver::powers_start`]).
     pub fn powers(&mut self, x: &Shares<R>, degree: u32) -> Result<Vec<Shares<R>>, MpcError> {
-        let t = self.material.take_power_tuples(x.len(), degree)?;
+        let t = self.material.take(PowerTuplesRequest { n: x.len(), degree })?;
         let (st, msg) = beaver::powers_start(x, t)?;
         let peer = self.transfer(Opened::MaskedProduct, &msg, msg.len())?;
         beaver::powers_finish(st, &peer)
@@ -468,7 +472,11 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         }
         let mut ots = Vec::with_capacity(items.len());
         for (x, shift) in &items {
-            ots.push(if x.is_empty() { None } else { Some(self.material.take_trunc_ots(x.len(), *shift)?) });
+            ots.push(if x.is_empty() {
+                None
+            } else {
+                Some(self.material.take(TruncOtsRequest { n: x.len(), bits: *shift })?)
+            });
         }
         // Both parties send first (the messages are independent), then finish.
         let mut parts = Vec::with_capacity(items.len());
@@ -500,8 +508,10 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         let mut parts = Vec::with_capacity(ops.len());
         for op in ops {
             let t = match op.causal {
-                Some(start) => self.material.take_causal_matrix_triple(op.m, op.k, op.n, start)?,
-                None => self.material.take_matrix_triple(op.m, op.k, op.n)?,
+                Some(start) => {
+                    self.material.take(CausalMatrixTripleRequest { m: op.m, k: op.k, n: op.n, start })?
+                }
+                None => self.material.take(MatrixTripleRequest { m: op.m, k: op.k, n: op.n })?,
             };
             let (st, m) = beaver::matmul_start(op.x, op.y, t)?;
             let len = m.len();

@@ -6,6 +6,11 @@ use common::two_party;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use shardlm_mpc::material::kinds::causal_matrix_triples::zero_hidden;
+use shardlm_mpc::material::{
+    BitTriplesRequest, CausalMatrixTripleRequest, MatrixTripleRequest, NormTriplesRequest,
+    PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest, TriplesRequest, TruncOtsRequest,
+};
 use shardlm_mpc::material::{IdealDealer, MaterialSource};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring;
@@ -40,13 +45,13 @@ proptest! {
         let n = x.len();
         let ((z0, s0), (z1, s1)) = two_party(
             |ch| {
-                let z = beaver::mul(ch, &x0, &y0, m0.take_triples(n).unwrap()).unwrap();
-                let s = beaver::square(ch, &sq0_in, m0.take_square_pairs(n).unwrap()).unwrap();
+                let z = beaver::mul(ch, &x0, &y0, m0.take(TriplesRequest { n }).unwrap()).unwrap();
+                let s = beaver::square(ch, &sq0_in, m0.take(SquarePairsRequest { n }).unwrap()).unwrap();
                 (z, s)
             },
             |ch| {
-                let z = beaver::mul(ch, &x1, &y1, m1.take_triples(n).unwrap()).unwrap();
-                let s = beaver::square(ch, &sq1_in, m1.take_square_pairs(n).unwrap()).unwrap();
+                let z = beaver::mul(ch, &x1, &y1, m1.take(TriplesRequest { n }).unwrap()).unwrap();
+                let s = beaver::square(ch, &sq1_in, m1.take(SquarePairsRequest { n }).unwrap()).unwrap();
                 (z, s)
             },
         );
@@ -69,13 +74,13 @@ proptest! {
         let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
         let ((z0, p0), (z1, p1)) = two_party(
             |ch| {
-                let z = beaver::bit_mul(ch, &b0, &x0, m0.take_bit_triples(n).unwrap()).unwrap();
-                let p = beaver::powers(ch, &x0, m0.take_power_tuples(n, degree).unwrap()).unwrap();
+                let z = beaver::bit_mul(ch, &b0, &x0, m0.take(BitTriplesRequest { n }).unwrap()).unwrap();
+                let p = beaver::powers(ch, &x0, m0.take(PowerTuplesRequest { n, degree }).unwrap()).unwrap();
                 (z, p)
             },
             |ch| {
-                let z = beaver::bit_mul(ch, &b1, &x1, m1.take_bit_triples(n).unwrap()).unwrap();
-                let p = beaver::powers(ch, &x1, m1.take_power_tuples(n, degree).unwrap()).unwrap();
+                let z = beaver::bit_mul(ch, &b1, &x1, m1.take(BitTriplesRequest { n }).unwrap()).unwrap();
+                let p = beaver::powers(ch, &x1, m1.take(PowerTuplesRequest { n, degree }).unwrap()).unwrap();
                 (z, p)
             },
         );
@@ -90,15 +95,15 @@ proptest! {
             let (xr0, xr1) = share(&xr, &mut r);
             let (y0, y1) = share(&y, &mut r);
             let (r0, r1) = two_party(
-                |ch| beaver::row_mul(ch, &xr0, &y0, m0.take_row_triples(rows, cols).unwrap()).unwrap(),
-                |ch| beaver::row_mul(ch, &xr1, &y1, m1.take_row_triples(rows, cols).unwrap()).unwrap(),
+                |ch| beaver::row_mul(ch, &xr0, &y0, m0.take(RowTriplesRequest { rows, cols }).unwrap()).unwrap(),
+                |ch| beaver::row_mul(ch, &xr1, &y1, m1.take(RowTriplesRequest { rows, cols }).unwrap()).unwrap(),
             );
             let want: Vec<u64> = xr.iter().enumerate().map(|(i, v)| v.wrapping_mul(y[i / cols])).collect();
             prop_assert_eq!(reconstruct(&r0, &r1).unwrap(), want.clone());
             // The same through a norm triple: square first, then scale without reopening x.
             let ((sq0, n0), (sq1, n1)) = two_party(
                 |ch| {
-                    let t = m0.take_norm_triples(rows, cols).unwrap();
+                    let t = m0.take(NormTriplesRequest { rows, cols }).unwrap();
                     let (st, msg) = beaver::norm_square_start(&xr0, t).unwrap();
                     ch.send_u64s(Lane::Openings, &msg).unwrap();
                     let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
@@ -109,7 +114,7 @@ proptest! {
                     (sq, beaver::norm_scale_finish(st, &peer).unwrap())
                 },
                 |ch| {
-                    let t = m1.take_norm_triples(rows, cols).unwrap();
+                    let t = m1.take(NormTriplesRequest { rows, cols }).unwrap();
                     let (st, msg) = beaver::norm_square_start(&xr1, t).unwrap();
                     ch.send_u64s(Lane::Openings, &msg).unwrap();
                     let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
@@ -140,24 +145,24 @@ proptest! {
         let (y0, y1) = share(&y, &mut r);
         let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
         let (z0, z1) = two_party(
-            |ch| beaver::matmul(ch, &x0, &y0, m0.take_matrix_triple(m, k, n).unwrap()).unwrap(),
-            |ch| beaver::matmul(ch, &x1, &y1, m1.take_matrix_triple(m, k, n).unwrap()).unwrap(),
+            |ch| beaver::matmul(ch, &x0, &y0, m0.take(MatrixTripleRequest { m, k, n }).unwrap()).unwrap(),
+            |ch| beaver::matmul(ch, &x1, &y1, m1.take(MatrixTripleRequest { m, k, n }).unwrap()).unwrap(),
         );
         prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::gemm(&x, &y, m, k, n));
         // Causal: X zero beyond column start + r (both shares), only visible entries sent.
         let start = (seed % 3) as usize;
         let mut xc = x.clone();
-        beaver::zero_hidden(&mut xc, m, k, start);
+        zero_hidden(&mut xc, m, k, start);
         let (mut c0, mut c1) = share(&xc, &mut r);
-        beaver::zero_hidden(c0.as_mut_slice(), m, k, start);
-        beaver::zero_hidden(c1.as_mut_slice(), m, k, start);
+        zero_hidden(c0.as_mut_slice(), m, k, start);
+        zero_hidden(c1.as_mut_slice(), m, k, start);
         let ((z0, sent), (z1, _)) = two_party(
             |ch| {
-                let z = beaver::matmul(ch, &c0, &y0, m0.take_causal_matrix_triple(m, k, n, start).unwrap()).unwrap();
+                let z = beaver::matmul(ch, &c0, &y0, m0.take(CausalMatrixTripleRequest { m, k, n, start }).unwrap()).unwrap();
                 (z, ch.counters().bytes_sent())
             },
             |ch| {
-                let z = beaver::matmul(ch, &c1, &y1, m1.take_causal_matrix_triple(m, k, n, start).unwrap()).unwrap();
+                let z = beaver::matmul(ch, &c1, &y1, m1.take(CausalMatrixTripleRequest { m, k, n, start }).unwrap()).unwrap();
                 (z, ch.counters().bytes_sent())
             },
         );
@@ -183,12 +188,12 @@ proptest! {
         let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
         let (t0, t1) = two_party(
             |ch| {
-                let z = beaver::mul(ch, &x0, &y0, m0.take_triples(n).unwrap()).unwrap();
-                trunc::truncate(ch, z, F, m0.take_trunc_ots(n, F).unwrap()).unwrap()
+                let z = beaver::mul(ch, &x0, &y0, m0.take(TriplesRequest { n }).unwrap()).unwrap();
+                trunc::truncate(ch, z, F, m0.take(TruncOtsRequest { n, bits: F }).unwrap()).unwrap()
             },
             |ch| {
-                let z = beaver::mul(ch, &x1, &y1, m1.take_triples(n).unwrap()).unwrap();
-                trunc::truncate(ch, z, F, m1.take_trunc_ots(n, F).unwrap()).unwrap()
+                let z = beaver::mul(ch, &x1, &y1, m1.take(TriplesRequest { n }).unwrap()).unwrap();
+                trunc::truncate(ch, z, F, m1.take(TruncOtsRequest { n, bits: F }).unwrap()).unwrap()
             },
         );
         let t = reconstruct(&t0, &t1).unwrap();
@@ -229,10 +234,10 @@ fn matmul_traffic_is_one_message_per_matrix() {
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(9)).split();
     let (c0, _) = two_party(
         |ch| {
-            beaver::matmul(ch, &x0, &y0, m0.take_matrix_triple(m, k, n).unwrap()).unwrap();
+            beaver::matmul(ch, &x0, &y0, m0.take(MatrixTripleRequest { m, k, n }).unwrap()).unwrap();
             ch.counters()
         },
-        |ch| beaver::matmul(ch, &x1, &y1, m1.take_matrix_triple(m, k, n).unwrap()).unwrap(),
+        |ch| beaver::matmul(ch, &x1, &y1, m1.take(MatrixTripleRequest { m, k, n }).unwrap()).unwrap(),
     );
     assert_eq!(c0.lane(Lane::Openings).bytes_sent, 8 * (m * k + k * n) as u64);
     assert_eq!(c0.lane(Lane::Openings).messages_sent, 1);
@@ -244,9 +249,9 @@ fn shape_errors_are_errors_not_panics() {
     let (mut m0, _) = IdealDealer::new(Seed::from_u64(1)).split();
     let x = Shares::<P0>::from_raw(vec![1, 2, 3]);
     let y = Shares::<P0>::from_raw(vec![1, 2]);
-    assert!(beaver::mul_start(&x, &y, m0.take_triples(3).unwrap()).is_err());
-    assert!(beaver::mul_start(&x, &x, m0.take_triples(2).unwrap()).is_err());
-    let (st, _) = beaver::mul_start(&x, &x, m0.take_triples(3).unwrap()).unwrap();
+    assert!(beaver::mul_start(&x, &y, m0.take(TriplesRequest { n: 3 }).unwrap()).is_err());
+    assert!(beaver::mul_start(&x, &x, m0.take(TriplesRequest { n: 2 }).unwrap()).is_err());
+    let (st, _) = beaver::mul_start(&x, &x, m0.take(TriplesRequest { n: 3 }).unwrap()).unwrap();
     assert!(beaver::mul_finish(st, &[0; 5]).is_err());
     let _ = Shares::<P1>::default();
 }
@@ -267,9 +272,10 @@ fn batched_step_is_one_message_one_round() {
         y: &Shares<R>,
         m: &mut impl MaterialSource<R>,
     ) -> (Vec<Shares<R>>, shardlm_transport::Counters) {
-        let (s1, a) = beaver::mul_start(x, y, m.take_triples(12).unwrap()).unwrap();
-        let (s2, b) = beaver::square_start(x, m.take_square_pairs(12).unwrap()).unwrap();
-        let (s3, c) = beaver::matmul_start(x, y, m.take_matrix_triple(3, 4, 3).unwrap()).unwrap();
+        let (s1, a) = beaver::mul_start(x, y, m.take(TriplesRequest { n: 12 }).unwrap()).unwrap();
+        let (s2, b) = beaver::square_start(x, m.take(SquarePairsRequest { n: 12 }).unwrap()).unwrap();
+        let (s3, c) =
+            beaver::matmul_start(x, y, m.take(MatrixTripleRequest { m: 3, k: 4, n: 3 }).unwrap()).unwrap();
         let peer = exchange_batch(ch, Lane::Openings, &[&a, &b, &c]).unwrap();
         let out = vec![
             beaver::mul_finish(s1, &peer[0]).unwrap(),

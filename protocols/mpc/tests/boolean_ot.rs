@@ -5,6 +5,9 @@ mod common;
 use common::two_party;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use shardlm_mpc::material::{
+    AndTriplesRequest, DaBitsRequest, RandomOtsRequest, TriplesRequest, TruncOtsRequest,
+};
 use shardlm_mpc::material::{IdealDealer, MaterialSource};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring::{low_mask, pack_bits};
@@ -23,10 +26,10 @@ fn and_of_bit_shares() {
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(2)).split();
     let ((z0, c0), z1) = two_party(
         |ch| {
-            let z = boolean::and(ch, &x0, &y0, m0.take_and_triples(words).unwrap()).unwrap();
+            let z = boolean::and(ch, &x0, &y0, m0.take(AndTriplesRequest { words }).unwrap()).unwrap();
             (z, ch.counters())
         },
-        |ch| boolean::and(ch, &x1, &y1, m1.take_and_triples(words).unwrap()).unwrap(),
+        |ch| boolean::and(ch, &x1, &y1, m1.take(AndTriplesRequest { words }).unwrap()).unwrap(),
     );
     let z = reconstruct_bits(&z0, &z1).unwrap();
     let want: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a & b).collect();
@@ -43,8 +46,8 @@ fn bit_to_arithmetic_with_dabits() {
     let (b0, b1) = share_bits(&pack_bits(&bits, 1), &mut rng);
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(4)).split();
     let (a0, a1) = two_party(
-        |ch| boolean::b2a(ch, &b0, n, m0.take_dabits(n).unwrap()).unwrap(),
-        |ch| boolean::b2a(ch, &b1, n, m1.take_dabits(n).unwrap()).unwrap(),
+        |ch| boolean::b2a(ch, &b0, n, m0.take(DaBitsRequest { n }).unwrap()).unwrap(),
+        |ch| boolean::b2a(ch, &b1, n, m1.take(DaBitsRequest { n }).unwrap()).unwrap(),
     );
     assert_eq!(reconstruct(&a0, &a1).unwrap(), bits);
 }
@@ -56,11 +59,12 @@ fn lookup(n_choices: usize, bits: u32, count: usize, seed: u64) {
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
     let ((got, c0), c1) = two_party(
         |ch| {
-            let r = ot::receive(ch, &choices, m0.take_random_ots(n_choices, bits, count).unwrap()).unwrap();
+            let r = ot::receive(ch, &choices, m0.take(RandomOtsRequest { n_choices, bits, count }).unwrap())
+                .unwrap();
             (r, ch.counters())
         },
         |ch| {
-            ot::send(ch, &tables, &m1.take_random_ots(n_choices, bits, count).unwrap()).unwrap();
+            ot::send(ch, &tables, &m1.take(RandomOtsRequest { n_choices, bits, count }).unwrap()).unwrap();
             ch.counters()
         },
     );
@@ -94,8 +98,14 @@ fn one_of_n_ot() {
 fn repeated_takes_stay_correlated() {
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(12)).split();
     for count in [3usize, 1, 17, 64] {
-        let (o0, o1) = (m0.take_trunc_ots(count, 16).unwrap(), m1.take_trunc_ots(count, 16).unwrap());
-        let (r0, r1) = (m0.take_random_ots(8, 5, count).unwrap(), m1.take_random_ots(8, 5, count).unwrap());
+        let (o0, o1) = (
+            m0.take(TruncOtsRequest { n: count, bits: 16 }).unwrap(),
+            m1.take(TruncOtsRequest { n: count, bits: 16 }).unwrap(),
+        );
+        let (r0, r1) = (
+            m0.take(RandomOtsRequest { n_choices: 8, bits: 5, count }).unwrap(),
+            m1.take(RandomOtsRequest { n_choices: 8, bits: 5, count }).unwrap(),
+        );
         for i in 0..count {
             assert_eq!(o0.chosen()[i], o1.strings()[2 * i + o0.indices()[i] as usize]);
             assert_eq!(r0.chosen()[i], r1.strings()[8 * i + r0.indices()[i] as usize]);
@@ -106,11 +116,11 @@ fn repeated_takes_stay_correlated() {
 #[test]
 fn ot_rejects_bad_choices() {
     let (mut m0, _) = IdealDealer::new(Seed::from_u64(1)).split();
-    let ots = m0.take_random_ots(4, 8, 2).unwrap();
+    let ots = m0.take(RandomOtsRequest { n_choices: 4, bits: 8, count: 2 }).unwrap();
     assert!(ot::receiver_start(&[1, 4], ots).is_err());
-    assert!(m0.take_random_ots(3, 8, 2).is_err());
-    assert!(m0.take_random_ots(4, 65, 2).is_err());
-    assert!(m0.take_trunc_ots(2, 63).is_err());
+    assert!(m0.take(RandomOtsRequest { n_choices: 3, bits: 8, count: 2 }).is_err());
+    assert!(m0.take(RandomOtsRequest { n_choices: 4, bits: 65, count: 2 }).is_err());
+    assert!(m0.take(TruncOtsRequest { n: 2, bits: 63 }).is_err());
 }
 
 /// Chi-square statistic of the top 4 bits of `samples` against uniform.
@@ -139,11 +149,12 @@ fn what_p1_receives_is_uniform_whatever_the_secret() {
             let (x0, _x1) = share(&[secret], &mut rng);
             let (mut m0, _m1) = IdealDealer::new(Seed::from_u64((s * TRIALS + t) as u64)).split();
             // P0's message of a Beaver product of the secret with itself.
-            let (_, msg) = beaver::mul_start(&x0, &x0, m0.take_triples(1).unwrap()).unwrap();
+            let (_, msg) = beaver::mul_start(&x0, &x0, m0.take(TriplesRequest { n: 1 }).unwrap()).unwrap();
             d_seen.push(msg[0]);
             e_seen.push(msg[1]);
             // P0's message of a truncation of the secret.
-            let (_, bmsg) = trunc::p0_start(&x0, 16, m0.take_trunc_ots(1, 16).unwrap()).unwrap();
+            let (_, bmsg) =
+                trunc::p0_start(&x0, 16, m0.take(TruncOtsRequest { n: 1, bits: 16 }).unwrap()).unwrap();
             ones += bmsg[0] & 1;
         }
         let (cd, ce) = (chi_square_top4(&d_seen), chi_square_top4(&e_seen));

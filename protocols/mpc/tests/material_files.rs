@@ -6,8 +6,11 @@ mod common;
 use common::two_party;
 use shardlm_mpc::beaver;
 use shardlm_mpc::material::{
-    BundleWriter, IdealDealer, Manifest, MaskedLinearSource, Material, MaterialError, MaterialRequest,
-    MaterialSource, NoWeights,
+    AndTriplesRequest, DaBitsRequest, MaskedLinearRequest, MatrixTripleRequest, RandomOtsRequest,
+    SquarePairsRequest, TriplesRequest, TruncOtsRequest,
+};
+use shardlm_mpc::material::{
+    BundleWriter, IdealDealer, Manifest, Material, MaterialError, MaterialRequest, MaterialSource, NoWeights,
 };
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring;
@@ -29,15 +32,15 @@ fn weight(id: u32) -> Result<Vec<u64>, String> {
 
 fn requests() -> Vec<MaterialRequest> {
     vec![
-        MaterialRequest::Triples(100),
-        MaterialRequest::MatrixTriple { m: 3, k: 4, n: 5 },
-        MaterialRequest::TruncOts { n: 50, bits: 16 },
-        MaterialRequest::AndTriples(10),
-        MaterialRequest::DaBits(20),
-        MaterialRequest::RandomOts { n_choices: 16, bits: 8, count: 7 },
-        MaterialRequest::SquarePairs(30),
-        MaterialRequest::MaskedLinear { n: 4, d_in: D_IN, d_out: D_OUT, weight: 7 },
-        MaterialRequest::MatrixTriple { m: 2, k: 2, n: 2 },
+        MaterialRequest::Triples(TriplesRequest { n: 100 }),
+        MaterialRequest::MatrixTriple(MatrixTripleRequest { m: 3, k: 4, n: 5 }),
+        MaterialRequest::TruncOts(TruncOtsRequest { n: 50, bits: 16 }),
+        MaterialRequest::AndTriples(AndTriplesRequest { words: 10 }),
+        MaterialRequest::DaBits(DaBitsRequest { n: 20 }),
+        MaterialRequest::RandomOts(RandomOtsRequest { n_choices: 16, bits: 8, count: 7 }),
+        MaterialRequest::SquarePairs(SquarePairsRequest { n: 30 }),
+        MaterialRequest::MaskedLinear(MaskedLinearRequest { n: 4, d_in: D_IN, d_out: D_OUT, weight: 7 }),
+        MaterialRequest::MatrixTriple(MatrixTripleRequest { m: 2, k: 2, n: 2 }),
     ]
 }
 
@@ -51,17 +54,23 @@ fn write_bundle(dir: &Path, seed: u64) -> Manifest {
 
 /// Takes everything of `requests()` from both parties and checks the correlations.
 fn consume_and_check(m0: &mut Material<P0>, m1: &mut Material<P1>) {
-    let t0 = m0.take_triples(100).unwrap();
-    let t1 = m1.take_triples(100).unwrap();
+    let t0 = m0.take(TriplesRequest { n: 100 }).unwrap();
+    let t1 = m1.take(TriplesRequest { n: 100 }).unwrap();
     let a = reconstruct(&t0.a, &t1.a).unwrap();
     let b = reconstruct(&t0.b, &t1.b).unwrap();
     assert_eq!(reconstruct(&t0.c, &t1.c).unwrap(), ring::mul(&a, &b));
 
-    let (x0, x1) = (m0.take_matrix_triple(3, 4, 5).unwrap(), m1.take_matrix_triple(3, 4, 5).unwrap());
+    let (x0, x1) = (
+        m0.take(MatrixTripleRequest { m: 3, k: 4, n: 5 }).unwrap(),
+        m1.take(MatrixTripleRequest { m: 3, k: 4, n: 5 }).unwrap(),
+    );
     let (a, b) = (reconstruct(&x0.a, &x1.a).unwrap(), reconstruct(&x0.b, &x1.b).unwrap());
     assert_eq!(reconstruct(&x0.c, &x1.c).unwrap(), ring::gemm(&a, &b, 3, 4, 5));
 
-    let (o0, o1) = (m0.take_trunc_ots(50, 16).unwrap(), m1.take_trunc_ots(50, 16).unwrap());
+    let (o0, o1) = (
+        m0.take(TruncOtsRequest { n: 50, bits: 16 }).unwrap(),
+        m1.take(TruncOtsRequest { n: 50, bits: 16 }).unwrap(),
+    );
     for i in 0..50 {
         let c = o0.indices()[i] as usize;
         assert!(c < 2);
@@ -69,31 +78,41 @@ fn consume_and_check(m0: &mut Material<P0>, m1: &mut Material<P1>) {
         assert!(o0.chosen()[i] < 1 << 16);
     }
 
-    let (g0, g1) = (m0.take_and_triples(10).unwrap(), m1.take_and_triples(10).unwrap());
+    let (g0, g1) = (
+        m0.take(AndTriplesRequest { words: 10 }).unwrap(),
+        m1.take(AndTriplesRequest { words: 10 }).unwrap(),
+    );
     let (a, b) = (reconstruct_bits(&g0.a, &g1.a).unwrap(), reconstruct_bits(&g0.b, &g1.b).unwrap());
     let c = reconstruct_bits(&g0.c, &g1.c).unwrap();
     assert_eq!(c, a.iter().zip(&b).map(|(a, b)| a & b).collect::<Vec<_>>());
     let _: &BitShares<P0> = &g0.a;
 
-    let (d0, d1) = (m0.take_dabits(20).unwrap(), m1.take_dabits(20).unwrap());
+    let (d0, d1) = (m0.take(DaBitsRequest { n: 20 }).unwrap(), m1.take(DaBitsRequest { n: 20 }).unwrap());
     let r = reconstruct(&d0.arith, &d1.arith).unwrap();
     for (i, ri) in r.iter().enumerate() {
         assert_eq!(*ri, d0.bits[i] ^ d1.bits[i]);
     }
 
-    let (r0, r1) = (m0.take_random_ots(16, 8, 7).unwrap(), m1.take_random_ots(16, 8, 7).unwrap());
+    let (r0, r1) = (
+        m0.take(RandomOtsRequest { n_choices: 16, bits: 8, count: 7 }).unwrap(),
+        m1.take(RandomOtsRequest { n_choices: 16, bits: 8, count: 7 }).unwrap(),
+    );
     for i in 0..7 {
         assert_eq!(r0.chosen()[i], r1.strings()[16 * i + r0.indices()[i] as usize]);
     }
 
-    let (s0, s1) = (m0.take_square_pairs(30).unwrap(), m1.take_square_pairs(30).unwrap());
+    let (s0, s1) =
+        (m0.take(SquarePairsRequest { n: 30 }).unwrap(), m1.take(SquarePairsRequest { n: 30 }).unwrap());
     let a = reconstruct(&s0.a, &s1.a).unwrap();
     assert_eq!(reconstruct(&s0.aa, &s1.aa).unwrap(), ring::mul(&a, &a));
 
-    let ml = m0.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
+    let ml = m0.take(MaskedLinearRequest { n: 4, d_in: D_IN, d_out: D_OUT, weight: 7 }).unwrap();
     assert_eq!(ml.s, ring::gemm_abt(&ml.r, &weight(7).unwrap(), 4, D_IN, D_OUT));
 
-    let (x0, x1) = (m0.take_matrix_triple(2, 2, 2).unwrap(), m1.take_matrix_triple(2, 2, 2).unwrap());
+    let (x0, x1) = (
+        m0.take(MatrixTripleRequest { m: 2, k: 2, n: 2 }).unwrap(),
+        m1.take(MatrixTripleRequest { m: 2, k: 2, n: 2 }).unwrap(),
+    );
     let (a, b) = (reconstruct(&x0.a, &x1.a).unwrap(), reconstruct(&x0.b, &x1.b).unwrap());
     assert_eq!(reconstruct(&x0.c, &x1.c).unwrap(), ring::gemm(&a, &b, 2, 2, 2));
 }
@@ -121,24 +140,30 @@ fn write_reopen_consume_matches_ideal_dealer() {
     let mut g0 = Material::<P0>::open(dir2.path(), None).unwrap();
     let weights: Arc<dyn shardlm_mpc::material::LinearWeights + Send + Sync> = Arc::new(weight);
     let (mut i0, mut i1) = IdealDealer::new(Seed::from_u64(12)).with_weights(weights).split();
-    assert_eq!(g0.take_triples(100).unwrap().c, i0.take_triples(100).unwrap().c);
-    assert_eq!(g0.take_matrix_triple(3, 4, 5).unwrap().c, i0.take_matrix_triple(3, 4, 5).unwrap().c);
-    i1.take_triples(100).unwrap();
-    i1.take_matrix_triple(3, 4, 5).unwrap();
+    assert_eq!(g0.take(TriplesRequest { n: 100 }).unwrap().c, i0.take(TriplesRequest { n: 100 }).unwrap().c);
+    assert_eq!(
+        g0.take(MatrixTripleRequest { m: 3, k: 4, n: 5 }).unwrap().c,
+        i0.take(MatrixTripleRequest { m: 3, k: 4, n: 5 }).unwrap().c
+    );
+    i1.take(TriplesRequest { n: 100 }).unwrap();
+    i1.take(MatrixTripleRequest { m: 3, k: 4, n: 5 }).unwrap();
     // The rest of the ideal dealer's material is as correlated as the bundle's.
     consume_rest(&mut i0, &mut i1);
 }
 
 fn consume_rest(i0: &mut Material<P0>, i1: &mut Material<P1>) {
-    let (o0, o1) = (i0.take_trunc_ots(50, 16).unwrap(), i1.take_trunc_ots(50, 16).unwrap());
+    let (o0, o1) = (
+        i0.take(TruncOtsRequest { n: 50, bits: 16 }).unwrap(),
+        i1.take(TruncOtsRequest { n: 50, bits: 16 }).unwrap(),
+    );
     for i in 0..50 {
         assert_eq!(o0.chosen()[i], o1.strings()[2 * i + o0.indices()[i] as usize]);
     }
-    i0.take_and_triples(10).unwrap();
-    i0.take_dabits(20).unwrap();
-    i0.take_random_ots(16, 8, 7).unwrap();
-    i0.take_square_pairs(30).unwrap();
-    let ml = i0.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
+    i0.take(AndTriplesRequest { words: 10 }).unwrap();
+    i0.take(DaBitsRequest { n: 20 }).unwrap();
+    i0.take(RandomOtsRequest { n_choices: 16, bits: 8, count: 7 }).unwrap();
+    i0.take(SquarePairsRequest { n: 30 }).unwrap();
+    let ml = i0.take(MaskedLinearRequest { n: 4, d_in: D_IN, d_out: D_OUT, weight: 7 }).unwrap();
     assert_eq!(ml.s, ring::gemm_abt(&ml.r, &weight(7).unwrap(), 4, D_IN, D_OUT));
 }
 
@@ -146,7 +171,7 @@ fn consume_rest(i0: &mut Material<P0>, i1: &mut Material<P1>) {
 fn two_parties_compute_with_bundle_material() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(5)).unwrap();
-    w.push(&MaterialRequest::Triples(64), &NoWeights).unwrap();
+    w.push(&MaterialRequest::Triples(TriplesRequest { n: 64 }), &NoWeights).unwrap();
     w.finish().unwrap();
     let x: Vec<u64> = (0..64).map(|i| i * 3 + 1).collect();
     let y: Vec<u64> = (0..64).map(|i| i * i).collect();
@@ -157,11 +182,11 @@ fn two_parties_compute_with_bundle_material() {
     let (z0, z1) = two_party(
         |ch| {
             let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
-            beaver::mul(ch, &x0, &y0, m.take_triples(64).unwrap()).unwrap()
+            beaver::mul(ch, &x0, &y0, m.take(TriplesRequest { n: 64 }).unwrap()).unwrap()
         },
         |ch| {
             let mut m = Material::<P1>::open(p, Some(MODEL)).unwrap();
-            beaver::mul(ch, &x1, &y1, m.take_triples(64).unwrap()).unwrap()
+            beaver::mul(ch, &x1, &y1, m.take(TriplesRequest { n: 64 }).unwrap()).unwrap()
         },
     );
     assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::mul(&x, &y));
@@ -173,19 +198,19 @@ fn reuse_after_restart_is_refused() {
     write_bundle(dir.path(), 21);
     let first = {
         let mut m = Material::<P0>::open(dir.path(), None).unwrap();
-        m.take_triples(60).unwrap().c
+        m.take(TriplesRequest { n: 60 }).unwrap().c
         // dropped: the process "exits" (or crashes) after taking.
     };
     let mut m = Material::<P0>::open(dir.path(), None).unwrap();
     assert_eq!(m.consumed()["triples.c"], 60);
     // Only 40 left: taking 60 again is refused, the next 40 are fresh.
-    let err = m.take_triples(60).unwrap_err();
+    let err = m.take(TriplesRequest { n: 60 }).unwrap_err();
     assert!(matches!(err, MaterialError::Exhausted { needed: 60, left: 40, .. }), "{err}");
-    let next = m.take_triples(40).unwrap().c;
+    let next = m.take(TriplesRequest { n: 40 }).unwrap().c;
     assert!(first.as_slice().iter().all(|v| !next.as_slice().contains(v)));
     // The ideal dealer confirms the second batch is words 60..100.
     let (mut i0, _) = IdealDealer::new(Seed::from_u64(21)).split();
-    let all = i0.take_triples(100).unwrap().c;
+    let all = i0.take(TriplesRequest { n: 100 }).unwrap().c;
     assert_eq!(first.as_slice(), &all.as_slice()[..60]);
     assert_eq!(next.as_slice(), &all.as_slice()[60..]);
 }
@@ -198,8 +223,8 @@ fn crash_never_reuses_material() {
         let dir = tempfile::tempdir().unwrap();
         write_bundle(dir.path(), 22);
         let mut m = Material::<P0>::open_with_reserve(dir.path(), None, reserve).unwrap();
-        let first = m.take_triples(30).unwrap().c.into_raw();
-        let second = m.take_triples(5).unwrap().c.into_raw();
+        let first = m.take(TriplesRequest { n: 30 }).unwrap().c.into_raw();
+        let second = m.take(TriplesRequest { n: 5 }).unwrap().c.into_raw();
         // The process dies: no clean close. The kernel would release its flock; in this
         // process the leaked lock stays held, so stand in a fresh lock file.
         std::mem::forget(m);
@@ -209,10 +234,10 @@ fn crash_never_reuses_material() {
         assert!(done >= 35, "reserve {reserve}: resumed at {done}");
         let left = 100 - done as usize;
         if left > 0 {
-            let next = m.take_triples(left).unwrap().c.into_raw();
+            let next = m.take(TriplesRequest { n: left }).unwrap().c.into_raw();
             assert!(next.iter().all(|v| !first.contains(v) && !second.contains(v)));
         }
-        assert!(m.take_triples(1).is_err());
+        assert!(m.take(TriplesRequest { n: 1 }).is_err());
     }
 }
 
@@ -222,8 +247,8 @@ fn parties_realign_by_advancing() {
     write_bundle(dir.path(), 23);
     let mut m0 = Material::<P0>::open(dir.path(), None).unwrap();
     let mut m1 = Material::<P1>::open(dir.path(), None).unwrap();
-    m0.take_triples(10).unwrap();
-    m1.take_triples(25).unwrap();
+    m0.take(TriplesRequest { n: 10 }).unwrap();
+    m1.take(TriplesRequest { n: 25 }).unwrap();
     let mut target = m0.consumed().clone();
     for (k, v) in m1.consumed() {
         let e = target.entry(k.clone()).or_insert(0);
@@ -231,7 +256,7 @@ fn parties_realign_by_advancing() {
     }
     m0.advance_to(&target).unwrap();
     m1.advance_to(&target).unwrap();
-    let (t0, t1) = (m0.take_triples(75).unwrap(), m1.take_triples(75).unwrap());
+    let (t0, t1) = (m0.take(TriplesRequest { n: 75 }).unwrap(), m1.take(TriplesRequest { n: 75 }).unwrap());
     let (a, b) = (reconstruct(&t0.a, &t1.a).unwrap(), reconstruct(&t0.b, &t1.b).unwrap());
     assert_eq!(reconstruct(&t0.c, &t1.c).unwrap(), ring::mul(&a, &b));
 }
@@ -241,7 +266,7 @@ fn exhausted_error_names_the_dealer_flags() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 31);
     let mut m = Material::<P1>::open(dir.path(), None).unwrap();
-    let err = m.take_triples(101).unwrap_err();
+    let err = m.take(TriplesRequest { n: 101 }).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("--max-new-tokens") && msg.contains("--prompt-tokens") && msg.contains("--sessions"),
@@ -249,16 +274,19 @@ fn exhausted_error_names_the_dealer_flags() {
     );
     assert!(msg.contains("triples"), "{msg}");
     // A kind never dealt is exhausted too.
-    assert!(m.take_dabits(1).is_ok());
-    assert!(matches!(m.take_random_ots(4, 8, 1), Err(MaterialError::Exhausted { left: 0, .. })));
+    assert!(m.take(DaBitsRequest { n: 1 }).is_ok());
+    assert!(matches!(
+        m.take(RandomOtsRequest { n_choices: 4, bits: 8, count: 1 }),
+        Err(MaterialError::Exhausted { left: 0, .. })
+    ));
     // A step asking for a different shape than was dealt is a mismatch.
     let mut m0 = Material::<P0>::open(dir.path(), None).unwrap();
-    m0.take_triples(100).unwrap();
+    m0.take(TriplesRequest { n: 100 }).unwrap();
     let before = m0.consumed().clone();
-    let err = m0.take_matrix_triple(5, 4, 3).unwrap_err();
+    let err = m0.take(MatrixTripleRequest { m: 5, k: 4, n: 3 }).unwrap_err();
     assert!(matches!(err, MaterialError::Mismatch(_)), "{err}");
     assert_eq!(m0.consumed(), &before, "a mismatch consumes nothing");
-    assert!(m0.take_matrix_triple(3, 4, 5).is_ok());
+    assert!(m0.take(MatrixTripleRequest { m: 3, k: 4, n: 5 }).is_ok());
 }
 
 #[test]
@@ -330,7 +358,7 @@ fn wrong_party_model_and_missing_files_are_clear() {
     // A dealer without the weights cannot deal masked-linear material.
     let d = tempfile::tempdir().unwrap();
     let mut w = BundleWriter::create(d.path(), MODEL, "v2", Seed::from_u64(1)).unwrap();
-    let req = MaterialRequest::MaskedLinear { n: 1, d_in: 2, d_out: 2, weight: 3 };
+    let req = MaterialRequest::MaskedLinear(MaskedLinearRequest { n: 1, d_in: 2, d_out: 2, weight: 3 });
     assert!(matches!(w.push(&req, &NoWeights), Err(MaterialError::Weights { id: 3, .. })));
     let _ = Shares::<P0>::default();
 }
@@ -339,11 +367,11 @@ fn wrong_party_model_and_missing_files_are_clear() {
 fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
     use shardlm_mpc::material::Recorder;
     // A "forward pass" generic over the material source.
-    fn pass<S: MaterialSource<P0> + MaskedLinearSource>(m: &mut S) {
-        m.take_masked_linear(4, D_IN, D_OUT, 7).unwrap();
-        m.take_triples(12).unwrap();
-        m.take_trunc_ots(12, 16).unwrap();
-        m.take_matrix_triple(2, 3, 4).unwrap();
+    fn pass<S: MaterialSource<P0>>(m: &mut S) {
+        m.take(MaskedLinearRequest { n: 4, d_in: D_IN, d_out: D_OUT, weight: 7 }).unwrap();
+        m.take(TriplesRequest { n: 12 }).unwrap();
+        m.take(TruncOtsRequest { n: 12, bits: 16 }).unwrap();
+        m.take(MatrixTripleRequest { m: 2, k: 3, n: 4 }).unwrap();
     }
     let mut rec = Recorder::<P0>::new();
     pass(&mut rec);
@@ -360,7 +388,7 @@ fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
     w.finish().unwrap();
     let mut m = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
     pass(&mut m);
-    assert!(m.take_triples(1).is_err(), "the bundle holds exactly what the pass takes");
+    assert!(m.take(TriplesRequest { n: 1 }).is_err(), "the bundle holds exactly what the pass takes");
 }
 
 /// v2 linear layer end to end: dealer bundle for P0, server holds only the public
@@ -372,7 +400,11 @@ fn client_assisted_linear_layer_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let n = 3;
     let mut w = BundleWriter::create(dir.path(), MODEL, "v2", Seed::from_u64(4)).unwrap();
-    w.push(&MaterialRequest::MaskedLinear { n, d_in: D_IN, d_out: D_OUT, weight: 7 }, &weight).unwrap();
+    w.push(
+        &MaterialRequest::MaskedLinear(MaskedLinearRequest { n, d_in: D_IN, d_out: D_OUT, weight: 7 }),
+        &weight,
+    )
+    .unwrap();
     w.finish().unwrap();
     let xs: Vec<f64> = (0..n * D_IN).map(|i| (i as f64 * 0.7).cos() * 40.0).collect();
     let x = ring::encode_vec_f64(&xs, 16);
@@ -381,7 +413,7 @@ fn client_assisted_linear_layer_is_exact() {
     let ((y, c0), c1) = common::two_party(
         |ch| {
             let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
-            let ml = m.take_masked_linear(n, D_IN, D_OUT, 7).unwrap();
+            let ml = m.take(MaskedLinearRequest { n, d_in: D_IN, d_out: D_OUT, weight: 7 }).unwrap();
             (masked_linear::client(ch, Lane::Masked(0), &x, ml).unwrap(), ch.counters())
         },
         |ch| {
@@ -402,21 +434,27 @@ fn packed_ot_strings_read_back_in_any_pieces() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(77)).unwrap();
     for n in [3usize, 5, 64, 1, 1000, 7] {
-        w.push(&MaterialRequest::TruncOts { n, bits: 16 }, &NoWeights).unwrap();
-        w.push(&MaterialRequest::RandomOts { n_choices: 8, bits: 13, count: n }, &NoWeights).unwrap();
+        w.push(&MaterialRequest::TruncOts(TruncOtsRequest { n, bits: 16 }), &NoWeights).unwrap();
+        w.push(
+            &MaterialRequest::RandomOts(RandomOtsRequest { n_choices: 8, bits: 13, count: n }),
+            &NoWeights,
+        )
+        .unwrap();
     }
     let m = w.finish().unwrap();
     // 1080 strings of 16 bits and 1080 of 13 bits, plus preamble, alignment and trailer.
     assert!(m.shards["p0"].bytes < 64 + 2160 + 1760 + 128 + 2048, "p0 shard {} bytes", m.shards["p0"].bytes);
     let (mut i0, _) = IdealDealer::new(Seed::from_u64(77)).split();
-    let want_t = i0.take_trunc_ots(1080, 16).unwrap();
-    let want_r = i0.take_random_ots(8, 13, 1080).unwrap();
+    let want_t = i0.take(TruncOtsRequest { n: 1080, bits: 16 }).unwrap();
+    let want_r = i0.take(RandomOtsRequest { n_choices: 8, bits: 13, count: 1080 }).unwrap();
     let (mut got_t, mut got_r) = (Vec::new(), Vec::new());
     let mut at = 0;
     for piece in [1usize, 2, 61, 3, 500, 13, 500] {
         let mut f = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
-        got_t.extend_from_slice(f.take_trunc_ots(piece, 16).unwrap().chosen());
-        got_r.extend_from_slice(f.take_random_ots(8, 13, piece).unwrap().chosen());
+        got_t.extend_from_slice(f.take(TruncOtsRequest { n: piece, bits: 16 }).unwrap().chosen());
+        got_r.extend_from_slice(
+            f.take(RandomOtsRequest { n_choices: 8, bits: 13, count: piece }).unwrap().chosen(),
+        );
         at += piece;
     }
     assert_eq!(at, 1080);

@@ -4,15 +4,16 @@
 
 use proptest::prelude::*;
 use shardlm_mpc::material::{BundleWriter, Manifest, Material, MaterialRequest, MaterialSource, NoWeights};
+use shardlm_mpc::material::{MatrixTripleRequest, TriplesRequest, TruncOtsRequest};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::share::P0;
 use std::path::Path;
 
 fn bundle(dir: &Path) {
     let mut w = BundleWriter::create(dir, "m", "v3-mpc", Seed::from_u64(1)).unwrap();
-    w.push(&MaterialRequest::Triples(10), &NoWeights).unwrap();
-    w.push(&MaterialRequest::MatrixTriple { m: 2, k: 3, n: 2 }, &NoWeights).unwrap();
-    w.push(&MaterialRequest::TruncOts { n: 5, bits: 16 }, &NoWeights).unwrap();
+    w.push(&MaterialRequest::Triples(TriplesRequest { n: 10 }), &NoWeights).unwrap();
+    w.push(&MaterialRequest::MatrixTriple(MatrixTripleRequest { m: 2, k: 3, n: 2 }), &NoWeights).unwrap();
+    w.push(&MaterialRequest::TruncOts(TruncOtsRequest { n: 5, bits: 16 }), &NoWeights).unwrap();
     w.finish().unwrap();
 }
 
@@ -37,10 +38,10 @@ proptest! {
         m.shards.get_mut("p0").unwrap().blake3 = blake3::hash(&bytes).to_hex().to_string();
         std::fs::write(dir.path().join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
         if let Ok(mut mat) = Material::<P0>::open(dir.path(), None) {
-            let _ = mat.take_triples(10);
-            let _ = mat.take_matrix_triple(2, 3, 2);
-            let _ = mat.take_trunc_ots(5, 16);
-            let _ = mat.take_triples(1);
+            let _ = mat.take(TriplesRequest { n: 10 });
+            let _ = mat.take(MatrixTripleRequest { m: 2, k: 3, n: 2 });
+            let _ = mat.take(TruncOtsRequest { n: 5, bits: 16 });
+            let _ = mat.take(TriplesRequest { n: 1 });
         }
     }
 }

@@ -13,6 +13,7 @@ use common::two_party;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use shardlm_mpc::material::TruncOtsRequest;
 use shardlm_mpc::material::{IdealDealer, MaterialSource};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring::arith_shr;
@@ -47,7 +48,8 @@ fn run_chunk(chunk: u64, n: usize) -> (u64, u64) {
     let x = inputs(&mut rng, n);
     let (x0, x1) = share(&x, &mut rng);
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(chunk ^ 0x5eed)).split();
-    let (ot0, ot1) = (m0.take_trunc_ots(n, F).unwrap(), m1.take_trunc_ots(n, F).unwrap());
+    let (ot0, ot1) =
+        (m0.take(TruncOtsRequest { n, bits: F }).unwrap(), m1.take(TruncOtsRequest { n, bits: F }).unwrap());
     let (st0, msg0) = trunc::p0_start(&x0, F, ot0).unwrap();
     let (st1, msg1) = trunc::p1_start(&x1, F, &ot1).unwrap();
     let t0 = trunc::p0_finish(st0, &msg1).unwrap();
@@ -98,12 +100,12 @@ fn faithful_truncation_two_parties_over_channel() {
     let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(78)).split();
     let ((t0, c0), (t1, c1)) = two_party(
         |ch| {
-            let ot = m0.take_trunc_ots(n, F).unwrap();
+            let ot = m0.take(TruncOtsRequest { n, bits: F }).unwrap();
             let t = trunc::truncate(ch, x0, F, ot).unwrap();
             (t, shardlm_transport::Channel::counters(ch))
         },
         |ch| {
-            let ot = m1.take_trunc_ots(n, F).unwrap();
+            let ot = m1.take(TruncOtsRequest { n, bits: F }).unwrap();
             let t = trunc::truncate(ch, x1, F, ot).unwrap();
             (t, shardlm_transport::Channel::counters(ch))
         },

@@ -29,10 +29,10 @@ use shardlm_model::plain::ClearState;
 use shardlm_model::planner::{PlannedOp, Planner};
 use shardlm_model::{Linear, ModelOps, Rows, Weights};
 use shardlm_mpc::masked_linear as masked;
-use shardlm_mpc::material::{
-    BundleWriter, LinearWeights, MaskedLinearSource, MaterialError, MaterialRequest,
-};
+use shardlm_mpc::material::MaskedLinearRequest;
+use shardlm_mpc::material::{BundleWriter, LinearWeights, MaterialError, MaterialRequest, MaterialSource};
 use shardlm_mpc::ring::{decode, encode_f32};
+use shardlm_mpc::share::P0;
 use shardlm_transport::{Channel, Lane, TransportError};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -311,12 +311,14 @@ pub fn planned_raw_bytes(
 pub fn plan_requests(config: &ModelConfig, plan: &[PlannedOp]) -> Vec<MaterialRequest> {
     plan.iter()
         .filter_map(|op| match op {
-            PlannedOp::Linear { linear, rows, d_in, d_out } => Some(MaterialRequest::MaskedLinear {
-                n: *rows,
-                d_in: *d_in,
-                d_out: *d_out,
-                weight: linear.weight_id(config.num_hidden_layers),
-            }),
+            PlannedOp::Linear { linear, rows, d_in, d_out } => {
+                Some(MaterialRequest::MaskedLinear(MaskedLinearRequest {
+                    n: *rows,
+                    d_in: *d_in,
+                    d_out: *d_out,
+                    weight: linear.weight_id(config.num_hidden_layers),
+                }))
+            }
             _ => None,
         })
         .collect()
@@ -333,7 +335,7 @@ pub struct V2Client<C, M> {
     tuner: ChunkTuner,
 }
 
-impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
+impl<C: Channel, M: MaterialSource<P0>> V2Client<C, M> {
     /// A client for one session over `chan`, drawing masks from `masks`. `weights` are
     /// the public weights (the client uses embeddings, norm gains and biases).
     pub fn new(weights: Arc<Weights>, fixed: FixedPoint, chan: C, masks: M) -> Self {
@@ -409,7 +411,7 @@ impl<C: Channel, M: MaskedLinearSource> V2Client<C, M> {
     }
 }
 
-impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
+impl<C: Channel, M: MaterialSource<P0>> ModelOps for V2Client<C, M> {
     type Act = Tensor;
     type Error = V2Error;
 
@@ -419,8 +421,12 @@ impl<C: Channel, M: MaskedLinearSource> ModelOps for V2Client<C, M> {
         let c = &self.weights.config;
         let (d_in, d_out) = linear.dims(c);
         let n = x.rows;
-        let material =
-            self.masks.take_masked_linear(n, d_in, d_out, linear.weight_id(c.num_hidden_layers))?;
+        let material = self.masks.take(MaskedLinearRequest {
+            n,
+            d_in,
+            d_out,
+            weight: linear.weight_id(c.num_hidden_layers),
+        })?;
         let f = self.fixed.frac_bits;
         let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
         let (state, y) = masked::client_request(&x_enc, material)?;

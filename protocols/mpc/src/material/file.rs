@@ -27,7 +27,7 @@
 //! that party's seed.
 
 use super::ideal::party_seeds;
-use super::{deal, io_err, layout, Backend, LinearWeights, Material, MaterialError, MaterialRequest, Src};
+use super::{deal, io_err, LinearWeights, Material, MaterialError, MaterialRequest, MaterialStore, Src};
 use crate::prg::{PrgKind, Seed, DEFAULT_PRG};
 use crate::share::Role;
 use memmap2::Mmap;
@@ -271,7 +271,7 @@ impl BundleWriter {
 
     /// Deals one request for both parties and appends it.
     pub fn push(&mut self, req: &MaterialRequest, weights: &dyn LinearWeights) -> Result<(), MaterialError> {
-        let comps = layout(req)?;
+        let comps = req.kind().layout()?;
         let offsets: Vec<u64> =
             comps.iter().map(|c| self.cursors.get(&c.name).copied().unwrap_or(0)).collect();
         let parts = deal(req, [&self.seeds[0], &self.seeds[1]], &offsets, weights)?;
@@ -306,9 +306,9 @@ impl BundleWriter {
                 entry.push(&words)?;
             }
             if comps.iter().any(|c| c.src[p] != Src::Absent) {
-                let k = self.counts[p].entry(req.kind()).or_default();
+                let k = self.counts[p].entry(req.kind().name()).or_default();
                 k.requests += 1;
-                k.elements += elements(req);
+                k.elements += req.kind().elements();
             }
         }
         for (c, off) in comps.iter().zip(offsets) {
@@ -351,26 +351,6 @@ impl BundleWriter {
             .map_err(|e| MaterialError::Format { path: dir.join("manifest.json"), detail: e.to_string() })?;
         write_durably(&dir.join("manifest.json"), json.as_bytes())?;
         Ok(manifest)
-    }
-}
-
-/// The elements a request counts for in the manifest.
-fn elements(req: &MaterialRequest) -> u64 {
-    match *req {
-        MaterialRequest::Triples(n)
-        | MaterialRequest::SquarePairs(n)
-        | MaterialRequest::AndTriples(n)
-        | MaterialRequest::DaBits(n)
-        | MaterialRequest::BitTriples(n)
-        | MaterialRequest::CarryTables { count: n, .. }
-        | MaterialRequest::PowerTuples { n, .. }
-        | MaterialRequest::TruncOts { n, .. }
-        | MaterialRequest::MaskedLinear { n, .. } => n as u64,
-        MaterialRequest::MatrixTriple { .. }
-        | MaterialRequest::CausalMatrixTriple { .. }
-        | MaterialRequest::RowTriples { .. }
-        | MaterialRequest::NormTriples { .. } => 1,
-        MaterialRequest::RandomOts { count, .. } => count as u64,
     }
 }
 
@@ -509,7 +489,7 @@ impl Drop for FileBackend {
     }
 }
 
-impl Backend for FileBackend {
+impl MaterialStore for FileBackend {
     fn commit(&mut self, cursors: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
         // Only this party's streams are journaled (the other party's positions are
         // implied by the request sequence).
@@ -538,7 +518,7 @@ impl Backend for FileBackend {
     }
 
     fn raw_parts(&mut self, req: &MaterialRequest, offsets: &[u64]) -> Result<Vec<Vec<u64>>, MaterialError> {
-        let comps = layout(req)?;
+        let comps = req.kind().layout()?;
         let mut out = Vec::new();
         for (c, &off) in comps.iter().zip(offsets) {
             if c.src[self.me] != Src::Raw {
@@ -737,6 +717,6 @@ impl<R: Role> Material<R> {
             totals: trailer.totals,
             _lock: lock,
         };
-        Ok(Material::from_backend(seed, cursors, Box::new(backend)))
+        Ok(Material::from_store(seed, cursors, Box::new(backend)))
     }
 }

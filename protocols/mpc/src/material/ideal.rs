@@ -3,7 +3,7 @@
 //! P0's half holds both parties' seeds, which a real deployment never does.
 
 use super::{
-    deal, p1_raw_parts, Backend, LinearWeights, Material, MaterialError, MaterialRequest, NoWeights,
+    deal, p1_raw_parts, LinearWeights, Material, MaterialError, MaterialRequest, MaterialStore, NoWeights,
 };
 use crate::prg::Seed;
 use crate::share::{P0, P1};
@@ -45,12 +45,12 @@ impl IdealDealer {
     /// The two parties' material sources.
     pub fn split(self) -> (Material<P0>, Material<P1>) {
         let seeds = party_seeds(&self.seed);
-        let p0 = Material::from_backend(
+        let p0 = Material::from_store(
             seeds[0],
             BTreeMap::new(),
             Box::new(IdealP0 { seeds, weights: self.weights }),
         );
-        let p1 = Material::from_backend(seeds[1], BTreeMap::new(), Box::new(IdealP1));
+        let p1 = Material::from_store(seeds[1], BTreeMap::new(), Box::new(IdealP1));
         (p0, p1)
     }
 }
@@ -60,7 +60,7 @@ struct IdealP0 {
     weights: SharedWeights,
 }
 
-impl Backend for IdealP0 {
+impl MaterialStore for IdealP0 {
     fn commit(&mut self, _cursors: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
         Ok(())
     }
@@ -75,12 +75,12 @@ impl Backend for IdealP0 {
 
 struct IdealP1;
 
-impl Backend for IdealP1 {
+impl MaterialStore for IdealP1 {
     fn commit(&mut self, _cursors: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
         Ok(())
     }
     fn raw_parts(&mut self, req: &MaterialRequest, _offsets: &[u64]) -> Result<Vec<Vec<u64>>, MaterialError> {
-        Ok(p1_raw_parts(req))
+        p1_raw_parts(req)
     }
     fn total(&self, _component: &str) -> Option<u64> {
         None

@@ -1,0 +1,165 @@
+//! What every kind of material is made of, and the two traits a kind implements.
+//!
+//! A kind (one module under [`super::kinds`]) describes one correlation:
+//!
+//! * its **layout** ([`Kind::layout`]): the component streams a request takes, with
+//!   their lengths and, per party, whether a component is derived from the party's seed,
+//!   stored raw in its shard, or absent;
+//! * how the dealer **deals** it ([`Kind::deal`]): from both parties' seeded
+//!   components, the raw components of each party;
+//! * how a party **assembles** its typed correlation from its components
+//!   ([`Request::assemble`]).
+//!
+//! The ideal dealer, the bundle writer and reader, the recorder and the manifest counts
+//! all go through these, so adding a kind touches its own module and the registry in
+//! [`super::kinds`], nothing else.
+
+use super::{LinearWeights, MaterialError};
+use crate::prg::{Prg, Seed};
+use crate::share::Role;
+
+/// Where a component of a kind comes from, for one party.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Src {
+    /// Derived from the party's seed: costs no storage.
+    Seed,
+    /// Stored in the party's shard (it depends on both parties' seeds).
+    Raw,
+    /// Not this party's.
+    Absent,
+}
+
+/// One stream of a kind: its name, the elements one request takes, its source per
+/// party, and the bits per element when stored raw (packed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Component {
+    /// `kind.part`, the stream's name in shards and journals.
+    pub name: String,
+    /// Elements one request takes from the stream.
+    pub len: u64,
+    /// Source for P0 and P1.
+    pub src: [Src; 2],
+    /// Bits per element when stored raw (64 unless packed).
+    pub bits: u32,
+}
+
+/// Builds a kind's layout: component names are prefixed with the kind's name.
+#[derive(Debug)]
+pub struct Layout {
+    kind: String,
+    comps: Vec<Component>,
+}
+
+impl Layout {
+    /// An empty layout for the kind named `kind`.
+    pub fn new(kind: impl Into<String>) -> Self {
+        Layout { kind: kind.into(), comps: Vec::new() }
+    }
+
+    /// Adds component `part` of `len` elements with sources `p0`, `p1`.
+    pub fn comp(mut self, part: &str, len: u64, p0: Src, p1: Src) -> Self {
+        self.comps.push(Component { name: format!("{}.{part}", self.kind), len, src: [p0, p1], bits: 64 });
+        self
+    }
+
+    /// Like [`Layout::comp`], stored packed at `bits` bits per element.
+    pub fn packed(mut self, part: &str, len: u64, p0: Src, p1: Src, bits: u32) -> Self {
+        self.comps.push(Component { name: format!("{}.{part}", self.kind), len, src: [p0, p1], bits });
+        self
+    }
+
+    /// The public shape record both parties store raw at the head of the kind (checked
+    /// on take, so a bundle dealt for other shapes is refused before it is used).
+    pub fn shape(self, words: u64) -> Self {
+        self.comp(SHAPE, words, Src::Raw, Src::Raw)
+    }
+
+    /// The components.
+    pub fn build(self) -> Vec<Component> {
+        self.comps
+    }
+}
+
+/// Name of the shape-record component.
+pub(crate) const SHAPE: &str = "shape";
+
+/// `a * b` as a stream length, or an error naming the request.
+pub fn checked_len(a: usize, b: usize, what: &dyn std::fmt::Debug) -> Result<u64, MaterialError> {
+    (a as u64)
+        .checked_mul(b as u64)
+        .ok_or_else(|| MaterialError::InvalidRequest(format!("{what:?} is too large")))
+}
+
+/// The dealer's view of one request: both parties' seeded components at the request's
+/// offsets.
+pub struct Seeded<'a> {
+    pub(crate) seeds: [&'a Seed; 2],
+    pub(crate) comps: &'a [Component],
+    pub(crate) offsets: &'a [u64],
+}
+
+impl Seeded<'_> {
+    /// Party `party`'s seed-derived component `i` (layout order).
+    pub fn get(&self, party: usize, i: usize) -> Vec<u64> {
+        let c = &self.comps[i];
+        seeded(self.seeds[party], &c.name, self.offsets[i], c.len)
+    }
+}
+
+/// A party's seed-derived component: `len` words of stream `name` from word `offset`.
+pub(crate) fn seeded(party_seed: &Seed, name: &str, offset: u64, len: u64) -> Vec<u64> {
+    Prg::at(&party_seed.derive(name, 0), offset).u64s(len as usize)
+}
+
+/// One kind of correlated randomness, as the dealer and the stores see it (object safe:
+/// [`super::MaterialRequest::kind`] hands out `&dyn Kind`).
+pub trait Kind: std::fmt::Debug {
+    /// The kind's name, as counted in the manifest and named in errors (parameters
+    /// that change the layout are part of it, e.g. `trunc-ots-16b`).
+    fn name(&self) -> String;
+
+    /// The components one request takes; an error for a request that makes no sense.
+    fn layout(&self) -> Result<Vec<Component>, MaterialError>;
+
+    /// Both parties' raw components (layout order, raw ones only), given their seeded
+    /// components.
+    fn deal(
+        &self,
+        seeded: &Seeded<'_>,
+        weights: &dyn LinearWeights,
+    ) -> Result<[Vec<Vec<u64>>; 2], MaterialError>;
+
+    /// Elements the request counts for in the manifest (triples, OTs, rows, ...).
+    fn elements(&self) -> u64;
+
+    /// The public shape record at the head of the kind, if its layout has one.
+    fn shape_record(&self) -> Option<Vec<u64>> {
+        None
+    }
+}
+
+/// A request of a kind that party `R` can take: what it assembles into.
+pub trait Request<R: Role>: Kind + Clone + Into<super::MaterialRequest> {
+    /// The party's typed correlation.
+    type Output;
+
+    /// Builds the correlation from the party's components in layout order (absent ones
+    /// empty, seeded and raw ones of the layout's lengths, unpacked).
+    fn assemble(&self, parts: Vec<Vec<u64>>) -> Result<Self::Output, MaterialError>;
+}
+
+/// Splits `parts` into exactly `N` components.
+pub(crate) fn parts<const N: usize>(parts: Vec<Vec<u64>>) -> Result<[Vec<u64>; N], MaterialError> {
+    let got = parts.len();
+    parts.try_into().map_err(|_| MaterialError::Mismatch(format!("{got} components, expected {N}")))
+}
+
+/// Adds two parties' seeded components: the dealer's view of an arithmetic secret.
+pub(crate) fn both(s: &Seeded<'_>, i: usize) -> Vec<u64> {
+    crate::ring::add(&s.get(0, i), &s.get(1, i))
+}
+
+/// The shape words of a request, as stored.
+pub(crate) fn shape_words(dims: &[usize]) -> Vec<u64> {
+    dims.iter().map(|&d| d as u64).collect()
+}
