@@ -6,9 +6,16 @@
 //! * [`FixedPoint`]: the ring encoding parameters (fractional bits of activations and
 //!   weights), shared by every private variant.
 //! * [`Timeouts`]: the network deadlines every channel enforces.
+//! * [`paths`]: where ShardLM keeps per-user caches and state (never in a model's
+//!   directory).
+//! * `cli` (feature `cli`): the flags both binaries share for these settings.
 #![deny(missing_docs)]
 
+#[cfg(feature = "cli")]
+pub mod cli;
+
 mod model;
+pub mod paths;
 mod protocol;
 
 pub use model::{ConfigError, ModelConfig, PRESET_NAMES};

@@ -76,20 +76,29 @@ pub struct Timeouts {
     pub connect: Duration,
     /// The application handshake after the connection is up.
     pub handshake: Duration,
-    /// Connection idle timeout (no packets at all).
+    /// Connection idle timeout (no packets at all; the transport sends keep-alives at a
+    /// third of it, so a live but busy peer never trips it, and a dead one is reported
+    /// within this time).
     pub idle: Duration,
     /// Waiting for any single frame.
     pub recv: Duration,
 }
 
 impl Timeouts {
-    /// A deadline given in seconds on the command line as `--{flag}`: positive and
-    /// finite, or an error that names the flag.
+    /// The longest deadline accepted: a day. Longer ones are almost certainly a typo
+    /// (and `Duration` arithmetic must not overflow).
+    pub const MAX_SECONDS: f64 = 86_400.0;
+
+    /// A deadline given in seconds on the command line as `--{flag}`: positive, finite
+    /// and at most [`Timeouts::MAX_SECONDS`], or an error that names the flag.
     pub fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
-        if value.is_finite() && value > 0.0 {
-            Ok(Duration::from_secs_f64(value))
+        if value.is_finite() && value > 0.0 && value <= Self::MAX_SECONDS {
+            Duration::try_from_secs_f64(value).map_err(|e| format!("--{flag} {value}: {e}"))
         } else {
-            Err(format!("--{flag} must be a positive number of seconds, got {value}"))
+            Err(format!(
+                "--{flag} must be a positive number of seconds up to {} (a day), got {value}",
+                Self::MAX_SECONDS
+            ))
         }
     }
 }
@@ -99,7 +108,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
-            idle: Duration::from_secs(30),
+            idle: Duration::from_secs(8),
             recv: Duration::from_secs(120),
         }
     }

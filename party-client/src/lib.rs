@@ -1,10 +1,9 @@
-//! The client party (P0) of ShardLM as a library: text handling, evaluation, and the
-//! command implementations behind `shardlm-client`.
+//! The client party (P0) of ShardLM as a library: the session runner, text handling,
+//! the command implementations behind `shardlm-client`, and the network lab.
 #![deny(missing_docs)]
 
 pub mod bench;
-pub mod eval;
-pub mod experiment;
-pub mod netem;
-pub mod session;
+pub mod client;
+pub mod commands;
+pub mod lab;
 pub mod text;

@@ -4,15 +4,12 @@
 
 use shardlm_configs::ModelConfig;
 use shardlm_model::synth::write_synthetic_model;
-use std::path::{Path, PathBuf};
+use shardlm_testkit::fixtures;
+use std::path::Path;
 use std::process::Command;
 
 fn client() -> Command {
     Command::new(env!("CARGO_BIN_EXE_shardlm-client"))
-}
-
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
 }
 
 fn tiny_model(dir: &Path) {
@@ -60,12 +57,29 @@ fn generate_local_streams_text_on_a_synthetic_model() {
 
 #[test]
 fn eval_local_reproduces_the_oracle_and_writes_results() {
+    eval_local_reproduces(&fixtures::tiny_bytes(), 16, 5);
+}
+
+#[test]
+fn eval_local_reproduces_the_oracle_and_writes_results_on_tiny_qwen2() {
+    let Some(dir) = fixtures::tiny_qwen2() else { return };
+    eval_local_reproduces(&dir, 8, 4);
+}
+
+fn eval_local_reproduces(dir: &Path, greedy: usize, n_cases: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let out_file = tmp.path().join("eval.json");
-    let dir = shared().join("oracle/tiny-qwen2");
     let out = client()
-        .args(["eval", "--variant", "local", "--greedy", "8", "--all-positions", "--model-dir"])
-        .arg(&dir)
+        .args([
+            "eval",
+            "--variant",
+            "local",
+            "--greedy",
+            &greedy.to_string(),
+            "--all-positions",
+            "--model-dir",
+        ])
+        .arg(dir)
         .arg("--cases")
         .arg(dir.join("reference.json"))
         .arg("--out")
@@ -75,10 +89,10 @@ fn eval_local_reproduces_the_oracle_and_writes_results() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     let cases = v["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 4);
+    assert_eq!(cases.len(), n_cases);
     for c in cases {
         assert_eq!(c["top20_ids"].as_array().unwrap().len(), 20);
-        assert_eq!(c["greedy"].as_array().unwrap().len(), 8);
+        assert_eq!(c["greedy"].as_array().unwrap().len(), greedy);
         assert_eq!(c["vs_reference"]["greedy_equal"], true);
         assert!(c["vs_reference"]["max_abs_logit_diff"].as_f64().unwrap() < 1e-3);
         assert!(c["seconds"].as_f64().is_some());
@@ -173,12 +187,31 @@ fn cases_with_out_of_range_tokens_are_named() {
 }
 
 #[test]
-fn chat_formatting_reproduces_the_reference_input_ids() {
-    // The reference's input_ids were made by transformers' apply_chat_template.
-    let dir = shared().join("models/qwen2.5-coder-0.5b-instruct");
+fn tiny_bytes_tokenizer_reproduces_the_reference_input_ids() {
+    // transformers' tokenizer made these ids from the prompts (the last one has chat
+    // special tokens written in its text).
+    let dir = fixtures::tiny_bytes();
     let codec = shardlm_client::text::TextCodec::load(&dir.join("tokenizer.json")).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let want: Vec<u32> =
+            case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let got = codec.encode_prompt(case["prompt"].as_str().unwrap(), false).unwrap();
+        assert_eq!(got, want, "prompt {:?}", case["prompt"]);
+    }
+}
+
+#[test]
+fn chat_formatting_reproduces_the_reference_input_ids() {
+    // The reference's input_ids were made by transformers' apply_chat_template with the
+    // real Qwen tokenizer (11 MB, not vendored): from ../shared or a real model directory.
+    let tokenizer = fixtures::optional_shared("models/qwen2.5-coder-0.5b-instruct/tokenizer.json")
+        .or_else(|| fixtures::real_model_dir().map(|d| d.join("tokenizer.json")));
+    let Some(tokenizer) = tokenizer else { return };
+    let codec = shardlm_client::text::TextCodec::load(&tokenizer).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures::real_reference()).unwrap()).unwrap();
     for case in reference["cases"].as_array().unwrap() {
         let want: Vec<u32> =
             case["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();

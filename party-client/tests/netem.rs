@@ -5,11 +5,12 @@
 //! fail with a timeout naming the peer;
 //! a two-point sweep writes results.json, results.md and SVG plots.
 
-use shardlm_client::netem::{LinkConfig, Netem, NetemConfig};
+use shardlm_client::lab::netem::{LinkConfig, Netem, NetemConfig};
+use shardlm_testkit::bins::{Binaries, Server};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,7 +169,11 @@ fn rate_is_held_within_ten_percent_and_the_queue_tail_drops() {
 
 /// Sends `n` numbered datagrams through `link` to a sink and returns the numbers in the
 /// order they arrived, with the emulator's counters.
-fn numbered_through(link: LinkConfig, seed: u64, n: u32) -> (Vec<u32>, shardlm_client::netem::NetemStats) {
+fn numbered_through(
+    link: LinkConfig,
+    seed: u64,
+    n: u32,
+) -> (Vec<u32>, shardlm_client::lab::netem::NetemStats) {
     let sink = UdpSocket::bind(localhost()).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     let netem =
@@ -248,25 +253,12 @@ fn datagrams_over_the_link_mtu_are_dropped_and_counted() {
 
 // ---- through real parties --------------------------------------------------------
 
+fn bins() -> Binaries {
+    Binaries::beside_client(env!("CARGO_BIN_EXE_shardlm-client"))
+}
+
 fn client() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_shardlm-client"))
-}
-
-fn server_bin() -> PathBuf {
-    let me = PathBuf::from(env!("CARGO_BIN_EXE_shardlm-client"));
-    me.with_file_name(format!("shardlm-server{}", std::env::consts::EXE_SUFFIX))
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    bins().client()
 }
 
 struct Setup {
@@ -278,11 +270,6 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    assert!(
-        server_bin().exists(),
-        "{} missing: `cargo build -p shardlm-server` first",
-        server_bin().display()
-    );
     let tmp = tempfile::tempdir().unwrap();
     let (sid, cid) = (tmp.path().join("server-id"), tmp.path().join("client-id"));
     let server_fp = shardlm_transport::keygen(&sid, "shardlm-server").unwrap();
@@ -294,26 +281,8 @@ fn setup() -> Setup {
         5,
     )
     .unwrap();
-    let mut child = Command::new(server_bin())
-        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--idle-timeout", "5", "--model-dir"])
-        .arg(&model)
-        .arg("--identity")
-        .arg(&sid)
-        .args(["--allow-client", &client_fp])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .parse()
-        .unwrap_or_else(|_| panic!("server said {line:?}"));
-    Setup { _tmp: tmp, model, client_id: cid, server_fp, server: Server { child, addr } }
+    let server = bins().start_server(&model, &sid, &client_fp, &[]);
+    Setup { _tmp: tmp, model, client_id: cid, server_fp, server }
 }
 
 fn generate(s: &Setup, through: Option<SocketAddr>, timeouts: &[&str]) -> std::process::Output {
@@ -336,7 +305,8 @@ fn lossy_link_retransmits_and_the_session_completes_with_correct_output() {
     let local = generate(&s, None, &[]);
     assert!(local.status.success());
     let link = LinkConfig { delay: Duration::from_millis(1), loss: 0.05, ..LinkConfig::default() };
-    let netem = Netem::start(NetemConfig::symmetric(localhost(), s.server.addr, link, 42)).unwrap();
+    let netem =
+        Netem::start(NetemConfig::symmetric(localhost(), s.server.addr.parse().unwrap(), link, 42)).unwrap();
     let out = generate(&s, Some(netem.listen_addr()), &["--idle-timeout", "10", "--recv-timeout", "30"]);
     let stats = netem.stop();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -369,7 +339,8 @@ fn lossy_link_retransmits_and_the_session_completes_with_correct_output() {
 fn dead_link_fails_with_a_timeout_naming_the_peer() {
     let s = setup();
     let link = LinkConfig { loss: 1.0, ..LinkConfig::default() };
-    let netem = Netem::start(NetemConfig::symmetric(localhost(), s.server.addr, link, 1)).unwrap();
+    let netem =
+        Netem::start(NetemConfig::symmetric(localhost(), s.server.addr.parse().unwrap(), link, 1)).unwrap();
     let t = Instant::now();
     let out = generate(
         &s,
@@ -393,7 +364,9 @@ fn link_dying_mid_session_fails_with_a_timeout_naming_the_peer() {
     let _cpu = exclusive();
     let s = setup();
     let link = LinkConfig { delay: Duration::from_millis(5), ..LinkConfig::default() };
-    let netem = Netem::start(NetemConfig::symmetric(localhost(), s.server.addr, link.clone(), 1)).unwrap();
+    let netem =
+        Netem::start(NetemConfig::symmetric(localhost(), s.server.addr.parse().unwrap(), link.clone(), 1))
+            .unwrap();
     let mut c = client();
     c.args(["generate", "-p", "hello there", "--max-tokens", "200", "--model-dir"]).arg(&s.model);
     c.args(["-s", &netem.listen_addr().to_string(), "--server-fingerprint", &s.server_fp, "--identity"])
@@ -489,11 +462,7 @@ fn netem_command_parses_its_flags_and_reports_counters() {
 #[test]
 fn sweep_of_two_points_writes_results_table_and_plots() {
     let _cpu = exclusive();
-    assert!(
-        server_bin().exists(),
-        "{} missing: `cargo build -p shardlm-server` first",
-        server_bin().display()
-    );
+    let _ = bins(); // asserts the server binary is built
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("tiny");
     shardlm_model::synth::write_synthetic_model(

@@ -9,7 +9,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shardlm_configs::{FixedPoint, ModelConfig, Timeouts, Variant};
+use shardlm_configs::cli::TimeoutFlags;
+use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::DeviceChoice;
 use shardlm_model::fingerprint::fingerprint;
 use shardlm_model::ModelDir;
@@ -78,32 +79,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1 << 20)]
     initial_window: u64,
     #[command(flatten)]
-    timeouts: TimeoutArgs,
-}
-
-#[derive(Args)]
-struct TimeoutArgs {
-    /// Seconds to wait for the peer's handshake.
-    #[arg(long, default_value_t = 10.0)]
-    handshake_timeout: f64,
-    /// Seconds without any packet before a connection is declared dead.
-    #[arg(long, default_value_t = 30.0)]
-    idle_timeout: f64,
-    /// Seconds to wait for each message of a session.
-    #[arg(long, default_value_t = 120.0)]
-    recv_timeout: f64,
-}
-
-impl TimeoutArgs {
-    fn timeouts(&self) -> Result<Timeouts> {
-        let secs = |name: &str, v: f64| Timeouts::seconds(name, v).map_err(anyhow::Error::msg);
-        Ok(Timeouts {
-            connect: Timeouts::default().connect,
-            handshake: secs("handshake-timeout", self.handshake_timeout)?,
-            idle: secs("idle-timeout", self.idle_timeout)?,
-            recv: secs("recv-timeout", self.recv_timeout)?,
-        })
-    }
+    timeouts: TimeoutFlags,
 }
 
 #[derive(Args)]
@@ -145,7 +121,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
-    let timeouts = a.timeouts.timeouts()?;
+    let timeouts = a.timeouts.timeouts().map_err(anyhow::Error::msg)?;
     let identity = Identity::load(&a.identity)?;
     let (backend, note) = match (a.device, a.num_gpus) {
         (DeviceChoice::Auto, n) if n > 0 => {

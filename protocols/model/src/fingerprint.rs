@@ -1,15 +1,15 @@
 //! The model fingerprint both parties compare in the handshake: blake3 over the
 //! canonical config and every weight file's bytes, in a fixed order. Hashing a
-//! multi-gigabyte checkpoint takes seconds, so the result is cached next to the model
-//! (`.shardlm-fingerprint.json`, keyed by file sizes and modification times) when the
-//! directory is writable, and recomputed whenever a file changed.
+//! multi-gigabyte checkpoint takes seconds, so the weight digest is cached in the
+//! user's cache directory ([`shardlm_configs::paths::cache_dir`], `fingerprints/`),
+//! one file per model directory keyed by its canonical path, and used only while every
+//! weight file's name, size and modification time are unchanged. The model's own
+//! directory is never written (it may be the Hugging Face hub cache, a read-only mount
+//! or a shared directory).
 
 use super::load::ModelDir;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// Name of the cache file written next to the model.
-pub const CACHE_FILE: &str = ".shardlm-fingerprint.json";
 
 /// Errors computing a fingerprint.
 #[derive(Debug, thiserror::Error)]
@@ -21,8 +21,16 @@ pub struct FingerprintError {
 
 #[derive(Serialize, Deserialize, PartialEq)]
 struct Cache {
+    model_dir: PathBuf,
     weights_digest: String,
     files: Vec<(String, u64, u128)>,
+}
+
+/// The cache file for the model directory `dir` under `cache_root`.
+fn cache_file(cache_root: &Path, dir: &Path) -> PathBuf {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let key = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex();
+    cache_root.join("fingerprints").join(format!("{}.json", &key[..32]))
 }
 
 fn file_keys(paths: &[PathBuf]) -> Result<Vec<(String, u64, u128)>, FingerprintError> {
@@ -44,10 +52,19 @@ fn file_keys(paths: &[PathBuf]) -> Result<Vec<(String, u64, u128)>, FingerprintE
 /// `blake3:<hex>` of the model: the config as the engine understood it, then each weight
 /// file (sorted by name) with its name and length. Uses the cache when it is current.
 pub fn fingerprint(model: &ModelDir) -> Result<String, FingerprintError> {
+    fingerprint_cached_in(model, shardlm_configs::paths::cache_dir().as_deref())
+}
+
+/// Like [`fingerprint`], caching under `cache_root` (`None`: no cache).
+pub fn fingerprint_cached_in(
+    model: &ModelDir,
+    cache_root: Option<&Path>,
+) -> Result<String, FingerprintError> {
     let keys = file_keys(&model.weight_files)?;
-    let cache_path = model.dir.join(CACHE_FILE);
+    let cache_path = cache_root.map(|root| cache_file(root, &model.dir));
     let config_json = model.config.to_hf_json();
-    let weights_digest = cached_weights_digest(&cache_path, &keys, &model.weight_files)?;
+    let weights_digest =
+        cached_weights_digest(&model.dir, cache_path.as_deref(), &keys, &model.weight_files)?;
     Ok(compute_tagged(&config_json, &weights_digest))
 }
 
@@ -61,13 +78,14 @@ fn compute_tagged(config_json: &str, weights_digest: &str) -> String {
 
 /// The digest of the weight files, from the cache when sizes and mtimes match.
 fn cached_weights_digest(
-    cache_path: &Path,
+    model_dir: &Path,
+    cache_path: Option<&Path>,
     keys: &[(String, u64, u128)],
     files: &[PathBuf],
 ) -> Result<String, FingerprintError> {
-    if let Ok(text) = std::fs::read_to_string(cache_path) {
+    if let Some(text) = cache_path.and_then(|p| std::fs::read_to_string(p).ok()) {
         if let Ok(c) = serde_json::from_str::<Cache>(&text) {
-            if c.files == keys {
+            if c.files == keys && c.model_dir == model_dir {
                 return Ok(c.weights_digest);
             }
         }
@@ -82,10 +100,20 @@ fn cached_weights_digest(
         h.update(fh.finalize().as_bytes());
     }
     let digest = h.finalize().to_hex().to_string();
-    let cache = Cache { weights_digest: digest.clone(), files: keys.to_vec() };
-    if let Ok(text) = serde_json::to_string(&cache) {
-        // Best effort: a read-only model directory simply is not cached.
-        let _ = std::fs::write(cache_path, text);
+    if let Some(path) = cache_path {
+        let cache = Cache {
+            model_dir: model_dir.to_path_buf(),
+            weights_digest: digest.clone(),
+            files: keys.to_vec(),
+        };
+        // Best effort: without a writable cache directory the digest is recomputed next
+        // time. Written to a temporary name and renamed, so a reader never sees half.
+        if let (Ok(text), Some(parent)) = (serde_json::to_string(&cache), path.parent()) {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::create_dir_all(parent).is_ok() && std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
+            }
+        }
     }
     Ok(digest)
 }
@@ -100,18 +128,30 @@ mod tests {
         let cfg = shardlm_configs::ModelConfig::preset("tiny").unwrap();
         crate::synth::write_synthetic_model(&cfg, tmp.path(), 1).unwrap();
         let md = ModelDir::open(tmp.path()).unwrap();
-        let a = fingerprint(&md).unwrap();
-        assert!(tmp.path().join(CACHE_FILE).is_file());
-        assert_eq!(a, fingerprint(&md).unwrap());
+        let cache = tempfile::tempdir().unwrap();
+        let before: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let a = fingerprint_cached_in(&md, Some(cache.path())).unwrap();
+        // Cached in the cache directory, never in the model's.
+        assert!(cache_file(cache.path(), tmp.path()).is_file());
+        let after: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(before, after, "the model directory was written");
+        assert_eq!(a, fingerprint_cached_in(&md, Some(cache.path())).unwrap());
+        assert_eq!(a, fingerprint_cached_in(&md, None).unwrap());
         assert!(a.starts_with("blake3:"));
 
         let other = tempfile::tempdir().unwrap();
         crate::synth::write_synthetic_model(&cfg, other.path(), 2).unwrap();
-        assert_ne!(a, fingerprint(&ModelDir::open(other.path()).unwrap()).unwrap());
+        assert_ne!(
+            a,
+            fingerprint_cached_in(&ModelDir::open(other.path()).unwrap(), Some(cache.path())).unwrap()
+        );
 
         let mut cfg2 = cfg.clone();
         cfg2.rms_norm_eps = 1e-5;
         std::fs::write(tmp.path().join("config.json"), cfg2.to_hf_json()).unwrap();
-        assert_ne!(a, fingerprint(&ModelDir::open(tmp.path()).unwrap()).unwrap());
+        assert_ne!(
+            a,
+            fingerprint_cached_in(&ModelDir::open(tmp.path()).unwrap(), Some(cache.path())).unwrap()
+        );
     }
 }

@@ -1,22 +1,19 @@
-//! The plaintext engine against the transformers oracle in `../shared/oracle/tiny-qwen2`
-//! (DESIGN.md section 7): full last-position logits within 1e-3, argmax at every
-//! position, and greedy_8 identical. With `SHARDLM_REAL_MODEL_DIR` set to a real
-//! Qwen2.5-Coder-0.5B-Instruct directory, the same on the nine chat prompts of
-//! `../shared/models/qwen2.5-coder-0.5b-instruct/reference.json` (greedy_16).
+//! The plaintext engine against transformers oracles (DESIGN.md section 7): full
+//! last-position logits within 1e-3, argmax at every position, and the greedy tokens
+//! identical. Always on the vendored `testdata/tiny-bytes` (greedy_16); on
+//! `../shared/oracle/tiny-qwen2` (greedy_8) when it is beside the checkout; with
+//! `SHARDLM_REAL_MODEL_DIR` set to a real Qwen2.5-Coder-0.5B-Instruct directory, on the
+//! nine chat prompts of `testdata/qwen2.5-coder-0.5b-instruct/reference.json` (greedy_16).
 
 use shardlm_model::qwen2::forward;
 use shardlm_model::sampling::argmax;
 use shardlm_model::{ModelDir, PlainEngine, Rows};
-use std::path::{Path, PathBuf};
+use shardlm_testkit::fixtures;
+use std::path::Path;
 use std::sync::Arc;
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
-}
-
 fn load(dir: &Path) -> (ModelDir, PlainEngine) {
-    let md = ModelDir::open(dir)
-        .unwrap_or_else(|e| panic!("oracle model missing ({e}); ../shared must sit beside the checkout"));
+    let md = ModelDir::open(dir).unwrap_or_else(|e| panic!("oracle model {}: {e}", dir.display()));
     let w = Arc::new(md.load_weights().expect("oracle weights load"));
     let engine = PlainEngine::new(w, Arc::new(shardlm_gpu::CpuBackend::new()));
     (md, engine)
@@ -33,38 +30,42 @@ fn greedy(engine: &mut PlainEngine, md: &ModelDir, ids: &[u32], first: u32, n: u
     out
 }
 
-fn as_u32(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-#[test]
-fn tiny_qwen2_matches_transformers() {
-    let dir = shared().join("oracle/tiny-qwen2");
-    let (md, mut engine) = load(&dir);
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let cases = reference["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 4);
-    for (i, case) in cases.iter().enumerate() {
+/// Every case of the oracle in `dir`: `cases` of them, full last-position logits within
+/// 1e-3, argmax at every position, and `greedy_n` greedy tokens.
+fn matches_transformers(dir: &Path, cases: usize, greedy_n: usize) {
+    let (md, mut engine) = load(dir);
+    let reference = fixtures::reference(dir);
+    assert_eq!(reference.len(), cases);
+    for (i, case) in reference.iter().enumerate() {
         engine.reset();
-        let ids = as_u32(&case["input_ids"]);
-        let logits = forward(&mut engine, &md.config, &ids, 0, Rows::All).unwrap().unwrap();
+        let ids = &case.input_ids;
+        let logits = forward(&mut engine, &md.config, ids, 0, Rows::All).unwrap().unwrap();
         assert_eq!(logits.rows(), ids.len());
-        let want: Vec<f32> =
-            case["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let want = case.last_logits.as_ref().expect("the oracle has full last-position logits");
         let max_diff = want.iter().zip(logits.last()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(max_diff < 1e-3, "case {i}: max |logit diff| {max_diff}");
         let argmax_all: Vec<u32> = (0..logits.rows()).map(|r| argmax(logits.row(r))).collect();
-        assert_eq!(argmax_all, as_u32(&case["argmax_all_positions"]), "case {i}: argmax at every position");
-        let g = greedy(&mut engine, &md, &ids, argmax(logits.last()), 8);
-        assert_eq!(g, as_u32(&case["greedy_8"]), "case {i}: greedy_8");
+        assert_eq!(argmax_all, case.argmax_all_positions, "case {i}: argmax at every position");
+        let g = greedy(&mut engine, &md, ids, argmax(logits.last()), greedy_n);
+        assert_eq!(g, case.greedy, "case {i}: greedy_{greedy_n}");
     }
 }
 
 #[test]
+fn tiny_bytes_matches_transformers() {
+    matches_transformers(&fixtures::tiny_bytes(), 5, 16);
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers() {
+    let Some(dir) = fixtures::tiny_qwen2() else { return };
+    matches_transformers(&dir, 4, 8);
+}
+
+#[test]
 fn decode_with_cache_equals_full_recompute() {
-    let (md, mut engine) = load(&shared().join("oracle/tiny-qwen2"));
-    let ids = [9707u32, 11, 1246, 525, 498, 30, 42, 7];
+    let (md, mut engine) = load(&fixtures::tiny_bytes());
+    let ids = b"Privacy!".map(u32::from);
     let full = forward(&mut engine, &md.config, &ids, 0, Rows::All).unwrap().unwrap();
     engine.reset();
     forward(&mut engine, &md.config, &ids[..5], 0, Rows::Last).unwrap();
@@ -80,30 +81,22 @@ fn decode_with_cache_equals_full_recompute() {
 
 #[test]
 fn real_qwen25_coder_matches_transformers() {
-    let Ok(dir) = std::env::var("SHARDLM_REAL_MODEL_DIR") else {
-        eprintln!("skipped: set SHARDLM_REAL_MODEL_DIR to a Qwen2.5-Coder-0.5B-Instruct directory (../shared/tools/fetch-qwen2.5-coder-0.5b.sh makes one)");
-        return;
-    };
-    let (md, mut engine) = load(Path::new(&dir));
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared().join("models/qwen2.5-coder-0.5b-instruct/reference.json")).unwrap(),
-    )
-    .unwrap();
-    for (i, case) in reference["cases"].as_array().unwrap().iter().enumerate() {
+    let Some(dir) = fixtures::real_model_dir() else { return };
+    let (md, mut engine) = load(&dir);
+    for (i, case) in fixtures::reference(&fixtures::real_reference()).iter().enumerate() {
         engine.reset();
-        let ids = as_u32(&case["input_ids"]);
-        let logits = forward(&mut engine, &md.config, &ids, 0, Rows::All).unwrap().unwrap();
-        let top_ids = as_u32(&case["top20_ids"]);
-        let top_logits = case["top20_logits"].as_array().unwrap();
-        let max_diff = top_ids
+        let ids = &case.input_ids;
+        let logits = forward(&mut engine, &md.config, ids, 0, Rows::All).unwrap().unwrap();
+        let max_diff = case
+            .top20_ids
             .iter()
-            .zip(top_logits)
-            .map(|(&t, l)| (logits.last()[t as usize] - l.as_f64().unwrap() as f32).abs())
+            .zip(&case.top20_logits)
+            .map(|(&t, l)| (logits.last()[t as usize] - l).abs())
             .fold(0.0f32, f32::max);
         assert!(max_diff < 1e-3, "case {i}: max |top-20 logit diff| {max_diff}");
         let argmax_all: Vec<u32> = (0..logits.rows()).map(|r| argmax(logits.row(r))).collect();
-        assert_eq!(argmax_all, as_u32(&case["argmax_all_positions"]), "case {i}");
-        let g = greedy(&mut engine, &md, &ids, argmax(logits.last()), 16);
-        assert_eq!(g, as_u32(&case["greedy_16"]), "case {i}: greedy_16");
+        assert_eq!(argmax_all, case.argmax_all_positions, "case {i}");
+        let g = greedy(&mut engine, &md, ids, argmax(logits.last()), 16);
+        assert_eq!(g, case.greedy, "case {i}: greedy_16");
     }
 }

@@ -1,8 +1,5 @@
 //! Shares and Beaver products: property tests, two parties on two threads.
 
-mod common;
-
-use common::two_party;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -16,6 +13,7 @@ use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring;
 use shardlm_mpc::share::{reconstruct, share, Shares, P0, P1};
 use shardlm_mpc::{beaver, open, trunc};
+use shardlm_testkit::two_party;
 use shardlm_transport::{Channel, Lane};
 
 fn rng(seed: u64) -> ChaCha8Rng {

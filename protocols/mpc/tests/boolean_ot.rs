@@ -1,8 +1,5 @@
 //! Boolean AND, daBit conversion, random-OT lookups, and what the peer sees.
 
-mod common;
-
-use common::two_party;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardlm_mpc::material::{
@@ -13,6 +10,7 @@ use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring::{low_mask, pack_bits};
 use shardlm_mpc::share::{reconstruct, reconstruct_bits, share, share_bits};
 use shardlm_mpc::{beaver, boolean, ot, trunc};
+use shardlm_testkit::two_party;
 use shardlm_transport::{Channel, Lane};
 
 #[test]

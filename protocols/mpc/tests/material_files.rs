@@ -1,9 +1,6 @@
 //! Dealer bundles on disk: write, reopen, consume; one-time use across restarts;
 //! corruption, exhaustion, wrong party/model and concurrent use are clear errors.
 
-mod common;
-
-use common::two_party;
 use shardlm_mpc::beaver;
 use shardlm_mpc::material::{
     AndTriplesRequest, DaBitsRequest, MaskedLinearRequest, MatrixTripleRequest, RandomOtsRequest,
@@ -15,6 +12,7 @@ use shardlm_mpc::material::{
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring;
 use shardlm_mpc::share::{reconstruct, reconstruct_bits, share, BitShares, Shares, P0, P1};
+use shardlm_testkit::two_party;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -410,7 +408,7 @@ fn client_assisted_linear_layer_is_exact() {
     let x = ring::encode_vec_f64(&xs, 16);
     let wt = weight(7).unwrap();
     let p = dir.path();
-    let ((y, c0), c1) = common::two_party(
+    let ((y, c0), c1) = shardlm_testkit::two_party(
         |ch| {
             let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
             let ml = m.take(MaskedLinearRequest { n, d_in: D_IN, d_out: D_OUT, weight: 7 }).unwrap();

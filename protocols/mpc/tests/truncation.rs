@@ -7,9 +7,6 @@
 //! with rayon, with dealer OT material generated in bulk. Every result must be within one
 //! unit in the last place of `x >> F` (exactly `x >> F` or one less), none further.
 
-mod common;
-
-use common::two_party;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -19,6 +16,7 @@ use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring::arith_shr;
 use shardlm_mpc::share::{reconstruct, share};
 use shardlm_mpc::trunc::{self, TRUNC_BOUND};
+use shardlm_testkit::two_party;
 use shardlm_transport::Lane;
 
 const F: u32 = 16;

@@ -10,8 +10,18 @@
 //! * [`v3_mpc`]: v3-mpc, the whole forward pass on additive shares; only the final
 //!   logits are opened, to the client.
 //! * [`server`]: the server party's dispatch of sessions to variants.
+//! * [`registry`]: the one list of variants, what each needs and promises.
+//! * [`plan`]: the one planner: what a session of any variant consumes.
+//! * [`session`]: the client's one session abstraction over every variant.
+//! * [`ring_weights`]: the public weights in ring encoding, which every variant uses.
 #![deny(missing_docs)]
 
+pub mod plan;
+pub mod registry;
+pub mod ring_weights;
 pub mod server;
+pub mod session;
 pub mod v2;
 pub mod v3_mpc;
+
+pub use ring_weights::RingWeights;

@@ -6,8 +6,9 @@
 //! a server that has a source of it ([`ServerParty::with_mpc_material`]) serves v3-mpc,
 //! taking one session's material per client session, in order.
 
-use super::v2::{RingWeights, ServerSessionStats, V2Error, V2Server};
+use super::v2::{ServerSessionStats, V2Error, V2Server};
 use super::v3_mpc::{serve_driven, MpcParty, MpcPartyError};
+use crate::RingWeights;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::Backend;
 use shardlm_model::Weights;
@@ -66,7 +67,11 @@ pub struct ServerParty {
 
 impl ServerParty {
     /// Prepares the model: weights in ring encoding, prepared on the backend once.
-    pub fn new(weights: Arc<Weights>, fixed: FixedPoint, backend: Arc<dyn Backend>) -> Result<Self, V2Error> {
+    pub fn new(
+        weights: Arc<Weights>,
+        fixed: FixedPoint,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Self, shardlm_gpu::BackendError> {
         let backend_name = backend.name();
         let ring = Arc::new(RingWeights::encode(&weights, fixed, backend)?);
         Ok(Self {

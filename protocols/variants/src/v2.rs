@@ -21,20 +21,18 @@
 //! answers units in [`Linear::all`] order, takes `n` from the payload length, and ends
 //! the session on an empty frame.
 
+use crate::RingWeights;
 use rayon::prelude::*;
-use shardlm_configs::{FixedPoint, ModelConfig};
-use shardlm_gpu::{Backend, RingMatrix};
+use shardlm_configs::FixedPoint;
 use shardlm_model::kernels::Tensor;
 use shardlm_model::plain::ClearState;
-use shardlm_model::planner::{PlannedOp, Planner};
-use shardlm_model::{Linear, ModelOps, Rows, Weights};
+use shardlm_model::{Linear, ModelOps, Weights};
 use shardlm_mpc::masked_linear as masked;
 use shardlm_mpc::material::MaskedLinearRequest;
-use shardlm_mpc::material::{BundleWriter, LinearWeights, MaterialError, MaterialRequest, MaterialSource};
+use shardlm_mpc::material::{MaterialError, MaterialSource};
 use shardlm_mpc::ring::{decode, encode_f32};
 use shardlm_mpc::share::P0;
 use shardlm_transport::{Channel, Lane, TransportError};
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The lane v2 requests travel on.
@@ -175,153 +173,6 @@ pub enum V2Error {
     /// Backend error.
     #[error(transparent)]
     Backend(#[from] shardlm_gpu::BackendError),
-}
-
-/// The public weights in ring encoding, `enc(W)` with `F_w` fractional bits, per linear
-/// unit: what the server multiplies by and what the dealer computes `S` with.
-pub struct RingWeights {
-    config: ModelConfig,
-    fixed: FixedPoint,
-    units: Vec<(Linear, RingMatrix)>,
-    backend: Arc<dyn Backend>,
-}
-
-impl RingWeights {
-    /// Encodes every linear unit of `w` and prepares it on `backend` (on a GPU backend:
-    /// uploads it once).
-    pub fn encode(w: &Weights, fixed: FixedPoint, backend: Arc<dyn Backend>) -> Result<Self, V2Error> {
-        let units = Linear::all(&w.config)
-            .into_iter()
-            .map(|lin| {
-                let v = w.linear(lin);
-                let enc: Vec<u64> =
-                    v.weight.par_iter().map(|&x| encode_f32(x, fixed.weight_frac_bits)).collect();
-                Ok((lin, backend.prepare_ring(&enc, v.d_out, v.d_in)?))
-            })
-            .collect::<Result<_, V2Error>>()?;
-        Ok(Self { config: w.config.clone(), fixed, units, backend })
-    }
-
-    /// The unit with a dealer weight id.
-    pub fn unit_by_id(&self, id: u32) -> Option<(Linear, &RingMatrix)> {
-        self.units.get(id as usize).map(|(l, m)| (*l, m))
-    }
-
-    /// `Y enc(W)^T` for a unit on the backend: the server's answer, the dealer's `S`.
-    pub fn multiply(&self, lin: Linear, y: &[u64], n: usize) -> Result<Vec<u64>, V2Error> {
-        let m = self.unit(lin);
-        let mut z = vec![0u64; n * m.n];
-        self.backend.ring_matmul_prepared(y, m, n, &mut z)?;
-        Ok(z)
-    }
-
-    /// `enc(W)` of a unit, `d_out x d_in`, prepared for ring GEMM.
-    pub fn unit(&self, lin: Linear) -> &RingMatrix {
-        let i = match lin {
-            Linear::LmHead => self.units.len() - 1,
-            Linear::Qkv(l) => 4 * l,
-            Linear::O(l) => 4 * l + 1,
-            Linear::GateUp(l) => 4 * l + 2,
-            Linear::Down(l) => 4 * l + 3,
-        };
-        debug_assert_eq!(self.units[i].0, lin);
-        &self.units[i].1
-    }
-
-    /// The model shape.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    /// The encoding.
-    pub fn fixed(&self) -> FixedPoint {
-        self.fixed
-    }
-}
-
-/// The dealer reads weights by id ([`Linear::weight_id`]) and computes `S` with the
-/// backend's exact prepared ring GEMM.
-impl LinearWeights for RingWeights {
-    fn linear_weight(&self, id: u32) -> Result<Cow<'_, [u64]>, String> {
-        let (_, m) = self.unit_by_id(id).ok_or_else(|| format!("the model has no linear unit {id}"))?;
-        Ok(Cow::Owned(m.to_ring()))
-    }
-
-    fn mask_image(
-        &self,
-        id: u32,
-        r: &[u64],
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-    ) -> Result<Vec<u64>, String> {
-        let (lin, m) = self.unit_by_id(id).ok_or_else(|| format!("the model has no linear unit {id}"))?;
-        if (m.k, m.n) != (d_in, d_out) {
-            return Err(format!("{lin:?} is {}x{}, the request says {d_out}x{d_in}", m.n, m.k));
-        }
-        self.multiply(lin, r, n).map_err(|e| e.to_string())
-    }
-}
-
-/// The masked-linear requests of `sessions` planned sessions, each marked as a session
-/// in the bundle, pushed into a dealer bundle. `on_request` sees progress (done, total).
-pub fn deal_sessions(
-    writer: &mut BundleWriter,
-    weights: &RingWeights,
-    prompt_tokens: usize,
-    max_new_tokens: usize,
-    rows: Rows,
-    sessions: usize,
-    mut on_request: impl FnMut(usize, usize),
-) -> Result<(), V2Error> {
-    let plan = Planner::session(weights.config(), prompt_tokens, max_new_tokens.max(1), rows);
-    let requests = plan_requests(weights.config(), &plan);
-    let total = requests.len() * sessions;
-    for s in 0..sessions {
-        writer.start_session();
-        for (i, req) in requests.iter().enumerate() {
-            writer.push(req, weights)?;
-            on_request(s * requests.len() + i + 1, total);
-        }
-    }
-    Ok(())
-}
-
-/// Raw material bytes the plan of `sessions` sessions puts in each party's shard
-/// (`[p0, p1]`), before headers and alignment: what the dealer prints next to the sizes
-/// it wrote.
-pub fn planned_raw_bytes(
-    config: &ModelConfig,
-    prompt_tokens: usize,
-    max_new_tokens: usize,
-    rows: Rows,
-    sessions: usize,
-) -> Result<[u64; 2], V2Error> {
-    let plan = Planner::session(config, prompt_tokens, max_new_tokens.max(1), rows);
-    let mut out = [0f64; 2];
-    for req in plan_requests(config, &plan) {
-        for (p, o) in out.iter_mut().enumerate() {
-            *o += req.raw_bytes(p as u8)?;
-        }
-    }
-    Ok(out.map(|b| (b * sessions as f64).round() as u64))
-}
-
-/// v2's material for a plan: one masked-linear request per linear unit call.
-pub fn plan_requests(config: &ModelConfig, plan: &[PlannedOp]) -> Vec<MaterialRequest> {
-    plan.iter()
-        .filter_map(|op| match op {
-            PlannedOp::Linear { linear, rows, d_in, d_out } => {
-                Some(MaterialRequest::MaskedLinear(MaskedLinearRequest {
-                    n: *rows,
-                    d_in: *d_in,
-                    d_out: *d_out,
-                    weight: linear.weight_id(config.num_hidden_layers),
-                }))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// The client party of v2: plaintext nonlinear layers, masked linear requests.

@@ -43,8 +43,9 @@
 //! positions of the 9 reference prompts (a near tie with top-2 gap 0.0022 can flip),
 //! |logit error| p99 0.019. Details and the per-function table: README, "v3-mpc".
 
-use super::v2::{RingWeights, V2Error};
+use crate::RingWeights;
 use shardlm_configs::FixedPoint;
+use shardlm_gpu::BackendError;
 use shardlm_model::qwen2::forward;
 use shardlm_model::{EngineError, Linear, Logits, ModelOps, Norm, Rows, Weights};
 use shardlm_mpc::material::{MaterialError, MaterialRequest, MaterialSource, Recorder};
@@ -69,7 +70,7 @@ pub enum MpcPartyError {
     Material(#[from] MaterialError),
     /// The local weight multiplication failed.
     #[error(transparent)]
-    Weights(#[from] V2Error),
+    Backend(#[from] BackendError),
     /// Token out of range, KV cache mismatch, sequence too long.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -694,32 +695,6 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
 /// the public step shapes of a driven session).
 pub fn is_masked(what: Opened) -> bool {
     !matches!(what, Opened::FinalLogits | Opened::PublicShape)
-}
-
-/// Deals `sessions` v3-mpc sessions into a bundle, each marked as a session: the
-/// requests come from [`plan_session`] (running the pass itself), so dealt material and
-/// online consumption cannot disagree. `on_request` sees (done, total).
-#[allow(clippy::too_many_arguments)]
-pub fn deal_sessions(
-    writer: &mut shardlm_mpc::material::BundleWriter,
-    weights: &Arc<Weights>,
-    ring: &Arc<RingWeights>,
-    prompt_tokens: usize,
-    max_new_tokens: usize,
-    rows: Rows,
-    sessions: usize,
-    mut on_request: impl FnMut(usize, usize),
-) -> Result<MpcPlan, MpcPartyError> {
-    let plan = plan_session(weights, ring, prompt_tokens, max_new_tokens, rows)?;
-    let total = plan.requests.len() * sessions;
-    for s in 0..sessions {
-        writer.start_session();
-        for (i, req) in plan.requests.iter().enumerate() {
-            writer.push(req, ring.as_ref()).map_err(MpcError::from)?;
-            on_request(s * plan.requests.len() + i + 1, total);
-        }
-    }
-    Ok(plan)
 }
 
 /// What a planned session consumes and moves.

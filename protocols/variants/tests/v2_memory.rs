@@ -1,5 +1,5 @@
 //! v2 between two parties in one process over the in-memory channel, against the
-//! plaintext engine on `../shared/oracle/tiny-qwen2`: identical greedy tokens, logits
+//! plaintext engine on `testdata/tiny-bytes` (and `../shared/oracle/tiny-qwen2` when present): identical greedy tokens, logits
 //! within 1e-2, exact traffic per linear unit, `4 * layers + 1` rounds per forward pass,
 //! and a server view that does not depend on the prompt.
 
@@ -9,27 +9,17 @@ use shardlm_model::sampling::argmax;
 use shardlm_model::{Linear, ModelDir, PlainEngine, Rows, Weights};
 use shardlm_mpc::material::IdealDealer;
 use shardlm_mpc::prg::Seed;
+use shardlm_testkit::fixtures;
 use shardlm_transport::{memory, Channel, Counters, Lane, Result as TResult};
-use shardlm_variants::v2::{RingWeights, V2Client, V2Server, V2_LANE};
+use shardlm_variants::v2::{V2Client, V2Server, V2_LANE};
+use shardlm_variants::RingWeights;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-fn tiny() -> (ModelDir, Arc<Weights>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/oracle/tiny-qwen2");
-    let md = ModelDir::open(&dir).expect("../shared/oracle/tiny-qwen2 must sit beside the checkout");
+fn load(dir: &Path) -> (ModelDir, Arc<Weights>) {
+    let md = ModelDir::open(dir).unwrap();
     let w = Arc::new(md.load_weights().unwrap());
     (md, w)
-}
-
-fn cases() -> Vec<Vec<u32>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/oracle/tiny-qwen2/reference.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir).unwrap()).unwrap();
-    v["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
-        .collect()
 }
 
 /// Records every payload the server receives.
@@ -98,10 +88,20 @@ fn run_v2(md: &ModelDir, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u
 
 #[test]
 fn v2_reproduces_the_plaintext_engine_with_exact_traffic() {
-    let (md, w) = tiny();
+    reproduces_the_plaintext_engine_with_exact_traffic(&fixtures::tiny_bytes());
+}
+
+#[test]
+fn v2_reproduces_the_plaintext_engine_with_exact_traffic_on_tiny_qwen2() {
+    let Some(dir) = fixtures::tiny_qwen2() else { return };
+    reproduces_the_plaintext_engine_with_exact_traffic(&dir);
+}
+
+fn reproduces_the_plaintext_engine_with_exact_traffic(dir: &Path) {
+    let (md, w) = load(dir);
     let c = &md.config;
     let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
-    for (i, ids) in cases().iter().enumerate() {
+    for (i, ids) in fixtures::case_inputs(dir).iter().enumerate() {
         plain.reset();
         let pl = forward(&mut plain, c, ids, 0, Rows::Last).unwrap().unwrap();
         let mut want = vec![argmax(pl.last())];
@@ -149,9 +149,9 @@ fn chi_square_bytes(data: &[u8]) -> f64 {
 
 #[test]
 fn server_view_does_not_depend_on_the_prompt() {
-    let (md, w) = tiny();
+    let (md, w) = load(&fixtures::tiny_bytes());
     // Two different prompts of the same length; one of them maximally structured.
-    let a = run_v2(&md, &w, &[9707, 11, 1246, 525, 498, 30], 2, 1);
+    let a = run_v2(&md, &w, &b"Hello!".map(u32::from), 2, 1);
     let b = run_v2(&md, &w, &[0, 0, 0, 0, 0, 0], 2, 2);
     assert_eq!(a.server_saw.len(), b.server_saw.len());
     for (x, y) in a.server_saw.iter().zip(&b.server_saw) {

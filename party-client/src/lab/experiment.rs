@@ -19,7 +19,7 @@
 //! variant's lowest-RTT, highest-rate point minus that point's own network terms. Every
 //! other point is then a prediction, shown next to the measurement.
 
-use crate::netem::{
+use crate::lab::netem::{
     format_ms, format_rate, parse_duration, parse_rate, parse_size, LinkConfig, Netem, NetemConfig,
     NetemStats,
 };

@@ -1,12 +1,23 @@
 //! `eval`: runs a variant over a cases file in the format of
-//! `../shared/oracle/*/reference.json` and writes, per case, the last-position top-20
+//! `testdata/*/reference.json` (transformers' answers) and writes, per case, the last-position top-20
 //! ids and logits, greedy tokens, and the run's traffic and time. When the cases file
 //! holds reference answers, a comparison is printed and returned.
 
+use super::PartyArgs;
+use crate::client::{Client, LocalModel};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde::{Deserialize, Serialize};
+use shardlm_configs::Variant;
+use shardlm_model::generate::StopPolicy;
+use shardlm_model::sampling::argmax;
 use shardlm_model::sampling::top_k;
+use shardlm_model::{Logits, Rows};
+use shardlm_variants::plan::SessionShape;
+use shardlm_variants::session::ClientSession;
 use std::path::Path;
+use std::path::PathBuf;
+use std::time::Instant;
 
 /// One case of a cases file; reference fields are optional.
 #[derive(Clone, Debug, Deserialize)]
@@ -136,34 +147,137 @@ pub fn compare(
     Some(c)
 }
 
-/// Runs one case on any implementation of the operations trait: a step over all input
-/// tokens (`rows` decides which positions get logits), then `greedy_n` greedy tokens
-/// through the KV cache (stopping at end-of-sequence tokens as the config says).
+/// Runs one case on a session: a step over all input tokens (`rows` decides which
+/// positions get logits), then `greedy_n` greedy tokens through the KV cache. An end
+/// token ends the greedy tokens; with [`StopPolicy::FullBudget`] the session still runs
+/// its `greedy_n` forward passes (dummy steps), so the server cannot tell where it ended.
 /// Returns the step's logits and the greedy tokens.
-pub fn run_case<O>(
-    ops: &mut O,
+pub fn run_case(
+    session: &mut dyn ClientSession,
     config: &shardlm_configs::ModelConfig,
     input_ids: &[u32],
     greedy_n: usize,
-    rows: shardlm_model::Rows,
-) -> Result<(shardlm_model::Logits, Vec<u32>)>
-where
-    O: shardlm_model::ModelOps,
-    O::Error: std::error::Error + Send + Sync + 'static,
-{
-    use shardlm_model::{qwen2::forward, sampling::argmax, Rows};
-    let logits = forward(ops, config, input_ids, 0, rows)?.context("this party received no logits")?;
+    rows: Rows,
+    stop: StopPolicy,
+) -> Result<(Logits, Vec<u32>)> {
+    let logits = session.forward(input_ids, 0, rows)?;
     let mut greedy = Vec::with_capacity(greedy_n);
     let mut pos = input_ids.len();
     let mut next = argmax(logits.last());
+    let mut passes = 1;
     while greedy.len() < greedy_n {
         greedy.push(next);
         if config.eos_token_ids.contains(&next) || greedy.len() == greedy_n {
             break;
         }
-        let l = forward(ops, config, &[next], pos, Rows::Last)?.context("this party received no logits")?;
+        let l = session.forward(&[next], pos, Rows::Last)?;
+        passes += 1;
         pos += 1;
         next = argmax(l.last());
     }
+    if stop == StopPolicy::FullBudget {
+        while passes < greedy_n {
+            session.forward(&[next], pos, Rows::Last)?;
+            passes += 1;
+            pos += 1;
+        }
+    }
     Ok((logits, greedy))
+}
+
+/// Flags of `eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Which variant computes: `local` is the plaintext engine.
+    #[arg(long, default_value = "local")]
+    pub variant: Variant,
+    /// Hugging Face model directory.
+    #[arg(long, env = "SHARDLM_MODEL_DIR")]
+    pub model_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) party: PartyArgs,
+    /// Cases file (`{"cases": [{"input_ids": [...]}, ...]}`).
+    #[arg(long)]
+    pub cases: PathBuf,
+    /// Where to write the results JSON.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Greedy tokens per case.
+    #[arg(long, default_value_t = 16)]
+    pub greedy: usize,
+    /// Compute logits at every position (for all-position argmax agreement).
+    #[arg(long)]
+    pub all_positions: bool,
+    /// Stop a private case's greedy tokens at the end token without running the rest of
+    /// its budget (reveals the answer's length to the server party).
+    #[arg(long)]
+    pub stop_at_eos: bool,
+}
+
+/// Prints one case's agreement with its reference.
+fn print_comparison(i: usize, c: &Comparison) {
+    let verdict = |ok: bool| if ok { "equal" } else { "DIFFERS" };
+    eprintln!(
+        "case {i}: max |logit diff| {:.2e}, top-1 {}, greedy {}{}",
+        c.max_abs_logit_diff,
+        verdict(c.top1_equal),
+        c.greedy_equal.map_or("n/a", verdict),
+        c.argmax_agree.map(|(a, n)| format!(", argmax {a}/{n} positions")).unwrap_or_default()
+    );
+}
+
+/// Runs `eval`.
+pub fn run(a: EvalArgs) -> Result<()> {
+    let model = LocalModel::load(&a.model_dir)?;
+    let config = model.dir.config.clone();
+    let cases = read_cases(&a.cases, config.vocab_size)?;
+    let variant = a.party.variant(a.variant);
+    let mut client = Client::new(variant, &a.party.options()?, &model)?;
+    let stop =
+        if variant == Variant::Local || a.stop_at_eos { StopPolicy::AtEos } else { StopPolicy::FullBudget };
+    let rows = if a.all_positions { Rows::All } else { Rows::Last };
+    let mut results = Vec::with_capacity(cases.len());
+    let t_all = Instant::now();
+    for (i, case) in cases.iter().enumerate() {
+        // `seconds` is the online run only: material is dealt (or opened) before it.
+        let shape = SessionShape::new(case.input_ids.len(), a.greedy.max(1), rows);
+        let mut session = client.open(&model, shape).with_context(|| format!("case {i}"))?;
+        let t = Instant::now();
+        let (logits, greedy) = run_case(session.as_mut(), &config, &case.input_ids, a.greedy, rows, stop)
+            .with_context(|| format!("case {i}"))?;
+        let seconds = t.elapsed().as_secs_f64();
+        let traffic = client.finish(session)?;
+        let argmax_all =
+            a.all_positions.then(|| (0..logits.rows()).map(|r| argmax(logits.row(r))).collect::<Vec<_>>());
+        let (top20_ids, top20_logits) = top20(logits.last());
+        let vs_reference = compare(case, logits.last(), argmax_all.as_deref(), &greedy);
+        if let Some(c) = &vs_reference {
+            print_comparison(i, c);
+        }
+        results.push(CaseResult {
+            prompt: case.prompt.clone(),
+            input_tokens: case.input_ids.len(),
+            top20_ids,
+            top20_logits,
+            argmax_all_positions: argmax_all,
+            greedy,
+            bytes_sent: traffic.bytes_sent(),
+            bytes_received: traffic.bytes_received(),
+            rounds: traffic.rounds,
+            seconds,
+            vs_reference,
+        });
+    }
+    let out = serde_json::json!({
+        "model": config.name,
+        "variant": variant.to_string(),
+        "mode": client.describe(),
+        "greedy_tokens": a.greedy,
+        "seconds": t_all.elapsed().as_secs_f64(),
+        "cases": results,
+    });
+    std::fs::write(&a.out, serde_json::to_string_pretty(&out)?)
+        .with_context(|| format!("{}: cannot write results", a.out.display()))?;
+    eprintln!("wrote {} cases to {}", results.len(), a.out.display());
+    Ok(())
 }

@@ -1,0 +1,29 @@
+//! Test support for the ShardLM workspace, used only as a dev-dependency.
+//!
+//! * [`fixtures`]: the oracles vendored in `testdata/` (always there) and the optional
+//!   ones beside the checkout (`../shared`) or named by `SHARDLM_REAL_MODEL_DIR`, which
+//!   tests use only when present and otherwise skip with a printed reason.
+//! * [`two_party`]: both parties in one process over the in-memory channel pair.
+//! * [`bins`]: the two binaries as a user runs them (keygen, a server on 127.0.0.1).
+#![deny(missing_docs)]
+
+pub mod bins;
+pub mod fixtures;
+
+use shardlm_transport::memory::{pair, MemoryChannel};
+
+/// Runs `f0` as P0 on this thread and `f1` as P1 on another, connected in memory.
+pub fn two_party<A, B>(
+    f0: impl FnOnce(&mut MemoryChannel) -> A,
+    f1: impl FnOnce(&mut MemoryChannel) -> B + Send,
+) -> (A, B)
+where
+    B: Send,
+{
+    let (mut c0, mut c1) = pair();
+    std::thread::scope(|s| {
+        let h = s.spawn(move || f1(&mut c1));
+        let a = f0(&mut c0);
+        (a, h.join().expect("P1 thread panicked"))
+    })
+}
