@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod eval;
 pub mod experiment;
+pub mod fetch;
 pub mod netem;
 pub mod session;
 pub mod text;

@@ -1,0 +1,3 @@
+//! `fetch-model`: make a Hugging Face style model directory.
+
+pub mod hub_cache;
