@@ -1,3 +1,4 @@
 //! `fetch-model`: make a Hugging Face style model directory.
 
+pub mod gguf;
 pub mod hub_cache;
