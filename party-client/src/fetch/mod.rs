@@ -2,3 +2,4 @@
 
 pub mod gguf;
 pub mod hub_cache;
+pub mod tokenizer;
