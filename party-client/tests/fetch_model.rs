@@ -663,6 +663,118 @@ fn existing_output_is_reused() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The hub route against a local stand-in for huggingface.co (HF_ENDPOINT).
+
+/// Serves `/api/models/<id>/revision/main` (the listing) and `/<id>/resolve/main/<file>`
+/// (with `Range`, and the headers hf-hub reads: X-Repo-Commit, ETag, Content-Range) on a
+/// loopback port, one request per connection, until the test process ends.
+fn fake_hub(id: &'static str, files: &'static [(&'static str, &'static [u8])]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut range = None;
+            loop {
+                let mut h = String::new();
+                reader.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(r) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = r.trim().split_once('-').unwrap();
+                    range = Some((a.parse::<usize>().unwrap(), b.parse::<usize>().ok()));
+                }
+            }
+            let listing = format!("/api/models/{id}/revision/main");
+            let resolve = format!("/{id}/resolve/main/");
+            let (status, headers, body): (&str, String, Vec<u8>) = if path == listing {
+                let siblings: Vec<String> =
+                    files.iter().map(|(f, _)| format!("{{\"rfilename\":\"{f}\"}}")).collect();
+                let body = format!("{{\"sha\":\"{HASH}\",\"siblings\":[{}]}}", siblings.join(","));
+                ("200 OK", "Content-Type: application/json\r\n".into(), body.into_bytes())
+            } else if let Some((_, data)) =
+                path.strip_prefix(&resolve).and_then(|f| files.iter().find(|(n, _)| *n == f))
+            {
+                let (a, b) = range.unwrap_or((0, None));
+                let b = b.unwrap_or(data.len() - 1).min(data.len() - 1);
+                let headers = format!(
+                    "X-Repo-Commit: {HASH}\r\nETag: \"etag-{}\"\r\nContent-Range: bytes {a}-{b}/{}\r\n",
+                    data.len(),
+                    data.len()
+                );
+                ("206 Partial Content", headers, data[a..=b].to_vec())
+            } else {
+                ("404 Not Found", String::new(), Vec::new())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn hub_client(hub_cache: &Path, endpoint: &str) -> Command {
+    let mut c = client(hub_cache);
+    c.env_remove("HF_HUB_OFFLINE").env("HF_ENDPOINT", endpoint);
+    for v in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+        c.env_remove(v);
+    }
+    c
+}
+
+#[test]
+fn hub_route_fills_the_hub_cache() {
+    static FILES: &[(&str, &[u8])] = &[
+        ("config.json", b"{\"model_type\": \"qwen2\"}"),
+        ("tokenizer.json", b"{}"),
+        ("model.safetensors", b"weights"),
+        ("README.md", b"not wanted"),
+    ];
+    let endpoint = fake_hub("Org/Hubbed", FILES);
+    let cache = tempfile::tempdir().unwrap();
+    let out = hub_client(cache.path(), &endpoint).args(["Org/Hubbed", "--route", "hub"]).output().unwrap();
+    let snap = cache.path().join("models--Org--Hubbed/snapshots").join(HASH);
+    assert_eq!(ready_line(&out), format!("ready: {}", snap.display()));
+    for (f, data) in &FILES[..3] {
+        assert_eq!(std::fs::read(snap.join(f)).unwrap(), *data, "{f}");
+    }
+    assert!(!snap.join("README.md").exists());
+    assert_eq!(
+        std::fs::read_to_string(cache.path().join("models--Org--Hubbed/refs/main")).unwrap().trim(),
+        HASH
+    );
+    // Next time the hub cache has it, with no hub at all.
+    let out = client(cache.path()).args(["Org/Hubbed", "--route", "hub-cache"]).output().unwrap();
+    assert_eq!(ready_line(&out), format!("ready: {}", snap.display()));
+    // A repo without weights is refused.
+    static NO_WEIGHTS: &[(&str, &[u8])] = &[("config.json", b"{}"), ("tokenizer.json", b"{}")];
+    let endpoint = fake_hub("Org/Empty", NO_WEIGHTS);
+    fails(hub_client(cache.path(), &endpoint).args(["Org/Empty", "--route", "hub"]), &["safetensors"]);
+}
+
+#[test]
+fn unreachable_hub_fails_fast_with_one_line() {
+    let cache = tempfile::tempdir().unwrap();
+    // Nothing listens on the discard port of loopback: connection refused.
+    let t = std::time::Instant::now();
+    fails(
+        hub_client(cache.path(), "http://127.0.0.1:9").args(["Org/Model", "--route", "hub"]),
+        &["cannot reach"],
+    );
+    assert!(t.elapsed().as_secs() < 30);
+}
+
+// ---------------------------------------------------------------------------------------
 // The real tokenizer (only where the real inputs are on this machine).
 
 fn shared() -> PathBuf {

@@ -46,7 +46,8 @@ pub fn download(id: &str, revision: &str, cache: &Path, progress: bool) -> Resul
     if env_set("HF_HUB_OFFLINE").is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false")) {
         bail!("HF_HUB_OFFLINE is set");
     }
-    let mut builder = ApiBuilder::from_cache(Cache::new(cache.to_path_buf())).with_progress(progress);
+    let mut builder =
+        ApiBuilder::from_cache(Cache::new(cache.to_path_buf())).with_progress(progress).with_retries(3);
     if let Some(endpoint) = env_set("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
     }
