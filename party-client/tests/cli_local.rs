@@ -219,3 +219,23 @@ fn chat_formatting_reproduces_the_reference_input_ids() {
         assert_eq!(got, want, "prompt {:?}", case["prompt"]);
     }
 }
+
+#[test]
+fn a_hub_id_is_accepted_for_model_dir_through_the_local_hub_cache() {
+    // A pre-filled hub cache (the layout huggingface_hub writes): found without a download.
+    let cache = tempfile::tempdir().unwrap();
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    let repo = cache.path().join("models--ShardLM--Tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    tiny_model(&repo.join("snapshots").join(hash));
+    let out = generate(Path::new("ShardLM/Tiny")).env("HF_HUB_CACHE", cache.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!out.stdout.is_empty());
+    // An id the cache does not hold: one error line saying how to fetch it.
+    let err = fails(
+        generate(Path::new("ShardLM/Other")).env("HF_HUB_CACHE", cache.path()),
+        &["ShardLM/Other", "hub cache", "fetch-model"],
+    );
+    assert!(!err.contains("huggingface.co"), "never downloads: {err}");
+}

@@ -11,6 +11,7 @@
 
 pub mod fingerprint;
 pub mod generate;
+pub mod hub_cache;
 pub mod kernels;
 pub mod load;
 pub mod ops;

@@ -17,6 +17,16 @@ use std::path::{Path, PathBuf};
 /// Why a model directory could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// A hub id (`org/name`) given for a model directory is not in the local hub cache.
+    #[error("{id}: not in the local Hugging Face hub cache ({cache}); {detail}")]
+    NotInHubCache {
+        /// The id.
+        id: String,
+        /// The cache directory searched.
+        cache: PathBuf,
+        /// What went wrong and what to do.
+        detail: String,
+    },
     /// The directory or a required file is missing.
     #[error("{path}: {what} not found; {hint}")]
     Missing {
@@ -107,9 +117,30 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
+    /// Opens the snapshot of hub id `id` (`org/name`) from the local Hugging Face hub
+    /// cache ([`crate::hub_cache`]); never downloads.
+    pub fn open_hub_id(id: &str) -> Result<Self, LoadError> {
+        let cache = crate::hub_cache::cache_dir();
+        let not_there =
+            |detail: String| LoadError::NotInHubCache { id: id.into(), cache: cache.clone(), detail };
+        match crate::hub_cache::resolve_in(&cache, id, None) {
+            Ok(Some(dir)) => Self::open(&dir),
+            Ok(None) => Err(not_there(format!(
+                "fetch it with `shardlm-client fetch-model {id}`, or pass the model's directory"
+            ))),
+            Err(e) => Err(not_there(e.to_string())),
+        }
+    }
+
     /// Opens `dir`: parses `config.json`, finds the weight files and the tokenizer.
-    /// Reads no weights yet.
+    /// Reads no weights yet. A hub id (`org/name`) that is not a path opens its
+    /// snapshot in the local hub cache ([`ModelDir::open_hub_id`]).
     pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        if !dir.exists() {
+            if let Some(id) = dir.to_str().filter(|s| crate::hub_cache::looks_like_hub_id(s)) {
+                return Self::open_hub_id(id);
+            }
+        }
         if !dir.is_dir() {
             return Err(LoadError::Missing {
                 path: dir.to_path_buf(),
