@@ -14,12 +14,13 @@ use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
 use shardlm_model::fingerprint::fingerprint;
 use shardlm_model::{ModelDir, Weights};
-use shardlm_mpc::material::{BundleWriter, IdealDealer, Manifest, Material};
+use shardlm_mpc::material::{BundleWriter, IdealDealer, Material};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::share::P0;
-use shardlm_transport::handshake::ServerInfo;
-use shardlm_transport::Counters;
+use shardlm_transport::handshake::{MaterialBinding, Request, ServerInfo};
+use shardlm_transport::{Counters, TransportError};
 use shardlm_transport::{Identity, QuicChannel, QuicClient, QuicConfig, QuicServer};
+use shardlm_variants::limits::params_of;
 use shardlm_variants::plan::{deal_sessions, plan_session, SessionShape};
 use shardlm_variants::registry::{self, MaterialNeed};
 use shardlm_variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
@@ -71,20 +72,25 @@ pub fn parse_server(text: &str) -> Result<SocketAddr> {
 }
 
 impl Remote {
-    /// Opens a session of `variant` for `model`: connect, handshake, return the channel.
-    pub fn session(&self, variant: Variant, model: &LocalModel) -> Result<(QuicChannel, ServerInfo)> {
-        let mut id = [0u8; 16];
-        rand::RngCore::fill_bytes(&mut OsRng, &mut id);
-        QuicClient::session(
-            self.addr,
-            &self.identity,
-            &self.server_fingerprint,
-            self.config.clone(),
-            variant.name(),
-            &model.fingerprint,
-            id,
-        )
-        .with_context(|| format!("opening a {variant} session with {}", self.addr))
+    /// Opens a session of `variant` and `shape` for `model` (on bundle session `binding`
+    /// for variants whose server holds material): connect, handshake, return the channel.
+    pub fn session(
+        &self,
+        variant: Variant,
+        model: &LocalModel,
+        shape: SessionShape,
+        binding: Option<MaterialBinding>,
+    ) -> Result<(QuicChannel, ServerInfo), TransportError> {
+        let mut session_id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut OsRng, &mut session_id);
+        let request = Request::Session {
+            variant: variant.name().into(),
+            model_fingerprint: model.fingerprint.clone(),
+            session_id,
+            params: params_of(shape),
+            material: binding,
+        };
+        QuicClient::session(self.addr, &self.identity, &self.server_fingerprint, self.config.clone(), request)
     }
 
     /// The server's devices as its `info` reports them.
@@ -94,6 +100,9 @@ impl Remote {
         Ok(info.devices.join(", "))
     }
 }
+
+/// Sessions an in-process loopback server runs at once.
+const LOOPBACK_SESSIONS: u32 = 4;
 
 /// A server party running in this process on 127.0.0.1 with ephemeral identities:
 /// `--loopback` and `demo`. Traffic goes through real QUIC.
@@ -140,7 +149,13 @@ impl Loopback {
         };
         let s = server.clone();
         let thread = std::thread::Builder::new().name("shardlm-loopback-server".into()).spawn(move || {
-            s.serve(&info, move |mut chan, hello| party.serve_client(&mut chan, &hello.request).map(|_| ()))
+            let admitting = party.clone();
+            s.serve(
+                &info,
+                LOOPBACK_SESSIONS,
+                move |hello, fp| admitting.admit(hello, fp),
+                move |mut chan, hello| party.serve_client(&mut chan, &hello.request).map(|_| ()),
+            )
         })?;
         Ok(Self { remote, mpc_material, ring, server, thread: Some(thread) })
     }
@@ -281,9 +296,30 @@ impl Client {
             return Ok(open_local(model.weights.clone(), self.backend.clone()));
         };
         p.sessions += 1;
-        let material = p.take_material(variant, model, shape)?;
-        let (chan, _) = p.remote.session(variant, model)?;
-        Ok(open_private(variant, &p.ctx, Box::new(chan), material, Seed::random(&mut OsRng))?)
+        let (mut material, mut binding) = p.session_material(variant, model, shape)?;
+        let connected = p.remote.session(variant, model, shape, binding.clone());
+        let chan = match (connected, material.manifest()) {
+            (Ok((chan, _)), _) => chan,
+            (Err(e), Some(_)) if bundle_session_behind(&e).is_some() => {
+                // A session was lost on one side (a crash between reserving and using):
+                // the server is ahead. Skip forward to its next session and retry once.
+                let next = bundle_session_behind(&e).unwrap_or_default();
+                eprintln!("note: the server's part of the bundle is at session {next}, this client's behind; skipping forward");
+                if let Some(b) = binding.as_mut() {
+                    b.session = next as u64;
+                }
+                p.remote
+                    .session(variant, model, shape, binding.clone())
+                    .with_context(|| p.context(variant))?
+                    .0
+            }
+            (Err(e), _) => return Err(anyhow::Error::new(e).context(p.context(variant))),
+        };
+        if let Some(b) = &binding {
+            // Admitted by the server: reserve the session before any material is used.
+            material.start_session(usize::try_from(b.session).unwrap_or(usize::MAX))?;
+        }
+        Ok(open_private(variant, shape, &p.ctx, Box::new(chan), material, Seed::random(&mut OsRng))?)
     }
 
     /// Ends a session cleanly, keeps a bundle open for the next one, and returns the
@@ -305,14 +341,31 @@ impl Client {
     }
 }
 
+/// The server's next bundle session, when a handshake was refused because this client
+/// is behind it.
+fn bundle_session_behind(e: &TransportError) -> Option<usize> {
+    let TransportError::Handshake(f) = e else { return None };
+    let m = f.mismatch.as_ref().filter(|m| m.field == "bundle session")?;
+    let (server, client) = (m.server.parse::<usize>().ok()?, m.client.parse::<usize>().ok()?);
+    (server > client).then_some(server)
+}
+
 impl Private {
-    /// This session's material, positioned at the session's start.
-    fn take_material(
+    fn context(&self, variant: Variant) -> String {
+        format!("opening a {variant} session with {}", self.remote.addr)
+    }
+
+    /// This session's material and, for a dealt bundle whose server holds material, the
+    /// bundle session to name in the handshake. Dealt or opened before connecting, so
+    /// material problems are reported before anything leaves this host; a bundle session
+    /// is reserved only once the server admitted it.
+    fn session_material(
         &mut self,
         variant: Variant,
         model: &LocalModel,
         shape: SessionShape,
-    ) -> Result<Material<P0>> {
+    ) -> Result<(Material<P0>, Option<MaterialBinding>)> {
+        let both = registry::spec(variant).material == MaterialNeed::BothParties;
         match &mut self.material {
             MaterialSupply::DealPerSession { dir } => {
                 let bundle = dir.path().join(format!("session-{}", self.sessions));
@@ -325,14 +378,26 @@ impl Private {
                 )?;
                 deal_sessions(&mut w, &plan, &self.ctx.ring, 1, |_, _| {})?;
                 w.finish()?;
-                Ok(Material::<P0>::open(&bundle, Some(&model.fingerprint))?)
+                let mut m = Material::<P0>::open(&bundle, Some(&model.fingerprint))?;
+                m.start_session(0)?;
+                Ok((m, None))
             }
             MaterialSupply::Bundle { dir, open } => {
-                let mut m = match open.take() {
+                let m = match open.take() {
                     Some(m) => m,
-                    None => Material::<P0>::open(dir, Some(&model.fingerprint))?,
+                    None => {
+                        let m = Material::<P0>::open(dir, Some(&model.fingerprint))?;
+                        if let Some(manifest) = m.manifest() {
+                            eprintln!(
+                                "material: bundle {} ({})",
+                                dir.display(),
+                                manifest.dealer.role.promise(both)
+                            );
+                        }
+                        m
+                    }
                 };
-                let manifest = Manifest::read(dir)?;
+                let manifest = m.manifest().context("a dealt bundle has a manifest")?;
                 if manifest.variant != variant.name() {
                     bail!(
                         "{}: the bundle was dealt for {}, this session is {variant}",
@@ -340,20 +405,27 @@ impl Private {
                         manifest.variant
                     );
                 }
-                let start = manifest.next_session_start(m.consumed()).cloned().with_context(|| {
-                    format!(
-                        "{}: every session of this bundle is used; deal more with `shardlm-client dealer --variant {variant} --sessions K`",
+                let Some(next) = m.next_session() else {
+                    bail!(
+                        "{}: every session of this bundle is spent; deal more with `shardlm-client dealer --variant {variant} --sessions K`",
                         dir.display()
-                    )
-                })?;
-                m.advance_to(&start)?;
-                Ok(m)
+                    );
+                };
+                let binding = MaterialBinding { bundle_id: manifest.bundle_id.clone(), session: next as u64 };
+                let mut m = m;
+                if both {
+                    Ok((m, Some(binding)))
+                } else {
+                    // The server holds nothing of this bundle: reserve the session now.
+                    m.start_session(next)?;
+                    Ok((m, None))
+                }
             }
             MaterialSupply::IdealLoopback => {
                 let lb = self.loopback.as_ref().context("the ideal dealer needs the in-process server")?;
                 let (m0, m1) = IdealDealer::new(Seed::random(&mut OsRng)).split();
                 lb.mpc_material.lock().map_err(|_| anyhow!("material queue poisoned"))?.push_back(m1);
-                Ok(m0)
+                Ok((m0, None))
             }
         }
     }

@@ -329,8 +329,8 @@ fn dealer_bundle_serves_its_sessions_once() {
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["variant"], "v2");
     assert_eq!(manifest["sessions"].as_array().unwrap().len(), 2);
-    // v2 gives the server nothing to hold: its shard is tiny, the client's holds S.
-    assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() < 4096);
+    // v2 gives the server nothing to hold: no part for it at all; the client's holds S.
+    assert!(manifest["shards"]["p1"].is_null() && !bundle.join("p1").exists(), "{manifest}");
     let p0 = manifest["shards"]["p0"]["bytes"].as_u64().unwrap();
     assert!(p0 >= planned && p0 - planned < 4096, "p0.shard {p0} vs planned {planned}");
 
@@ -731,6 +731,8 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
             "3",
             "--sessions",
             "1",
+            "--role",
+            "client",
             "--model-dir",
         ])
         .arg(&dir)
@@ -742,12 +744,26 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["variant"], "v3-mpc");
+    assert_eq!(manifest["dealer"]["role"], "client");
     assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() <= 4096, "P1's shard is seeds only");
 
     let (sid, cid) = (tmp.path().join("s"), tmp.path().join("c"));
     let server_fp = keygen(server_cmd(), &sid);
     let client_fp = keygen(client(), &cid);
-    let server = start_server_with(&dir, &sid, &client_fp, &["--material".as_ref(), bundle.as_os_str()]);
+    // The whole bundle holds the client's part: the server refuses it, naming why.
+    let out = server_cmd()
+        .args(["serve", "--bind", "127.0.0.1", "--port", "0", "--model-dir"])
+        .arg(&dir)
+        .arg("--identity")
+        .arg(&sid)
+        .args(["--allow-client", &client_fp, "--material"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("learns the prompt") && err.contains("p0"), "{err}");
+    let server =
+        start_server_with(&dir, &sid, &client_fp, &["--material".as_ref(), bundle.join("p1").as_os_str()]);
     let cases = tmp.path().join("one.json");
     std::fs::write(&cases, r#"{"cases": [{"input_ids": [72, 101, 108, 108, 111, 33]}]}"#).unwrap();
     let eval = || {
@@ -772,7 +788,7 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
             .arg("--out")
             .arg(tmp.path().join("out.json"))
             .arg("--material")
-            .arg(&bundle)
+            .arg(bundle.join("p0"))
             .output()
             .unwrap()
     };

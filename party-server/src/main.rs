@@ -14,6 +14,8 @@ use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::DeviceChoice;
 use shardlm_model::fingerprint::fingerprint;
 use shardlm_model::ModelDir;
+use shardlm_mpc::material::Material;
+use shardlm_mpc::share::P1;
 use shardlm_transport::{Identity, QuicConfig, QuicServer};
 use shardlm_variants::server::{MpcMaterial, ServerParty};
 use std::net::SocketAddr;
@@ -70,11 +72,16 @@ struct ServeArgs {
     /// Compute device: auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// A v3-mpc bundle from `shardlm-client dealer --variant v3-mpc` (this server uses its
-    /// p1.shard; the client the same bundle's p0.shard): enables v3-mpc sessions, one at
-    /// a time, in the bundle's session order.
+    /// The server's part of a v3-mpc bundle (`DIR/p1` of `shardlm-client dealer
+    /// --variant v3-mpc --out DIR`; the client gets `DIR/p0`): enables v3-mpc sessions,
+    /// one at a time, in the bundle's session order. A directory that also holds the
+    /// client's part is refused.
     #[arg(long)]
     material: Option<PathBuf>,
+    /// Sessions served at once; more clients are told the server is busy (default: two
+    /// per CPU core, at least 2, at most 64).
+    #[arg(long)]
+    max_sessions: Option<u32>,
     /// QUIC initial congestion window, bytes (lower it on links shared with other traffic).
     #[arg(long, default_value_t = 1 << 20)]
     initial_window: u64,
@@ -146,21 +153,26 @@ fn serve(a: ServeArgs) -> Result<()> {
     let weights = dir.load_weights()?;
     let mut party = ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?;
     if let Some(dir) = &a.material {
-        // Check the bundle now rather than at the first session.
-        let manifest = shardlm_mpc::material::Manifest::read(dir)?;
-        if manifest.variant != Variant::V3Mpc.name() || manifest.model_fingerprint != fp {
-            anyhow::bail!(
-                "{}: a {} bundle for {}; --material needs a v3-mpc bundle dealt for this model ({fp})",
-                dir.display(),
-                manifest.variant,
-                manifest.model_fingerprint
-            );
+        // Open (and lock) the server's part now rather than at the first session.
+        let material =
+            Material::<P1>::open(dir, Some(&fp)).with_context(|| format!("--material {}", dir.display()))?;
+        let manifest = material.manifest().context("a dealt bundle has a manifest")?;
+        if manifest.variant != Variant::V3Mpc.name() {
+            bail!("{}: a {} bundle; --material needs a v3-mpc bundle", dir.display(), manifest.variant);
         }
-        party = party.with_mpc_material(MpcMaterial::Bundle {
-            dir: dir.clone(),
-            fingerprint: fp.clone(),
-            open: Mutex::new(None),
-        });
+        eprintln!(
+            "material: bundle {} for v3-mpc, {} of {} sessions left, {}{}",
+            &manifest.bundle_id[..16],
+            manifest.sessions.len() - material.next_session().unwrap_or(manifest.sessions.len()),
+            manifest.sessions.len(),
+            manifest.dealer.role.promise(true),
+            if manifest.bound_clients.is_empty() {
+                String::new()
+            } else {
+                format!("; bound to {} client(s)", manifest.bound_clients.len())
+            }
+        );
+        party = party.with_mpc_material(MpcMaterial::Bundle(Box::new(Mutex::new(material))));
     }
     let party = Arc::new(party);
     eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
@@ -185,19 +197,33 @@ fn serve(a: ServeArgs) -> Result<()> {
         })
         .context("starting the signal thread")?;
 
-    server.serve(&info, move |mut chan, hello| {
-        let t = std::time::Instant::now();
-        if let Some(stats) = party.serve_client(&mut chan, &hello.request)? {
-            tracing::info!(
-                "session done: {} requests, {} forward passes, {:.2} s",
-                stats.requests,
-                stats.forward_passes,
-                t.elapsed().as_secs_f64()
-            );
-        }
-        Ok::<(), String>(())
-    });
+    let max_sessions = a.max_sessions.unwrap_or_else(default_max_sessions);
+    let admitting = party.clone();
+    server.serve(
+        &info,
+        max_sessions,
+        move |hello, fp| admitting.admit(hello, fp),
+        move |mut chan, hello| {
+            let t = std::time::Instant::now();
+            if let Some(stats) = party.serve_client(&mut chan, &hello.request)? {
+                tracing::info!(
+                    "session done: {} requests, {} forward passes, {:.2} s",
+                    stats.requests,
+                    stats.forward_passes,
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            Ok::<(), String>(())
+        },
+    );
     Ok(())
+}
+
+/// Two sessions per core (a session's heavy work is GEMMs on the backend; the rest is
+/// waiting on the network), at least 2 and at most 64.
+fn default_max_sessions() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (2 * cores as u32).clamp(2, 64)
 }
 
 fn check_arch(want: &ModelConfig, got: &ModelConfig) -> Result<()> {

@@ -58,7 +58,9 @@ fn mib_per_s(bytes: usize, d: Duration) -> f64 {
 
 /// `SHARDLM_BENCH_WORKERS` and `SHARDLM_BENCH_UDP` override the defaults.
 fn config() -> QuicConfig {
-    let mut cfg = QuicConfig::default();
+    // A stream of 16 MiB messages: room for several in flight, as a session's budget
+    // for messages this large would give.
+    let mut cfg = QuicConfig { recv_budget: 256 << 20, ..QuicConfig::default() };
     if let Some(w) = env("SHARDLM_BENCH_WORKERS") {
         cfg.worker_threads = w;
     }

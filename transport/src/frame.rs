@@ -222,6 +222,11 @@ impl Reassembler {
         Ok(())
     }
 
+    /// Payload bytes of the current message received so far.
+    pub fn partial_len(&self) -> usize {
+        self.partial.len()
+    }
+
     /// Payload bytes the current frame still expects.
     pub fn frame_remaining(&self) -> usize {
         self.frame_remaining

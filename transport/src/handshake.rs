@@ -21,7 +21,30 @@ use std::fmt;
 use std::time::Duration;
 
 /// The wire protocol version; bump on any incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The public shape of a session, declared by the client before anything else: the
+/// server checks every size the client later announces against it, before allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionParams {
+    /// Prompt length in tokens.
+    pub prompt_tokens: u32,
+    /// Forward passes after the prefill, plus one: the session's token budget.
+    pub max_new_tokens: u32,
+    /// Whether the prefill asks for logits at every position (else the last only).
+    pub all_rows: bool,
+}
+
+/// Which session of which dealt bundle the client is about to use (variants whose
+/// server holds material): both parties must stand at the same place of the same
+/// bundle before any material is consumed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaterialBinding {
+    /// The bundle id (from the manifest both parts carry).
+    pub bundle_id: String,
+    /// The session index within the bundle.
+    pub session: u64,
+}
 
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +57,11 @@ pub enum Request {
         model_fingerprint: String,
         /// Random id chosen by the client (material bookkeeping, logs).
         session_id: [u8; 16],
+        /// The session's public shape.
+        params: SessionParams,
+        /// The bundle session the client will use, for variants whose server holds
+        /// material.
+        material: Option<MaterialBinding>,
     },
     /// The server's [`ServerInfo`], then close.
     Info,
@@ -99,6 +127,34 @@ impl fmt::Display for Mismatch {
     }
 }
 
+/// Why a handshake failed: the message, and the field that differs when the server
+/// said which (a client can act on some, e.g. a bundle session it is behind on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeFailure {
+    /// What happened and what to do.
+    pub message: String,
+    /// The server's answer, when it sent one.
+    pub mismatch: Option<Box<Mismatch>>,
+}
+
+impl fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for HandshakeFailure {
+    fn from(message: String) -> Self {
+        HandshakeFailure { message, mismatch: None }
+    }
+}
+
+impl From<Mismatch> for HandshakeFailure {
+    fn from(m: Mismatch) -> Self {
+        HandshakeFailure { message: m.to_string(), mismatch: Some(Box::new(m)) }
+    }
+}
+
 /// The server's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerHello {
@@ -106,6 +162,13 @@ pub enum ServerHello {
     Accepted(ServerInfo),
     /// Incompatible; the connection closes next.
     Rejected(Mismatch),
+    /// Every session slot is in use; the connection closes next. Try again later.
+    Busy {
+        /// Sessions running.
+        active: u32,
+        /// The server's cap (`--max-sessions`).
+        max: u32,
+    },
 }
 
 /// Decides whether `server` can serve `hello`. Pure.
@@ -160,26 +223,77 @@ pub fn client_handshake<C: Channel + ?Sized>(
             // A server of an older release might not check; refuse locally too.
             if let Err(m) = check_hello(hello, &info) {
                 chan.close(close_code::HANDSHAKE_REJECTED, &m.to_string());
-                return Err(TransportError::Handshake(m.to_string()));
+                return Err(TransportError::Handshake(m.into()));
             }
             Ok(info)
         }
         ServerHello::Rejected(m) => {
             chan.close(close_code::HANDSHAKE_REJECTED, &m.to_string());
-            Err(TransportError::Handshake(m.to_string()))
+            Err(TransportError::Handshake(m.into()))
+        }
+        ServerHello::Busy { active, max } => {
+            chan.close(close_code::BUSY, "busy");
+            Err(TransportError::Busy { peer: chan.peer(), active, max })
         }
     }
 }
 
-/// Server side: waits up to `timeout` for the client's hello, checks it against `ours`,
-/// answers, and returns the hello (the caller then serves the request; for `Info` and
-/// `Health` it just closes). A mismatch is answered with `Rejected`, the channel is
+/// A server's cap on concurrent sessions: a session holds a [`SessionSlot`] from its
+/// handshake until it ends.
+#[derive(Debug)]
+pub struct SessionSlots {
+    max: u32,
+    active: std::sync::atomic::AtomicU32,
+}
+
+/// One taken session slot, given back when dropped.
+#[derive(Debug)]
+pub struct SessionSlot(std::sync::Arc<SessionSlots>);
+
+impl SessionSlots {
+    /// At most `max` sessions at once (at least 1).
+    pub fn new(max: u32) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(SessionSlots { max: max.max(1), active: Default::default() })
+    }
+
+    /// Sessions running now.
+    pub fn active(&self) -> u32 {
+        self.active.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The cap.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// A slot, or `None` when all are taken.
+    pub fn try_take(self: &std::sync::Arc<Self>) -> Option<SessionSlot> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.active.fetch_update(SeqCst, SeqCst, |a| (a < self.max).then_some(a + 1)).ok()?;
+        Some(SessionSlot(self.clone()))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Server side: waits up to `timeout` for the client's hello, checks it against `ours`
+/// and then with `admit` (the application's own checks: the declared shape, the
+/// material binding), takes a session slot for a `Session` (answering `Busy` when none
+/// is free), answers,
+/// and returns the hello with the slot (the caller then serves the request; for `Info`
+/// and `Health` it just closes). A mismatch is answered with `Rejected`, the channel is
 /// closed, and the result is [`TransportError::Handshake`] naming the field.
 pub fn server_handshake<C: Channel + ?Sized>(
     chan: &mut C,
     ours: &ServerInfo,
     timeout: Duration,
-) -> Result<ClientHello> {
+    slots: &std::sync::Arc<SessionSlots>,
+    admit: &dyn Fn(&ClientHello) -> std::result::Result<(), Mismatch>,
+) -> Result<(ClientHello, Option<SessionSlot>)> {
     let bytes = chan.recv_bytes_within(Lane::Control, timeout)?;
     let hello: ClientHello = match bincode::deserialize(&bytes) {
         Ok(h) => h,
@@ -191,17 +305,29 @@ pub fn server_handshake<C: Channel + ?Sized>(
             return Err(TransportError::Protocol { peer: chan.peer(), problem });
         }
     };
-    match check_hello(&hello, ours) {
+    match check_hello(&hello, ours).and_then(|()| admit(&hello)) {
         Ok(()) => {
+            let slot = match hello.request {
+                Request::Session { .. } => match slots.try_take() {
+                    Some(slot) => Some(slot),
+                    None => {
+                        let (active, max) = (slots.active(), slots.max());
+                        let _ = chan.send_msg(Lane::Control, &ServerHello::Busy { active, max });
+                        chan.close(close_code::BUSY, "busy");
+                        return Err(TransportError::Busy { peer: chan.peer(), active, max });
+                    }
+                },
+                _ => None,
+            };
             chan.send_msg(Lane::Control, &ServerHello::Accepted(ours.clone()))?;
-            Ok(hello)
+            Ok((hello, slot))
         }
         Err(m) => {
             let message = m.to_string();
             // Best effort: the close below carries the same message if this is lost.
             let _ = chan.send_msg(Lane::Control, &ServerHello::Rejected(m));
             chan.close(close_code::HANDSHAKE_REJECTED, &message);
-            Err(TransportError::Handshake(message))
+            Err(TransportError::Handshake(message.into()))
         }
     }
 }
@@ -228,6 +354,8 @@ mod tests {
             variant: variant.into(),
             model_fingerprint: fp.into(),
             session_id: [7; 16],
+            params: SessionParams { prompt_tokens: 3, max_new_tokens: 2, all_rows: false },
+            material: None,
         })
     }
 
@@ -252,13 +380,28 @@ mod tests {
     fn drivers_over_memory_pair() {
         let t = Duration::from_secs(5);
         let (mut c, mut s) = memory::pair();
-        let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t));
+        let slots = SessionSlots::new(1);
+        let s1 = slots.clone();
+        let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t, &s1, &|_| Ok(())));
         let got = client_handshake(&mut c, &session("v3-mpc", "blake3:aaaa"), t).unwrap();
         assert_eq!(got, info());
-        assert_eq!(server.join().unwrap().unwrap(), session("v3-mpc", "blake3:aaaa"));
+        let (hello, slot) = server.join().unwrap().unwrap();
+        assert_eq!(hello, session("v3-mpc", "blake3:aaaa"));
+        // The only slot is taken: the next session is told the server is busy.
+        let (mut c2, mut s2) = memory::pair();
+        let s1 = slots.clone();
+        let server = std::thread::spawn(move || server_handshake(&mut s2, &info(), t, &s1, &|_| Ok(())));
+        let e = client_handshake(&mut c2, &session("v2", "blake3:aaaa"), t).unwrap_err();
+        assert!(matches!(e, TransportError::Busy { active: 1, max: 1, .. }), "{e:?}");
+        assert!(e.to_string().contains("busy") && e.to_string().contains("--max-sessions"), "{e}");
+        assert!(server.join().unwrap().is_err());
+        drop(slot);
+        assert_eq!(slots.active(), 0);
 
         let (mut c, mut s) = memory::pair();
-        let server = std::thread::spawn(move || server_handshake(&mut s, &info(), t));
+        let server = std::thread::spawn(move || {
+            server_handshake(&mut s, &info(), t, &SessionSlots::new(4), &|_| Ok(()))
+        });
         let cerr = client_handshake(&mut c, &session("v2", "blake3:bbbb"), t).unwrap_err().to_string();
         let serr = server.join().unwrap().unwrap_err().to_string();
         for e in [&cerr, &serr] {

@@ -20,7 +20,7 @@
 //! # Wiring a server and a client
 //!
 //! ```no_run
-//! use shardlm_transport::handshake::ServerInfo;
+//! use shardlm_transport::handshake::{self, ServerInfo};
 //! use shardlm_transport::{close_code, keygen, quic, Channel, Identity, QuicClient, QuicConfig, QuicServer};
 //! # fn main() -> shardlm_transport::Result<()> {
 //! # let dir = std::path::Path::new("/tmp/id");
@@ -29,11 +29,12 @@
 //! // `keygen`: write cert.pem/key.pem (key 0600), print the fingerprint to hand over.
 //! println!("{}", keygen(dir, "shardlm-server")?);
 //!
-//! // `serve`: one thread per client; Info/Health are answered, sessions reach the closure.
+//! // `serve`: one thread per client, at most 8 sessions at once; Info/Health are answered,
+//! // sessions reach the closure.
 //! let cfg = QuicConfig::default();
 //! let server = QuicServer::bind("0.0.0.0:4433".parse().unwrap(), &Identity::load(dir)?, &[client_fp], cfg.clone())?;
 //! println!("listening on {}, fingerprint {}", server.local_addr(), server.fingerprint());
-//! server.serve(&info, |mut chan, hello| {
+//! server.serve(&info, 8, |_hello, _client_fp| Ok(()), |mut chan, hello| {
 //!     // run the protocol named in hello.request on `chan`, then:
 //!     chan.close(close_code::NORMAL, "done");
 //!     Ok::<(), shardlm_transport::TransportError>(())
@@ -44,7 +45,14 @@
 //! let id = Identity::load(dir)?;
 //! let info = QuicClient::info(addr, &id, "blake3:...", cfg.clone())?;
 //! let rtt = QuicClient::health(addr, &id, "blake3:...", cfg.clone())?;
-//! let (mut chan, info) = QuicClient::session(addr, &id, "blake3:...", cfg, "v3-mpc", &info.fingerprint, [0; 16])?;
+//! let request = handshake::Request::Session {
+//!     variant: "v3-mpc".into(),
+//!     model_fingerprint: info.fingerprint.clone(),
+//!     session_id: [0; 16],
+//!     params: handshake::SessionParams { prompt_tokens: 98, max_new_tokens: 8, all_rows: false },
+//!     material: None,
+//! };
+//! let (mut chan, info) = QuicClient::session(addr, &id, "blake3:...", cfg, request)?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
@@ -71,12 +79,17 @@ pub mod close_code {
     pub const PROTOCOL_VIOLATION: u32 = 2;
     /// The channel was dropped without an explicit close.
     pub const DROPPED: u32 = 3;
+    /// The server has no free session slot; retry later.
+    pub const BUSY: u32 = 4;
 }
 
 /// The error a receiver reports when the peer closed the channel with `code`/`reason`.
 pub(crate) fn closed_by_peer(peer: String, code: u64, reason: &str) -> TransportError {
     if code == u64::from(close_code::HANDSHAKE_REJECTED) {
-        return TransportError::Handshake(format!("{peer} refused the session: {reason}"));
+        return TransportError::Handshake(format!("{peer} refused the session: {reason}").into());
+    }
+    if code == u64::from(close_code::BUSY) {
+        return TransportError::Busy { peer, active: 0, max: 0 };
     }
     let reason = match (code, reason.is_empty()) {
         (c, true) if c == u64::from(close_code::NORMAL) => "it ended the session".to_string(),
@@ -166,13 +179,31 @@ pub enum TransportError {
     },
     /// The handshake found the two parties incompatible.
     #[error("handshake refused: {0}")]
-    Handshake(String),
+    Handshake(handshake::HandshakeFailure),
+    /// The server had no free session slot.
+    #[error("server {peer} is busy ({}): try again later, or ask its operator to raise --max-sessions", busy_detail(*active, *max))]
+    Busy {
+        /// The server.
+        peer: String,
+        /// Sessions it was running (0: not told).
+        active: u32,
+        /// Its cap (0: not told).
+        max: u32,
+    },
     /// TLS, certificate or socket setup.
     #[error("transport setup: {0}")]
     Setup(String),
     /// Local IO.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+}
+
+fn busy_detail(active: u32, max: u32) -> String {
+    if max == 0 {
+        "all session slots in use".into()
+    } else {
+        format!("{active} of {max} sessions in use")
+    }
 }
 
 /// Result alias for transport operations.
@@ -216,6 +247,13 @@ pub trait Channel: Send {
 
     /// A short description of the peer for error messages.
     fn peer(&self) -> String;
+
+    /// Bounds the received bytes held unread (the session's declared shape says how
+    /// many it needs at most); beyond it the peer is held back or, if it floods lanes
+    /// nobody reads, disconnected with a named error. The default does nothing.
+    fn set_recv_budget(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
 
     /// Sends ring elements as raw little-endian bytes.
     fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
@@ -263,6 +301,9 @@ impl<C: Channel + ?Sized> Channel for &mut C {
     fn close(&mut self, code: u32, reason: &str) {
         (**self).close(code, reason)
     }
+    fn set_recv_budget(&mut self, bytes: usize) {
+        (**self).set_recv_budget(bytes)
+    }
 }
 
 impl<C: Channel + ?Sized> Channel for Box<C> {
@@ -292,6 +333,9 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     }
     fn close(&mut self, code: u32, reason: &str) {
         (**self).close(code, reason)
+    }
+    fn set_recv_budget(&mut self, bytes: usize) {
+        (**self).set_recv_budget(bytes)
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use shardlm_configs::{FixedPoint, Variant};
 use shardlm_model::Rows;
-use shardlm_mpc::material::BundleWriter;
+use shardlm_mpc::material::{BundleWriter, DealerRole};
 use shardlm_mpc::prg::Seed;
 use shardlm_variants::plan::{deal_sessions, plan_session, SessionShape};
 use shardlm_variants::registry::{self, MaterialNeed};
@@ -37,9 +37,29 @@ pub struct DealerArgs {
     /// Material for every position's logits in the prefill (`eval --all-positions`).
     #[arg(long)]
     pub all_positions: bool,
-    /// Output directory (must not hold a bundle).
+    /// Output directory (must not hold a bundle): each party's part goes to its own
+    /// subdirectory, `OUT/p0` for the client and `OUT/p1` for the server.
     #[arg(long)]
     pub out: PathBuf,
+    /// Who runs this dealer: `client` (the client party's own host) or `independent` (a
+    /// host trusted by neither party's operator). Recorded in the manifest. For variants
+    /// where the server holds material (v3-mpc) the full promise needs `independent`,
+    /// and the choice must be stated.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+    /// Client certificate fingerprint allowed to consume the server's part (repeatable;
+    /// default: any client the server allows).
+    #[arg(long = "bind-client")]
+    pub bind_client: Vec<String>,
+}
+
+/// `--role`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum RoleArg {
+    /// The client party's host.
+    Client,
+    /// A host independent of both parties.
+    Independent,
 }
 
 /// Runs `dealer`.
@@ -60,8 +80,25 @@ pub fn run(a: DealerArgs) -> Result<()> {
     let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend)?);
     let plan = plan_session(a.variant, &model.weights, &ring, shape)?;
     let planned = plan.raw_bytes()?.map(|b| (b * a.sessions as f64).round() as u64);
+    let both = spec.material == MaterialNeed::BothParties;
+    let role = match (a.role, both) {
+        (Some(RoleArg::Independent), _) => DealerRole::Independent,
+        (Some(RoleArg::Client), _) | (None, false) => DealerRole::Client,
+        (None, true) => bail!(
+            "say who deals this {} bundle: `--role independent` on a host independent of both parties (each party sees only its own part), or `--role client` on the client's own host (the prompt stays private from the server, but the client could recover every intermediate activation)",
+            a.variant
+        ),
+    };
+    if !a.bind_client.is_empty() && !both {
+        bail!(
+            "--bind-client binds the server's part of the bundle; {} gives the server no material",
+            a.variant
+        );
+    }
     let seed = Seed::random(&mut rand::rngs::OsRng);
-    let mut writer = BundleWriter::create(&a.out, &model.fingerprint, a.variant.name(), seed)?;
+    let mut writer = BundleWriter::create(&a.out, &model.fingerprint, a.variant.name(), seed)?
+        .dealt_by(role)
+        .bind_clients(a.bind_client.clone());
     let bar = progress_bar(0, "dealing [{bar:30}] {pos}/{len} requests ({elapsed}, eta {eta})");
     deal_sessions(&mut writer, &plan, &ring, a.sessions, |done, total| {
         bar.set_length(total as u64);
@@ -80,13 +117,19 @@ pub fn run(a: DealerArgs) -> Result<()> {
         t.elapsed().as_secs_f64(),
         note
     );
-    for (i, party) in ["p0", "p1"].iter().enumerate() {
-        let written = manifest.shards.get(*party).map_or(0, |s| s.bytes);
+    for (i, (party, who)) in [("p0", "the client"), ("p1", "the server")].iter().enumerate() {
+        let Some(shard) = manifest.shards.get(*party) else {
+            println!("  {party}: none ({who} needs no material for {})", a.variant);
+            continue;
+        };
         println!(
-            "  {party}.shard: {written} bytes = {} bytes of material (as planned) + {} bytes of header, seeds and alignment",
+            "  {}/{party}/{party}.shard: {} bytes = {} bytes of material (as planned) + {} bytes of header, seeds and alignment; give {party}/ to {who} only",
+            a.out.display(),
+            shard.bytes,
             planned[i],
-            written.saturating_sub(planned[i])
+            shard.bytes.saturating_sub(planned[i])
         );
     }
+    println!("  dealer: {}", role.promise(both));
     Ok(())
 }

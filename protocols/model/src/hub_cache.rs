@@ -235,8 +235,8 @@ mod tests {
             assert!(!looks_like_hub_id(bad), "{bad}");
         }
         // An existing relative path is a path, not an id (tests run in the crate directory).
-        assert!(is_hub_id("src/fetch") && Path::new("src/fetch").is_dir());
-        assert!(!looks_like_hub_id("src/fetch"));
+        assert!(is_hub_id("src/lib.rs") && Path::new("src/lib.rs").is_file());
+        assert!(!looks_like_hub_id("src/lib.rs"));
     }
 
     #[test]

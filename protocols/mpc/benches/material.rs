@@ -43,7 +43,7 @@ fn main() {
         m.shards["p0"].bytes as f64 / 1e6 / secs
     );
     let t = Instant::now();
-    let mut mat = Material::<P0>::open(&dir, None).expect("open");
+    let mut mat = Material::<P0>::open(&dir.join("p0"), None).expect("open");
     let open_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
     for _ in 0..takes {

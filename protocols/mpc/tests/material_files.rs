@@ -8,6 +8,7 @@ use shardlm_mpc::material::{
 };
 use shardlm_mpc::material::{
     BundleWriter, IdealDealer, Manifest, Material, MaterialError, MaterialRequest, MaterialSource, NoWeights,
+    OpenOptions, Reserve,
 };
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring;
@@ -128,14 +129,14 @@ fn write_reopen_consume_matches_ideal_dealer() {
     assert!(m.shards["p1"].bytes < 4096, "p1 shard is {} bytes", m.shards["p1"].bytes);
     assert_eq!(Manifest::read(dir.path()).unwrap(), m);
 
-    let mut f0 = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
-    let mut f1 = Material::<P1>::open(dir.path(), Some(MODEL)).unwrap();
+    let mut f0 = Material::<P0>::open(&dir.path().join("p0"), Some(MODEL)).unwrap();
+    let mut f1 = Material::<P1>::open(&dir.path().join("p1"), Some(MODEL)).unwrap();
     consume_and_check(&mut f0, &mut f1);
 
     // Same seed, same requests: the ideal dealer hands out the very same material.
     let dir2 = tempfile::tempdir().unwrap();
     write_bundle(dir2.path(), 12);
-    let mut g0 = Material::<P0>::open(dir2.path(), None).unwrap();
+    let mut g0 = Material::<P0>::open(&dir2.path().join("p0"), None).unwrap();
     let weights: Arc<dyn shardlm_mpc::material::LinearWeights + Send + Sync> = Arc::new(weight);
     let (mut i0, mut i1) = IdealDealer::new(Seed::from_u64(12)).with_weights(weights).split();
     assert_eq!(g0.take(TriplesRequest { n: 100 }).unwrap().c, i0.take(TriplesRequest { n: 100 }).unwrap().c);
@@ -179,11 +180,11 @@ fn two_parties_compute_with_bundle_material() {
     let p = dir.path();
     let (z0, z1) = two_party(
         |ch| {
-            let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
+            let mut m = Material::<P0>::open(&p.join("p0"), Some(MODEL)).unwrap();
             beaver::mul(ch, &x0, &y0, m.take(TriplesRequest { n: 64 }).unwrap()).unwrap()
         },
         |ch| {
-            let mut m = Material::<P1>::open(p, Some(MODEL)).unwrap();
+            let mut m = Material::<P1>::open(&p.join("p1"), Some(MODEL)).unwrap();
             beaver::mul(ch, &x1, &y1, m.take(TriplesRequest { n: 64 }).unwrap()).unwrap()
         },
     );
@@ -195,11 +196,11 @@ fn reuse_after_restart_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 21);
     let first = {
-        let mut m = Material::<P0>::open(dir.path(), None).unwrap();
+        let mut m = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
         m.take(TriplesRequest { n: 60 }).unwrap().c
         // dropped: the process "exits" (or crashes) after taking.
     };
-    let mut m = Material::<P0>::open(dir.path(), None).unwrap();
+    let mut m = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
     assert_eq!(m.consumed()["triples.c"], 60);
     // Only 40 left: taking 60 again is refused, the next 40 are fresh.
     let err = m.take(TriplesRequest { n: 60 }).unwrap_err();
@@ -220,14 +221,16 @@ fn crash_never_reuses_material() {
     for reserve in [0u64, 7, 1 << 20] {
         let dir = tempfile::tempdir().unwrap();
         write_bundle(dir.path(), 22);
-        let mut m = Material::<P0>::open_with_reserve(dir.path(), None, reserve).unwrap();
+        let opts = OpenOptions::default().reserve(Reserve::Words(reserve));
+        let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
         let first = m.take(TriplesRequest { n: 30 }).unwrap().c.into_raw();
         let second = m.take(TriplesRequest { n: 5 }).unwrap().c.into_raw();
         // The process dies: no clean close. The kernel would release its flock; in this
         // process the leaked lock stays held, so stand in a fresh lock file.
         std::mem::forget(m);
-        std::fs::remove_file(dir.path().join("p0.lock")).unwrap();
-        let mut m = Material::<P0>::open_with_reserve(dir.path(), None, reserve).unwrap();
+        std::fs::remove_file(dir.path().join("p0/p0.lock")).unwrap();
+        let opts = OpenOptions::default().reserve(Reserve::Words(reserve));
+        let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
         let done = m.consumed()["triples.c"];
         assert!(done >= 35, "reserve {reserve}: resumed at {done}");
         let left = 100 - done as usize;
@@ -243,8 +246,8 @@ fn crash_never_reuses_material() {
 fn parties_realign_by_advancing() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 23);
-    let mut m0 = Material::<P0>::open(dir.path(), None).unwrap();
-    let mut m1 = Material::<P1>::open(dir.path(), None).unwrap();
+    let mut m0 = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
+    let mut m1 = Material::<P1>::open(&dir.path().join("p1"), None).unwrap();
     m0.take(TriplesRequest { n: 10 }).unwrap();
     m1.take(TriplesRequest { n: 25 }).unwrap();
     let mut target = m0.consumed().clone();
@@ -263,7 +266,7 @@ fn parties_realign_by_advancing() {
 fn exhausted_error_names_the_dealer_flags() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 31);
-    let mut m = Material::<P1>::open(dir.path(), None).unwrap();
+    let mut m = Material::<P1>::open(&dir.path().join("p1"), None).unwrap();
     let err = m.take(TriplesRequest { n: 101 }).unwrap_err();
     let msg = err.to_string();
     assert!(
@@ -278,7 +281,7 @@ fn exhausted_error_names_the_dealer_flags() {
         Err(MaterialError::Exhausted { left: 0, .. })
     ));
     // A step asking for a different shape than was dealt is a mismatch.
-    let mut m0 = Material::<P0>::open(dir.path(), None).unwrap();
+    let mut m0 = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
     m0.take(TriplesRequest { n: 100 }).unwrap();
     let before = m0.consumed().clone();
     let err = m0.take(MatrixTripleRequest { m: 5, k: 4, n: 3 }).unwrap_err();
@@ -291,62 +294,65 @@ fn exhausted_error_names_the_dealer_flags() {
 fn corrupted_byte_is_detected() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 41);
-    let shard = dir.path().join("p0.shard");
+    let shard = dir.path().join("p0/p0.shard");
     let mut bytes = std::fs::read(&shard).unwrap();
     let i = bytes.len() / 2;
     bytes[i] ^= 1;
     std::fs::write(&shard, &bytes).unwrap();
-    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    let err = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, MaterialError::Corrupted { .. }), "{msg}");
     assert!(msg.contains("p0.shard blake3 mismatch") && msg.contains("shardlm-client dealer"), "{msg}");
     // Truncation too.
     bytes.truncate(40);
     std::fs::write(&shard, &bytes).unwrap();
-    assert!(matches!(Material::<P0>::open(dir.path(), None), Err(MaterialError::Corrupted { .. })));
+    assert!(matches!(
+        Material::<P0>::open(&dir.path().join("p0"), None),
+        Err(MaterialError::Corrupted { .. })
+    ));
     // P1 is unaffected.
-    assert!(Material::<P1>::open(dir.path(), None).is_ok());
+    assert!(Material::<P1>::open(&dir.path().join("p1"), None).is_ok());
 
     // A flipped byte in P1's (seed-only, few hundred bytes) shard is caught just the same.
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 42);
-    let shard = dir.path().join("p1.shard");
+    let shard = dir.path().join("p1/p1.shard");
     let mut bytes = std::fs::read(&shard).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x80;
     std::fs::write(&shard, &bytes).unwrap();
-    let msg = Material::<P1>::open(dir.path(), None).unwrap_err().to_string();
+    let msg = Material::<P1>::open(&dir.path().join("p1"), None).unwrap_err().to_string();
     assert!(msg.contains("p1.shard blake3 mismatch"), "{msg}");
-    assert!(Material::<P0>::open(dir.path(), None).is_ok());
+    assert!(Material::<P0>::open(&dir.path().join("p0"), None).is_ok());
 }
 
 #[test]
 fn concurrent_open_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 51);
-    let held = Material::<P0>::open(dir.path(), None).unwrap();
-    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    let held = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
+    let err = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err();
     assert!(matches!(err, MaterialError::Locked { .. }), "{err}");
     assert!(err.to_string().contains("p0.lock"), "{err}");
     // The other party's lock is separate.
-    let _p1 = Material::<P1>::open(dir.path(), None).unwrap();
+    let _p1 = Material::<P1>::open(&dir.path().join("p1"), None).unwrap();
     drop(held);
-    assert!(Material::<P0>::open(dir.path(), None).is_ok());
+    assert!(Material::<P0>::open(&dir.path().join("p0"), None).is_ok());
 }
 
 #[test]
 fn wrong_party_model_and_missing_files_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     write_bundle(dir.path(), 61);
-    let err = Material::<P0>::open(dir.path(), Some("blake3:other")).unwrap_err();
+    let err = Material::<P0>::open(&dir.path().join("p0"), Some("blake3:other")).unwrap_err();
     assert!(matches!(err, MaterialError::WrongModel { .. }), "{err}");
     // A P1 shard in P0's place.
-    std::fs::copy(dir.path().join("p1.shard"), dir.path().join("p0.shard")).unwrap();
-    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    std::fs::copy(dir.path().join("p1/p1.shard"), dir.path().join("p0/p0.shard")).unwrap();
+    let err = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err();
     assert!(matches!(err, MaterialError::WrongParty { .. }), "{err}");
     // The server's copy of the bundle has no p0.shard.
-    std::fs::remove_file(dir.path().join("p0.shard")).unwrap();
-    let err = Material::<P0>::open(dir.path(), None).unwrap_err();
+    std::fs::remove_file(dir.path().join("p0/p0.shard")).unwrap();
+    let err = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err();
     assert!(err.to_string().contains("no p0 material"), "{err}");
     // Not a bundle at all.
     let empty = tempfile::tempdir().unwrap();
@@ -384,7 +390,7 @@ fn recorder_records_what_a_pass_takes_and_the_writer_replays_it() {
         w.push(r, &weight).unwrap();
     }
     w.finish().unwrap();
-    let mut m = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+    let mut m = Material::<P0>::open(&dir.path().join("p0"), Some(MODEL)).unwrap();
     pass(&mut m);
     assert!(m.take(TriplesRequest { n: 1 }).is_err(), "the bundle holds exactly what the pass takes");
 }
@@ -410,7 +416,7 @@ fn client_assisted_linear_layer_is_exact() {
     let p = dir.path();
     let ((y, c0), c1) = shardlm_testkit::two_party(
         |ch| {
-            let mut m = Material::<P0>::open(p, Some(MODEL)).unwrap();
+            let mut m = Material::<P0>::open(&p.join("p0"), Some(MODEL)).unwrap();
             let ml = m.take(MaskedLinearRequest { n, d_in: D_IN, d_out: D_OUT, weight: 7 }).unwrap();
             (masked_linear::client(ch, Lane::Masked(0), &x, ml).unwrap(), ch.counters())
         },
@@ -448,7 +454,7 @@ fn packed_ot_strings_read_back_in_any_pieces() {
     let (mut got_t, mut got_r) = (Vec::new(), Vec::new());
     let mut at = 0;
     for piece in [1usize, 2, 61, 3, 500, 13, 500] {
-        let mut f = Material::<P0>::open(dir.path(), Some(MODEL)).unwrap();
+        let mut f = Material::<P0>::open(&dir.path().join("p0"), Some(MODEL)).unwrap();
         got_t.extend_from_slice(f.take(TruncOtsRequest { n: piece, bits: 16 }).unwrap().chosen());
         got_r.extend_from_slice(
             f.take(RandomOtsRequest { n_choices: 8, bits: 13, count: piece }).unwrap().chosen(),

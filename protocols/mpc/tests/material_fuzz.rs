@@ -24,7 +24,7 @@ proptest! {
     fn corrupted_shards_never_panic(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<Option<prop::sample::Index>>()) {
         let dir = tempfile::tempdir().unwrap();
         bundle(dir.path());
-        let shard = dir.path().join("p0.shard");
+        let shard = dir.path().join("p0/p0.shard");
         let mut bytes = std::fs::read(&shard).unwrap();
         for (i, v) in edits {
             let i = i.index(bytes.len());
@@ -37,7 +37,7 @@ proptest! {
         let mut m = Manifest::read(dir.path()).unwrap();
         m.shards.get_mut("p0").unwrap().blake3 = blake3::hash(&bytes).to_hex().to_string();
         std::fs::write(dir.path().join("manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
-        if let Ok(mut mat) = Material::<P0>::open(dir.path(), None) {
+        if let Ok(mut mat) = Material::<P0>::open(&dir.path().join("p0"), None) {
             let _ = mat.take(TriplesRequest { n: 10 });
             let _ = mat.take(MatrixTripleRequest { m: 2, k: 3, n: 2 });
             let _ = mat.take(TruncOtsRequest { n: 5, bits: 16 });

@@ -11,11 +11,13 @@
 //!   logits are opened, to the client.
 //! * [`server`]: the server party's dispatch of sessions to variants.
 //! * [`registry`]: the one list of variants, what each needs and promises.
+//! * [`limits`]: what a session's declared shape lets a peer send.
 //! * [`plan`]: the one planner: what a session of any variant consumes.
 //! * [`session`]: the client's one session abstraction over every variant.
 //! * [`ring_weights`]: the public weights in ring encoding, which every variant uses.
 #![deny(missing_docs)]
 
+pub mod limits;
 pub mod plan;
 pub mod registry;
 pub mod ring_weights;

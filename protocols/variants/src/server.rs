@@ -1,44 +1,49 @@
 //! The server party's session dispatch: one loaded model in the encodings every served
-//! variant needs, shared by all sessions, and the per-variant session loop. IO-free
-//! beyond [`Channel`]; the QUIC accept loop lives in the transport crate and the binary.
+//! variant needs, shared by all sessions, admission of each session's declared shape
+//! and material, and the per-variant session loop. IO-free beyond [`Channel`]; the QUIC
+//! accept loop lives in the transport crate and the binary.
 //!
 //! v2/v3 need nothing per session. v3-mpc needs P1's one-time material for each session:
-//! a server that has a source of it ([`ServerParty::with_mpc_material`]) serves v3-mpc,
-//! taking one session's material per client session, in order.
+//! a server that has a source of it ([`ServerParty::with_mpc_material`]) serves v3-mpc.
+//! With a dealt bundle the client names the bundle and the session index in the
+//! handshake; the server admits it only for its own bundle, for a bound client, and at
+//! or after its next unspent session, so both parties stand at the same place of the
+//! bundle before any material is consumed.
 
 use super::v2::{ServerSessionStats, V2Error, V2Server};
 use super::v3_mpc::{serve_driven, MpcParty, MpcPartyError};
+use crate::limits::{recv_budget, shape_of};
+use crate::plan::SessionShape;
+use crate::registry::{spec, MaterialNeed};
 use crate::RingWeights;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::Backend;
 use shardlm_model::Weights;
-use shardlm_mpc::material::Material;
+use shardlm_mpc::material::{Material, MaterialError};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::share::P1;
-use shardlm_transport::handshake::{Request, ServerInfo, PROTOCOL_VERSION};
+use shardlm_transport::handshake::{
+    ClientHello, MaterialBinding, Mismatch, Request, ServerInfo, PROTOCOL_VERSION,
+};
 use shardlm_transport::{close_code, Channel};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 /// Queue of P1 material for v3-mpc sessions, one entry per session, filled by the
 /// in-process loopback client.
 pub type MpcMaterialQueue = Arc<Mutex<VecDeque<Material<P1>>>>;
 
+/// How long a session waits for a bundle another session is using.
+pub const BUNDLE_WAIT: Duration = Duration::from_secs(10);
+
 /// Where a server party takes v3-mpc material from.
 pub enum MpcMaterial {
     /// One entry per session, pushed by an in-process dealer (`--loopback`).
     Queue(MpcMaterialQueue),
-    /// P1's shard of a dealt bundle (`serve --material DIR`): sessions are taken in
-    /// order, each starting where the dealer marked it; v3-mpc sessions are served one
-    /// at a time (the shard is used by one session at a time).
-    Bundle {
-        /// The bundle directory (holding at least `manifest.json` and `p1.shard`).
-        dir: std::path::PathBuf,
-        /// The model fingerprint the bundle must have been dealt for.
-        fingerprint: String,
-        /// The open shard between sessions.
-        open: Mutex<Option<Material<P1>>>,
-    },
+    /// P1's part of a dealt bundle (`serve --material DIR/p1`), open (and locked) for
+    /// the server's lifetime; sessions are served one at a time, in the bundle's order.
+    Bundle(Box<Mutex<Material<P1>>>),
 }
 
 /// Errors of a served session.
@@ -46,13 +51,34 @@ pub enum MpcMaterial {
 pub enum ServeError {
     /// A v2/v3 session failed.
     #[error(transparent)]
-    V2(#[from] V2Error),
+    V2(Box<V2Error>),
     /// A v3-mpc session failed.
     #[error(transparent)]
-    Mpc(#[from] MpcPartyError),
+    Mpc(Box<MpcPartyError>),
     /// This server cannot serve the variant.
     #[error("variant {0} is not served by this server{1}")]
     NotServed(Variant, &'static str),
+    /// The session's request breaks what the server admits.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<V2Error> for ServeError {
+    fn from(e: V2Error) -> Self {
+        ServeError::V2(Box::new(e))
+    }
+}
+
+impl From<MpcPartyError> for ServeError {
+    fn from(e: MpcPartyError) -> Self {
+        ServeError::Mpc(Box::new(e))
+    }
+}
+
+impl From<MaterialError> for ServeError {
+    fn from(e: MaterialError) -> Self {
+        MpcPartyError::Material(e).into()
+    }
 }
 
 /// A loaded server party.
@@ -63,6 +89,15 @@ pub struct ServerParty {
     v2: V2Server,
     backend_name: String,
     mpc_material: Option<MpcMaterial>,
+}
+
+fn mismatch(
+    field: &str,
+    server: impl Into<String>,
+    client: impl Into<String>,
+    hint: impl Into<String>,
+) -> Mismatch {
+    Mismatch { field: field.into(), server: server.into(), client: client.into(), hint: hint.into() }
 }
 
 impl ServerParty {
@@ -128,7 +163,46 @@ impl ServerParty {
         }
     }
 
-    /// Handles one accepted client whose handshake asked for `request`: runs the session
+    /// Admits a session before the handshake is answered (after the transport checked
+    /// version, variant and model): the declared shape must fit the model, and a session
+    /// on a dealt bundle must name this server's bundle, come from a client the bundle
+    /// is bound to, and start at or after the next unspent session. Requests that are
+    /// not sessions are always admitted.
+    pub fn admit(&self, hello: &ClientHello, client_fingerprint: &str) -> Result<(), Mismatch> {
+        let Request::Session { variant, params, material, .. } = &hello.request else { return Ok(()) };
+        shape_of(params, &self.config).map_err(|e| {
+            mismatch(
+                "session shape",
+                format!("{} positions", self.config.max_position_embeddings),
+                format!("{params:?}"),
+                e,
+            )
+        })?;
+        let variant: Variant =
+            variant.parse().map_err(|e: String| mismatch("variant", "", variant.as_str(), e))?;
+        if spec(variant).material != MaterialNeed::BothParties {
+            return Ok(());
+        }
+        match (&self.mpc_material, material) {
+            (Some(MpcMaterial::Bundle(m)), Some(binding)) => {
+                // A session in progress holds the lock; its bundle id and binding do not change.
+                match m.try_lock() {
+                    Ok(m) => check_binding(&m, binding, client_fingerprint),
+                    Err(TryLockError::WouldBlock) => Ok(()),
+                    Err(TryLockError::Poisoned(p)) => check_binding(&p.into_inner(), binding, client_fingerprint),
+                }
+            }
+            (Some(MpcMaterial::Bundle(_)), None) => Err(mismatch(
+                "bundle",
+                "a dealt bundle",
+                "none",
+                "this server serves from a dealt bundle: run the client with `--material DIR/p0` of the same bundle",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Handles one admitted client whose handshake asked for `request`: runs the session
     /// of its variant, then closes the channel (normally, or as a protocol violation with
     /// the error as the reason, which the client reports). `Ok(None)` for requests that
     /// are not sessions (the accept loop answers those).
@@ -137,11 +211,12 @@ impl ServerParty {
         chan: &mut C,
         request: &Request,
     ) -> Result<Option<ServerSessionStats>, String> {
-        let Request::Session { variant, .. } = request else { return Ok(None) };
-        let outcome = variant
-            .parse::<Variant>()
-            .map_err(|e| e.to_string())
-            .and_then(|v| self.serve_session(chan, v).map_err(|e| e.to_string()));
+        let Request::Session { variant, params, material, .. } = request else { return Ok(None) };
+        let outcome = variant.parse::<Variant>().and_then(|v| {
+            let shape = shape_of(params, &self.config)?;
+            chan.set_recv_budget(recv_budget(v, &self.config, shape, true));
+            self.serve_session(chan, v, shape, material.as_ref()).map_err(|e| e.to_string())
+        });
         match outcome {
             Ok(stats) => {
                 chan.close(close_code::NORMAL, "session complete");
@@ -154,52 +229,42 @@ impl ServerParty {
         }
     }
 
-    /// Runs one session of `variant` on `chan` until the client ends it.
+    /// Runs one session of `variant` and `shape` on `chan` until the client ends it.
     pub fn serve_session<C: Channel>(
         &self,
         chan: &mut C,
         variant: Variant,
+        shape: SessionShape,
+        binding: Option<&MaterialBinding>,
     ) -> Result<ServerSessionStats, ServeError> {
         match variant {
-            Variant::V2 => Ok(self.v2.serve_session(chan)?),
-            Variant::V3 => Ok(self.v2.serve_pipelined(chan)?),
+            Variant::V2 => Ok(self.v2.serve_session(chan, shape)?),
+            Variant::V3 => Ok(self.v2.serve_pipelined(chan, shape)?),
             Variant::V3Mpc => match self.mpc_material.as_ref() {
                 None => Err(ServeError::NotServed(
                     variant,
-                    ": start it with --material DIR (P1's shard of a v3-mpc bundle)",
+                    ": start it with --material DIR/p1 (P1's part of a v3-mpc bundle)",
                 )),
                 Some(MpcMaterial::Queue(queue)) => {
-                    let material = queue
+                    let mut material = queue
                         .lock()
                         .map_err(|_| ServeError::NotServed(variant, ": its material queue is poisoned"))?
                         .pop_front()
                         .ok_or(ServeError::NotServed(variant, ": no material was dealt for this session"))?;
-                    let (passes, _) = self.run_mpc(chan, material)?;
+                    let passes = self.run_mpc(chan, &mut material, shape)?;
                     Ok(ServerSessionStats { requests: 0, forward_passes: passes })
                 }
-                Some(MpcMaterial::Bundle { dir, fingerprint, open }) => {
-                    let mut slot = open
-                        .lock()
-                        .map_err(|_| ServeError::NotServed(variant, ": its material lock is poisoned"))?;
-                    let mut material = match slot.take() {
-                        Some(m) => m,
-                        None => {
-                            Material::<P1>::open(dir, Some(fingerprint)).map_err(MpcPartyError::Material)?
-                        }
-                    };
-                    let manifest =
-                        shardlm_mpc::material::Manifest::read(dir).map_err(MpcPartyError::Material)?;
-                    let start =
-                        manifest.next_session_start(material.consumed()).cloned().ok_or_else(|| {
-                            MpcPartyError::Material(shardlm_mpc::material::MaterialError::Exhausted {
-                                kind: "sessions".into(),
-                                needed: 1,
-                                left: 0,
-                            })
-                        })?;
-                    material.advance_to(&start).map_err(MpcPartyError::Material)?;
-                    let (passes, material) = self.run_mpc(chan, material)?;
-                    *slot = Some(material);
+                Some(MpcMaterial::Bundle(bundle)) => {
+                    let binding = binding.ok_or_else(|| {
+                        ServeError::Refused("a session on a dealt bundle must name its bundle session".into())
+                    })?;
+                    let mut slot = wait_for(bundle, BUNDLE_WAIT)?;
+                    let index = usize::try_from(binding.session).unwrap_or(usize::MAX);
+                    // The handshake admitted it; check again under the lock, then skip
+                    // forward to it and reserve it before any material is used.
+                    check_binding(&slot, binding, "").map_err(|m| ServeError::Refused(m.to_string()))?;
+                    slot.start_session(index)?;
+                    let passes = self.run_mpc(chan, &mut slot, shape)?;
                     Ok(ServerSessionStats { requests: 0, forward_passes: passes })
                 }
             },
@@ -210,11 +275,77 @@ impl ServerParty {
     fn run_mpc<C: Channel>(
         &self,
         chan: &mut C,
-        material: Material<P1>,
-    ) -> Result<(u64, Material<P1>), ServeError> {
+        material: &mut Material<P1>,
+        shape: SessionShape,
+    ) -> Result<u64, ServeError> {
         let seed = Seed::random(&mut rand_core::OsRng);
         let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed).driven();
-        let (passes, _, material) = serve_driven(party, &self.config)?;
-        Ok((passes, material))
+        let (passes, _, _) = serve_driven(party, &self.config, shape)?;
+        Ok(passes)
+    }
+}
+
+/// The bundle's lock, waiting at most `wait` for a session that holds it.
+fn wait_for(
+    bundle: &Mutex<Material<P1>>,
+    wait: Duration,
+) -> Result<MutexGuard<'_, Material<P1>>, ServeError> {
+    let until = Instant::now() + wait;
+    loop {
+        match bundle.try_lock() {
+            Ok(g) => return Ok(g),
+            Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(TryLockError::WouldBlock) => return Err(ServeError::Refused(format!(
+                "the server's bundle is in use by another session for more than {wait:?}; retry when it ends"
+            ))),
+        }
+    }
+}
+
+/// Whether `binding` fits the bundle `m` for client `client_fingerprint` (empty: not
+/// checked again).
+fn check_binding(
+    m: &Material<P1>,
+    binding: &MaterialBinding,
+    client_fingerprint: &str,
+) -> Result<(), Mismatch> {
+    let Some(manifest) = m.manifest() else { return Ok(()) };
+    if binding.bundle_id != manifest.bundle_id {
+        return Err(mismatch(
+            "bundle",
+            &manifest.bundle_id,
+            &binding.bundle_id,
+            "the two parties hold parts of different bundles: give the client the p0 part of the server's bundle",
+        ));
+    }
+    if !client_fingerprint.is_empty()
+        && !manifest.bound_clients.is_empty()
+        && !manifest.bound_clients.iter().any(|c| c == client_fingerprint)
+    {
+        return Err(mismatch(
+            "bundle client",
+            manifest.bound_clients.join(", "),
+            client_fingerprint,
+            "this bundle was dealt for other clients (dealer --bind-client)",
+        ));
+    }
+    let next = m.next_session();
+    match next {
+        Some(next) if binding.session as usize >= next => Ok(()),
+        _ => Err(mismatch(
+            "bundle session",
+            next.map_or_else(|| "none left".to_string(), |n| n.to_string()),
+            binding.session.to_string(),
+            format!(
+                "the client's part is behind the server's (a session was lost on one side); {}",
+                next.map_or_else(
+                    || "every session of this bundle is spent: deal a new one".to_string(),
+                    |n| format!("the client skips to session {n}")
+                )
+            ),
+        )),
     }
 }

@@ -7,6 +7,8 @@
 //! Every session wraps its [`ModelOps`] implementation in [`Timed`], so per-phase times
 //! (embedding, norms, linear units with their round trips, attention, ...) come for free.
 
+use crate::limits::recv_budget;
+use crate::plan::SessionShape;
 use crate::registry::{spec, MaterialNeed};
 use crate::v2::{Pipeline, V2Client, V2Error};
 use crate::v3_mpc::{MpcParty, MpcPartyError};
@@ -168,13 +170,16 @@ pub fn open_local(weights: Arc<Weights>, backend: Arc<dyn Backend>) -> Box<dyn C
     })
 }
 
-/// Opens the client side of a private session of `variant` on `chan` (handshake
-/// done) with this session's `material` (P0's part, positioned at the session's start).
-/// `rng_seed` seeds the party's private randomness (fresh OS entropy in deployment).
+/// Opens the client side of a private session of `variant` and `shape` on `chan`
+/// (handshake done) with this session's `material` (P0's part, positioned at the
+/// session's start). What the server may send is bounded by the shape
+/// ([`crate::limits::recv_budget`]). `rng_seed` seeds the party's private randomness
+/// (fresh OS entropy in deployment).
 pub fn open_private(
     variant: Variant,
+    shape: SessionShape,
     ctx: &ClientContext,
-    chan: Box<dyn Channel>,
+    mut chan: Box<dyn Channel>,
     material: Material<P0>,
     rng_seed: Seed,
 ) -> Result<Box<dyn ClientSession>, SessionError> {
@@ -185,6 +190,7 @@ pub fn open_private(
         )));
     }
     let config = ctx.weights.config.clone();
+    chan.set_recv_budget(recv_budget(variant, &config, shape, false));
     Ok(match (variant, s.material) {
         (Variant::V2 | Variant::V3, MaterialNeed::ClientOnly) => {
             let client = V2Client::new(ctx.weights.clone(), FixedPoint::default(), chan, material);

@@ -21,6 +21,8 @@
 //! answers units in [`Linear::all`] order, takes `n` from the payload length, and ends
 //! the session on an empty frame.
 
+use crate::limits::unit_rows;
+use crate::plan::SessionShape;
 use crate::RingWeights;
 use rayon::prelude::*;
 use shardlm_configs::FixedPoint;
@@ -147,10 +149,6 @@ impl Pipeline {
         Lane::Masked((chunk % V3_LANES as usize) as u8)
     }
 }
-
-/// Largest request the server accepts, in rows (a prompt longer than this is refused
-/// before any allocation).
-pub const MAX_REQUEST_ROWS: u64 = 1 << 20;
 
 /// Errors of a v2 session.
 #[derive(Debug, thiserror::Error)]
@@ -311,52 +309,58 @@ impl V2Server {
         Self { weights }
     }
 
-    /// Serves one session until the client's empty end frame. Every request is checked
-    /// against the forward order and its size before any work is done.
-    pub fn serve_session<C: Channel>(&self, chan: &mut C) -> Result<ServerSessionStats, V2Error> {
-        self.serve(chan, None)
+    /// Serves one session of `shape` until the client's empty end frame. Every request
+    /// is checked against the forward order and the declared shape (rows of the pass,
+    /// number of passes) before any work is done.
+    pub fn serve_session<C: Channel>(
+        &self,
+        chan: &mut C,
+        shape: SessionShape,
+    ) -> Result<ServerSessionStats, V2Error> {
+        self.serve(chan, shape, None)
     }
 
     /// Serves one v3 session: every request comes as a header and chunks on
     /// [`V3_LANES`] lanes, in the chunk size the client chose.
-    pub fn serve_pipelined<C: Channel>(&self, chan: &mut C) -> Result<ServerSessionStats, V2Error> {
-        self.serve(chan, Some(Pipeline::default()))
+    pub fn serve_pipelined<C: Channel>(
+        &self,
+        chan: &mut C,
+        shape: SessionShape,
+    ) -> Result<ServerSessionStats, V2Error> {
+        self.serve(chan, shape, Some(Pipeline::default()))
     }
 
     fn serve<C: Channel>(
         &self,
         chan: &mut C,
+        shape: SessionShape,
         pipeline: Option<Pipeline>,
     ) -> Result<ServerSessionStats, V2Error> {
-        if let Some(p) = pipeline {
-            return self.serve_chunks(chan, p);
-        }
         let order = Linear::all(self.weights.config());
         let mut stats = ServerSessionStats::default();
         loop {
-            let lin = order[(stats.requests % order.len() as u64) as usize];
-            let (d_in, d_out) = lin.dims(self.weights.config());
-            let bytes = chan.recv_bytes(V2_LANE)?;
-            if bytes.is_empty() {
-                if stats.requests % order.len() as u64 != 0 {
+            let at = (stats.requests % order.len() as u64) as usize;
+            let lin = order[at];
+            let pass = (stats.requests / order.len() as u64) as usize;
+            let want = unit_rows(shape, lin, pass);
+            let done = match pipeline {
+                None => self.answer_whole(chan, lin, want)?,
+                Some(p) => self.answer_chunks(chan, lin, want, p)?,
+            };
+            if !done {
+                if at != 0 {
                     return Err(V2Error::Protocol(format!(
                         "session ended in the middle of a forward pass, before {lin:?}"
                     )));
                 }
                 return Ok(stats);
             }
-            if bytes.len() % (8 * d_in) != 0 {
+            if pass >= shape.max_new_tokens {
                 return Err(V2Error::Protocol(format!(
-                    "request for {lin:?} has {} bytes, not a multiple of 8 x d_in = {}",
-                    bytes.len(),
-                    8 * d_in
+                    "a forward pass beyond the declared {} (the session's token budget)",
+                    shape.max_new_tokens
                 )));
             }
-            let n = bytes.len() / (8 * d_in);
-            let y = shardlm_transport::le_bytes_to_u64s(&bytes);
-            let z = self.weights.multiply(lin, &y, n)?;
-            debug_assert_eq!(z.len(), n * d_out);
-            chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&z))?;
             stats.requests += 1;
             if lin == Linear::LmHead {
                 stats.forward_passes += 1;
@@ -364,40 +368,54 @@ impl V2Server {
         }
     }
 
-    fn serve_chunks<C: Channel>(&self, chan: &mut C, p: Pipeline) -> Result<ServerSessionStats, V2Error> {
-        let order = Linear::all(self.weights.config());
-        let mut stats = ServerSessionStats::default();
-        loop {
-            let lin = order[(stats.requests % order.len() as u64) as usize];
-            let (d_in, d_out) = lin.dims(self.weights.config());
-            let header = chan.recv_u64s(Lane::Control, 2)?;
-            let (n, rows) = (header[0], header[1]);
-            if n == 0 {
-                if stats.requests % order.len() as u64 != 0 {
-                    return Err(V2Error::Protocol(format!(
-                        "session ended in the middle of a forward pass, before {lin:?}"
-                    )));
-                }
-                return Ok(stats);
-            }
-            if n > MAX_REQUEST_ROWS || rows == 0 || rows > n {
-                return Err(V2Error::Protocol(format!(
-                    "request header for {lin:?} says {n} rows in chunks of {rows}"
-                )));
-            }
-            let (n, rows) = (n as usize, rows as usize);
-            for j in 0..n.div_ceil(rows) {
-                let r = rows.min(n - j * rows);
-                let y = chan.recv_u64s(p.lane(j), r * d_in)?;
-                let z = self.weights.multiply(lin, &y, r)?;
-                debug_assert_eq!(z.len(), r * d_out);
-                chan.send_vec(p.lane(j), shardlm_transport::u64s_to_le_bytes(&z))?;
-            }
-            stats.requests += 1;
-            if lin == Linear::LmHead {
-                stats.forward_passes += 1;
-            }
+    /// v2: one request of `want` rows for `lin`; `false` on the end frame.
+    fn answer_whole<C: Channel>(&self, chan: &mut C, lin: Linear, want: usize) -> Result<bool, V2Error> {
+        let (d_in, _) = lin.dims(self.weights.config());
+        let bytes = chan.recv_bytes(V2_LANE)?;
+        if bytes.is_empty() {
+            return Ok(false);
         }
+        if bytes.len() != 8 * want * d_in {
+            return Err(V2Error::Protocol(format!(
+                "request for {lin:?} has {} bytes; the declared shape allows {want} rows x {d_in} x 8 = {} bytes",
+                bytes.len(),
+                8 * want * d_in
+            )));
+        }
+        let y = shardlm_transport::le_bytes_to_u64s(&bytes);
+        let z = self.weights.multiply(lin, &y, want)?;
+        chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&z))?;
+        Ok(true)
+    }
+
+    /// v3: a header `[n, rows]` and `n / rows` chunks for `lin`; `false` on the end
+    /// header.
+    fn answer_chunks<C: Channel>(
+        &self,
+        chan: &mut C,
+        lin: Linear,
+        want: usize,
+        p: Pipeline,
+    ) -> Result<bool, V2Error> {
+        let (d_in, _) = lin.dims(self.weights.config());
+        let header = chan.recv_u64s(Lane::Control, 2)?;
+        let (n, rows) = (header[0], header[1]);
+        if n == 0 {
+            return Ok(false);
+        }
+        if n != want as u64 || rows == 0 || rows > n {
+            return Err(V2Error::Protocol(format!(
+                "request header for {lin:?} says {n} rows in chunks of {rows}; the declared shape allows {want} rows"
+            )));
+        }
+        let (n, rows) = (n as usize, rows as usize);
+        for j in 0..n.div_ceil(rows) {
+            let r = rows.min(n - j * rows);
+            let y = chan.recv_u64s(p.lane(j), r * d_in)?;
+            let z = self.weights.multiply(lin, &y, r)?;
+            chan.send_vec(p.lane(j), shardlm_transport::u64s_to_le_bytes(&z))?;
+        }
+        Ok(true)
     }
 }
 

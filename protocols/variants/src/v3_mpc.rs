@@ -114,6 +114,8 @@ pub struct MpcParty<R: Role, C: Channel, M: MaterialSource<R>> {
     costs: BTreeMap<&'static str, OpCost>,
     /// Whether step shapes travel P0 -> P1 ([`MpcParty::driven`]).
     driven: bool,
+    /// P1 (driven): the rows the declared shape allows in the current pass.
+    expected_rows: Option<Rows>,
 }
 
 /// Traffic of one kind of operation, summed over calls (this party's view).
@@ -154,6 +156,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             inv_freq,
             costs: BTreeMap::new(),
             driven: false,
+            expected_rows: None,
         }
     }
 
@@ -169,16 +172,20 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
 
     /// P1 (driven): waits for the next step; `Some(positions)` to run a forward pass on
     /// that many placeholder tokens, `None` when P0 ended the session
-    /// ([`MpcParty::end_steps`], then both call [`MpcParty::finish`]).
-    pub fn next_step(&mut self) -> Result<Option<usize>, MpcPartyError> {
+    /// ([`MpcParty::end_steps`], then both call [`MpcParty::finish`]). The announced
+    /// positions must be `expect` (the declared shape's, for this pass), checked before
+    /// anything is allocated for them.
+    pub fn next_step(&mut self, expect: usize) -> Result<Option<usize>, MpcPartyError> {
         let n = self.sess.transfer(Opened::PublicShape, &[], 1)?;
         Ok(match n.first().copied() {
             Some(0) | None => None,
-            Some(n) if n <= 1 << 20 => Some(n as usize),
+            Some(n) if n == expect as u64 => Some(expect),
             Some(n) => {
-                return Err(
-                    MpcError::Shape { op: "step", detail: format!("P0 announced {n} positions") }.into()
-                )
+                return Err(MpcError::Shape {
+                    op: "step",
+                    detail: format!("P0 announced {n} positions; the declared shape allows {expect}"),
+                }
+                .into())
             }
         })
     }
@@ -676,10 +683,23 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> ModelOps for MpcParty<R, C, M> {
                 self.sess.transfer(Opened::PublicShape, &[u64::from(rows == Rows::All)], 0)?;
                 rows
             }
-            (true, _) => match self.sess.transfer(Opened::PublicShape, &[], 1)?.first() {
-                Some(1) => Rows::All,
-                _ => Rows::Last,
-            },
+            (true, _) => {
+                let announced = match self.sess.transfer(Opened::PublicShape, &[], 1)?.first() {
+                    Some(1) => Rows::All,
+                    _ => Rows::Last,
+                };
+                if self.expected_rows.is_some_and(|want| want != announced) {
+                    return Err(MpcError::Shape {
+                        op: "select_rows",
+                        detail: format!(
+                            "P0 asked for {announced:?} logits; the declared shape allows {:?}",
+                            self.expected_rows
+                        ),
+                    }
+                    .into());
+                }
+                announced
+            }
         };
         self.do_select_rows(x, rows)
     }
@@ -766,10 +786,22 @@ pub fn plan_session(
 pub fn serve_driven<C: Channel, M: MaterialSource<P1>>(
     mut party: MpcParty<P1, C, M>,
     config: &shardlm_configs::ModelConfig,
+    shape: crate::plan::SessionShape,
 ) -> Result<(u64, C, M), MpcPartyError> {
     let mut pos = 0usize;
     let mut passes = 0u64;
-    while let Some(n) = party.next_step()? {
+    loop {
+        let first = passes == 0;
+        let expect = if first { shape.prompt_tokens } else { 1 };
+        let Some(n) = party.next_step(expect)? else { break };
+        if passes as usize >= shape.max_new_tokens {
+            return Err(MpcError::Shape {
+                op: "step",
+                detail: format!("a forward pass beyond the declared {}", shape.max_new_tokens),
+            }
+            .into());
+        }
+        party.expected_rows = Some(if first { shape.rows } else { Rows::Last });
         shardlm_model::qwen2::forward(&mut party, config, &vec![0u32; n], pos, Rows::Last)?;
         pos += n;
         passes += 1;

@@ -26,6 +26,7 @@ use shardlm_testkit::fixtures;
 use shardlm_testkit::two_party;
 use shardlm_transport::memory::MemoryChannel;
 use shardlm_transport::Counters;
+use shardlm_variants::plan::SessionShape;
 use shardlm_variants::v3_mpc::{plan_session, MpcParty, MpcPartyError};
 use shardlm_variants::RingWeights;
 use std::path::Path;
@@ -454,12 +455,12 @@ fn planned_bundle_runs_the_session_and_then_runs_out_on_both_sides() {
         bw.push(r, &NoWeights).unwrap();
     }
     let manifest = bw.finish().unwrap();
-    let p0_bytes = std::fs::metadata(dir.path().join("p0.shard")).unwrap().len();
-    let p1_bytes = std::fs::metadata(dir.path().join("p1.shard")).unwrap().len();
+    let p0_bytes = std::fs::metadata(dir.path().join("p0/p0.shard")).unwrap().len();
+    let p1_bytes = std::fs::metadata(dir.path().join("p1/p1.shard")).unwrap().len();
     eprintln!("bundle {}: p0.shard {p0_bytes} bytes, p1.shard {p1_bytes} bytes", manifest.bundle_id);
     assert!(p1_bytes < 64 * 1024, "the server's shard is seed-compressed");
-    let m0 = Material::<P0>::open(dir.path(), None).unwrap();
-    let m1 = Material::<P1>::open(dir.path(), None).unwrap();
+    let m0 = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
+    let m1 = Material::<P1>::open(&dir.path().join("p1"), None).unwrap();
 
     let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
     let pl = forward(&mut plain, c, &ids, 0, Rows::Last).unwrap().unwrap();
@@ -467,8 +468,8 @@ fn planned_bundle_runs_the_session_and_then_runs_out_on_both_sides() {
     assert_eq!(run.greedy[0], argmax(pl.last()));
 
     // A fourth forward pass: the bundle is spent; both parties stop with a clear error.
-    let m0 = Material::<P0>::open(dir.path(), None).unwrap();
-    let m1 = Material::<P1>::open(dir.path(), None).unwrap();
+    let m0 = Material::<P0>::open(&dir.path().join("p0"), None).unwrap();
+    let m1 = Material::<P1>::open(&dir.path().join("p1"), None).unwrap();
     let (e0, e1) = two_party(
         |ch| {
             let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(1));
@@ -884,20 +885,23 @@ fn over_quic_loopback(dir: &Path, min_greedy_equal: usize) {
     assert!(greedy_equal >= min_greedy_equal, "greedy_8 equal in {greedy_equal} of {}", cases.len());
 }
 
-/// A driven session: P1 does not know the prompt length or the steps; P0 announces each
-/// step's public shape and P1 follows with `serve_driven`, as a server party does.
+/// A driven session: P1 knows only the declared shape (prompt length, budget, rows), as a
+/// server party learns it from the handshake; P0 announces each step's public shape and
+/// P1 follows with `serve_driven`, checking each announcement against the shape.
 #[test]
 fn driven_session_lets_p1_follow_unknown_steps() {
     let (md, w) = tiny();
     let c = md.config.clone();
     let ring = ring_weights(&w);
     let ids = cases()[1].clone();
+    let n = ids.len();
     let (m0, m1) = IdealDealer::new(Seed::from_u64(77)).split();
     let (ch0, ch1) = shardlm_transport::memory::pair();
     let (w1, r1, c1) = (w.clone(), ring.clone(), c.clone());
     let server = std::thread::spawn(move || {
         let p1 = MpcParty::new(w1, r1, ch1, m1, Seed::from_u64(2)).driven();
-        shardlm_variants::v3_mpc::serve_driven(p1, &c1).map(|(passes, _, _)| passes)
+        let shape = SessionShape::new(n, 3, Rows::All);
+        shardlm_variants::v3_mpc::serve_driven(p1, &c1, shape).map(|(passes, _, _)| passes)
     });
     let mut p0 = MpcParty::new(w.clone(), ring, ch0, m0, Seed::from_u64(1)).driven();
     // All-position logits in the prefill (P1 learns the choice from P0), then greedy steps.
@@ -914,4 +918,41 @@ fn driven_session_lets_p1_follow_unknown_steps() {
     let mut plain = PlainEngine::new(w, Arc::new(shardlm_gpu::CpuBackend::new()));
     let pl = forward(&mut plain, &c, &ids, 0, Rows::All).unwrap().unwrap();
     assert_eq!(argmax(pl.last()), argmax(l.last()));
+}
+
+/// P0 announcing more positions than the declared prompt, a longer budget, or other
+/// logits rows than declared: P1 refuses with a named error before allocating for them.
+#[test]
+fn driven_steps_outside_the_declared_shape_are_refused() {
+    let (md, w) = tiny();
+    let c = md.config.clone();
+    let ring = ring_weights(&w);
+    let declared = SessionShape::new(4, 2, Rows::Last);
+    let cases: [(&[u32], Rows, usize, &str); 3] = [
+        (&[1, 2, 3, 4, 5], Rows::Last, 1, "P0 announced 5 positions; the declared shape allows 4"),
+        (&[1, 2, 3, 4], Rows::All, 1, "the declared shape allows Some(Last)"),
+        (&[1, 2, 3, 4], Rows::Last, 3, "beyond the declared 2"),
+    ];
+    for (tokens, rows, passes, want) in cases {
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(5)).split();
+        let (ch0, ch1) = shardlm_transport::memory::pair();
+        let (w1, r1, c1) = (w.clone(), ring.clone(), c.clone());
+        let server = std::thread::spawn(move || {
+            let p1 = MpcParty::new(w1, r1, ch1, m1, Seed::from_u64(2)).driven();
+            shardlm_variants::v3_mpc::serve_driven(p1, &c1, declared).map(|(p, _, _)| p)
+        });
+        let mut p0 = MpcParty::new(w.clone(), ring.clone(), ch0, m0, Seed::from_u64(1)).driven();
+        let mut pos = 0;
+        let mut step = tokens.to_vec();
+        for pass in 0..passes {
+            if forward(&mut p0, &c, &step, pos, if pass == 0 { rows } else { Rows::Last }).is_err() {
+                break;
+            }
+            pos += step.len();
+            step = vec![1];
+        }
+        let _ = p0.end_steps();
+        let err = server.join().unwrap().expect_err("P1 must refuse").to_string();
+        assert!(err.contains(want), "{want}: {err}");
+    }
 }

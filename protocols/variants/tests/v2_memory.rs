@@ -11,6 +11,7 @@ use shardlm_mpc::material::IdealDealer;
 use shardlm_mpc::prg::Seed;
 use shardlm_testkit::fixtures;
 use shardlm_transport::{memory, Channel, Counters, Lane, Result as TResult};
+use shardlm_variants::plan::SessionShape;
 use shardlm_variants::v2::{V2Client, V2Server, V2_LANE};
 use shardlm_variants::RingWeights;
 use std::path::Path;
@@ -61,7 +62,8 @@ fn run_v2(md: &ModelDir, w: &Arc<Weights>, ids: &[u32], greedy_n: usize, seed: u
     let seen = Arc::new(Mutex::new(Vec::new()));
     let server = V2Server::new(ring.clone());
     let mut tap = Tap { inner: s_chan, seen: seen.clone() };
-    let server_thread = std::thread::spawn(move || server.serve_session(&mut tap).map(|s| (s, tap)));
+    let shape = SessionShape::new(ids.len(), greedy_n, Rows::Last);
+    let server_thread = std::thread::spawn(move || server.serve_session(&mut tap, shape).map(|s| (s, tap)));
 
     let (masks, _) = IdealDealer::new(Seed([seed; 32])).with_weights(ring).split();
     let mut client = V2Client::new(w.clone(), fixed, c_chan, masks);

@@ -88,6 +88,13 @@ pub struct QuicConfig {
     /// 9 for a 98-token prefill at 20-80 ms). Default 1 MiB (0.8 ms at 10 Gbit/s); lower it
     /// on paths shared with other traffic.
     pub initial_window: u64,
+    /// Received payload bytes a connection holds unread before its readers stop taking
+    /// data from the network (backpressure through QUIC flow control). A single message
+    /// above it is a protocol violation, and a peer that fills it on lanes this party is
+    /// not reading (while it waits on another) is told so and disconnected. The default
+    /// covers the handshake; a session raises it to what its declared shape needs
+    /// ([`QuicChannel::set_recv_budget`]).
+    pub recv_budget: usize,
 }
 
 impl Default for QuicConfig {
@@ -103,9 +110,13 @@ impl Default for QuicConfig {
             worker_threads: 2,
             send_buffer: 256 << 20,
             initial_window: 1 << 20,
+            recv_budget: DEFAULT_RECV_BUDGET,
         }
     }
 }
+
+/// [`QuicConfig::recv_budget`]'s default: 16 MiB.
+pub const DEFAULT_RECV_BUDGET: usize = 16 << 20;
 
 impl QuicConfig {
     /// The defaults with the given deadlines.
@@ -456,11 +467,8 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let result = accept_one(incoming, &acceptor).await;
-            if let Err(e) = &result {
-                tracing::warn!("{e}");
-            }
-            let _ = tx.send(result);
+            // Failures are logged once, by whoever takes them from the channel.
+            let _ = tx.send(accept_one(incoming, &acceptor).await);
         });
     }
 }
@@ -647,16 +655,69 @@ struct Inbox {
     gone: Option<Gone>,
     /// Payload bytes handed to writer tasks and not yet written to QUIC.
     queued_send: usize,
+    /// Received payload bytes queued and not yet read.
+    queued_recv: usize,
+    /// Reader tasks waiting for room under the receive budget: their lane and how many
+    /// bytes they need.
+    stalled: Vec<(Lane, usize)>,
 }
 
 /// State shared by the channel (consumer) and its reader/writer tasks (producers).
-#[derive(Default)]
 struct Shared {
     inbox: Mutex<Inbox>,
     ready: Condvar,
+    /// [`QuicConfig::recv_budget`], as the session set it.
+    recv_budget: std::sync::atomic::AtomicUsize,
+    /// Signalled when the consumer takes a message (room under the budget).
+    room: tokio::sync::Notify,
 }
 
 impl Shared {
+    fn new(recv_budget: usize) -> Self {
+        Shared {
+            inbox: Mutex::default(),
+            ready: Condvar::new(),
+            recv_budget: recv_budget.into(),
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn budget(&self) -> usize {
+        self.recv_budget.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `need` more bytes fit under the receive budget. A message that can
+    /// never fit is a protocol violation.
+    async fn room_for(&self, lane: Lane, need: usize) -> Result<(), Gone> {
+        let mut waiting = false;
+        loop {
+            let budget = self.budget();
+            if need > budget {
+                return Err(Gone::Protocol(format!(
+                    "lane {lane:?} carries a message of at least {need} bytes, more than this session's receive budget of {budget} bytes"
+                )));
+            }
+            {
+                let mut inbox = lock(&self.inbox);
+                if inbox.gone.is_some() || inbox.queued_recv + need <= budget {
+                    if waiting {
+                        if let Some(i) = inbox.stalled.iter().position(|w| *w == (lane, need)) {
+                            inbox.stalled.swap_remove(i);
+                        }
+                    }
+                    return Ok(());
+                }
+                if !waiting {
+                    inbox.stalled.push((lane, need));
+                    waiting = true;
+                }
+            }
+            // Wake a consumer that may be waiting on another lane: it reports the flood.
+            self.ready.notify_all();
+            let _ = tokio::time::timeout(Duration::from_millis(20), self.room.notified()).await;
+        }
+    }
+
     fn set_gone(&self, gone: Gone) {
         let mut inbox = lock(&self.inbox);
         if inbox.gone.is_none() {
@@ -726,7 +787,7 @@ impl QuicChannel {
         peer_fingerprint: String,
         own_fingerprint: String,
     ) -> QuicChannel {
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::new(cfg.recv_budget));
         rt.handle.spawn(demux(
             conn.clone(),
             shared.clone(),
@@ -749,6 +810,13 @@ impl QuicChannel {
             endpoint,
             rt,
         }
+    }
+
+    /// Sets the receive budget ([`QuicConfig::recv_budget`]): what a session's declared
+    /// shape needs at most. Readers waiting for room re-check at once.
+    pub fn set_recv_budget(&mut self, bytes: usize) {
+        self.shared.recv_budget.store(bytes, std::sync::atomic::Ordering::SeqCst);
+        self.shared.room.notify_waiters();
     }
 
     /// The peer's certificate fingerprint.
@@ -917,12 +985,33 @@ impl Channel for QuicChannel {
         let mut inbox = lock(&self.shared.inbox);
         loop {
             if let Some(msg) = inbox.lanes.get_mut(&lane).and_then(VecDeque::pop_front) {
+                inbox.queued_recv = inbox.queued_recv.saturating_sub(msg.len());
                 drop(inbox);
+                self.shared.room.notify_waiters();
                 self.counters.on_recv(lane, msg.len());
                 return Ok(msg);
             }
             if let Some(g) = &inbox.gone {
                 return Err(g.to_error(&self.peer));
+            }
+            let (queued, budget) = (inbox.queued_recv, self.shared.budget());
+            if !inbox.stalled.is_empty() && inbox.stalled.iter().all(|(_, need)| queued + need > budget) {
+                // The budget is full of messages on lanes we are not reading, and we
+                // read nothing else until `lane` has data: no progress is possible.
+                let unread: Vec<String> = inbox
+                    .lanes
+                    .iter()
+                    .filter(|(_, q)| !q.is_empty())
+                    .map(|(l, q)| format!("{l:?}: {} bytes", q.iter().map(Vec::len).sum::<usize>()))
+                    .collect();
+                let problem = format!(
+                    "the peer filled this session's receive budget of {budget} bytes with messages nobody reads ({}) while this party waits on lane {lane:?}",
+                    unread.join(", ")
+                );
+                drop(inbox);
+                self.shared.set_gone(Gone::Protocol(problem.clone()));
+                self.conn.close(VarInt::from_u32(close_code::PROTOCOL_VIOLATION), problem.as_bytes());
+                return Err(TransportError::Protocol { peer: self.peer.clone(), problem });
             }
             let now = Instant::now();
             if now >= deadline {
@@ -951,6 +1040,10 @@ impl Channel for QuicChannel {
 
     fn close(&mut self, code: u32, reason: &str) {
         QuicChannel::close(self, code, reason);
+    }
+
+    fn set_recv_budget(&mut self, bytes: usize) {
+        QuicChannel::set_recv_budget(self, bytes);
     }
 }
 
@@ -1064,6 +1157,9 @@ async fn read_lane_inner(
             return Ok(());
         }
         let h = FrameHeader::decode(&header);
+        reassembler.check(&h).map_err(Gone::from_transport)?;
+        // Room under the receive budget before anything is allocated for the payload.
+        shared.room_for(lane, reassembler.partial_len() + h.len as usize).await?;
         reassembler.begin_frame(&h).map_err(Gone::from_transport)?;
         while reassembler.frame_remaining() > 0 {
             match stream.read_chunk(reassembler.frame_remaining(), true).await {
@@ -1081,6 +1177,7 @@ async fn read_lane_inner(
         }
         if let Some(msg) = reassembler.finish_frame() {
             let mut inbox = lock(&shared.inbox);
+            inbox.queued_recv += msg.len();
             inbox.lanes.entry(lane).or_default().push_back(msg);
             drop(inbox);
             shared.ready.notify_all();

@@ -93,6 +93,7 @@ fn lanes_round_trip_concurrently_with_exact_counters() {
 fn large_payload_is_chunked_and_reassembled() {
     let mut config = cfg();
     config.limits.max_frame = 4 << 20;
+    config.recv_budget = 128 << 20; // a session that declared 64 MiB messages
     let s = setup(config.clone());
     let (mut c, mut srv) = connect(&s, config);
     let n = (64usize << 20) / 8;
@@ -205,18 +206,26 @@ fn handshake_over_quic_accepts_and_rejects() {
     let t = Duration::from_secs(5);
 
     let (mut c, mut srv) = connect(&s, cfg());
-    let server = std::thread::spawn(move || server_handshake(&mut srv, &server_info(), t).map(|h| (h, srv)));
+    let slots = crate::handshake::SessionSlots::new(4);
+    let sl = slots.clone();
+    let server = std::thread::spawn(move || {
+        server_handshake(&mut srv, &server_info(), t, &sl, &|_| Ok(())).map(|h| (h.0, srv))
+    });
     let info = client_handshake(&mut c, &ClientHello::new(Request::Info), t).unwrap();
     assert_eq!(info, server_info());
     let (hello, _srv) = server.join().unwrap().unwrap();
     assert_eq!(hello.request, Request::Info);
 
     let (mut c, mut srv) = connect(&s, cfg());
-    let server = std::thread::spawn(move || server_handshake(&mut srv, &server_info(), t).map(|_| ()));
+    let server = std::thread::spawn(move || {
+        server_handshake(&mut srv, &server_info(), t, &slots, &|_| Ok(())).map(|_| ())
+    });
     let hello = ClientHello::new(Request::Session {
         variant: "v2".into(),
         model_fingerprint: "blake3:2222".into(),
         session_id: [1; 16],
+        params: crate::handshake::SessionParams { prompt_tokens: 1, max_new_tokens: 1, all_rows: false },
+        material: None,
     });
     let client_err = client_handshake(&mut c, &hello, t).unwrap_err();
     let server_err = server.join().unwrap().unwrap_err();
@@ -409,6 +418,7 @@ fn nobody_listening_is_a_connect_timeout() {
 fn both_parties_send_bulk_before_receiving_without_deadlock() {
     let mut config = cfg();
     config.send_buffer = 1 << 20; // sends block on the network, not on the peer's receives
+    config.recv_budget = 32 << 20; // each party holds the other's 24 MiB before reading it
     let s = setup(config.clone());
     let (c, srv) = connect(&s, config);
     let n = (8usize << 20) / 8;
@@ -433,4 +443,52 @@ fn both_parties_send_bulk_before_receiving_without_deadlock() {
     for v in from_client {
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ 1));
     }
+}
+
+/// A message larger than the session's receive budget is refused as its header arrives
+/// (nothing is allocated for it); smaller messages beyond the budget in total are held
+/// back by flow control and all arrive; a peer that fills the budget on a lane nobody
+/// reads is disconnected with an error naming the lanes.
+#[test]
+fn receive_budget_bounds_what_a_peer_can_queue() {
+    let mut config = cfg();
+    config.recv_budget = 1 << 20;
+    let s = setup(config.clone());
+
+    // 16 messages of 256 KiB (4 MiB in all) through a 1 MiB budget, read in order.
+    let (mut c, mut srv) = connect(&s, config.clone());
+    let msgs: Vec<Vec<u64>> = (0..16u64).map(|i| vec![i; 32 << 10]).collect();
+    let want = msgs.clone();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300)); // let the sender run ahead
+        (0..16).map(|_| srv.recv_u64s(Lane::Masked(0), 32 << 10).unwrap()).collect::<Vec<_>>()
+    });
+    for m in &msgs {
+        c.send_u64s(Lane::Masked(0), m).unwrap();
+    }
+    assert_eq!(reader.join().unwrap(), want);
+
+    // One message over the budget.
+    let (mut c, mut srv) = connect(&s, config.clone());
+    c.send_u64s(Lane::Masked(0), &vec![7u64; (2 << 20) / 8]).unwrap();
+    let e = srv.recv_bytes(Lane::Masked(0)).unwrap_err();
+    assert!(matches!(e, TransportError::Protocol { .. }), "{e:?}");
+    assert!(e.to_string().contains("receive budget of 1048576 bytes"), "{e}");
+
+    // A flood on a lane the receiver never reads while it waits on another.
+    let (mut c, mut srv) = connect(&s, config);
+    let flood = std::thread::spawn(move || {
+        for _ in 0..8 {
+            if c.send_u64s(Lane::Ot, &vec![1u64; (256 << 10) / 8]).is_err() {
+                break;
+            }
+        }
+        c
+    });
+    let t = Instant::now();
+    let e = srv.recv_bytes(Lane::Control).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "noticed after {:?}", t.elapsed());
+    let msg = e.to_string();
+    assert!(msg.contains("receive budget") && msg.contains("Ot") && msg.contains("Control"), "{msg}");
+    drop(flood.join());
 }

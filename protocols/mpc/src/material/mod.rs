@@ -9,7 +9,7 @@
 //!
 //! * [`IdealDealer`]: both parties' material from one seed, in memory (tests).
 //! * dealer bundle files ([`BundleWriter`], [`Material::open`]): a directory per party
-//!   ([`mod@file`] module doc has the format).
+//!   ([`bundle`] module doc has the format).
 //! * [`Recorder`]: records the requests a forward pass makes (the planner's view),
 //!   handing out zeros of the right shapes.
 //!
@@ -26,13 +26,16 @@
 //! dealer is neither party, or when the party that deals is trusted with the other's
 //! part (DESIGN.md section 1): P0 dealing for itself can derive P1's every share.
 
-pub mod file;
+pub mod bundle;
 mod ideal;
 pub mod kind;
 pub mod kinds;
 mod recorder;
 
-pub use file::{BundleWriter, KindCount, Manifest, ShardInfo, DEFAULT_RESERVE_WORDS, FORMAT_VERSION};
+pub use bundle::{
+    BundleWriter, Dealer, DealerRole, KindCount, Ledger, Manifest, OpenOptions, Reserve, ShardInfo,
+    FORMAT_VERSION,
+};
 pub use ideal::{IdealDealer, SharedWeights};
 pub use kind::{Component, Kind, Request, Src};
 pub use kinds::*;
@@ -75,6 +78,29 @@ pub enum MaterialError {
         path: PathBuf,
         /// What is wrong ("blake3 mismatch", "truncated", ...).
         detail: String,
+    },
+    /// The directory given to a party also holds the other party's part.
+    #[error("{dir} holds the other party's material ({found}): {detail}")]
+    OtherPartyPart {
+        /// The directory given.
+        dir: PathBuf,
+        /// What of the other party's was found.
+        found: PathBuf,
+        /// Why that voids the variant's promise and what to do.
+        detail: String,
+    },
+    /// A session of a bundle that is already spent (used, reserved by a crashed run, or
+    /// recorded as spent in the ledger of this host) was asked for.
+    #[error("session {session} of bundle {bundle} is already spent ({}); material is never used twice: deal a new bundle with `shardlm-client dealer`", spent_detail(*next, *sessions))]
+    Spent {
+        /// The bundle id.
+        bundle: String,
+        /// The session asked for.
+        session: usize,
+        /// The next unspent session, if any.
+        next: Option<usize>,
+        /// Sessions dealt.
+        sessions: usize,
     },
     /// Another process holds this party's material.
     #[error("material {shard} is in use by another process (lock {lock} is held); stop the other session or use another bundle")]
@@ -128,6 +154,13 @@ pub enum MaterialError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+fn spent_detail(next: Option<usize>, sessions: usize) -> String {
+    match next {
+        Some(n) => format!("the next unspent session is {n} of {sessions}"),
+        None => format!("all {sessions} sessions are spent"),
+    }
 }
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> MaterialError {
@@ -185,6 +218,13 @@ pub trait MaterialSource<R: Role> {
     /// Takes the material of one request of any kind this party can hold, e.g.
     /// `m.take(TriplesRequest { n })` gives [`Triples<R>`].
     fn take<Q: Request<R>>(&mut self, request: Q) -> Result<Q::Output, MaterialError>;
+}
+
+/// A borrowed source is a source: a session can run on material that outlives it.
+impl<R: Role, M: MaterialSource<R> + ?Sized> MaterialSource<R> for &mut M {
+    fn take<Q: Request<R>>(&mut self, request: Q) -> Result<Q::Output, MaterialError> {
+        (**self).take(request)
+    }
 }
 
 impl MaterialRequest {
@@ -249,8 +289,17 @@ pub(crate) trait MaterialStore: Send {
     /// This party's raw components of `req` (layout order, raw ones only) at `offsets`
     /// (one per component of the layout).
     fn raw_parts(&mut self, req: &MaterialRequest, offsets: &[u64]) -> Result<Vec<Vec<u64>>, MaterialError>;
+    /// Durably records consumption up to `cursors` ahead of use (a session's whole
+    /// range), so that takes inside it need no IO. The ideal dealer records nothing.
+    fn reserve_to(&mut self, _cursors: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
+        Ok(())
+    }
     /// Words available in a component stream (`None`: unlimited).
     fn total(&self, component: &str) -> Option<u64>;
+    /// Words available in every stream this party holds (empty: unlimited).
+    fn totals(&self) -> BTreeMap<String, u64> {
+        BTreeMap::new()
+    }
     /// Reads raw words without consuming them (`None`: not stored, e.g. the ideal dealer
     /// or past the end).
     fn peek(&self, _component: &str, _offset: u64, _len: u64) -> Option<Vec<u64>> {
@@ -263,6 +312,8 @@ pub struct Material<R: Role> {
     seed: Seed,
     cursors: BTreeMap<String, u64>,
     store: Box<dyn MaterialStore>,
+    /// The bundle's manifest (files only; the ideal dealer has none).
+    manifest: Option<Box<Manifest>>,
     _role: PhantomData<R>,
 }
 
@@ -278,7 +329,56 @@ impl<R: Role> Material<R> {
         cursors: BTreeMap<String, u64>,
         store: Box<dyn MaterialStore>,
     ) -> Self {
-        Material { seed, cursors, store, _role: PhantomData }
+        Material { seed, cursors, store, manifest: None, _role: PhantomData }
+    }
+
+    pub(crate) fn with_manifest(mut self, manifest: Manifest) -> Self {
+        self.manifest = Some(Box::new(manifest));
+        self
+    }
+
+    /// The bundle's manifest, for material opened from files.
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_deref()
+    }
+
+    /// The index of the next session this party can start: the first dealt session
+    /// whose start is at or after everything consumed. `None` when the bundle is spent
+    /// (or has no sessions: the ideal dealer).
+    pub fn next_session(&self) -> Option<usize> {
+        self.manifest.as_ref()?.next_session(&self.cursors)
+    }
+
+    /// Starts dealt session `index`: skips forward to its start (never back: an index
+    /// before [`Material::next_session`] is refused as spent) and records the whole
+    /// session as consumed before any of it is used, with one durable write. A crash
+    /// then wastes at most this session.
+    pub fn start_session(&mut self, index: usize) -> Result<(), MaterialError> {
+        let Some(m) = &self.manifest else {
+            return Err(MaterialError::Mismatch(
+                "material without dealt sessions (the ideal dealer) has no session index".into(),
+            ));
+        };
+        let next = m.next_session(&self.cursors);
+        let start = match (m.sessions.get(index), next) {
+            (Some(start), Some(next)) if index >= next => start.clone(),
+            _ => {
+                return Err(MaterialError::Spent {
+                    bundle: m.bundle_id.clone(),
+                    session: index,
+                    next,
+                    sessions: m.sessions.len(),
+                })
+            }
+        };
+        let end = m.sessions.get(index + 1).cloned().unwrap_or_else(|| self.stream_totals());
+        self.advance_to(&start)?;
+        self.store.reserve_to(&end)
+    }
+
+    /// Words in every stream this party holds (the end of the last session).
+    fn stream_totals(&self) -> BTreeMap<String, u64> {
+        self.store.totals()
     }
 
     /// Elements consumed so far per component stream. The two parties consume the same

@@ -1,0 +1,217 @@
+//! Dealer bundles on disk (DESIGN.md section 5).
+//!
+//! `shardlm-client dealer --out DIR` writes one directory per party, each to be handed
+//! to that party only:
+//!
+//! ```text
+//! DIR/manifest.json          public: what was dealt (both parts hold a copy)
+//! DIR/p0/manifest.json       the client's part
+//! DIR/p0/p0.shard
+//! DIR/p1/manifest.json       the server's part (only for variants where it has one)
+//! DIR/p1/p1.shard
+//! ```
+//!
+//! Directories are created 0700 and files 0600. A party opens its own part (`DIR/p0`
+//! or `DIR/p1`, or `DIR` when it holds only that party's part) and **refuses a
+//! directory that also holds the other party's part**: a server that can read
+//! `p0.shard` learns `x0 - a0` and with it the prompt from the first opening; a client
+//! that can read `p1.shard` can recover every intermediate activation.
+//!
+//! * [`Manifest`]: format version, bundle id (blake3 of the shard hashes and a random
+//!   nonce, so two bundles never share an id), model fingerprint, variant, PRG,
+//!   created-at, who dealt ([`Dealer`]), the client fingerprints allowed to consume the
+//!   server's part, per-shard blake3 and size, counts per material kind per party, and
+//!   where each session starts.
+//! * `pX.shard`: a 64-byte preamble (`SHLMSHRD`, format version `u32`, party `u32`,
+//!   trailer offset `u64`, trailer length `u64`, little-endian), then every raw
+//!   component stream of that party as a raw little-endian `u64` array at a 64-byte
+//!   aligned offset (narrow values, the OT strings, bit-packed at their width), then a
+//!   JSON trailer (the party's seed, each stream's offset and length, the words
+//!   available in every component stream). Memory-mapped on open; the whole file's
+//!   blake3 is checked against the manifest before anything is used ([`store`]).
+//! * One-time use ([`journal`]): consumption is recorded durably **before** material
+//!   is handed out, in two places: `pX.journal` beside the shard and a ledger in the
+//!   user's state directory keyed by bundle id, which survives a deleted journal or a
+//!   restored copy of the bundle. A session reserves its whole range with one write
+//!   when it starts; a crash wastes at most the session in progress.
+//! * `pX.lock`: an exclusive `flock` while a process uses that party's material.
+
+mod journal;
+mod store;
+mod writer;
+
+pub use journal::Ledger;
+pub use store::{OpenOptions, Reserve};
+pub use writer::BundleWriter;
+
+use super::MaterialError;
+use crate::prg::PrgKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Version of the bundle format this code writes and reads.
+pub const FORMAT_VERSION: u32 = 2;
+
+pub(crate) const PARTIES: [&str; 2] = ["p0", "p1"];
+
+/// How much of one kind a party's shard holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindCount {
+    /// Requests (forward-pass steps) dealt.
+    pub requests: u64,
+    /// Elements: triples, pairs, matrices, OTs, words of AND triples, daBits, or rows of
+    /// masked-linear material.
+    pub elements: u64,
+}
+
+/// One shard as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// File name inside the party's directory.
+    pub file: String,
+    /// blake3 of the whole file, hex.
+    pub blake3: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Who dealt a bundle, and so which promise holds (DESIGN.md section 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DealerRole {
+    /// The client party dealt for itself. Fine for variants where only the client holds
+    /// material (v2, v3). For fully private variants the prompt stays private from the
+    /// server, but the client could recover every intermediate activation.
+    Client,
+    /// A host independent of both parties (a third machine, an HSM or enclave): each
+    /// party sees only its own part, and every promise of the variant holds.
+    Independent,
+}
+
+impl DealerRole {
+    /// One line on what this dealer means for a variant whose server holds material
+    /// (`both_parties`) or not.
+    pub fn promise(self, both_parties: bool) -> &'static str {
+        match (self, both_parties) {
+            (_, false) => "the server holds no material: the client may deal for itself",
+            (DealerRole::Independent, true) => {
+                "dealt by a host independent of both parties: each party sees only its own part"
+            }
+            (DealerRole::Client, true) => {
+                "dealt by the client itself: the prompt stays private from the server, but this client could recover every intermediate activation (deal on an independent host for the full promise)"
+            }
+        }
+    }
+}
+
+/// The dealer of a bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dealer {
+    /// Its role.
+    pub role: DealerRole,
+    /// The host it ran on, as it named itself.
+    pub host: String,
+}
+
+/// `manifest.json` of a bundle (also in each party's directory).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// blake3 of the shard hashes and the nonce, hex.
+    pub bundle_id: String,
+    /// Random 16 bytes, hex: two bundles dealt from the same seed still differ.
+    pub nonce: String,
+    /// Fingerprint of the model the bundle was dealt for.
+    pub model_fingerprint: String,
+    /// Protocol variant.
+    pub variant: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    /// PRG of the seeded components.
+    pub prg: PrgKind,
+    /// Who dealt it.
+    pub dealer: Dealer,
+    /// Client certificate fingerprints allowed to consume the server's part (empty:
+    /// any client the server allows).
+    pub bound_clients: Vec<String>,
+    /// Shards by party (`p0`, `p1`); a party without material has none.
+    pub shards: BTreeMap<String, ShardInfo>,
+    /// Counts per party, then per kind.
+    pub counts: BTreeMap<String, BTreeMap<String, KindCount>>,
+    /// Where each dealt session starts: the stream cursors at its first request. A
+    /// session reserves everything up to the next start; a party that ends a session
+    /// early skips to the next start, so sessions never share material and never
+    /// misalign.
+    pub sessions: Vec<BTreeMap<String, u64>>,
+}
+
+impl Manifest {
+    /// Reads and checks `DIR/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest, MaterialError> {
+        let path = dir.join("manifest.json");
+        let text = fs::read_to_string(&path).map_err(|e| MaterialError::Format {
+            path: path.clone(),
+            detail: format!(
+                "cannot read the bundle manifest ({e}); is this a party's part of a bundle written by `shardlm-client dealer`?"
+            ),
+        })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| MaterialError::Format {
+            path: path.clone(),
+            detail: format!("not a valid bundle manifest ({e}); regenerate with `shardlm-client dealer ...`"),
+        })?;
+        if m.format_version != FORMAT_VERSION {
+            return Err(MaterialError::Format {
+                path,
+                detail: format!(
+                    "bundle format version {} but this build reads version {FORMAT_VERSION}; regenerate with this build's `shardlm-client dealer`",
+                    m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    /// Index of the first session starting at or after `consumed` on every stream:
+    /// where the next session must begin. `None` when no dealt session is left.
+    pub fn next_session(&self, consumed: &BTreeMap<String, u64>) -> Option<usize> {
+        self.sessions
+            .iter()
+            .position(|start| consumed.iter().all(|(k, &v)| v <= start.get(k).copied().unwrap_or(0)))
+    }
+
+    /// Whether a party holding `consumed` is exactly at the start of session `index`.
+    pub fn at_session_start(&self, consumed: &BTreeMap<String, u64>, index: usize) -> bool {
+        self.sessions
+            .get(index)
+            .is_some_and(|start| consumed.iter().all(|(k, &v)| v == start.get(k).copied().unwrap_or(0)))
+    }
+}
+
+/// Where party `me`'s part of a bundle is, given the directory a user pointed at:
+/// `DIR/pX` when it exists, else `DIR` itself. Refuses a directory that holds the other
+/// party's part, naming what to do.
+pub(crate) fn party_dir(dir: &Path, me: usize) -> Result<PathBuf, MaterialError> {
+    let (mine, other) = (PARTIES[me], PARTIES[1 - me]);
+    let part = if dir.join(mine).is_dir() { dir.join(mine) } else { dir.to_path_buf() };
+    for found in [dir.join(other), part.join(other), part.join(format!("{other}.shard"))] {
+        if found.exists() {
+            let who = if me == 0 { "client" } else { "server" };
+            let risk = if me == 0 {
+                "a client that can read the server's part can recover every intermediate activation"
+            } else {
+                "a server that can read the client's part learns the prompt from the first opening"
+            };
+            return Err(MaterialError::OtherPartyPart {
+                dir: dir.to_path_buf(),
+                found,
+                detail: format!(
+                    "the {who} ({mine}) must be given only its own part ({risk}): pass the {mine} directory of the bundle, and keep {other}'s part off this host"
+                ),
+            });
+        }
+    }
+    Ok(part)
+}
