@@ -454,81 +454,87 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     );
     let blocks = src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs));
     match ty {
-        GgmlType::F32 => {
-            for (b, y) in blocks {
-                y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        GgmlType::F16 => {
-            for (b, y) in blocks {
-                y[0] = f16(b, 0);
-            }
-        }
-        GgmlType::Q8_0 => {
-            for (b, y) in blocks {
-                let d = f16(b, 0);
-                for (yi, &q) in y.iter_mut().zip(&b[2..34]) {
-                    *yi = (q as i8) as f32 * d;
-                }
-            }
-        }
-        GgmlType::Q5_0 => {
-            for (b, y) in blocks {
-                let d = f16(b, 0);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let qs = &b[6..22];
-                for j in 0..16 {
-                    let h0 = ((qh >> j) & 1) as u8;
-                    let h1 = ((qh >> (j + 16)) & 1) as u8;
-                    let x0 = ((qs[j] & 0x0F) | (h0 << 4)) as i32 - 16;
-                    let x1 = ((qs[j] >> 4) | (h1 << 4)) as i32 - 16;
-                    y[j] = d * x0 as f32;
-                    y[j + 16] = d * x1 as f32;
-                }
-            }
-        }
-        GgmlType::Q4K => {
-            for (b, y) in blocks {
-                let d = f16(b, 0);
-                let dmin = f16(b, 2);
-                let scales = &b[4..16];
-                let qs = &b[16..144];
-                for (k, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-                    let (sc1, m1) = scale_min_k4(2 * k, scales);
-                    let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
-                    let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
-                    let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
-                    for l in 0..32 {
-                        y[l] = d1 * (q[l] & 0x0F) as f32 - min1;
-                        y[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
-                    }
-                }
-            }
-        }
-        GgmlType::Q6K => {
-            for (b, y) in blocks {
-                let d = f16(b, 208);
-                for half in 0..2 {
-                    let ql = &b[64 * half..64 * half + 64];
-                    let qh = &b[128 + 32 * half..128 + 32 * half + 32];
-                    let sc = &b[192 + 8 * half..192 + 8 * half + 8];
-                    let y = &mut y[128 * half..128 * half + 128];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
-                        let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                        let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                        let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) << 4)) as i32 - 32;
-                        y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                        y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                        y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                        y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                    }
-                }
-            }
-        }
+        GgmlType::F32 => blocks.for_each(|(b, y)| dequantize_f32(b, y)),
+        GgmlType::F16 => blocks.for_each(|(b, y)| dequantize_f16(b, y)),
+        GgmlType::Q8_0 => blocks.for_each(|(b, y)| dequantize_q8_0(b, y)),
+        GgmlType::Q5_0 => blocks.for_each(|(b, y)| dequantize_q5_0(b, y)),
+        GgmlType::Q4K => blocks.for_each(|(b, y)| dequantize_q4_k(b, y)),
+        GgmlType::Q6K => blocks.for_each(|(b, y)| dequantize_q6_k(b, y)),
     }
     Ok(())
+}
+
+/// One `F32` value: its 4 little-endian bytes.
+fn dequantize_f32(b: &[u8], y: &mut [f32]) {
+    y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+}
+
+/// One `F16` value, widened.
+fn dequantize_f16(b: &[u8], y: &mut [f32]) {
+    y[0] = f16(b, 0);
+}
+
+/// One `Q8_0` block (32 values): `y[i] = d * qs[i]`.
+fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
+    let d = f16(b, 0);
+    for (yi, &q) in y.iter_mut().zip(&b[2..34]) {
+        *yi = (q as i8) as f32 * d;
+    }
+}
+
+/// One `Q5_0` block (32 values): low nibbles plus a high bit each, minus 16, times `d`.
+fn dequantize_q5_0(b: &[u8], y: &mut [f32]) {
+    let d = f16(b, 0);
+    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+    let qs = &b[6..22];
+    for j in 0..16 {
+        let h0 = ((qh >> j) & 1) as u8;
+        let h1 = ((qh >> (j + 16)) & 1) as u8;
+        let x0 = ((qs[j] & 0x0F) | (h0 << 4)) as i32 - 16;
+        let x1 = ((qs[j] >> 4) | (h1 << 4)) as i32 - 16;
+        y[j] = d * x0 as f32;
+        y[j + 16] = d * x1 as f32;
+    }
+}
+
+/// One `Q4_K` block (256 values): 8 sub-blocks with a 6-bit scale and min each.
+fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
+    let d = f16(b, 0);
+    let dmin = f16(b, 2);
+    let scales = &b[4..16];
+    let qs = &b[16..144];
+    for (k, (q, y)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * k, scales);
+        let (sc2, m2) = scale_min_k4(2 * k + 1, scales);
+        let (d1, min1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, min2) = (d * sc2 as f32, dmin * m2 as f32);
+        for l in 0..32 {
+            y[l] = d1 * (q[l] & 0x0F) as f32 - min1;
+            y[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
+        }
+    }
+}
+
+/// One `Q6_K` block (256 values): two halves of 128, 6-bit values with `i8` scales.
+fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
+    let d = f16(b, 208);
+    for half in 0..2 {
+        let ql = &b[64 * half..64 * half + 64];
+        let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+        let sc = &b[192 + 8 * half..192 + 8 * half + 8];
+        let y = &mut y[128 * half..128 * half + 128];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | ((qh[l] >> 6) << 4)) as i32 - 32;
+            y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+            y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+            y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+            y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+        }
+    }
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j` (0..8) of a
