@@ -374,3 +374,25 @@ fn fewer_layers_in_config_than_in_weights_is_refused() {
     assert!(matches!(e, LoadError::ExtraLayer { layers: 1, .. }), "{e}");
     assert!(e.to_string().contains("model.safetensors: tensor `model.layers.1."), "{e}");
 }
+
+/// Issue 14's reproducer: `num_hidden_layers = 2^40` in config.json made serve, generate
+/// and the dealer abort allocating the layer list; the directory now fails to open with
+/// the config error naming the file, the field and the bound.
+#[test]
+fn config_with_2_pow_40_layers_is_a_load_error() {
+    let t = tempfile::tempdir().unwrap();
+    let src = fixtures::tiny_bytes();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), t.path().join(f)).unwrap();
+    }
+    let mut config = original().config.clone();
+    config["num_hidden_layers"] = json!(1u64 << 40);
+    std::fs::write(t.path().join("config.json"), config.to_string()).unwrap();
+    let e = ModelDir::open(t.path()).unwrap_err();
+    assert!(matches!(e, LoadError::Config { .. }), "{e}");
+    let want = format!(
+        "{}: model config field `num_hidden_layers`: 1099511627776 is above the supported maximum of 1024",
+        t.path().join("config.json").display()
+    );
+    assert_eq!(e.to_string(), want);
+}
