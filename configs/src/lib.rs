@@ -18,5 +18,7 @@ mod model;
 pub mod paths;
 mod protocol;
 
-pub use model::{ConfigError, ModelConfig, PRESET_NAMES};
+pub use model::{
+    ConfigError, ModelConfig, MAX_LAYERS, MAX_PARAMETERS, MAX_POSITIONS, MAX_VOCAB, MAX_WIDTH, PRESET_NAMES,
+};
 pub use protocol::{FixedPoint, Timeouts, Variant};

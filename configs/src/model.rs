@@ -3,6 +3,20 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Largest `num_hidden_layers` accepted (the largest Qwen2 has 80).
+pub const MAX_LAYERS: usize = 1024;
+/// Largest `hidden_size`, `intermediate_size`, and query or key/value width
+/// (`heads x head_dim`) accepted: 2^20 (the largest Qwen2 is 8192 wide, MLP 29568).
+pub const MAX_WIDTH: usize = 1 << 20;
+/// Largest `vocab_size` accepted: 2^22 (Qwen2 has 152064 rows).
+pub const MAX_VOCAB: usize = 1 << 22;
+/// Largest `max_position_embeddings` accepted: 2^24 (Qwen2 has 32768 or 131072).
+pub const MAX_POSITIONS: usize = 1 << 24;
+/// Largest number of parameters a config may imply: 2^40 elements (Qwen2.5-72B has
+/// 7.3 x 10^10), so that every tensor and the whole model are sized in `u64` without
+/// overflow and a config alone cannot ask for an absurd allocation.
+pub const MAX_PARAMETERS: u64 = 1 << 40;
+
 /// Names accepted by [`ModelConfig::preset`].
 pub const PRESET_NAMES: &[&str] =
     &["tiny", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-14b", "qwen2.5-72b"];
@@ -107,6 +121,14 @@ struct HfConfig {
 struct HfRopeParameters {
     rope_theta: Option<f64>,
     rope_type: Option<String>,
+}
+
+/// One `eos_token_id` entry: a token id, which fits `u32` (it used to be truncated).
+fn eos_token_id(v: &serde_json::Value) -> Result<u32, ConfigError> {
+    v.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| ConfigError::Field {
+        field: "eos_token_id",
+        problem: format!("{v} is not a token id (an integer from 0 to {}), nor a list of them", u32::MAX),
+    })
 }
 
 fn required<T>(value: Option<T>, field: &'static str) -> Result<T, ConfigError> {
@@ -250,12 +272,10 @@ impl ModelConfig {
         let num_attention_heads = required(hf.num_attention_heads, "num_attention_heads")?;
         let rope_theta =
             hf.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(hf.rope_theta).unwrap_or(10_000.0);
-        let eos_token_ids = match hf.eos_token_id {
-            Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(serde_json::Value::Array(a)) => {
-                a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect()
-            }
-            _ => Vec::new(),
+        let eos_token_ids = match &hf.eos_token_id {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::Array(a)) => a.iter().map(eos_token_id).collect::<Result<_, _>>()?,
+            Some(v) => vec![eos_token_id(v)?],
         };
         let c = ModelConfig {
             name: name.into(),
@@ -317,6 +337,50 @@ impl ModelConfig {
                 return Err(ConfigError::Field { field, problem: "must be positive".into() });
             }
         }
+        let bounded: [(&'static str, usize, usize); 5] = [
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ];
+        for (field, v, max) in bounded {
+            if v > max {
+                return Err(ConfigError::Field {
+                    field,
+                    problem: format!("{v} is above the supported maximum of {max}"),
+                });
+            }
+        }
+        if self.max_position_embeddings == 0 {
+            return Err(ConfigError::Field {
+                field: "max_position_embeddings",
+                problem: "must be positive".into(),
+            });
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(ConfigError::Field {
+                field: "num_attention_heads",
+                problem: format!(
+                    "{} does not divide hidden_size = {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            });
+        }
+        for (field, heads) in [
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+        ] {
+            if heads.checked_mul(self.head_dim).is_none_or(|width| width > MAX_WIDTH) {
+                let head_dim = self.head_dim;
+                return Err(ConfigError::Field {
+                    field,
+                    problem: format!(
+                        "{heads} heads of head_dim {head_dim} are wider than the supported maximum of {MAX_WIDTH}"
+                    ),
+                });
+            }
+        }
         if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(ConfigError::Field {
                 field: "num_key_value_heads",
@@ -338,10 +402,43 @@ impl ModelConfig {
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             return Err(ConfigError::Field { field: "rms_norm_eps", problem: "must be in (0, 1)".into() });
         }
-        if self.vocab_size > u32::MAX as usize {
-            return Err(ConfigError::Field { field: "vocab_size", problem: "exceeds u32".into() });
+        // Every width is now at most 2^22, so each product below fits u64; the sum is
+        // checked anyway.
+        match self.parameter_count_u64() {
+            Some(n) if n <= MAX_PARAMETERS => {}
+            n => {
+                return Err(ConfigError::Field {
+                    field: "num_hidden_layers",
+                    problem: format!(
+                        "{} layers of hidden_size {}, intermediate_size {} and vocab_size {} make {} \
+                         parameters, above the supported maximum of {MAX_PARAMETERS}",
+                        self.num_hidden_layers,
+                        self.hidden_size,
+                        self.intermediate_size,
+                        self.vocab_size,
+                        n.map_or("more than 2^64".to_string(), |n| n.to_string())
+                    ),
+                })
+            }
         }
         Ok(())
+    }
+
+    /// [`ModelConfig::parameter_count`] in checked `u64` arithmetic; `None` on overflow.
+    fn parameter_count_u64(&self) -> Option<u64> {
+        let u = |v: usize| u64::try_from(v).ok();
+        let (h, i, v) = (u(self.hidden_size)?, u(self.intermediate_size)?, u(self.vocab_size)?);
+        let q = u(self.num_attention_heads)?.checked_mul(u(self.head_dim)?)?;
+        let kv = u(self.num_key_value_heads)?.checked_mul(u(self.head_dim)?)?;
+        let attn = h
+            .checked_mul(q)?
+            .checked_add(q)?
+            .checked_add(h.checked_mul(kv)?.checked_add(kv)?.checked_mul(2)?)?
+            .checked_add(q.checked_mul(h)?)?;
+        let layer = attn.checked_add(h.checked_mul(i)?.checked_mul(3)?)?.checked_add(h.checked_mul(2)?)?;
+        let embed = v.checked_mul(h)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed.checked_add(u(self.num_hidden_layers)?.checked_mul(layer)?)?.checked_add(h)?.checked_add(head)
     }
 
     /// Width of the query projection output.
@@ -403,6 +500,62 @@ mod tests {
         assert_eq!(c.head_dim, 16);
         assert_eq!(c.rope_theta, 1e6);
         assert!(c.tie_word_embeddings);
+    }
+
+    fn tiny_with(field: &str, value: serde_json::Value) -> Result<ModelConfig, ConfigError> {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&ModelConfig::preset("tiny").unwrap().to_hf_json()).unwrap();
+        v[field] = value;
+        ModelConfig::from_hf_json(&v.to_string(), "tiny")
+    }
+
+    /// Issue 14's reproducer: `num_hidden_layers = 2^40` made serve, generate and the
+    /// dealer abort on allocation; it is now a config error naming the field and bound.
+    #[test]
+    fn layers_of_2_pow_40_is_a_clear_error() {
+        let e = tiny_with("num_hidden_layers", (1u64 << 40).into()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "model config field `num_hidden_layers`: 1099511627776 is above the supported maximum of 1024"
+        );
+    }
+
+    #[test]
+    fn sizes_are_bounded_and_errors_name_the_field_and_bound() {
+        for (field, value, needle) in [
+            ("hidden_size", 1u64 << 21, "`hidden_size`: 2097152 is above the supported maximum of 1048576"),
+            (
+                "intermediate_size",
+                1 << 40,
+                "`intermediate_size`: 1099511627776 is above the supported maximum",
+            ),
+            ("vocab_size", 1 << 23, "`vocab_size`: 8388608 is above the supported maximum of 4194304"),
+            ("max_position_embeddings", 1 << 63, "`max_position_embeddings`: 9223372036854775808 is above"),
+            ("max_position_embeddings", 0, "`max_position_embeddings`: must be positive"),
+            ("num_attention_heads", 3, "`num_attention_heads`: 3 does not divide hidden_size = 64"),
+            ("head_dim", 1 << 40, "`num_attention_heads`: 4 heads of head_dim 1099511627776 are wider"),
+            ("head_dim", 15, "`head_dim`: 15 is odd"),
+            ("eos_token_id", 1 << 32, "`eos_token_id`: 4294967296 is not a token id"),
+        ] {
+            let e = tiny_with(field, value.into()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{field}={value}: {e}");
+        }
+        let e = tiny_with("eos_token_id", serde_json::json!([256, -1])).unwrap_err().to_string();
+        assert!(e.contains("`eos_token_id`: -1 is not a token id"), "{e}");
+        assert_eq!(
+            tiny_with("eos_token_id", serde_json::json!(null)).unwrap().eos_token_ids,
+            Vec::<u32>::new()
+        );
+        // Each width within its bound, but together above 2^40 parameters.
+        let mut c = ModelConfig::preset("tiny").unwrap();
+        (c.hidden_size, c.intermediate_size, c.head_dim, c.num_hidden_layers) =
+            (1 << 20, 1 << 20, 1 << 18, 1024);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("above the supported maximum of 1099511627776"), "{e}");
+        // Every preset is within the bounds.
+        for name in PRESET_NAMES {
+            ModelConfig::preset(name).unwrap();
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ pub fn client_handshake<C: Channel + ?Sized>(
 ) -> Result<ServerInfo> {
     chan.send_msg(Lane::Control, hello)?;
     let bytes = chan.recv_bytes_within(Lane::Control, timeout)?;
-    let answer: ServerHello = bincode::deserialize(&bytes).map_err(|e| TransportError::Protocol {
+    let answer: ServerHello = crate::decode_msg(&bytes).map_err(|e| TransportError::Protocol {
         peer: chan.peer(),
         problem: format!(
             "cannot decode the server's handshake answer ({e}); is it a ShardLM server of a compatible release?"
@@ -295,7 +295,7 @@ pub fn server_handshake<C: Channel + ?Sized>(
     admit: &dyn Fn(&ClientHello) -> std::result::Result<(), Mismatch>,
 ) -> Result<(ClientHello, Option<SessionSlot>)> {
     let bytes = chan.recv_bytes_within(Lane::Control, timeout)?;
-    let hello: ClientHello = match bincode::deserialize(&bytes) {
+    let hello: ClientHello = match crate::decode_msg(&bytes) {
         Ok(h) => h,
         Err(e) => {
             let problem = format!(
@@ -357,6 +357,31 @@ mod tests {
             params: SessionParams { prompt_tokens: 3, max_new_tokens: 2, all_rows: false },
             material: None,
         })
+    }
+
+    /// The hellos' wire format is bincode 1's legacy one (fixed-width little-endian
+    /// integers, u64 length prefixes, u32 enum tags), byte for byte; the bounded decoder
+    /// must not change it.
+    #[test]
+    fn hello_encoding_is_unchanged() {
+        let hello = session("v3-mpc", "blake3:aaaa");
+        let mut want = vec![1, 0, 0, 0, 0, 0, 0, 0]; // protocol_version 1, Request::Session
+        want.extend([6, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend(b"v3-mpc");
+        want.extend([11, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend(b"blake3:aaaa");
+        want.extend([7; 16]);
+        assert_eq!(crate::encode_msg(&hello).unwrap(), want);
+        assert_eq!(bincode::serialize(&hello).unwrap(), want);
+        assert_eq!(crate::decode_msg::<ClientHello>(&want).unwrap(), hello);
+        let answer = ServerHello::Accepted(info());
+        let bytes = crate::encode_msg(&answer).unwrap();
+        assert_eq!(bytes, bincode::serialize(&answer).unwrap());
+        assert_eq!(&bytes[..12], &[0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]); // Accepted, "tiny"
+        assert_eq!(crate::decode_msg::<ServerHello>(&bytes).unwrap(), answer);
+        // Trailing bytes are still allowed, as bincode::deserialize allowed them.
+        want.push(0xAA);
+        assert_eq!(crate::decode_msg::<ClientHello>(&want).unwrap(), hello);
     }
 
     #[test]

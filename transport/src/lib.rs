@@ -339,20 +339,51 @@ impl<C: Channel + ?Sized> Channel for Box<C> {
     }
 }
 
+/// The bincode configuration of control messages: bincode 1's legacy wire format
+/// (fixed-width little-endian integers, trailing bytes allowed), byte for byte what
+/// `bincode::serialize` writes.
+fn wire_format() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes()
+}
+
+/// Encodes a control message (identical to `bincode::serialize`).
+pub(crate) fn encode_msg<T: serde::Serialize + ?Sized>(msg: &T) -> bincode::Result<Vec<u8>> {
+    use bincode::Options;
+    wire_format().serialize(msg)
+}
+
+/// Decodes a control message received from the peer with a size limit of the message's
+/// own length: a string or byte length prefix inside it that claims more is refused
+/// (`the size limit has been reached`) before anything is allocated for it. A
+/// sequence's elements are preallocated by serde up to its cautious 1 MiB cap before
+/// they are read. (bincode 1 ignores the limit when decoding a slice, so this decodes
+/// through its reader interface, where the limit is enforced.)
+pub(crate) fn decode_msg<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> bincode::Result<T> {
+    use bincode::Options;
+    wire_format().with_limit(bytes.len() as u64).deserialize_from(bytes).map_err(|e| match *e {
+        bincode::ErrorKind::SizeLimit => Box::new(bincode::ErrorKind::Custom(format!(
+            "the {}-byte message is truncated, or a length inside it claims more than it holds",
+            bytes.len()
+        ))),
+        other => Box::new(other),
+    })
+}
+
 /// Typed control messages over any [`Channel`] (bincode, size-checked by the channel's
-/// frame cap before decoding).
+/// frame cap before decoding, and decoded within the message's own length).
 pub trait ChannelExt: Channel {
     /// Sends a serde value on `lane`.
     fn send_msg<T: serde::Serialize>(&mut self, lane: Lane, msg: &T) -> Result<()> {
-        let bytes = bincode::serialize(msg)
-            .map_err(|e| TransportError::Malformed { lane, problem: e.to_string() })?;
+        let bytes =
+            encode_msg(msg).map_err(|e| TransportError::Malformed { lane, problem: e.to_string() })?;
         self.send_bytes(lane, &bytes)
     }
 
     /// Receives and decodes a serde value from `lane`.
     fn recv_msg<T: serde::de::DeserializeOwned>(&mut self, lane: Lane) -> Result<T> {
         let bytes = self.recv_bytes(lane)?;
-        bincode::deserialize(&bytes).map_err(|e| TransportError::Malformed {
+        decode_msg(&bytes).map_err(|e| TransportError::Malformed {
             lane,
             problem: format!("cannot decode {}: {e}", std::any::type_name::<T>()),
         })

@@ -89,6 +89,16 @@ pub enum LoadError {
         /// Shape in the file.
         found: Vec<usize>,
     },
+    /// A tensor belongs to a decoder layer that `config.json` does not have.
+    #[error("{path}: tensor `{name}` belongs to a layer beyond the {layers} of config.json; the config and the weights disagree")]
+    ExtraLayer {
+        /// The file.
+        path: PathBuf,
+        /// The tensor name.
+        name: String,
+        /// `num_hidden_layers` of the config.
+        layers: usize,
+    },
     /// A tensor is stored in a dtype the engine does not read.
     #[error("{path}: tensor `{name}` has dtype {dtype}; supported are BF16, F16 and F32")]
     Dtype {
@@ -239,6 +249,23 @@ impl ModelDir {
             .collect::<Result<Vec<_>, _>>()?;
         let reader = Reader { dir: self, files: &parsed };
         let c = &self.config;
+        // Weights of more layers than the config has: loading the first ones only would
+        // silently run another model than the checkpoint's.
+        for (path, st) in &parsed {
+            for name in st.names() {
+                let layer = name
+                    .strip_prefix("model.layers.")
+                    .and_then(|rest| rest.split('.').next())
+                    .and_then(|l| l.parse::<usize>().ok());
+                if layer.is_some_and(|l| l >= c.num_hidden_layers) {
+                    return Err(LoadError::ExtraLayer {
+                        path: path.clone(),
+                        name: name.clone(),
+                        layers: c.num_hidden_layers,
+                    });
+                }
+            }
+        }
         let (h, q, kv, inter) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
 
         let embed = reader.get("model.embed_tokens.weight", &[c.vocab_size, h])?;

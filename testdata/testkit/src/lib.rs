@@ -5,9 +5,12 @@
 //!   tests use only when present and otherwise skip with a printed reason.
 //! * [`two_party`]: both parties in one process over the in-memory channel pair.
 //! * [`bins`]: the two binaries as a user runs them (keygen, a server on 127.0.0.1).
+//! * [`campaign`]: seeded fuzz/property campaigns, short by default and long with
+//!   `SHARDLM_LONG_TESTS=1` (std only; configs and transport include the file by path).
 #![deny(missing_docs)]
 
 pub mod bins;
+pub mod campaign;
 pub mod fixtures;
 
 use shardlm_transport::memory::{pair, MemoryChannel};
