@@ -365,12 +365,14 @@ mod tests {
     #[test]
     fn hello_encoding_is_unchanged() {
         let hello = session("v3-mpc", "blake3:aaaa");
-        let mut want = vec![1, 0, 0, 0, 0, 0, 0, 0]; // protocol_version 1, Request::Session
+        let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0]; // protocol_version 2, Request::Session
         want.extend([6, 0, 0, 0, 0, 0, 0, 0]);
         want.extend(b"v3-mpc");
         want.extend([11, 0, 0, 0, 0, 0, 0, 0]);
         want.extend(b"blake3:aaaa");
         want.extend([7; 16]);
+        want.extend([3, 0, 0, 0, 2, 0, 0, 0, 0]); // params: 3 prompt tokens, 2 new, last row
+        want.push(0); // material: None
         assert_eq!(crate::encode_msg(&hello).unwrap(), want);
         assert_eq!(bincode::serialize(&hello).unwrap(), want);
         assert_eq!(crate::decode_msg::<ClientHello>(&want).unwrap(), hello);

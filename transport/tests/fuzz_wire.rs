@@ -18,8 +18,8 @@ use shardlm_transport::frame::{
     FrameDecoder, FrameEncoder, FrameHeader, FrameLimits, Reassembler, HEADER_LEN,
 };
 use shardlm_transport::handshake::{
-    check_hello, client_handshake, server_handshake, ClientHello, Mismatch, Request, ServerHello, ServerInfo,
-    PROTOCOL_VERSION,
+    check_hello, client_handshake, server_handshake, ClientHello, MaterialBinding, Mismatch, Request,
+    ServerHello, ServerInfo, SessionParams, SessionSlots, PROTOCOL_VERSION,
 };
 use shardlm_transport::{memory, Channel, Lane, TransportError};
 use std::time::Duration;
@@ -443,10 +443,19 @@ fn random_hello(rng: &mut ChaCha8Rng) -> ClientHello {
         _ => {
             let mut session_id = [0u8; 16];
             rng.fill_bytes(&mut session_id);
+            let params = SessionParams {
+                prompt_tokens: rng.next_u32(),
+                max_new_tokens: rng.next_u32(),
+                all_rows: chance(rng, 50),
+            };
+            let material = chance(rng, 50)
+                .then(|| MaterialBinding { bundle_id: random_string(rng), session: rng.next_u64() });
             Request::Session {
                 variant: pick(rng, &["v2", "v3-mpc", "v3-ot"]),
                 model_fingerprint: pick(rng, &["blake3:aaaa", "blake3:bbbb"]),
                 session_id,
+                params,
+                material,
             }
         }
     };
@@ -455,6 +464,9 @@ fn random_hello(rng: &mut ChaCha8Rng) -> ClientHello {
 }
 
 fn random_answer(rng: &mut ChaCha8Rng, hello: &ClientHello) -> ServerHello {
+    if chance(rng, 5) {
+        return ServerHello::Busy { active: rng.next_u32(), max: rng.next_u32() };
+    }
     if chance(rng, 25) {
         return ServerHello::Rejected(Mismatch {
             field: pick(rng, &["variant", "protocol version", "model fingerprint"]),
@@ -525,10 +537,11 @@ fn handshake_error(e: TransportError) -> CaseResult {
         }
         TransportError::Handshake(m) => {
             let known = ["protocol version", "variant", "model fingerprint"];
-            let field = m.split(" differs").next().unwrap_or("");
+            let field = m.message.split(" differs").next().unwrap_or("");
             let field = known.iter().find(|k| **k == field).copied().unwrap_or("other field (server's text)");
             Ok(Outcome::Rejected(format!("handshake: {field} differs")))
         }
+        TransportError::Busy { .. } => Ok(Outcome::Rejected("busy".into())),
         other => Err(format!("not a protocol or handshake error: {other:?}")),
     }
 }
@@ -561,8 +574,8 @@ fn handshake_case(i: u64) -> CaseResult {
     campaign::reset_peak();
     let outcome = if to_server {
         c.send_bytes(Lane::Control, &bytes).map_err(|e| e.to_string())?;
-        match server_handshake(&mut s, &server_info(), t) {
-            Ok(got) => {
+        match server_handshake(&mut s, &server_info(), t, &SessionSlots::new(4), &|_| Ok(())) {
+            Ok((got, _slot)) => {
                 check_hello(&got, &server_info()).map_err(|m| format!("accepted a mismatched hello: {m}"))?;
                 if bytes == valid && got != hello {
                     return Err(format!("decoded {got:?}, sent {hello:?}"));
@@ -602,6 +615,8 @@ fn huge_length_prefix_in_hello_is_refused_cheaply() {
         variant: "v2".into(),
         model_fingerprint: "blake3:aaaa".into(),
         session_id: [1; 16],
+        params: SessionParams { prompt_tokens: 3, max_new_tokens: 2, all_rows: false },
+        material: None,
     });
     let valid = bincode::serialize(&hello).unwrap();
     // protocol_version (4) + variant index (4), then the variant's u64 length.
@@ -611,7 +626,11 @@ fn huge_length_prefix_in_hello_is_refused_cheaply() {
         let (mut c, mut s) = memory::pair();
         c.send_bytes(Lane::Control, &bytes).unwrap();
         campaign::reset_peak();
-        let err = server_handshake(&mut s, &server_info(), Duration::from_secs(5)).unwrap_err();
+        let err =
+            server_handshake(&mut s, &server_info(), Duration::from_secs(5), &SessionSlots::new(4), &|_| {
+                Ok(())
+            })
+            .unwrap_err();
         assert!(matches!(err, TransportError::Protocol { .. }), "{err:?}");
         assert!(err.to_string().contains("a length inside it claims more than it holds"), "{err}");
         assert!(campaign::peak() < 64 << 10, "allocated {} bytes", campaign::peak());

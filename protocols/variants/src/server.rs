@@ -298,9 +298,11 @@ fn wait_for(
             Err(TryLockError::WouldBlock) if Instant::now() < until => {
                 std::thread::sleep(Duration::from_millis(20))
             }
-            Err(TryLockError::WouldBlock) => return Err(ServeError::Refused(format!(
+            Err(TryLockError::WouldBlock) => {
+                return Err(ServeError::Refused(format!(
                 "the server's bundle is in use by another session for more than {wait:?}; retry when it ends"
-            ))),
+            )))
+            }
         }
     }
 }
