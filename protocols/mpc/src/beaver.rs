@@ -51,12 +51,12 @@ use crate::share::{Role, Shares};
 use shardlm_transport::{Channel, Lane};
 
 /// State of an elementwise multiplication between its message and the peer's.
-#[derive(Debug)]
 pub struct MulState<R: Role> {
     triples: Triples<R>,
     d: Vec<u64>,
     e: Vec<u64>,
 }
+crate::debug_lengths!(MulState<R> { d, e });
 
 /// Core: starts `x * y` with `triples`; returns the state and our message `d_i || e_i`.
 pub fn mul_start<R: Role>(
@@ -97,12 +97,12 @@ pub fn mul_finish<R: Role>(st: MulState<R>, peer: &[u64]) -> Result<Shares<R>, M
 }
 
 /// State of a bit-times-value product between its message and the peer's.
-#[derive(Debug)]
 pub struct BitMulState<R: Role> {
     triples: BitTriples<R>,
     e: Vec<u64>,
     d: Vec<u64>,
 }
+crate::debug_lengths!(BitMulState<R> { e, d });
 
 /// Core: starts `b * x` for XOR-shared bits `bits` (one per element, 0 or 1) and
 /// arithmetic shares `x`; our message is `d_i` (`n` words) then the packed `e_i`.
@@ -154,12 +154,12 @@ pub fn bit_mul_finish<R: Role>(st: BitMulState<R>, peer: &[u64]) -> Result<Share
 }
 
 /// State of a row-scaling product between its message and the peer's.
-#[derive(Debug)]
 pub struct RowMulState<R: Role> {
     triple: RowTriples<R>,
     d: Vec<u64>,
     e: Vec<u64>,
 }
+crate::debug_lengths!(RowMulState<R> { d, e });
 
 /// Core: starts `y_r * x_rj` for `x` (`rows x cols`, row-major) and `y` (`rows`); our
 /// message is `d_r` (`rows` words) then `e_rj`.
@@ -202,21 +202,21 @@ pub fn row_mul_finish<R: Role>(st: RowMulState<R>, peer: &[u64]) -> Result<Share
 }
 
 /// State of a norm square between its message and the peer's.
-#[derive(Debug)]
 pub struct NormSquareState<R: Role> {
     triple: NormTriples<R>,
     d: Vec<u64>,
 }
+crate::debug_lengths!(NormSquareState<R> { d });
 
 /// What a norm square leaves for the row scaling: the opened `x - a` and the rest of
 /// the triple. Consumed by [`norm_scale_start`], once.
-#[derive(Debug)]
 #[must_use = "scale the rows with norm_scale_start"]
 pub struct NormPending<R: Role> {
     triple: NormTriples<R>,
     /// The opened `x - a`.
     d: Vec<u64>,
 }
+crate::debug_lengths!(NormPending<R> { d });
 
 /// Core: starts `x^2` (elementwise) with a norm triple; our message is `x_i - a_i`.
 pub fn norm_square_start<R: Role>(
@@ -254,11 +254,11 @@ pub fn norm_square_finish<R: Role>(
 }
 
 /// State of a norm row scaling between its message and the peer's.
-#[derive(Debug)]
 pub struct NormScaleState<R: Role> {
     pending: NormPending<R>,
     e: Vec<u64>,
 }
+crate::debug_lengths!(NormScaleState<R> { e });
 
 /// Core: starts `y_r x_rj` for the `x` squared before; our message is `y_r - r_r`.
 pub fn norm_scale_start<R: Role>(
@@ -292,11 +292,11 @@ pub fn norm_scale_finish<R: Role>(st: NormScaleState<R>, peer: &[u64]) -> Result
 }
 
 /// State of a powers computation between its message and the peer's.
-#[derive(Debug)]
 pub struct PowersState<R: Role> {
     tuples: PowerTuples<R>,
     d: Vec<u64>,
 }
+crate::debug_lengths!(PowersState<R> { d });
 
 /// Core: starts `x^1 ..= x^D` with power tuples of degree `D`; our message is `d_i`.
 pub fn powers_start<R: Role>(
@@ -398,11 +398,11 @@ pub fn mul<R: Role, C: Channel + ?Sized>(
 }
 
 /// State of a squaring.
-#[derive(Debug)]
 pub struct SquareState<R: Role> {
     pairs: SquarePairs<R>,
     d: Vec<u64>,
 }
+crate::debug_lengths!(SquareState<R> { d });
 
 /// Core: starts `x^2`; our message is `d_i = x_i - a_i`.
 pub fn square_start<R: Role>(
@@ -444,12 +444,12 @@ pub fn square<R: Role, C: Channel + ?Sized>(
 }
 
 /// State of a matrix product.
-#[derive(Debug)]
 pub struct MatMulState<R: Role> {
     triple: MatrixTriple<R>,
     d: Vec<u64>,
     e: Vec<u64>,
 }
+crate::debug_lengths!(MatMulState<R> { d, e });
 
 /// The visible entries of an `m x k` row-major matrix.
 fn visible_entries(x: &[u64], m: usize, k: usize, start: usize) -> Vec<u64> {

@@ -17,12 +17,12 @@ use crate::share::{BitShares, Role, Shares};
 use shardlm_transport::{Channel, Lane};
 
 /// State of a batch of ANDs.
-#[derive(Debug)]
 pub struct AndState<R: Role> {
     triples: AndTriples<R>,
     d: Vec<u64>,
     e: Vec<u64>,
 }
+crate::debug_lengths!(AndState<R> { d, e });
 
 /// Core: starts `x & y` on bit-packed words; our message is `d_i || e_i`.
 pub fn and_start<R: Role>(
@@ -74,11 +74,11 @@ pub fn and<R: Role, C: Channel + ?Sized>(
 }
 
 /// State of a bit-to-arithmetic conversion.
-#[derive(Debug)]
 pub struct B2aState<R: Role> {
     dabits: DaBits<R>,
     c: Vec<u64>,
 }
+crate::debug_lengths!(B2aState<R> { c });
 
 /// Core: starts converting the first `n` bits of `x` (bit `j` of word `j / 64`, bit
 /// `j % 64`); our message is the packed `x_i ^ r_i`.

@@ -129,7 +129,6 @@ pub enum Step<R: Role> {
 }
 
 /// IO-free core of a batched sign-bit computation (module doc has the protocol).
-#[derive(Debug)]
 pub struct Compare<R: Role> {
     n: usize,
     words: usize,
@@ -150,6 +149,7 @@ pub struct Compare<R: Role> {
     levels: Vec<(usize, bool)>,
     phase: Phase,
 }
+crate::debug_lengths!(Compare<R> { top, nodes, masked, levels });
 
 fn plane(values: &[u64], bit: u32, words: usize) -> Vec<u64> {
     let mut out = vec![0u64; words];

@@ -33,6 +33,22 @@
 
 #![deny(missing_docs)]
 
+/// Implements `Debug` showing only the lengths of the named fields: a share, a mask or
+/// one-time material is never printed (logs and panics stay free of secrets).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! debug_lengths {
+    ($ty:ident $(<$g:ident>)? { $($field:ident),* $(,)? }) => {
+        impl$(<$g: $crate::share::Role>)? ::std::fmt::Debug for $ty$(<$g>)? {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                let mut d = f.debug_struct(stringify!($ty));
+                $( d.field(stringify!($field), &format_args!("len {}", self.$field.len())); )*
+                d.finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 pub mod beaver;
 pub mod boolean;
 pub mod compare;

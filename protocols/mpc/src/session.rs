@@ -65,7 +65,7 @@ impl Opened {
 }
 
 /// One audited transfer.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuditEntry {
     /// What the message is.
     pub what: Opened,
@@ -76,6 +76,7 @@ pub struct AuditEntry {
     /// Number of words received.
     pub received_len: usize,
 }
+crate::debug_lengths!(AuditEntry { received });
 
 /// Elementwise or matrix product operands for a batch.
 #[derive(Debug)]

@@ -59,12 +59,12 @@ fn check_params(shift: u32, n: usize, ot_n: usize, ot_choices: usize, ot_bits: u
 }
 
 /// P0's state between its message and P1's answer.
-#[derive(Debug)]
 pub struct TruncP0State {
     shift: u32,
     x: Vec<u64>,
     ots: RandomOts<P0>,
 }
+crate::debug_lengths!(TruncP0State { x });
 
 /// Core, P0 step 1: returns the state and the message (packed bits `b = m0 XOR c`).
 pub fn p0_start(
@@ -79,12 +79,12 @@ pub fn p0_start(
 }
 
 /// P1's state between its message and P0's.
-#[derive(Debug)]
 pub struct TruncP1State {
     shift: u32,
     x: Vec<u64>,
     s0: Vec<u64>,
 }
+crate::debug_lengths!(TruncP1State { x, s0 });
 
 /// Core, P1 step 1: returns the state and the message (packed `F`-bit words
 /// `u = s_0 - s_1 + m1`), which does not depend on P0's.

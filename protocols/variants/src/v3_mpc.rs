@@ -97,11 +97,13 @@ impl<R: Role> SharedTensor<R> {
 }
 
 /// One layer's KV cache as shares, `positions x kv_dim` each.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 struct SharedCache {
     k: Vec<u64>,
     v: Vec<u64>,
 }
+
+shardlm_mpc::debug_lengths!(SharedCache { k, v });
 
 /// A v3-mpc party: [`ModelOps`] on its shares.
 pub struct MpcParty<R: Role, C: Channel, M: MaterialSource<R>> {

@@ -12,7 +12,6 @@ use crate::share::{Role, Shares};
 
 /// Bit triples: a random bit `r` shared both ways (as a daBit) and a Beaver pair
 /// `(a, c = r a)` on it.
-#[derive(Debug)]
 pub struct BitTriples<R: Role> {
     /// XOR shares of `r`, one per element (0 or 1).
     pub bits: Vec<u64>,
@@ -23,6 +22,7 @@ pub struct BitTriples<R: Role> {
     /// Additive shares of `c = r a`.
     pub c: Shares<R>,
 }
+crate::debug_lengths!(BitTriples<R> { bits, r, a, c });
 
 /// `n` bit triples.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

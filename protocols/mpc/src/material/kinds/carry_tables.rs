@@ -18,7 +18,6 @@ use crate::share::{Role, P0};
 use rayon::prelude::*;
 
 /// One-time truth tables for `count` chunk instances (module doc).
-#[derive(Debug)]
 pub struct CarryTables<R: Role> {
     /// Chunk width in bits.
     pub chunk: u32,
@@ -28,6 +27,7 @@ pub struct CarryTables<R: Role> {
     pub tables: Vec<u64>,
     pub(crate) _role: std::marker::PhantomData<R>,
 }
+crate::debug_lengths!(CarryTables<R> { mask, tables });
 
 impl<R: Role> CarryTables<R> {
     /// Words of one table: `2^(2 chunk)` entries of 2 bits.

@@ -11,13 +11,13 @@ use crate::share::{Role, Shares};
 
 /// daBits: a random bit `r` shared both ways, XOR (`bits`, one bit per element in the
 /// low bit of a word) and additively (`arith`).
-#[derive(Debug)]
 pub struct DaBits<R: Role> {
     /// XOR shares of `r`, one per element (0 or 1).
     pub bits: Vec<u64>,
     /// Additive shares of `r`.
     pub arith: Shares<R>,
 }
+crate::debug_lengths!(DaBits<R> { bits, arith });
 
 /// `n` daBits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -10,7 +10,6 @@ use super::super::{LinearWeights, MaterialError};
 use crate::share::P0;
 
 /// Client-assisted linear layer material: a fresh mask `R` and `S = R * enc(W)^T`.
-#[derive(Debug)]
 pub struct MaskedLinear {
     /// Rows (tokens).
     pub n: usize,
@@ -25,6 +24,7 @@ pub struct MaskedLinear {
     /// `S = R * enc(W)^T mod 2^64`, row-major `n x d_out`.
     pub s: Vec<u64>,
 }
+crate::debug_lengths!(MaskedLinear { r, s });
 
 /// Masked-linear material for `n` rows of weight `weight` (`d_out x d_in`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

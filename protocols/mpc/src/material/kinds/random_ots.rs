@@ -14,7 +14,6 @@ use rayon::prelude::*;
 
 /// `count` 1-of-`n_choices` random-OT correlations on `bits`-bit strings. Accessors are
 /// typed by role.
-#[derive(Debug)]
 pub struct RandomOts<R: Role> {
     pub(crate) n_choices: usize,
     pub(crate) bits: u32,
@@ -25,6 +24,7 @@ pub struct RandomOts<R: Role> {
     pub(crate) strings: Vec<u64>,
     pub(crate) _role: std::marker::PhantomData<R>,
 }
+crate::debug_lengths!(RandomOts<R> { index, strings });
 
 impl<R: Role> RandomOts<R> {
     /// Choices per OT.
