@@ -34,14 +34,8 @@
 //! [`MpcParty::costs`] meters bytes and rounds per kind of operation; [`plan_session`]
 //! runs the pass on [`Recorder`] material to list the exact dealer requests.
 //!
-//! **Measured** (Qwen2.5-1.5B shape, 98-token prefill, per layer, P0's view, both
-//! directions): SwiGLU 135 bytes per intermediate element and 13 rounds, attention 373
-//! bytes per causal score and 44 rounds, RMSNorm 29 bytes per element and 16 rounds,
-//! linear units and RoPE at most 2 bytes per output (truncation) and 1 round; in all
-//! 0.140 GiB and 93 rounds per layer, 0.359 GiB of P0 dealer material (P1's is seeds).
-//! Accuracy: Qwen2.5-Coder-0.5B-Instruct top-1 equal to the plaintext engine at all 339
-//! positions of the 9 reference prompts (a near tie with top-2 gap 0.0022 can flip),
-//! |logit error| p99 0.019. Details and the per-function table: README, "v3-mpc".
+//! What it costs (bytes and rounds per operation at the Qwen2.5-1.5B shape) and how
+//! accurate it is on the real model are measured in `docs/v3-mpc.md`.
 
 use crate::RingWeights;
 use shardlm_configs::FixedPoint;
