@@ -694,7 +694,7 @@ fn real_model_agreement_over_all_positions() {
 }
 
 /// Bytes (both directions, per element) and rounds of each nonlinear function, printed as
-/// the table in the README.
+/// the table in docs/v3-mpc.md.
 #[test]
 fn nonlinear_costs_per_element() {
     let n = 4096usize;

@@ -1,0 +1,73 @@
+//! Collecting evidence on the server party, and the hardware providers' verifiers.
+//!
+//! A server is started with the providers that attest it (`serve --cc-provider ...`);
+//! for each session it makes a fresh key and asks every provider for evidence bound to
+//! the session ([`Collector::collect`]). Hardware providers talk to their platform
+//! (`/dev/sev-guest`, TDX's report interface, NVML): where the platform is absent they
+//! refuse with [`AttestError::Unavailable`], saying so.
+
+pub mod nvidia;
+pub mod sev_snp;
+pub mod tdx;
+
+use crate::software::SoftwareProvider;
+use crate::{AttestError, Binding, Evidence, ProviderKind};
+
+/// The providers a server party attests with.
+#[derive(Debug, Default)]
+pub struct Collector {
+    kinds: Vec<ProviderKind>,
+    software: Option<SoftwareProvider>,
+}
+
+impl Collector {
+    /// A collector for `kinds` (`software` needs `software`, the provider with its CA).
+    /// Checks now that every hardware platform is reachable, so a server that cannot
+    /// attest says so at start rather than at its first session.
+    pub fn new(kinds: &[ProviderKind], software: Option<SoftwareProvider>) -> Result<Collector, AttestError> {
+        for k in kinds {
+            match k {
+                ProviderKind::SevSnp => sev_snp::available()?,
+                ProviderKind::Tdx => tdx::available()?,
+                ProviderKind::Nvidia => nvidia::available()?,
+                ProviderKind::Software if software.is_none() => {
+                    return Err(AttestError::Unavailable {
+                        provider: *k,
+                        detail: "the software provider needs its test CA (`--cc-software-ca DIR`)".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(Collector {
+            kinds: kinds.iter().copied().filter(|k| *k != ProviderKind::None).collect(),
+            software,
+        })
+    }
+
+    /// The providers, as configured.
+    pub fn kinds(&self) -> &[ProviderKind] {
+        &self.kinds
+    }
+
+    /// Evidence from every provider, bound to `binding`.
+    pub fn collect(&self, binding: &Binding) -> Result<Evidence, AttestError> {
+        let rd = binding.report_data();
+        let mut parts = Vec::with_capacity(self.kinds.len());
+        for k in &self.kinds {
+            parts.push(match k {
+                ProviderKind::SevSnp => sev_snp::collect(&rd)?,
+                ProviderKind::Tdx => tdx::collect(&rd)?,
+                ProviderKind::Nvidia => nvidia::collect(&binding.gpu_nonce())?,
+                ProviderKind::Software => match &self.software {
+                    Some(s) => s.evidence(&rd)?,
+                    None => {
+                        return Err(AttestError::Unavailable { provider: *k, detail: "no test CA".into() })
+                    }
+                },
+                ProviderKind::None => continue,
+            });
+        }
+        Ok(Evidence { parts })
+    }
+}

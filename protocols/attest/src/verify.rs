@@ -1,0 +1,150 @@
+//! Verification of a server party's evidence, on the client: every part is checked
+//! against the session's [`Binding`], the client's pinned roots (never a root the server
+//! sends) and the [`Policy`]; every provider the policy requires must be present. Fails
+//! closed: the first failed check ends it, naming the check.
+
+use crate::binding::Binding;
+use crate::policy::Policy;
+use crate::software::{self, NO_PROTECTION};
+use crate::{check, AttestError, Evidence, Part, ProviderKind};
+use std::time::SystemTime;
+
+/// What the client trusts beyond the vendors' roots built into this binary.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    /// The software provider's test CA (PEM), given only with the explicit insecure
+    /// flag; `None` refuses software evidence.
+    pub software_ca: Option<String>,
+}
+
+/// What verified evidence established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The providers whose evidence verified.
+    pub providers: Vec<ProviderKind>,
+    /// Whether every verified provider is hardware (no software provider among them).
+    pub hardware: bool,
+    /// One line per provider: what it attested (measurement, TCB, driver), or the
+    /// software provider's warning.
+    pub lines: Vec<String>,
+}
+
+impl Verdict {
+    /// One line for reports: the providers, and the warning when nothing is hardware.
+    pub fn summary(&self) -> String {
+        let names: Vec<&str> = self.providers.iter().map(|p| p.name()).collect();
+        if self.hardware {
+            format!("attested by {}", names.join(" + "))
+        } else {
+            format!("{NO_PROTECTION} ({})", names.join(" + "))
+        }
+    }
+}
+
+/// Verifies `evidence` for the session `binding` under `policy` and `trust`, at `now`.
+pub fn verify(
+    evidence: &Evidence,
+    binding: &Binding,
+    policy: &Policy,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<Verdict, AttestError> {
+    let present = evidence.providers();
+    for required in &policy.require {
+        if !present.contains(required) {
+            return Err(check(
+                "required provider",
+                format!(
+                    "the policy requires {required} evidence but the server sent {}",
+                    if present.is_empty() { "none".to_string() } else { names(&present) }
+                ),
+            ));
+        }
+    }
+    let mut seen = Vec::new();
+    for p in &present {
+        if seen.contains(p) {
+            return Err(check("evidence format", format!("two {p} parts")));
+        }
+        seen.push(*p);
+    }
+    let report_data = binding.report_data();
+    let mut lines = Vec::new();
+    for part in &evidence.parts {
+        if !policy.require.contains(&part.provider()) {
+            return Err(check(
+                "required provider",
+                format!("the server sent {} evidence that the policy does not ask for", part.provider()),
+            ));
+        }
+        lines.push(verify_part(part, binding, &report_data, policy, trust, now)?);
+    }
+    Ok(Verdict { hardware: present.iter().all(|p| p.is_hardware()), providers: present, lines })
+}
+
+fn names(p: &[ProviderKind]) -> String {
+    p.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+}
+
+fn verify_part(
+    part: &Part,
+    binding: &Binding,
+    report_data: &[u8; 64],
+    policy: &Policy,
+    trust: &Trust,
+    now: SystemTime,
+) -> Result<String, AttestError> {
+    match part {
+        Part::Software { statement, signature, chain } => {
+            let ca = trust.software_ca.as_deref().ok_or_else(|| {
+                check(
+                    "software attestation",
+                    "the server attests with the software provider, which gives no hardware protection; accept it only for testing, with --insecure-software-attestation and the test CA",
+                )
+            })?;
+            let m = software::verify_part(statement, signature, chain, ca, report_data, policy, now)?;
+            Ok(format!("software: server binary {m}; {NO_PROTECTION}"))
+        }
+        Part::SevSnp { report, vcek } => {
+            crate::providers::sev_snp::verify(report, vcek, report_data, policy, now)
+        }
+        Part::Tdx { quote, collateral } => {
+            crate::providers::tdx::verify(quote, collateral, report_data, policy, now)
+        }
+        Part::Nvidia { report, cert_chain } => {
+            crate::providers::nvidia::verify(report, cert_chain, &binding.gpu_nonce(), policy, now)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn software_evidence_needs_the_insecure_trust_and_the_policy() {
+        let (ca, p) = crate::software::tests::provider(Duration::from_secs(3600));
+        let b = Binding { nonce: [9; 32], public_key: vec![1; 32], model_fingerprint: "blake3:aa".into() };
+        let ev = Evidence { parts: vec![p.evidence(&b.report_data()).unwrap()] };
+        let now = SystemTime::now();
+        let policy = Policy::software_only();
+        let e = verify(&ev, &b, &policy, &Trust::default(), now).unwrap_err().to_string();
+        assert!(e.contains("software attestation") && e.contains("--insecure-software-attestation"), "{e}");
+        let trust = Trust { software_ca: Some(ca) };
+        let v = verify(&ev, &b, &policy, &trust, now).unwrap();
+        assert!(!v.hardware && v.summary().contains(NO_PROTECTION), "{v:?}");
+        // Replayed evidence from an earlier session (another nonce) is refused.
+        let mut later = b.clone();
+        later.nonce = [10; 32];
+        let e = verify(&ev, &later, &policy, &trust, now).unwrap_err().to_string();
+        assert!(e.contains("nonce binding"), "{e}");
+        // A policy that requires hardware refuses software evidence, naming the provider.
+        let hw = Policy::parse(r#"{"require": ["sev-snp"], "sev_snp": {"measurements": []}}"#).unwrap();
+        let e = verify(&ev, &b, &hw, &trust, now).unwrap_err().to_string();
+        assert!(e.contains("requires sev-snp"), "{e}");
+        // No evidence at all.
+        let e = verify(&Evidence::default(), &b, &policy, &trust, now).unwrap_err().to_string();
+        assert!(e.contains("sent none"), "{e}");
+    }
+}
