@@ -58,8 +58,11 @@ pub struct RunMeasurement {
     pub new_tokens: usize,
     /// Decode step times, ms.
     pub decode_ms: Vec<f64>,
-    /// Traffic of the run.
+    /// Traffic of the run, from the session's start (handshake included).
     pub traffic: Counters,
+    /// Of `traffic`, what was exchanged when the session opened (handshake, attestation,
+    /// material binding): before the timed generation.
+    pub setup: Counters,
     /// Time per operation kind.
     pub phases: PhaseTimes,
 }
@@ -87,6 +90,11 @@ pub struct Report {
     pub bytes_received: u64,
     /// Communication rounds per run.
     pub rounds: u64,
+    /// Of `rounds`, those spent opening the session (handshake, attestation), before
+    /// the timed generation.
+    pub setup_rounds: u64,
+    /// Of the bytes sent and received, those exchanged opening the session.
+    pub setup_bytes: u64,
     /// Traffic per lane, per run.
     pub lanes: BTreeMap<String, serde_json::Value>,
     /// Mean milliseconds per run in each operation kind.
@@ -156,6 +164,8 @@ pub fn report(
         bytes_sent: runs.iter().map(|r| r.traffic.bytes_sent()).sum::<u64>() / n,
         bytes_received: runs.iter().map(|r| r.traffic.bytes_received()).sum::<u64>() / n,
         rounds: runs.iter().map(|r| r.traffic.rounds).sum::<u64>() / n,
+        setup_rounds: runs.iter().map(|r| r.setup.rounds).sum::<u64>() / n,
+        setup_bytes: runs.iter().map(|r| r.setup.bytes_sent() + r.setup.bytes_received()).sum::<u64>() / n,
         lanes: lanes
             .into_iter()
             .map(|(k, (bs, br, ms, mr))| {

@@ -10,6 +10,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use rand::rngs::OsRng;
+use shardlm_attest::providers::Collector;
+use shardlm_attest::{Policy, ProviderKind, Trust};
 use shardlm_configs::{FixedPoint, Timeouts, Variant};
 use shardlm_gpu::Backend;
 use shardlm_model::fingerprint::fingerprint;
@@ -25,6 +27,7 @@ use shardlm_variants::plan::{deal_sessions, plan_session, SessionShape};
 use shardlm_variants::registry::{self, MaterialNeed};
 use shardlm_variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
 use shardlm_variants::session::{open_local, open_private, ClientContext, ClientSession};
+use shardlm_variants::v3_cc::CcTrust;
 use shardlm_variants::RingWeights;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,6 +104,9 @@ impl Remote {
     }
 }
 
+/// How long a software-attestation leaf certificate is valid.
+pub const CC_LEAF_VALIDITY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Sessions an in-process loopback server runs at once.
 const LOOPBACK_SESSIONS: u32 = 4;
 
@@ -111,6 +117,8 @@ pub struct Loopback {
     pub remote: Remote,
     /// Where the in-process server takes each fully private session's P1 material from.
     pub mpc_material: MpcMaterialQueue,
+    /// The test CA (PEM) of the in-process server's software attestation (v3-cc).
+    pub software_ca: String,
     ring: Arc<RingWeights>,
     server: Arc<QuicServer>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -123,14 +131,22 @@ impl Loopback {
         self.ring.clone()
     }
 
-    /// Prepares the server party for `model` on `backend` and starts serving.
+    /// Prepares the server party for `model` on `backend` and starts serving. Its v3-cc
+    /// is attested by the software provider with a CA made for it (`software_ca`, PEM):
+    /// the server runs in the client's own process, so nothing hardware-backed is there.
     pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: Timeouts) -> Result<Self> {
         let server_id = Identity::generate("shardlm-server")?;
         let client_id = Identity::generate("shardlm-client")?;
         let mpc_material = MpcMaterialQueue::default();
+        let ca_dir = tempfile::Builder::new().prefix("shardlm-loopback-ca-").tempdir()?;
+        let ca = shardlm_attest::software::make_ca(ca_dir.path())?;
+        let software_ca = std::fs::read_to_string(&ca)?;
+        let provider = shardlm_attest::software::SoftwareProvider::load(ca_dir.path(), CC_LEAF_VALIDITY)?;
+        let collector = Arc::new(Collector::new(&[ProviderKind::Software], Some(provider))?);
         let party = Arc::new(
             ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?
-                .with_mpc_material(MpcMaterial::Queue(mpc_material.clone())),
+                .with_mpc_material(MpcMaterial::Queue(mpc_material.clone()))
+                .with_cc(collector, &model.fingerprint),
         );
         let ring = party.ring().clone();
         let info = party.info(&model.fingerprint);
@@ -157,7 +173,7 @@ impl Loopback {
                 move |mut chan, hello| party.serve_client(&mut chan, &hello.request).map(|_| ()),
             )
         })?;
-        Ok(Self { remote, mpc_material, ring, server, thread: Some(thread) })
+        Ok(Self { remote, mpc_material, software_ca, ring, server, thread: Some(thread) })
     }
 }
 
@@ -189,6 +205,8 @@ pub enum MaterialSupply {
     /// `--loopback` for a variant that needs both parties' material: the ideal dealer
     /// deals each session, P1's half goes to the in-process server.
     IdealLoopback,
+    /// The variant needs no dealt material (v3-cc).
+    None,
 }
 
 /// How a command reaches the server party, as its flags say.
@@ -210,6 +228,13 @@ pub struct ClientOptions {
     pub initial_window: u64,
     /// Network deadlines.
     pub timeouts: Timeouts,
+    /// v3-cc: the attestation policy file.
+    pub cc_policy: Option<PathBuf>,
+    /// v3-cc: the software provider's test CA (PEM), accepted only with
+    /// `insecure_software_attestation`.
+    pub cc_software_ca: Option<PathBuf>,
+    /// v3-cc: accept the software provider (no hardware protection).
+    pub insecure_software_attestation: bool,
 }
 
 /// A private variant's client side, ready to open sessions.
@@ -256,9 +281,16 @@ impl Client {
             (None, MaterialNeed::BothParties, false) => bail!(
                 "{variant} against a server needs `--material DIR`: P0's part of a bundle from `shardlm-client dealer --variant {variant}` (the server is started with P1's part of the same bundle)"
             ),
-            (None, MaterialNeed::None, _) => bail!("{variant} is not available as a client session in this build"),
+            (None, MaterialNeed::None, _) => MaterialSupply::None,
         };
-        let ctx = ClientContext { weights: model.weights.clone(), ring, chunk_rows: opts.chunk_rows };
+        let cc = if variant == Variant::V3Cc { Some(cc_trust(opts, loopback.as_ref())?) } else { None };
+        let ctx = ClientContext {
+            weights: model.weights.clone(),
+            ring,
+            chunk_rows: opts.chunk_rows,
+            model_fingerprint: model.fingerprint.clone(),
+            cc,
+        };
         let private = Private { ctx, remote, loopback, material, sessions: 0 };
         Ok(Client { variant, backend, private: Some(private) })
     }
@@ -298,7 +330,7 @@ impl Client {
         p.sessions += 1;
         let (mut material, mut binding) = p.session_material(variant, model, shape)?;
         let connected = p.remote.session(variant, model, shape, binding.clone());
-        let chan = match (connected, material.manifest()) {
+        let chan = match (connected, material.as_ref().and_then(Material::manifest)) {
             (Ok((chan, _)), _) => chan,
             (Err(e), Some(_)) if bundle_session_behind(&e).is_some() => {
                 // A session was lost on one side (a crash between reserving and using):
@@ -315,9 +347,9 @@ impl Client {
             }
             (Err(e), _) => return Err(anyhow::Error::new(e).context(p.context(variant))),
         };
-        if let Some(b) = &binding {
+        if let (Some(b), Some(m)) = (&binding, material.as_mut()) {
             // Admitted by the server: reserve the session before any material is used.
-            material.start_session(usize::try_from(b.session).unwrap_or(usize::MAX))?;
+            m.start_session(usize::try_from(b.session).unwrap_or(usize::MAX))?;
         }
         Ok(open_private(variant, shape, &p.ctx, Box::new(chan), material, Seed::random(&mut OsRng))?)
     }
@@ -334,7 +366,7 @@ impl Client {
                     drop(end.material);
                     let _ = std::fs::remove_dir_all(dir.path().join(format!("session-{}", p.sessions)));
                 }
-                MaterialSupply::IdealLoopback => {}
+                MaterialSupply::IdealLoopback | MaterialSupply::None => {}
             }
         }
         Ok(end.counters)
@@ -364,7 +396,7 @@ impl Private {
         variant: Variant,
         model: &LocalModel,
         shape: SessionShape,
-    ) -> Result<(Material<P0>, Option<MaterialBinding>)> {
+    ) -> Result<(Option<Material<P0>>, Option<MaterialBinding>)> {
         let both = registry::spec(variant).material == MaterialNeed::BothParties;
         match &mut self.material {
             MaterialSupply::DealPerSession { dir } => {
@@ -380,7 +412,7 @@ impl Private {
                 w.finish()?;
                 let mut m = Material::<P0>::open(&bundle, Some(&model.fingerprint))?;
                 m.start_session(0)?;
-                Ok((m, None))
+                Ok((Some(m), None))
             }
             MaterialSupply::Bundle { dir, open } => {
                 let m = match open.take() {
@@ -414,21 +446,45 @@ impl Private {
                 let binding = MaterialBinding { bundle_id: manifest.bundle_id.clone(), session: next as u64 };
                 let mut m = m;
                 if both {
-                    Ok((m, Some(binding)))
+                    Ok((Some(m), Some(binding)))
                 } else {
                     // The server holds nothing of this bundle: reserve the session now.
                     m.start_session(next)?;
-                    Ok((m, None))
+                    Ok((Some(m), None))
                 }
             }
             MaterialSupply::IdealLoopback => {
                 let lb = self.loopback.as_ref().context("the ideal dealer needs the in-process server")?;
                 let (m0, m1) = IdealDealer::new(Seed::random(&mut OsRng)).split();
                 lb.mpc_material.lock().map_err(|_| anyhow!("material queue poisoned"))?.push_back(m1);
-                Ok((m0, None))
+                Ok((Some(m0), None))
             }
+            MaterialSupply::None => Ok((None, None)),
         }
     }
+}
+
+/// What a v3-cc client trusts: its policy file, or (only with the explicit insecure flag,
+/// and always for the in-process loopback server) the software provider's CA.
+fn cc_trust(opts: &ClientOptions, loopback: Option<&Loopback>) -> Result<CcTrust> {
+    let software_ca = match (loopback, &opts.cc_software_ca, opts.insecure_software_attestation) {
+        (Some(lb), _, _) => Some(lb.software_ca.clone()),
+        (None, Some(ca), true) => Some(
+            std::fs::read_to_string(ca).with_context(|| format!("--cc-software-ca {}", ca.display()))?,
+        ),
+        (None, Some(_), false) => bail!(
+            "--cc-software-ca trusts the software provider, which gives no hardware protection: say so with --insecure-software-attestation"
+        ),
+        (None, None, _) => None,
+    };
+    let policy = match (&opts.cc_policy, &software_ca) {
+        (Some(p), _) => Policy::load(p).with_context(|| format!("--cc-policy {}", p.display()))?,
+        (None, Some(_)) => Policy::software_only(),
+        (None, None) => bail!(
+            "v3-cc needs an attestation policy: `--cc-policy FILE` (which hardware must attest the server and what it must show; docs/design.md section 3), or for testing `--insecure-software-attestation --cc-software-ca CA.pem`"
+        ),
+    };
+    Ok(CcTrust { policy, trust: Trust { software_ca } })
 }
 
 /// The remote server of `-s`, with its identity and fingerprint flags.

@@ -6,9 +6,13 @@
 //!   served variant on its own thread. Ctrl-C stops accepting and closes connections.
 //! * `keygen`: write this party's certificate and key and print its fingerprint.
 //! * `synth-model`: seeded random weights of a preset's shape, for work without downloads.
+//! * `cc-software-ca`: a test CA for v3-cc's software attestation provider.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use shardlm_attest::providers::Collector;
+use shardlm_attest::software::SoftwareProvider;
+use shardlm_attest::ProviderKind;
 use shardlm_configs::cli::TimeoutFlags;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::DeviceChoice;
@@ -43,6 +47,9 @@ enum Command {
     /// Write a synthetic checkpoint: seeded random weights of a preset's exact shape,
     /// bf16 safetensors, and a byte-level tokenizer.
     SynthModel(SynthArgs),
+    /// Make a test CA for the software attestation provider (v3-cc without confidential
+    /// hardware: tests, CI and trying the protocol out; it protects nothing).
+    CcSoftwareCa(CcCaArgs),
 }
 
 #[derive(Args)]
@@ -85,8 +92,23 @@ struct ServeArgs {
     /// QUIC initial congestion window, bytes (lower it on links shared with other traffic).
     #[arg(long, default_value_t = 1 << 20)]
     initial_window: u64,
+    /// Serve v3-cc, attested by these providers (comma-separated: sev-snp, tdx, nvidia,
+    /// software). A hardware provider whose platform is absent stops the server at start.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    cc_provider: Vec<ProviderKind>,
+    /// The software provider's test CA directory (`shardlm-server cc-software-ca`).
+    /// Software attestation gives no hardware protection; clients must opt in.
+    #[arg(long, value_name = "DIR")]
+    cc_software_ca: Option<PathBuf>,
     #[command(flatten)]
     timeouts: TimeoutFlags,
+}
+
+#[derive(Args)]
+struct CcCaArgs {
+    /// Output directory: ca.pem (for clients) and ca.key (0600, for this server).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -117,6 +139,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(a) => serve(a),
         Command::Keygen(a) => keygen(a),
         Command::SynthModel(a) => synth(a),
+        Command::CcSoftwareCa(a) => cc_software_ca(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -174,6 +197,9 @@ fn serve(a: ServeArgs) -> Result<()> {
         );
         party = party.with_mpc_material(MpcMaterial::Bundle(Box::new(Mutex::new(material))));
     }
+    if let Some(collector) = cc_collector(&a)? {
+        party = party.with_cc(Arc::new(collector), &fp);
+    }
     let party = Arc::new(party);
     eprintln!("model {} ({fp}) ready in {:.1} s", dir.config.name, t.elapsed().as_secs_f64());
 
@@ -224,6 +250,51 @@ fn serve(a: ServeArgs) -> Result<()> {
 fn default_max_sessions() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (2 * cores as u32).clamp(2, 64)
+}
+
+/// How long the software provider's leaf certificate is valid: a server process that
+/// runs longer must be restarted to keep attesting with it.
+const CC_LEAF_VALIDITY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// The v3-cc evidence collector of `--cc-provider`, checked now so that a server that
+/// cannot attest says so at start.
+fn cc_collector(a: &ServeArgs) -> Result<Option<Collector>> {
+    if a.cc_provider.is_empty() {
+        if a.cc_software_ca.is_some() {
+            bail!("--cc-software-ca without --cc-provider software: say which providers attest this server");
+        }
+        return Ok(None);
+    }
+    let software = match (&a.cc_software_ca, a.cc_provider.contains(&ProviderKind::Software)) {
+        (Some(dir), true) => Some(
+            SoftwareProvider::load(dir, CC_LEAF_VALIDITY)
+                .with_context(|| format!("--cc-software-ca {}", dir.display()))?,
+        ),
+        (None, true) => bail!(
+            "--cc-provider software needs its test CA: `shardlm-server cc-software-ca --out DIR`, then `--cc-software-ca DIR`"
+        ),
+        (Some(_), false) => bail!("--cc-software-ca is only used by --cc-provider software"),
+        (None, false) => None,
+    };
+    let collector = Collector::new(&a.cc_provider, software).context("--cc-provider")?;
+    let names: Vec<String> = collector.kinds().iter().map(|k| k.to_string()).collect();
+    eprintln!("v3-cc: attested by {}", names.join(", "));
+    if collector.kinds().contains(&ProviderKind::Software) {
+        eprintln!("v3-cc: {}", shardlm_attest::software::NO_PROTECTION);
+    }
+    Ok(Some(collector))
+}
+
+fn cc_software_ca(a: CcCaArgs) -> Result<()> {
+    let cert = shardlm_attest::software::make_ca(&a.out)?;
+    println!("{}", cert.display());
+    eprintln!(
+        "wrote {} (give it to clients: --insecure-software-attestation --cc-software-ca) and ca.key (this server's: --cc-software-ca {}). {}",
+        cert.display(),
+        a.out.display(),
+        shardlm_attest::software::NO_PROTECTION
+    );
+    Ok(())
 }
 
 fn check_arch(want: &ModelConfig, got: &ModelConfig) -> Result<()> {

@@ -102,6 +102,9 @@ pub struct ServerInfo {
     pub version: String,
     /// The server's [`PROTOCOL_VERSION`].
     pub protocol_version: u32,
+    /// The providers that attest the server for v3-cc (`sev-snp`, `nvidia`, `software`,
+    /// ...); empty when it does not serve v3-cc.
+    pub attestation: Vec<String>,
 }
 
 /// Why a server refused a client: one field, both values, and what to do.
@@ -187,7 +190,12 @@ pub fn check_hello(hello: &ClientHello, server: &ServerInfo) -> Result<(), Misma
                 field: "variant".into(),
                 server: format!("[{}]", server.variants.join(", ")),
                 client: variant.clone(),
-                hint: "choose a variant the server serves, or start the server with it enabled".into(),
+                hint: match variant.as_str() {
+                    "v3-mpc" => "choose a variant the server serves, or start the server with `--material DIR/p1` (a v3-mpc bundle)",
+                    "v3-cc" => "choose a variant the server serves, or start the server with `--cc-provider` (confidential hardware)",
+                    _ => "choose a variant the server serves, or start the server with it enabled",
+                }
+                .into(),
             });
         }
         if model_fingerprint != &server.fingerprint {
@@ -346,6 +354,7 @@ mod tests {
             devices: vec!["cpu".into()],
             version: "0.1.0".into(),
             protocol_version: PROTOCOL_VERSION,
+            attestation: vec![],
         }
     }
 

@@ -347,8 +347,9 @@ fn wire_format() -> impl bincode::Options {
     bincode::DefaultOptions::new().with_fixint_encoding().allow_trailing_bytes()
 }
 
-/// Encodes a control message (identical to `bincode::serialize`).
-pub(crate) fn encode_msg<T: serde::Serialize + ?Sized>(msg: &T) -> bincode::Result<Vec<u8>> {
+/// Encodes a control message (identical to `bincode::serialize`); use it for any
+/// message a peer decodes with [`decode_msg`].
+pub fn encode_msg<T: serde::Serialize + ?Sized>(msg: &T) -> bincode::Result<Vec<u8>> {
     use bincode::Options;
     wire_format().serialize(msg)
 }
@@ -359,7 +360,7 @@ pub(crate) fn encode_msg<T: serde::Serialize + ?Sized>(msg: &T) -> bincode::Resu
 /// sequence's elements are preallocated by serde up to its cautious 1 MiB cap before
 /// they are read. (bincode 1 ignores the limit when decoding a slice, so this decodes
 /// through its reader interface, where the limit is enforced.)
-pub(crate) fn decode_msg<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> bincode::Result<T> {
+pub fn decode_msg<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> bincode::Result<T> {
     use bincode::Options;
     wire_format().with_limit(bytes.len() as u64).deserialize_from(bytes).map_err(|e| match *e {
         bincode::ErrorKind::SizeLimit => Box::new(bincode::ErrorKind::Custom(format!(

@@ -420,6 +420,7 @@ fn server_info() -> ServerInfo {
         devices: vec!["cpu".into()],
         version: "0.1.0".into(),
         protocol_version: PROTOCOL_VERSION,
+        attestation: vec![],
     }
 }
 

@@ -56,6 +56,7 @@ pub fn measured_run(
     max_new: usize,
 ) -> Result<RunMeasurement> {
     let mut sampler = Sampler::new(SamplingConfig::default());
+    let setup = session.counters();
     let t = Instant::now();
     let g = generate(
         |t, p, r| session.forward(t, p, r).map(Some),
@@ -75,6 +76,7 @@ pub fn measured_run(
         new_tokens: g.tokens.len(),
         decode_ms: g.decode.iter().map(|d| d.as_secs_f64() * 1e3).collect(),
         traffic: session.counters(),
+        setup,
         phases,
     })
 }
@@ -95,8 +97,12 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
     let bar = progress_bar(total as u64, "{msg} [{bar:30}] {pos}/{len} runs ({elapsed})");
     bar.set_message(format!("benchmark {variant}"));
     let mut runs = Vec::with_capacity(a.runs);
+    let mut notes = Vec::new();
     for i in 0..total {
         let mut session = client.open(&model, shape)?;
+        if i == 0 {
+            notes = session.notes();
+        }
         let mut m = measured_run(session.as_mut(), &config, &prompt, a.max_tokens)?;
         m.traffic = client.finish(session)?;
         if i >= a.warmup {
@@ -112,9 +118,13 @@ pub fn run(a: BenchmarkArgs) -> Result<()> {
         "runs": a.runs,
         "warmup": a.warmup,
         "mode": client.describe(),
+        "attestation": notes,
         "fixed_point": {"frac_bits": fixed.frac_bits, "weight_frac_bits": fixed.weight_frac_bits},
         "client_threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
+    for note in &notes {
+        eprintln!("{variant}: {note}");
+    }
     let report = bench::report(&config.name, &client.device(), variant.name(), cfg, &runs);
     std::fs::write(&a.output, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("{}: cannot write report", a.output.display()))?;

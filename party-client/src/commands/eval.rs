@@ -238,10 +238,17 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let rows = if a.all_positions { Rows::All } else { Rows::Last };
     let mut results = Vec::with_capacity(cases.len());
     let t_all = Instant::now();
+    let mut notes = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         // `seconds` is the online run only: material is dealt (or opened) before it.
         let shape = SessionShape::new(case.input_ids.len(), a.greedy.max(1), rows);
         let mut session = client.open(&model, shape).with_context(|| format!("case {i}"))?;
+        if i == 0 {
+            notes = session.notes();
+            for note in &notes {
+                eprintln!("{variant}: {note}");
+            }
+        }
         let t = Instant::now();
         let (logits, greedy) = run_case(session.as_mut(), &config, &case.input_ids, a.greedy, rows, stop)
             .with_context(|| format!("case {i}"))?;
@@ -273,6 +280,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         "variant": variant.to_string(),
         "mode": client.describe(),
         "greedy_tokens": a.greedy,
+        "attestation": notes,
         "seconds": t_all.elapsed().as_secs_f64(),
         "cases": results,
     });

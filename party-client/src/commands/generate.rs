@@ -68,6 +68,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut client = Client::new(variant, &a.party.options()?, &model)?;
     let mut session = client.open(&model, SessionShape::new(prompt.len(), a.max_tokens, Rows::Last))?;
     let load_s = t_load.elapsed().as_secs_f64();
+    for note in session.notes() {
+        eprintln!("{variant}: {note}");
+    }
     let mut sampler = Sampler::new(sampling);
     let config = &model.dir.config;
     let g = generate(

@@ -47,6 +47,16 @@ pub struct PartyArgs {
     /// QUIC initial congestion window, bytes (lower it on links shared with other traffic).
     #[arg(long, default_value_t = 1 << 20)]
     pub initial_window: u64,
+    /// v3-cc: the attestation policy the server must meet (JSON; docs/design.md, v3-cc).
+    #[arg(long, value_name = "FILE")]
+    pub cc_policy: Option<PathBuf>,
+    /// v3-cc: trust the software attestation provider signed by this CA (PEM). Gives no
+    /// hardware protection; needs `--insecure-software-attestation`.
+    #[arg(long, value_name = "FILE")]
+    pub cc_software_ca: Option<PathBuf>,
+    /// v3-cc: accept software attestation (testing and CI only).
+    #[arg(long)]
+    pub insecure_software_attestation: bool,
     #[command(flatten)]
     pub(crate) timeouts: TimeoutFlags,
 }
@@ -63,6 +73,9 @@ impl PartyArgs {
             material: None,
             chunk_rows: None,
             initial_window: 1 << 20,
+            cc_policy: None,
+            cc_software_ca: None,
+            insecure_software_attestation: false,
             timeouts: TimeoutFlags::default(),
         }
     }
@@ -87,6 +100,9 @@ impl PartyArgs {
             material: self.material.clone(),
             chunk_rows: self.chunk_rows,
             initial_window: self.initial_window,
+            cc_policy: self.cc_policy.clone(),
+            cc_software_ca: self.cc_software_ca.clone(),
+            insecure_software_attestation: self.insecure_software_attestation,
             timeouts: self.timeouts.timeouts().map_err(anyhow::Error::msg)?,
         })
     }

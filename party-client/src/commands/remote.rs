@@ -66,6 +66,14 @@ pub fn info(a: ServerArgs) -> Result<()> {
             println!("  {name:<8} server learns {}; client learns {}", s.server_learns, s.client_learns);
         }
     }
+    if !info.attestation.is_empty() {
+        let software = info.attestation.iter().any(|p| p == "software");
+        println!(
+            "attestation:  v3-cc by {}{}",
+            info.attestation.join(", "),
+            if software { " (software: no hardware protection)" } else { "" }
+        );
+    }
     println!("devices:      {}", info.devices.join(", "));
     println!("version:      {} (protocol {})", info.version, info.protocol_version);
     Ok(())

@@ -59,13 +59,22 @@ fn ca_params() -> rcgen::CertificateParams {
 /// attestation) and `ca.key` (0600, the server's).
 pub fn make_ca(dir: &Path) -> Result<PathBuf, AttestError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let key_path = dir.join("ca.key");
+    if key_path.exists() {
+        return Err(AttestError::Malformed {
+            what: "test CA directory",
+            detail: format!(
+                "{} already exists; refusing to replace a CA clients may trust",
+                key_path.display()
+            ),
+        });
+    }
     let key = rcgen::KeyPair::generate().map_err(rc("CA key"))?;
     let cert = ca_params().self_signed(&key).map_err(rc("CA certificate"))?;
     let cert_path = dir.join("ca.pem");
     std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
-    let key_path = dir.join("ca.key");
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
+    o.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
     let mut f = o.open(&key_path).map_err(io(&key_path))?;

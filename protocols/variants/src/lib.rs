@@ -7,6 +7,8 @@
 //! * [`v2`]: the client-assisted linear layer (DESIGN.md section 3): the server computes
 //!   every linear layer on masked inputs, the client does the rest in plaintext; v3 is
 //!   the same protocol pipelined.
+//! * [`v3_cc`]: v3-cc, the plaintext engine inside attested confidential-computing
+//!   hardware, requests sealed to the attested key ([`shardlm_attest`]).
 //! * [`v3_mpc`]: v3-mpc, the whole forward pass on additive shares; only the final
 //!   logits are opened, to the client.
 //! * [`server`]: the server party's dispatch of sessions to variants.
@@ -24,6 +26,7 @@ pub mod ring_weights;
 pub mod server;
 pub mod session;
 pub mod v2;
+pub mod v3_cc;
 pub mod v3_mpc;
 
 pub use ring_weights::RingWeights;

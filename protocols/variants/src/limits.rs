@@ -56,6 +56,13 @@ pub fn recv_budget(variant: Variant, config: &ModelConfig, shape: SessionShape, 
             })
             .max()
             .unwrap_or(0),
+        // v3-cc: the client sends sealed token ids, the server answers sealed f32 logits
+        // (after evidence of a few kilobytes, within the slack).
+        Variant::V3Cc if server => 4 * n + 256,
+        Variant::V3Cc => {
+            let rows = if shape.rows == Rows::All { n } else { 1 };
+            4 * rows * config.vocab_size + 64
+        }
         // v3-mpc: an opening batches several components of one step's widest tensor
         // (SwiGLU's 2 x intermediate, qkv, the vocabulary for all-row logits, the
         // attention scores of all heads), never more than 8 words per element.

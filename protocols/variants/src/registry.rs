@@ -7,7 +7,8 @@ use shardlm_configs::Variant;
 /// The one-time material a variant's sessions consume.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MaterialNeed {
-    /// None (the plaintext engine; v3-cc, whose keys are made per session).
+    /// None (the plaintext engine; v3-cc, whose keys are made per session inside the
+    /// attested boundary).
     None,
     /// The client's only (masks and their images under the public weights): the client
     /// may deal for itself, per session or offline, and the server gets nothing.
@@ -76,7 +77,7 @@ pub const VARIANTS: [VariantSpec; 6] = [
     },
     VariantSpec {
         variant: Variant::V3Cc,
-        implemented: false,
+        implemented: true,
         needs_server: true,
         material: MaterialNeed::None,
         exact: true,

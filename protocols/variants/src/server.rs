@@ -15,7 +15,9 @@ use super::v3_mpc::{serve_driven, MpcParty, MpcPartyError};
 use crate::limits::{recv_budget, shape_of};
 use crate::plan::SessionShape;
 use crate::registry::{spec, MaterialNeed};
+use crate::v3_cc::CcServer;
 use crate::RingWeights;
+use shardlm_attest::providers::Collector;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::Backend;
 use shardlm_model::Weights;
@@ -88,7 +90,9 @@ pub struct ServerParty {
     ring: Arc<RingWeights>,
     v2: V2Server,
     backend_name: String,
+    backend: Arc<dyn Backend>,
     mpc_material: Option<MpcMaterial>,
+    cc: Option<CcServer>,
 }
 
 fn mismatch(
@@ -108,14 +112,16 @@ impl ServerParty {
         backend: Arc<dyn Backend>,
     ) -> Result<Self, shardlm_gpu::BackendError> {
         let backend_name = backend.name();
-        let ring = Arc::new(RingWeights::encode(&weights, fixed, backend)?);
+        let ring = Arc::new(RingWeights::encode(&weights, fixed, backend.clone())?);
         Ok(Self {
             config: weights.config.clone(),
             weights,
             backend_name,
+            backend,
             v2: V2Server::new(ring.clone()),
             ring,
             mpc_material: None,
+            cc: None,
         })
     }
 
@@ -125,9 +131,20 @@ impl ServerParty {
         self
     }
 
+    /// Serves v3-cc too: the plaintext engine for the model with `fingerprint`,
+    /// attested by `collector`'s providers.
+    pub fn with_cc(mut self, collector: Arc<Collector>, fingerprint: &str) -> Self {
+        self.cc =
+            Some(CcServer::new(self.weights.clone(), self.backend.clone(), collector, fingerprint.into()));
+        self
+    }
+
     /// The variants this party serves.
     pub fn variants(&self) -> Vec<Variant> {
         let mut v = vec![Variant::V2, Variant::V3];
+        if self.cc.is_some() {
+            v.push(Variant::V3Cc);
+        }
         if self.mpc_material.is_some() {
             v.push(Variant::V3Mpc);
         }
@@ -160,6 +177,7 @@ impl ServerParty {
             devices: vec![self.backend_name.clone()],
             version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,
+            attestation: self.cc.as_ref().map(CcServer::providers).unwrap_or_default(),
         }
     }
 
@@ -239,6 +257,13 @@ impl ServerParty {
     ) -> Result<ServerSessionStats, ServeError> {
         match variant {
             Variant::V2 => Ok(self.v2.serve_session(chan, shape)?),
+            Variant::V3Cc => match &self.cc {
+                Some(cc) => {
+                    let passes = cc.serve(chan, shape).map_err(|e| ServeError::Refused(e.to_string()))?;
+                    Ok(ServerSessionStats { requests: passes, forward_passes: passes })
+                }
+                None => Err(ServeError::NotServed(variant, ": start it with --cc-provider")),
+            },
             Variant::V3 => Ok(self.v2.serve_pipelined(chan, shape)?),
             Variant::V3Mpc => match self.mpc_material.as_ref() {
                 None => Err(ServeError::NotServed(

@@ -11,6 +11,7 @@ use crate::limits::recv_budget;
 use crate::plan::SessionShape;
 use crate::registry::{spec, MaterialNeed};
 use crate::v2::{Pipeline, V2Client, V2Error};
+use crate::v3_cc::{CcClient, CcError, CcTrust};
 use crate::v3_mpc::{MpcParty, MpcPartyError};
 use crate::RingWeights;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
@@ -37,6 +38,9 @@ pub enum SessionError {
     /// The plaintext engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// A v3-cc session failed (attestation, sealed channel, protocol).
+    #[error(transparent)]
+    Cc(#[from] CcError),
     /// The variant revealed no logits to the client (a protocol bug, never expected).
     #[error("the {0} session revealed no logits to the client")]
     NoLogits(Variant),
@@ -64,6 +68,12 @@ pub trait ClientSession: Send {
     fn counters(&self) -> Counters;
     /// Time per operation kind so far.
     fn phases(&self) -> &PhaseTimes;
+    /// What the user must know about this session, one line each (v3-cc: what the
+    /// attestation established, or that nothing protects it). Printed by every command
+    /// and recorded in every report.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Ends the session cleanly (the server is told, its last messages are waited for)
     /// and returns the counters and the material source.
     fn finish(self: Box<Self>) -> Result<SessionEnd, SessionError>;
@@ -158,6 +168,10 @@ pub struct ClientContext {
     pub ring: Arc<RingWeights>,
     /// v3: rows per pipelined chunk (`None`: tuned per unit).
     pub chunk_rows: Option<usize>,
+    /// The model fingerprint (v3-cc binds its evidence to it).
+    pub model_fingerprint: String,
+    /// v3-cc: the attestation policy and trust (`None`: v3-cc refused).
+    pub cc: Option<CcTrust>,
 }
 
 /// Opens the plaintext engine as a session (no channel, no material).
@@ -180,7 +194,7 @@ pub fn open_private(
     shape: SessionShape,
     ctx: &ClientContext,
     mut chan: Box<dyn Channel>,
-    material: Material<P0>,
+    material: Option<Material<P0>>,
     rng_seed: Seed,
 ) -> Result<Box<dyn ClientSession>, SessionError> {
     let s = spec(variant);
@@ -191,6 +205,14 @@ pub fn open_private(
     }
     let config = ctx.weights.config.clone();
     chan.set_recv_budget(recv_budget(variant, &config, shape, false));
+    if variant == Variant::V3Cc {
+        let trust = ctx.cc.as_ref().ok_or_else(|| {
+            SessionError::Unsupported("v3-cc needs an attestation policy (--cc-policy FILE)".into())
+        })?;
+        return Ok(Box::new(CcClient::open(chan, &config, &ctx.model_fingerprint, trust)?));
+    }
+    let material = material
+        .ok_or_else(|| SessionError::Unsupported(format!("{variant} needs this session's material")))?;
     Ok(match (variant, s.material) {
         (Variant::V2 | Variant::V3, MaterialNeed::ClientOnly) => {
             let client = V2Client::new(ctx.weights.clone(), FixedPoint::default(), chan, material);

@@ -37,14 +37,18 @@ pub(crate) struct CostModel {
 
 /// The network terms of the cost model for one point, ms: the whole run, the prefill,
 /// and one decode step. A run is `new_tokens` forward passes (the prefill gives the
-/// first token); rounds are split evenly between passes, bytes in proportion to the
-/// tokens each pass processes (exact for v2's linear layers, an estimate elsewhere).
+/// first token); the rounds and bytes of the timed generation (those of opening the
+/// session are not timed) are split: rounds evenly between passes, bytes in proportion
+/// to the tokens each pass processes (exact for v2's linear layers, an estimate
+/// elsewhere).
 fn network_ms(p: &Point) -> (f64, f64, f64) {
     let passes = p.new_tokens.max(1) as f64;
     let tokens = (p.prompt_tokens + p.new_tokens.max(1) - 1) as f64;
-    let rounds_per_pass = p.rounds as f64 / passes;
-    let bytes_ms = (p.bytes_sent + p.bytes_received) as f64 * 8.0 / p.rate_bps as f64 * 1e3;
-    let total = p.rounds as f64 * p.rtt_ms + bytes_ms;
+    let rounds = p.rounds.saturating_sub(p.setup_rounds);
+    let bytes = (p.bytes_sent + p.bytes_received).saturating_sub(p.setup_bytes);
+    let rounds_per_pass = rounds as f64 / passes;
+    let bytes_ms = bytes as f64 * 8.0 / p.rate_bps as f64 * 1e3;
+    let total = rounds as f64 * p.rtt_ms + bytes_ms;
     let prefill = rounds_per_pass * p.rtt_ms + bytes_ms * p.prompt_tokens as f64 / tokens;
     let step = rounds_per_pass * p.rtt_ms + bytes_ms / tokens;
     (total, prefill, step)
@@ -132,6 +136,8 @@ mod tests {
             bytes_sent: 500_000,
             bytes_received: 500_000,
             rounds: 10,
+            setup_rounds: 0,
+            setup_bytes: 0,
             predicted_prefill_ms: None,
             predicted_decode_step_ms: None,
             predicted_total_ms: None,
@@ -139,6 +145,18 @@ mod tests {
             prediction_error_pct_prefill_decode: None,
             error: None,
         }
+    }
+
+    #[test]
+    fn opening_the_session_is_not_part_of_the_timed_run() {
+        let plain = point(20.0, 1_000_000_000, 0.0);
+        let mut opened = point(20.0, 1_000_000_000, 0.0);
+        opened.rounds += 2;
+        opened.bytes_sent += 4_000;
+        opened.setup_rounds = 2;
+        opened.setup_bytes = 4_000;
+        assert_eq!(network_ms(&plain), network_ms(&opened));
+        assert!(network_ms(&plain).0 > 0.0);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct ExperimentArgs {
     #[arg(long, env = "SHARDLM_MODEL_DIR")]
     pub model_dir: PathBuf,
     /// Variants to measure; those the server does not serve are skipped with a note.
-    #[arg(long, value_delimiter = ',', default_value = "v2,v3,v3-mpc")]
+    #[arg(long, value_delimiter = ',', default_value = "v2,v3,v3-mpc,v3-cc")]
     pub variants: Vec<Variant>,
     /// Round-trip times the emulator adds (half in each direction).
     #[arg(long, value_delimiter = ',', value_parser = parse_duration, default_value = "0.2ms,2ms,20ms,80ms")]
@@ -90,6 +90,15 @@ pub struct ExperimentArgs {
     /// The server binary (default: `shardlm-server` next to this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// v3-cc: the providers attesting the sweep's server (`shardlm-server serve
+    /// --cc-provider`). The default, `software`, protects nothing and is only for
+    /// measuring the protocol's cost; on confidential hardware name its providers and
+    /// give `--cc-policy`.
+    #[arg(long, value_delimiter = ',', default_value = "software")]
+    pub cc_provider: Vec<shardlm_attest::ProviderKind>,
+    /// v3-cc: the client's attestation policy (JSON), needed with hardware providers.
+    #[arg(long)]
+    pub cc_policy: Option<PathBuf>,
 }
 
 /// Runs the sweep and writes its outputs.
@@ -103,7 +112,7 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     let (prompt, prompt_tokens) = prompt::sweep_prompt(&dir, args.prompt_tokens)?;
 
     let tmp = tempfile::Builder::new().prefix("shardlm-experiment-").tempdir()?;
-    let ids = Identities::generate(tmp.path())?;
+    let ids = Identities::generate(tmp.path(), &args)?;
     let served = served_variants(&bin, &args, &ids)?;
     let (variants, skipped) = select_variants(&args.variants, &served)?;
     let (rtts, rates) = grid(&args);
@@ -136,7 +145,7 @@ fn check_args(args: &ExperimentArgs) -> Result<()> {
         bail!("--variants, --rtt and --rate each need at least one value");
     }
     if let Some(v) = args.variants.iter().find(|v| **v == Variant::Local) {
-        bail!("`{v}` has no server party; sweep private variants (v2, v3, v3-mpc, ...)");
+        bail!("`{v}` has no server party; sweep private variants (v2, v3, v3-mpc, v3-cc, ...)");
     }
     Ok(())
 }
@@ -251,6 +260,8 @@ fn planned_point(
         bytes_sent: 0,
         bytes_received: 0,
         rounds: 0,
+        setup_rounds: 0,
+        setup_bytes: 0,
         predicted_prefill_ms: None,
         predicted_decode_step_ms: None,
         predicted_total_ms: None,

@@ -48,6 +48,12 @@ pub(crate) struct Point {
     pub bytes_received: u64,
     /// Rounds per run.
     pub rounds: u64,
+    /// Of `rounds`, those opening the session (before the timed generation).
+    #[serde(default)]
+    pub setup_rounds: u64,
+    /// Of the bytes, those opening the session.
+    #[serde(default)]
+    pub setup_bytes: u64,
     /// Cost-model prediction of `prefill_ms.mean`.
     pub predicted_prefill_ms: Option<f64>,
     /// Cost-model prediction of `decode_step_ms.mean`.
@@ -158,7 +164,7 @@ fn point_row(p: &Point) -> String {
     };
     let (ep, ed) = p.prediction_error_pct_prefill_decode.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     format!(
-        "| {} | {} ms | {} | {:.2} ms | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} |\n",
+        "| {} | {} ms | {} | {:.2} ms | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} ({} opening) |\n",
         p.variant,
         p.rtt_ms,
         p.rate,
@@ -171,7 +177,8 @@ fn point_row(p: &Point) -> String {
         pr(p.predicted_total_ms, p.prediction_error_pct),
         fmt_bytes(p.bytes_sent),
         fmt_bytes(p.bytes_received),
-        p.rounds
+        p.rounds,
+        p.setup_rounds
     )
 }
 

@@ -14,6 +14,7 @@ use super::report::{Point, Stat};
 use super::ExperimentArgs;
 use crate::lab::netem::{LinkConfig, Netem, NetemConfig};
 use anyhow::{anyhow, bail, Context, Result};
+use shardlm_attest::ProviderKind;
 use shardlm_configs::Variant;
 use shardlm_transport::{Identity, QuicClient, QuicConfig};
 use std::io::{BufRead, BufReader};
@@ -54,18 +55,67 @@ pub(super) struct Identities {
     client_dir: PathBuf,
     server_fp: String,
     client_fp: String,
+    /// The software attestation provider's test CA, when the sweep has v3-cc attested
+    /// by it.
+    software_ca: Option<PathBuf>,
 }
 
 impl Identities {
-    /// Makes a server and a client identity under `dir`.
-    pub(super) fn generate(dir: &Path) -> Result<Self> {
+    /// Makes a server and a client identity under `dir` (and a software-attestation test
+    /// CA when the sweep's v3-cc uses that provider).
+    pub(super) fn generate(dir: &Path, args: &ExperimentArgs) -> Result<Self> {
+        let software_ca = if cc_sweep(args) && args.cc_provider.contains(&ProviderKind::Software) {
+            let ca = dir.join("cc-software-ca");
+            shardlm_attest::software::make_ca(&ca)?;
+            Some(ca)
+        } else {
+            None
+        };
         Ok(Identities {
             server_dir: dir.join("server-id"),
             client_dir: dir.join("client-id"),
             server_fp: shardlm_transport::keygen(&dir.join("server-id"), "shardlm-server")?,
             client_fp: shardlm_transport::keygen(&dir.join("client-id"), "shardlm-client")?,
+            software_ca,
         })
     }
+}
+
+/// Whether the sweep measures v3-cc (only then are its servers started with providers).
+fn cc_sweep(args: &ExperimentArgs) -> bool {
+    args.variants.contains(&Variant::V3Cc) && !args.cc_provider.is_empty()
+}
+
+/// The server's v3-cc flags.
+fn cc_server_flags(args: &ExperimentArgs, ids: &Identities) -> Vec<std::ffi::OsString> {
+    if !cc_sweep(args) {
+        return vec![];
+    }
+    let names: Vec<String> = args.cc_provider.iter().map(|p| p.to_string()).collect();
+    let mut flags: Vec<std::ffi::OsString> = vec!["--cc-provider".into(), names.join(",").into()];
+    if let Some(ca) = &ids.software_ca {
+        flags.extend(["--cc-software-ca".into(), ca.clone().into_os_string()]);
+    }
+    flags
+}
+
+/// The client's v3-cc flags.
+fn cc_client_flags(args: &ExperimentArgs, ids: &Identities, variant: Variant) -> Vec<std::ffi::OsString> {
+    let mut flags: Vec<std::ffi::OsString> = vec![];
+    if variant != Variant::V3Cc {
+        return flags;
+    }
+    if let Some(policy) = &args.cc_policy {
+        flags.extend(["--cc-policy".into(), policy.clone().into_os_string()]);
+    }
+    if let Some(ca) = &ids.software_ca {
+        flags.extend([
+            "--insecure-software-attestation".into(),
+            "--cc-software-ca".into(),
+            ca.join("ca.pem").into(),
+        ]);
+    }
+    flags
 }
 
 /// A command for a party's binary, under `nice` when asked.
@@ -93,6 +143,7 @@ fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path)
         .arg("--identity")
         .arg(&ids.server_dir)
         .args(["--allow-client", &ids.client_fp])
+        .args(cc_server_flags(args, ids))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -234,6 +285,7 @@ impl Parties<'_> {
             .args(["--warmup", &args.warmup.to_string()])
             .args(["--connect-timeout", &(10.0 + 10.0 * rtt_s).to_string(), "--idle-timeout", "30"])
             .args(["--recv-timeout", &args.recv_timeout.to_string()])
+            .args(cc_client_flags(args, ids, variant))
             .arg("--output")
             .arg(report_path)
             .env("RUST_LOG", "warn")
@@ -260,6 +312,8 @@ fn read_report(report_path: &Path, point: &mut Point) -> Result<()> {
     point.bytes_sent = report["bytes_sent"].as_u64().unwrap_or(0);
     point.bytes_received = report["bytes_received"].as_u64().unwrap_or(0);
     point.rounds = report["rounds"].as_u64().unwrap_or(0);
+    point.setup_rounds = report["setup_rounds"].as_u64().unwrap_or(0);
+    point.setup_bytes = report["setup_bytes"].as_u64().unwrap_or(0);
     if let Some(n) = report["config"]["prompt_tokens"].as_u64() {
         point.prompt_tokens = n as usize;
     }
