@@ -82,6 +82,14 @@ pub fn verify(
     Ok(Verdict { hardware: present.iter().all(|p| p.is_hardware()), providers: present, lines })
 }
 
+/// The policy's section for a provider (present whenever the policy requires it, as
+/// [`Policy::parse`] checks; a policy built in code might lack it).
+fn section<'p, T>(s: Option<&'p T>, name: &str) -> Result<&'p T, AttestError> {
+    s.ok_or_else(|| {
+        check("policy", format!("the policy has no `{name}` section saying what this evidence must show"))
+    })
+}
+
 fn names(p: &[ProviderKind]) -> String {
     p.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
 }
@@ -106,7 +114,8 @@ fn verify_part(
             Ok(format!("software: server binary {m}; {NO_PROTECTION}"))
         }
         Part::SevSnp { report, vcek } => {
-            crate::providers::sev_snp::verify(report, vcek, report_data, policy, now)
+            let p = section(policy.sev_snp.as_ref(), "sev_snp")?;
+            crate::providers::sev_snp::verify(report, vcek, report_data, p, now)
         }
         Part::Tdx { quote, collateral } => {
             crate::providers::tdx::verify(quote, collateral, report_data, policy, now)
