@@ -118,7 +118,8 @@ fn verify_part(
             crate::providers::sev_snp::verify(report, vcek, report_data, p, now)
         }
         Part::Tdx { quote, collateral } => {
-            crate::providers::tdx::verify(quote, collateral, report_data, policy, now)
+            let p = section(policy.tdx.as_ref(), "tdx")?;
+            crate::providers::tdx::verify(quote, collateral, report_data, p, now)
         }
         Part::Nvidia { report, cert_chain } => {
             crate::providers::nvidia::verify(report, cert_chain, &binding.gpu_nonce(), policy, now)
