@@ -122,7 +122,8 @@ fn verify_part(
             crate::providers::tdx::verify(quote, collateral, report_data, p, now)
         }
         Part::Nvidia { report, cert_chain } => {
-            crate::providers::nvidia::verify(report, cert_chain, &binding.gpu_nonce(), policy, now)
+            let p = section(policy.nvidia.as_ref(), "nvidia")?;
+            crate::providers::nvidia::verify(report, cert_chain, &binding.gpu_nonce(), p, now)
         }
     }
 }

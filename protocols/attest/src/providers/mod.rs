@@ -21,6 +21,8 @@ pub struct CollectOptions {
     /// provider's PCCS), read at every collection so that a refresh needs no restart
     /// (`serve --cc-tdx-collateral FILE`).
     pub tdx_collateral: Option<PathBuf>,
+    /// The NVIDIA GPU (NVML index) that attests (`serve --cc-nvidia-gpu N`, default 0).
+    pub nvidia_gpu: u32,
 }
 
 /// The providers a server party attests with.
@@ -49,7 +51,7 @@ impl Collector {
             match k {
                 ProviderKind::SevSnp => sev_snp::available()?,
                 ProviderKind::Tdx => tdx::available(&options)?,
-                ProviderKind::Nvidia => nvidia::available()?,
+                ProviderKind::Nvidia => nvidia::available(options.nvidia_gpu)?,
                 ProviderKind::Software if software.is_none() => {
                     return Err(AttestError::Unavailable {
                         provider: *k,
@@ -79,7 +81,7 @@ impl Collector {
             parts.push(match k {
                 ProviderKind::SevSnp => sev_snp::collect(&rd)?,
                 ProviderKind::Tdx => tdx::collect(&rd, &self.options)?,
-                ProviderKind::Nvidia => nvidia::collect(&binding.gpu_nonce())?,
+                ProviderKind::Nvidia => nvidia::collect(&binding.gpu_nonce(), self.options.nvidia_gpu)?,
                 ProviderKind::Software => match &self.software {
                     Some(s) => s.evidence(&rd)?,
                     None => {

@@ -418,7 +418,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("collateral.json");
         std::fs::write(&path, COLLATERAL).unwrap();
-        let options = CollectOptions { tdx_collateral: Some(path.clone()) };
+        let options = CollectOptions { tdx_collateral: Some(path.clone()), ..CollectOptions::default() };
         assert_eq!(read_collateral(&options).unwrap(), COLLATERAL);
         std::fs::write(&path, "{}").unwrap();
         assert!(read_collateral(&options).unwrap_err().to_string().contains("QuoteCollateralV3"));
