@@ -398,6 +398,7 @@ pub fn collect(nonce: &[u8; 32], index: u32) -> Result<Part, AttestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unhex;
     use std::time::Duration;
 
     const HOPPER_REPORT: &str = include_str!("../../testdata/nvidia/hopperAttestationReport.txt");
@@ -408,10 +409,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     fn unbase64(s: &str) -> Vec<u8> {

@@ -415,7 +415,7 @@ pub fn check_policy(report: &AttestationReport, policy: &SevSnpPolicy) -> Result
     }
     let t = report.reported_tcb;
     let min = policy.min_tcb;
-    let below: Vec<String> = [
+    let mut below: Vec<String> = [
         ("bootloader", t.bootloader, min.bootloader),
         ("tee", t.tee, min.tee),
         ("snp", t.snp, min.snp),
@@ -425,6 +425,12 @@ pub fn check_policy(report: &AttestationReport, policy: &SevSnpPolicy) -> Result
     .filter(|(_, got, want)| got < want)
     .map(|(n, got, want)| format!("{n} {got} < {want}"))
     .collect();
+    if let Some(want) = min.fmc {
+        match t.fmc {
+            Some(got) if got >= want => {}
+            got => below.push(format!("fmc {} < {want}", got.map_or("absent".into(), |g| g.to_string()))),
+        }
+    }
     if !below.is_empty() {
         return Err(check(
             "tcb",
@@ -440,7 +446,7 @@ pub fn check_policy(report: &AttestationReport, policy: &SevSnpPolicy) -> Result
 /// The reported TCB as the policy spells it (to write a policy from a known-good report).
 pub fn reported_tcb(report: &AttestationReport) -> SnpTcb {
     let t = report.reported_tcb;
-    SnpTcb { bootloader: t.bootloader, tee: t.tee, snp: t.snp, microcode: t.microcode }
+    SnpTcb { bootloader: t.bootloader, tee: t.tee, snp: t.snp, microcode: t.microcode, fmc: t.fmc }
 }
 
 const DEVICE: &str = "/dev/sev-guest";
@@ -519,6 +525,7 @@ fn with_debug(raw: &[u8], debug: bool) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::unhex;
     use std::time::Duration;
 
     const REPORT_HEX: &str = include_str!("../../testdata/sev/report_milan.hex");
@@ -528,10 +535,6 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     fn sample() -> (Vec<u8>, [u8; 64], SevSnpPolicy) {
@@ -558,7 +561,10 @@ mod tests {
             hex(&parsed.measurement),
             "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f"
         );
-        assert_eq!(reported_tcb(&parsed), SnpTcb { bootloader: 3, tee: 0, snp: 8, microcode: 115 });
+        assert_eq!(
+            reported_tcb(&parsed),
+            SnpTcb { bootloader: 3, tee: 0, snp: 8, microcode: 115, fmc: None }
+        );
         let line = verify(&raw, VCEK, &rd, &policy, at(T)).unwrap();
         assert_eq!(
             line,
@@ -620,6 +626,12 @@ mod tests {
         let (raw, rd, mut policy) = sample();
         policy.min_tcb.snp = 9;
         assert_eq!(err(verify(&raw, VCEK, &rd, &policy, at(T))).0, "tcb");
+        // A minimum FMC SVN refuses a part that reports none (Milan has no FMC).
+        let (raw, rd, mut policy) = sample();
+        policy.min_tcb.fmc = Some(0);
+        let (c, d) = err(verify(&raw, VCEK, &rd, &policy, at(T)));
+        assert_eq!(c, "tcb");
+        assert!(d.contains("fmc absent < 0"), "{d}");
     }
 
     #[test]
