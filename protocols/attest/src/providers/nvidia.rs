@@ -31,7 +31,9 @@
 //!
 //! **Collection (server).** NVML (`nvml-wrapper`, which loads `libnvidia-ml` at run time,
 //! so the build needs no NVIDIA library): the GPU's attestation report for the nonce and
-//! its attestation certificate chain.
+//! its attestation certificate chain. Seen on an H200 (driver 580.159.04) with CC mode
+//! off: NVML reports CC off and both calls fail with NVML's "Unknown Error", so
+//! [`available`] refuses first, naming CC mode.
 
 use crate::policy::NvidiaPolicy;
 use crate::{check, hex, AttestError, Part, ProviderKind};
@@ -597,6 +599,41 @@ mod tests {
             assert!(e.contains("NVML"), "{e}");
             assert!(collect(&[0; 32], 0).is_err());
         }
+    }
+
+    /// On a host with an NVIDIA GPU (`cargo test -- --ignored nvidia_hardware`): what
+    /// NVML says about CC mode, and, where the GPU hands out a report and chain (CC mode
+    /// on, or a driver that attests without it), that this verifier accepts them for the
+    /// nonce asked, pinning the report's own blocks and driver.
+    #[test]
+    #[ignore = "needs an NVIDIA GPU and its driver"]
+    fn nvidia_hardware() {
+        let nvml = nvml_wrapper::Nvml::init().expect("NVML loads");
+        println!("driver {:?}, {} GPU(s)", nvml.sys_driver_version(), nvml.device_count().unwrap());
+        let dev = nvml.device_by_index(0).unwrap();
+        println!("GPU 0: {:?}", dev.name());
+        println!("CC mode on: {:?}; dev-tools mode: {:?}", dev.is_cc_enabled(), dev.is_cc_dev_mode_enabled());
+        println!("available(0): {:?}", available(0));
+        let nonce = [0x5a; 32];
+        let report = dev.confidential_compute_gpu_attestation_report(nonce);
+        let certs = dev.confidential_compute_gpu_certificate();
+        println!(
+            "report: {:?}; chain: {:?}",
+            report.as_ref().map(|r| r.attestation_report.len()),
+            certs.as_ref().map(|c| c.attestation_cert_chain.len())
+        );
+        let (Ok(report), Ok(certs)) = (report, certs) else { return };
+        let chain = String::from_utf8(certs.attestation_cert_chain).unwrap();
+        let parsed = parse_report(&report.attestation_report).unwrap();
+        let policy = policy_for(&parsed, &parsed.driver_version().unwrap());
+        let line = verify(&report.attestation_report, &chain, &nonce, &policy, SystemTime::now()).unwrap();
+        println!("{line}");
+        let mut other = nonce;
+        other[0] ^= 1;
+        assert_eq!(
+            err(verify(&report.attestation_report, &chain, &other, &policy, SystemTime::now())).0,
+            "nonce binding"
+        );
     }
 
     #[test]
