@@ -32,6 +32,9 @@ pub struct SnpTcb {
     pub snp: u8,
     /// CPU microcode SVN.
     pub microcode: u8,
+    /// FMC SVN (Turin and later; absent: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fmc: Option<u8>,
 }
 
 /// What SEV-SNP evidence must say.
@@ -56,15 +59,27 @@ pub struct TdxPolicy {
     pub allowed_status: Vec<String>,
 }
 
+/// The TCB statuses of Intel's collateral a policy may allow.
+pub const TDX_STATUSES: [&str; 6] = [
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+];
+
 fn up_to_date() -> Vec<String> {
     vec!["UpToDate".into()]
 }
 
-/// What NVIDIA GPU evidence must say.
+/// What NVIDIA GPU evidence must say. Measurements are required: a policy that pins no
+/// block is refused at verification (NVIDIA's golden values come from its RIMs for the
+/// driver and VBIOS deployed; this crate does not fetch them).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NvidiaPolicy {
-    /// Minimum driver version (dotted, compared numerically).
+    /// Minimum driver version (dotted, compared numerically; empty: no minimum).
     #[serde(default)]
     pub min_driver: String,
     /// Required measurement blocks: index -> 48-byte hex (golden values).
@@ -138,7 +153,44 @@ impl Policy {
                 detail: "`require` names no provider: a policy that requires nothing attests nothing".into(),
             });
         }
+        p.check_values()?;
         Ok(p)
+    }
+
+    /// Refuses values that could never match: measurements that are not 48 bytes of hex,
+    /// TCB statuses Intel does not define (or `Revoked`), a driver that is no version.
+    fn check_values(&self) -> Result<(), AttestError> {
+        let bad = |detail: String| AttestError::Malformed { what: "attestation policy", detail };
+        let digest = |field: &str, v: &str| {
+            if v.len() == 96 && v.bytes().all(|c| c.is_ascii_hexdigit()) {
+                Ok(())
+            } else {
+                Err(bad(format!("{field}: {v:?} is not a 48-byte hex digest")))
+            }
+        };
+        if let Some(s) = &self.sev_snp {
+            s.measurements.iter().try_for_each(|m| digest("sev_snp.measurements", m))?;
+        }
+        if let Some(t) = &self.tdx {
+            t.mr_td.iter().try_for_each(|m| digest("tdx.mr_td", m))?;
+            for status in &t.allowed_status {
+                if !TDX_STATUSES.contains(&status.as_str()) {
+                    return Err(bad(format!(
+                        "tdx.allowed_status: {status:?} is not one of {} (Revoked is never allowed)",
+                        TDX_STATUSES.join(", ")
+                    )));
+                }
+            }
+        }
+        if let Some(n) = &self.nvidia {
+            n.measurements.iter().try_for_each(|(i, m)| digest(&format!("nvidia.measurements.{i}"), m))?;
+            let dotted =
+                n.min_driver.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()));
+            if !n.min_driver.is_empty() && !dotted {
+                return Err(bad(format!("nvidia.min_driver: {:?} is not a dotted version", n.min_driver)));
+            }
+        }
+        Ok(())
     }
 
     /// A policy requiring only the software provider (tests and demos: no protection).
@@ -182,5 +234,32 @@ mod tests {
         assert!(Policy::parse(r#"{"require": []}"#).is_err());
         assert!(Policy::parse(r#"{"require": ["software"], "unknown": 1}"#).is_err());
         assert!(Policy::parse(r#"{"require": ["tdx"], "tdx": {"mr_td": [], "allow_debug": true}}"#).is_err());
+    }
+
+    #[test]
+    fn values_that_could_never_match_are_refused() {
+        let m = "ab".repeat(48);
+        let ok = format!(
+            r#"{{"require": ["sev-snp", "tdx", "nvidia"],
+                "sev_snp": {{"measurements": ["{m}"], "min_tcb": {{"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115}}}},
+                "tdx": {{"mr_td": ["{m}"], "allowed_status": ["UpToDate", "SWHardeningNeeded"]}},
+                "nvidia": {{"min_driver": "550.90.07", "measurements": {{"2": "{m}"}}}}}}"#
+        );
+        let p = Policy::parse(&ok).unwrap();
+        assert_eq!(p.nvidia.as_ref().unwrap().measurements[&2], m);
+        assert_eq!(p.sev_snp.as_ref().unwrap().min_tcb.fmc, None);
+        // An absent FMC SVN does not change the digest of older policies.
+        assert!(!serde_json::to_string(&p).unwrap().contains("fmc"));
+        for (from, to) in [
+            (m.as_str(), "abcd"),
+            (m.as_str(), &"zz".repeat(48)),
+            ("\"UpToDate\", \"SWH", "\"Revoked\", \"SWH"),
+            ("\"UpToDate\", \"SWH", "\"uptodate\", \"SWH"),
+            ("550.90.07", "latest"),
+            ("550.90.07", "550..07"),
+        ] {
+            let e = Policy::parse(&ok.replacen(from, to, 1)).unwrap_err().to_string();
+            assert!(e.contains("attestation policy"), "{from} -> {to}: {e}");
+        }
     }
 }

@@ -82,6 +82,14 @@ pub fn verify(
     Ok(Verdict { hardware: present.iter().all(|p| p.is_hardware()), providers: present, lines })
 }
 
+/// The policy's section for a provider (present whenever the policy requires it, as
+/// [`Policy::parse`] checks; a policy built in code might lack it).
+fn section<'p, T>(s: Option<&'p T>, name: &str) -> Result<&'p T, AttestError> {
+    s.ok_or_else(|| {
+        check("policy", format!("the policy has no `{name}` section saying what this evidence must show"))
+    })
+}
+
 fn names(p: &[ProviderKind]) -> String {
     p.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
 }
@@ -106,13 +114,16 @@ fn verify_part(
             Ok(format!("software: server binary {m}; {NO_PROTECTION}"))
         }
         Part::SevSnp { report, vcek } => {
-            crate::providers::sev_snp::verify(report, vcek, report_data, policy, now)
+            let p = section(policy.sev_snp.as_ref(), "sev_snp")?;
+            crate::providers::sev_snp::verify(report, vcek, report_data, p, now)
         }
         Part::Tdx { quote, collateral } => {
-            crate::providers::tdx::verify(quote, collateral, report_data, policy, now)
+            let p = section(policy.tdx.as_ref(), "tdx")?;
+            crate::providers::tdx::verify(quote, collateral, report_data, p, now)
         }
         Part::Nvidia { report, cert_chain } => {
-            crate::providers::nvidia::verify(report, cert_chain, &binding.gpu_nonce(), policy, now)
+            let p = section(policy.nvidia.as_ref(), "nvidia")?;
+            crate::providers::nvidia::verify(report, cert_chain, &binding.gpu_nonce(), p, now)
         }
     }
 }
@@ -146,5 +157,62 @@ mod tests {
         // No evidence at all.
         let e = verify(&Evidence::default(), &b, &policy, &trust, now).unwrap_err().to_string();
         assert!(e.contains("sent none"), "{e}");
+    }
+
+    /// Real vendor evidence from sessions that are not this one: the dispatcher hands
+    /// each part to its verifier with the policy's section, which verifies the hardware's
+    /// signatures and then refuses the binding.
+    #[test]
+    fn real_hardware_evidence_is_bound_to_its_own_session() {
+        use crate::policy::{NvidiaPolicy, SevSnpPolicy, SnpTcb, TdxPolicy};
+        use crate::{hex, unhex};
+        let b = Binding { nonce: [9; 32], public_key: vec![1; 32], model_fingerprint: "blake3:aa".into() };
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let refuse = |part: Part, policy: Policy, now: SystemTime| -> (&'static str, String) {
+            match verify(&Evidence { parts: vec![part] }, &b, &policy, &Trust::default(), now) {
+                Err(AttestError::Check { check, detail }) => (check, detail),
+                other => panic!("{other:?}"),
+            }
+        };
+
+        let sev = Part::SevSnp {
+            report: unhex(include_str!("../testdata/sev/report_milan.hex").trim()),
+            vcek: include_bytes!("../testdata/sev/vcek_milan.der").to_vec(),
+        };
+        let sev_policy = SevSnpPolicy {
+            measurements: vec!["7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f".into()],
+            min_tcb: SnpTcb { bootloader: 3, tee: 0, snp: 8, microcode: 115, fmc: None },
+        };
+        let policy =
+            Policy { require: vec![ProviderKind::SevSnp], sev_snp: Some(sev_policy), ..Policy::default() };
+        assert_eq!(refuse(sev.clone(), policy, at(1_767_225_600)).0, "nonce binding");
+        // A policy made in code without the provider's section.
+        let bare = Policy { require: vec![ProviderKind::SevSnp], ..Policy::default() };
+        assert_eq!(refuse(sev, bare, at(1_767_225_600)).0, "policy");
+
+        let tdx = Part::Tdx {
+            quote: include_bytes!("../testdata/tdx/tdx_quote").to_vec(),
+            collateral: include_str!("../testdata/tdx/tdx_quote_collateral.json").into(),
+        };
+        let tdx_policy = TdxPolicy {
+            mr_td: vec!["91eb2b44d141d4ece09f0c75c2c53d247a3c68edd7fafe8a3520c942a604a407de03ae6dc5f87f27428b2538873118b7".into()],
+            allowed_status: vec!["UpToDate".into()],
+        };
+        let policy = Policy { require: vec![ProviderKind::Tdx], tdx: Some(tdx_policy), ..Policy::default() };
+        assert_eq!(refuse(tdx, policy, at(1_751_328_000)).0, "nonce binding");
+
+        let report = unhex(include_str!("../testdata/nvidia/hopperAttestationReport.txt").trim());
+        let parsed = crate::providers::nvidia::parse_report(&report).unwrap();
+        let nvidia = Part::Nvidia {
+            report,
+            cert_chain: include_str!("../testdata/nvidia/hopperCertChain.txt").into(),
+        };
+        let nvidia_policy = NvidiaPolicy {
+            min_driver: "550.90.07".into(),
+            measurements: [(1, hex(&parsed.measurements[&1]))].into_iter().collect(),
+        };
+        let policy =
+            Policy { require: vec![ProviderKind::Nvidia], nvidia: Some(nvidia_policy), ..Policy::default() };
+        assert_eq!(refuse(nvidia, policy, at(1_767_225_600)).0, "nonce binding");
     }
 }
