@@ -196,3 +196,33 @@ fn both_records_gone_is_outside_what_one_host_can_detect() {
     .unwrap();
     assert_eq!(m.next_session(), Some(0));
 }
+
+/// A consumption record naming a stream the party does not hold, or more words than
+/// were dealt, is corrupted: refused saying so (it used to read as "all sessions are
+/// spent", which is not what happened).
+#[test]
+fn corrupted_consumption_record_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let opts = OpenOptions::default().ledger_in(ledger.path());
+    deal(root.path(), 11);
+    use_session_0::<P0>(root.path(), &opts);
+    let journal = root.path().join("p0/p0.journal");
+    let original = std::fs::read_to_string(&journal).unwrap();
+    assert!(original.contains("\"triples.c\""), "{original}");
+    for (edit, want) in [
+        (original.replace("\"triples.c\"", "\"triplfs.c\""), "names stream \"triplfs.c\", which this part"),
+        (
+            original.replace("\"triples.c\":16", "\"triples.c\":99999"),
+            "99999 words of triples.c consumed but only 32",
+        ),
+    ] {
+        assert_ne!(edit, original);
+        std::fs::write(&journal, edit).unwrap();
+        let err = Material::<P0>::open_with(&root.path().join("p0"), &opts).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, MaterialError::Format { .. }), "{msg}");
+        assert!(msg.contains("p0.journal: corrupted consumption record") && msg.contains(want), "{msg}");
+        assert!(msg.contains("deal a new bundle"), "{msg}");
+    }
+}
