@@ -465,3 +465,63 @@ fn packed_ot_strings_read_back_in_any_pieces() {
     assert_eq!(got_t, want_t.chosen());
     assert_eq!(got_r, want_r.chosen());
 }
+
+/// Regression (issue 14 campaign): a manifest edited after dealing used to be read as
+/// is, and a moved session start made a party start at the wrong place of its streams
+/// without an error (v2: the mask no longer matched its image, wrong logits; v3-mpc: the
+/// parties out of step). The bundle id now seals the manifest: any edited field is
+/// refused on read, saying so; the same content in other whitespace is still read.
+#[test]
+fn edited_manifest_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let opts = OpenOptions::default().ledger_in(ledger.path());
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(91)).unwrap();
+    for _ in 0..2 {
+        w.start_session();
+        w.push(&MaterialRequest::Triples(TriplesRequest { n: 8 }), &NoWeights).unwrap();
+    }
+    let dealt = w.finish().unwrap();
+    assert_eq!(dealt.bundle_id, dealt.sealed_id());
+    type Edit = fn(&mut Manifest);
+    let edits: [(&str, Edit); 7] = [
+        ("session start", |m| *m.sessions[1].get_mut("triples.c").unwrap() += 1),
+        ("sessions", |m| m.sessions.swap(0, 1)),
+        ("shard hash", |m| m.shards.get_mut("p0").unwrap().blake3 = "00".repeat(32)),
+        ("model", |m| m.model_fingerprint = "blake3:other".into()),
+        ("variant", |m| m.variant = "v2".into()),
+        ("bundle id", |m| m.bundle_id = "ab".repeat(32)),
+        ("nonce", |m| m.nonce = "00".repeat(16)),
+    ];
+    for p in ["p0", "p1"] {
+        let path = dir.path().join(p).join("manifest.json");
+        let original = std::fs::read(&path).unwrap();
+        for (what, edit) in &edits {
+            let mut m = dealt.clone();
+            edit(&mut m);
+            std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+            let err = Manifest::read(&dir.path().join(p)).unwrap_err();
+            assert!(matches!(err, MaterialError::Format { .. }), "{p} {what}: {err}");
+            let msg = err.to_string();
+            assert!(msg.contains("manifest.json: does not match its bundle id"), "{p} {what}: {msg}");
+            assert!(msg.contains("edited or corrupted"), "{p} {what}: {msg}");
+            let err = if p == "p0" {
+                Material::<P0>::open_with(&dir.path().join(p), &opts).map(|_| ()).unwrap_err()
+            } else {
+                Material::<P1>::open_with(&dir.path().join(p), &opts).map(|_| ()).unwrap_err()
+            };
+            assert!(err.to_string().contains("does not match its bundle id"), "{p} {what}: {err}");
+        }
+        // Other whitespace, same content: read as dealt.
+        std::fs::write(&path, serde_json::to_string(&dealt).unwrap()).unwrap();
+        assert_eq!(Manifest::read(&dir.path().join(p)).unwrap(), dealt);
+        std::fs::write(&path, original).unwrap();
+    }
+    // A dealer may seal what it writes (the check is against edits, not the dealer).
+    let mut m = dealt.clone();
+    m.created_at += 1;
+    m.seal();
+    assert_ne!(m.bundle_id, dealt.bundle_id);
+    std::fs::write(dir.path().join("p1/manifest.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    assert!(Material::<P1>::open_with(&dir.path().join("p1"), &opts).is_ok());
+}

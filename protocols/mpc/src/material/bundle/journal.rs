@@ -53,8 +53,15 @@ impl Ledger {
     }
 }
 
-/// Reads a record; `Ok(None)` when the file does not exist.
-pub(crate) fn read(path: &Path, bundle_id: &str, party: &str) -> Result<Option<Record>, MaterialError> {
+/// Reads a record; `Ok(None)` when the file does not exist. `totals` are the words of
+/// every stream the party holds: a record naming another stream, or more words than
+/// dealt, is corrupted (cursors are only ever the party's own, within its streams).
+pub(crate) fn read(
+    path: &Path,
+    bundle_id: &str,
+    party: &str,
+    totals: &BTreeMap<String, u64>,
+) -> Result<Option<Record>, MaterialError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -71,6 +78,20 @@ pub(crate) fn read(path: &Path, bundle_id: &str, party: &str) -> Result<Option<R
             path: path.into(),
             detail: "consumption record of another bundle or party; refusing to guess what was consumed: deal a new bundle".into(),
         });
+    }
+    for (stream, &consumed) in &r.cursors {
+        let Some(&total) = totals.get(stream) else {
+            return Err(MaterialError::Format {
+                path: path.into(),
+                detail: format!("corrupted consumption record: it names stream {stream:?}, which this part of the bundle does not hold; refusing to guess what was consumed: deal a new bundle"),
+            });
+        };
+        if consumed > total {
+            return Err(MaterialError::Format {
+                path: path.into(),
+                detail: format!("corrupted consumption record: {consumed} words of {stream} consumed but only {total} were dealt; refusing to guess what was consumed: deal a new bundle"),
+            });
+        }
     }
     Ok(Some(r))
 }
@@ -145,17 +166,19 @@ pub(crate) struct Records {
 
 impl Records {
     /// Opens both records and returns where consumption stands (the furthest of the
-    /// two; empty for a fresh bundle).
+    /// two; empty for a fresh bundle). `totals`: the words of every stream the party
+    /// holds, which a record must stay within.
     pub fn open(
         part_dir: &Path,
         ledger: &Ledger,
         bundle_id: &str,
         party: &str,
+        totals: &BTreeMap<String, u64>,
     ) -> Result<(Records, BTreeMap<String, u64>), MaterialError> {
         let journal = part_dir.join(format!("{party}.journal"));
         let ledger = ledger.dir()?.join(format!("{bundle_id}.{party}.json"));
-        let j = read(&journal, bundle_id, party)?;
-        let l = read(&ledger, bundle_id, party)?;
+        let j = read(&journal, bundle_id, party, totals)?;
+        let l = read(&ledger, bundle_id, party, totals)?;
         let seq = j.as_ref().map_or(0, |r| r.seq).max(l.as_ref().map_or(0, |r| r.seq));
         let cursors = furthest(j.iter().chain(l.iter()).map(|r| &r.cursors));
         Ok((Records { bundle_id: bundle_id.into(), party: party.into(), journal, ledger, seq }, cursors))

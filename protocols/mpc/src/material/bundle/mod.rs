@@ -17,11 +17,13 @@
 //! `p0.shard` learns `x0 - a0` and with it the prompt from the first opening; a client
 //! that can read `p1.shard` can recover every intermediate activation.
 //!
-//! * [`Manifest`]: format version, bundle id (blake3 of the shard hashes and a random
-//!   nonce, so two bundles never share an id), model fingerprint, variant, PRG,
-//!   created-at, who dealt ([`Dealer`]), the client fingerprints allowed to consume the
-//!   server's part, per-shard blake3 and size, counts per material kind per party, and
-//!   where each session starts.
+//! * [`Manifest`]: format version, bundle id, a random nonce, model fingerprint,
+//!   variant, PRG, created-at, who dealt ([`Dealer`]), the client fingerprints allowed
+//!   to consume the server's part, per-shard blake3 and size, counts per material kind
+//!   per party, and where each session starts. The bundle id is the blake3 of the rest
+//!   of the manifest ([`Manifest::sealed_id`]; the nonce makes two bundles never share
+//!   an id), checked on every read: an edited or corrupted manifest (a moved session
+//!   start would start a party at the wrong place of its streams, silently) is refused.
 //! * `pX.shard`: a 64-byte preamble (`SHLMSHRD`, format version `u32`, party `u32`,
 //!   trailer offset `u64`, trailer length `u64`, little-endian), then every raw
 //!   component stream of that party as a raw little-endian `u64` array at a 64-byte
@@ -52,7 +54,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Version of the bundle format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub(crate) const PARTIES: [&str; 2] = ["p0", "p1"];
 
@@ -120,7 +122,8 @@ pub struct Dealer {
 pub struct Manifest {
     /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
-    /// blake3 of the shard hashes and the nonce, hex.
+    /// [`Manifest::sealed_id`]: blake3 of every other field (shard hashes and nonce
+    /// included), hex.
     pub bundle_id: String,
     /// Random 16 bytes, hex: two bundles dealt from the same seed still differ.
     pub nonce: String,
@@ -171,7 +174,31 @@ impl Manifest {
                 ),
             });
         }
+        if m.bundle_id != m.sealed_id() {
+            return Err(MaterialError::Format {
+                path,
+                detail: "does not match its bundle id: the manifest was edited or corrupted after dealing (a changed session start, shard hash or model would hand out the wrong material); restore it from the dealer's output or regenerate with `shardlm-client dealer ...`".into(),
+            });
+        }
         Ok(m)
+    }
+
+    /// The bundle id this manifest's contents give: blake3 (hex) of the manifest's JSON
+    /// with an empty `bundle_id`, so that it covers every other field (the shard
+    /// hashes, the nonce, the model, the variant, where each session starts). The
+    /// dealer writes it ([`Manifest::seal`]); [`Manifest::read`] refuses a manifest
+    /// whose id does not match.
+    pub fn sealed_id(&self) -> String {
+        let unsealed = Manifest { bundle_id: String::new(), ..self.clone() };
+        // Serializing this struct cannot fail: every map has string keys.
+        let json = serde_json::to_vec(&unsealed).unwrap_or_default();
+        blake3::hash(&json).to_hex().to_string()
+    }
+
+    /// Sets the bundle id to [`Manifest::sealed_id`] (the dealer, after filling in
+    /// every other field).
+    pub fn seal(&mut self) {
+        self.bundle_id = self.sealed_id();
     }
 
     /// Index of the first session starting at or after `consumed` on every stream:

@@ -345,7 +345,8 @@ impl<R: Role> Material<R> {
             path: shard.clone(),
             detail: "has a bad seed".into(),
         })?;
-        let (records, cursors) = Records::open(&part, &opts.ledger, &manifest.bundle_id, party)?;
+        let (records, cursors) =
+            Records::open(&part, &opts.ledger, &manifest.bundle_id, party, &trailer.totals)?;
         let store = FileStore {
             me,
             shard,

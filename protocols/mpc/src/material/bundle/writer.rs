@@ -201,7 +201,6 @@ impl BundleWriter {
             sessions,
         } = self;
         let mut shards = BTreeMap::new();
-        let mut hashes = Vec::new();
         for (p, tmps) in tmp.into_iter().enumerate() {
             if present[p].is_empty() {
                 continue;
@@ -211,21 +210,19 @@ impl BundleWriter {
             let part = dir.join(PARTIES[p]);
             create_private_dir(&part)?;
             let info = write_shard(&part, p, &seeds[p], tmps, totals)?;
-            hashes.push(info.blake3.clone());
             shards.insert(PARTIES[p].to_string(), info);
         }
         let mut nonce = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
         let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-        let bundle_id = blake3::hash(format!("{}{nonce}", hashes.join("")).as_bytes()).to_hex().to_string();
         let created_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let [c0, c1] = counts;
-        let manifest = Manifest {
+        let mut manifest = Manifest {
             format_version: FORMAT_VERSION,
-            bundle_id,
+            bundle_id: String::new(),
             nonce,
             model_fingerprint,
             variant,
@@ -237,6 +234,7 @@ impl BundleWriter {
             counts: [("p0".to_string(), c0), ("p1".to_string(), c1)].into_iter().collect(),
             sessions,
         };
+        manifest.seal();
         let json = serde_json::to_string_pretty(&manifest)
             .map_err(|e| MaterialError::Format { path: dir.join("manifest.json"), detail: e.to_string() })?;
         for p in manifest.shards.keys() {
