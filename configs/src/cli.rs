@@ -14,7 +14,7 @@ pub struct TimeoutFlags {
     #[arg(long, default_value_t = 10.0)]
     pub handshake_timeout: f64,
     /// Seconds without any packet before the peer is declared gone (keep-alives go out
-    /// at a third of it; raise it on slow or lossy links).
+    /// at a quarter of it; raise it on slow or lossy links).
     #[arg(long, default_value_t = 8.0)]
     pub idle_timeout: f64,
     /// Seconds to wait for each message of a session.

@@ -25,8 +25,8 @@
 //!
 //! **Deadlines.** Connecting is bounded by `timeouts.connect`, each receive by
 //! `timeouts.recv`, and a silent peer is detected by the QUIC idle timeout
-//! (`timeouts.idle`, with keep-alives at a third of it): a vanished peer is an error,
-//! never a hang.
+//! (`timeouts.idle`, with keep-alives at a quarter of it): a vanished peer is an error
+//! within `timeouts.idle` of its last packet, never a hang.
 
 mod service;
 mod verify;
@@ -204,10 +204,16 @@ fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig> {
         .stream_receive_window(VarInt::from_u32(cfg.stream_window))
         .receive_window(VarInt::from_u32(cfg.connection_window))
         .send_window(cfg.send_window);
-    let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle).map_err(|e| {
+    // QUIC restarts its idle timer when the first ack-eliciting packet goes out after a
+    // receive (RFC 9000, 10.1), and a keep-alive is one: a peer that vanished is noticed
+    // up to one keep-alive interval after the timeout QUIC runs. Run it that much shorter,
+    // so that a peer silent for `timeouts.idle` is declared gone by then (and after at
+    // least three quarters of it).
+    let keep_alive = cfg.timeouts.idle / 4;
+    let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle - keep_alive).map_err(|e| {
         TransportError::Setup(format!("idle timeout {:?} is out of range: {e}", cfg.timeouts.idle))
     })?;
-    t.max_idle_timeout(Some(idle)).keep_alive_interval(Some(cfg.timeouts.idle / 3));
+    t.max_idle_timeout(Some(idle)).keep_alive_interval(Some(keep_alive));
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(cfg.initial_window.max(14720));
     t.congestion_controller_factory(Arc::new(cubic));
