@@ -45,3 +45,45 @@ impl TimeoutFlags {
         })
     }
 }
+
+/// An error and its causes on one line, as `{:#}` prints them (`outer: cause: cause`),
+/// leaving out a cause whose text its context already ends with: errors that show their
+/// source in their own message (`"{path}: {source}"`) would otherwise say it twice.
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct Shown {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("opening the model")]
+    struct Context(#[source] Shown);
+
+    #[test]
+    fn a_cause_its_context_already_shows_is_said_once() {
+        let io = || std::io::Error::other("no such file");
+        let e = Shown { path: "m/config.json".into(), source: io() };
+        assert_eq!(error_line(&e), "m/config.json: no such file");
+        let e = Context(Shown { path: "m/config.json".into(), source: io() });
+        assert_eq!(error_line(&e), "opening the model: m/config.json: no such file");
+    }
+}
