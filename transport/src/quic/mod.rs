@@ -379,6 +379,7 @@ impl QuicServer {
             allowed,
             transport,
             handshake_timeout: cfg.timeouts.connect,
+            idle: cfg.timeouts.idle,
             own_fingerprint: identity.fingerprint(),
         };
         rt.handle.spawn(accept_loop(endpoint.clone(), Arc::new(acceptor), tx));
@@ -461,6 +462,8 @@ struct Acceptor {
     allowed: Vec<String>,
     transport: Arc<TransportConfig>,
     handshake_timeout: Duration,
+    /// The QUIC idle timeout (what a handshake's `TimedOut` means).
+    idle: Duration,
     own_fingerprint: String,
 }
 
@@ -500,7 +503,7 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
                      allowed clients",
                     a.allowed.join(", ")
                 )),
-                _ => connect_error(&e, &format!("client {remote}"), &a.own_fingerprint),
+                _ => connect_error(&e, &format!("client {remote}"), &a.own_fingerprint, a.idle),
             })
         }
         Ok(Ok(conn)) => {
@@ -510,8 +513,9 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
     }
 }
 
-/// A connection-level failure during setup, as a user-facing error.
-fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str) -> TransportError {
+/// A connection-level failure during setup, as a user-facing error. QUIC times a
+/// handshake out when no packet came for `idle` (the idle timeout).
+fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str, idle: Duration) -> TransportError {
     match e {
         ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => {
             TransportError::Setup(format!(
@@ -521,7 +525,7 @@ fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str) -> TransportErro
         ConnectionError::TimedOut => TransportError::Timeout {
             peer: peer.into(),
             what: "the QUIC handshake (is the server running and is UDP reachable?)".into(),
-            after: Duration::ZERO,
+            after: idle,
         },
         other => TransportError::Setup(format!("QUIC connection with {peer} failed: {other}")),
     }
@@ -555,7 +559,7 @@ impl QuicClient {
         let local: SocketAddr =
             if addr.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0u8; 4], 0)) };
         let socket = udp_socket(local, cfg.socket_buffer)?;
-        let timeout = cfg.timeouts.connect;
+        let (timeout, idle) = (cfg.timeouts.connect, cfg.timeouts.idle);
         let payload = cfg.max_udp_payload;
         let outcome = rt.run(async move {
             let endpoint = new_endpoint(socket, None, payload)?;
@@ -585,7 +589,7 @@ impl QuicClient {
                          fingerprint you were given (the server prints its own at startup), or someone is \
                          intercepting the connection"
                     )),
-                    _ => connect_error(&e, &format!("server {addr}"), &own_fp),
+                    _ => connect_error(&e, &format!("server {addr}"), &own_fp, idle),
                 })
             }
             (endpoint, Ok(Ok(conn))) => {
