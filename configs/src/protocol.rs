@@ -77,7 +77,7 @@ pub struct Timeouts {
     /// The application handshake after the connection is up.
     pub handshake: Duration,
     /// Connection idle timeout (no packets at all; the transport sends keep-alives at a
-    /// third of it, so a live but busy peer never trips it, and a dead one is reported
+    /// quarter of it, so a live but busy peer never trips it, and a dead one is reported
     /// within this time).
     pub idle: Duration,
     /// Waiting for any single frame.

@@ -144,7 +144,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shardlm_configs::cli::error_line(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

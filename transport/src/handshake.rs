@@ -322,7 +322,8 @@ pub fn server_handshake<C: Channel + ?Sized>(
                         let (active, max) = (slots.active(), slots.max());
                         let _ = chan.send_msg(Lane::Control, &ServerHello::Busy { active, max });
                         chan.close(close_code::BUSY, "busy");
-                        return Err(TransportError::Busy { peer: chan.peer(), active, max });
+                        // For this server's own log ("handshake with CLIENT failed: ...").
+                        return Err(TransportError::Busy { peer: "this server".into(), active, max });
                     }
                 },
                 _ => None,

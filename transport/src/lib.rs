@@ -181,9 +181,9 @@ pub enum TransportError {
     #[error("handshake refused: {0}")]
     Handshake(handshake::HandshakeFailure),
     /// The server had no free session slot.
-    #[error("server {peer} is busy ({}): try again later, or ask its operator to raise --max-sessions", busy_detail(*active, *max))]
+    #[error("{peer} is busy ({}): try again later, or ask its operator to raise --max-sessions", busy_detail(*active, *max))]
     Busy {
-        /// The server.
+        /// The server: `server ADDR` as a client sees it, `this server` in its own log.
         peer: String,
         /// Sessions it was running (0: not told).
         active: u32,

@@ -1,11 +1,13 @@
 //! v2 between two parties in one process over the in-memory channel, against the
 //! plaintext engine on `testdata/tiny-bytes` (and `../shared/oracle/tiny-qwen2` when present): identical greedy tokens, logits
 //! within 1e-2, exact traffic per linear unit, `4 * layers + 1` rounds per forward pass,
-//! and a server view that does not depend on the prompt.
+//! a server view that does not depend on the prompt, nor (under the full budget) on
+//! where the answer ends.
 
-use shardlm_configs::FixedPoint;
+use shardlm_configs::{FixedPoint, ModelConfig};
+use shardlm_model::generate::{generate, steps_of, Generation, StopPolicy};
 use shardlm_model::qwen2::forward;
-use shardlm_model::sampling::argmax;
+use shardlm_model::sampling::{argmax, Sampler, SamplingConfig};
 use shardlm_model::{Linear, ModelDir, PlainEngine, Rows, Weights};
 use shardlm_mpc::material::IdealDealer;
 use shardlm_mpc::prg::Seed;
@@ -188,4 +190,125 @@ fn server_view_does_not_depend_on_the_prompt() {
         .flat_map(|i| shardlm_mpc::ring::encode_f32((i % 7) as f32 * 0.1, 16).to_le_bytes())
         .collect();
     assert!(chi_square_bytes(&raw) > 1000.0);
+}
+
+/// Records the size and lane of every message the server receives and sends.
+struct Sizes<C> {
+    inner: C,
+    seen: Arc<Mutex<Vec<(char, Lane, usize)>>>,
+}
+
+impl<C: Channel> Channel for Sizes<C> {
+    fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> TResult<()> {
+        self.seen.lock().unwrap().push(('>', lane, payload.len()));
+        self.inner.send_bytes(lane, payload)
+    }
+    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> TResult<()> {
+        self.seen.lock().unwrap().push(('>', lane, payload.len()));
+        self.inner.send_vec(lane, payload)
+    }
+    fn recv_bytes(&mut self, lane: Lane) -> TResult<Vec<u8>> {
+        let b = self.inner.recv_bytes(lane)?;
+        self.seen.lock().unwrap().push(('<', lane, b.len()));
+        Ok(b)
+    }
+    fn counters(&self) -> Counters {
+        self.inner.counters()
+    }
+    fn peer(&self) -> String {
+        self.inner.peer()
+    }
+}
+
+/// Greedy generation of `prompt` with budget `budget` through v2 under `stop`, with the
+/// end tokens of `config`: what the client got, and every message the server received
+/// and sent, in order.
+fn private_generation(
+    config: &ModelConfig,
+    w: &Arc<Weights>,
+    prompt: &[u32],
+    budget: usize,
+    stop: StopPolicy,
+) -> (Generation, Vec<(char, Lane, usize)>) {
+    let fixed = FixedPoint::default();
+    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    let ring = Arc::new(RingWeights::encode(w, fixed, backend).unwrap());
+    let (c_chan, s_chan) = memory::pair();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let server = V2Server::new(ring.clone());
+    let mut tap = Sizes { inner: s_chan, seen: seen.clone() };
+    let shape = SessionShape::new(prompt.len(), budget, Rows::Last);
+    let server_thread = std::thread::spawn(move || server.serve_session(&mut tap, shape));
+    let (masks, _) = IdealDealer::new(Seed([9; 32])).with_weights(ring).split();
+    let mut client = V2Client::new(w.clone(), fixed, c_chan, masks);
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let g =
+        generate(steps_of(&mut client, config), config, prompt, budget, &mut sampler, stop, |_| {}).unwrap();
+    client.finish().unwrap();
+    server_thread.join().unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    (g, seen)
+}
+
+/// Issue 14: two prompts of the same length whose answers end at the end-of-sequence
+/// token after 1 and after 15 tokens give the server identical message counts and sizes
+/// in fixed-length private generation (the default: dummy steps after the end token);
+/// stopping at the end token (`--stop-at-eos`) shows the server the difference.
+#[test]
+fn answer_length_is_hidden_from_the_server_under_the_full_budget() {
+    let (md, w) = load(&fixtures::tiny_bytes());
+    let budget = 16;
+    // The plaintext engine's greedy answers (end tokens ignored) pick the end tokens:
+    // A's first token, and B's fifteenth, which neither occurs earlier in B's answer.
+    let greedy = |prompt: &[u32]| {
+        let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
+        let mut sampler = Sampler::new(SamplingConfig::default());
+        let c = &md.config;
+        generate(steps_of(&mut plain, c), c, prompt, budget, &mut sampler, StopPolicy::Never, |_| {})
+            .unwrap()
+            .tokens
+    };
+    let (a, b) = (b"Hello!".map(u32::from), b"pizza!".map(u32::from));
+    let (ta, tb) = (greedy(&a), greedy(&b));
+    let eos = vec![ta[0], tb[14]];
+    assert!(
+        !tb[..14].iter().any(|t| eos.contains(t)),
+        "B's answer {tb:?} meets an end token {eos:?} before its fifteenth token"
+    );
+    let mut config = md.config.clone();
+    config.eos_token_ids = eos;
+
+    let (ga, sa) = private_generation(&config, &w, &a, budget, StopPolicy::FullBudget);
+    let (gb, sb) = private_generation(&config, &w, &b, budget, StopPolicy::FullBudget);
+    assert!(ga.stopped_at_eos && gb.stopped_at_eos);
+    assert_eq!((ga.tokens.len(), gb.tokens.len()), (1, 15));
+    assert_eq!(
+        (&ga.tokens[..], &gb.tokens[..]),
+        (&ta[..1], &tb[..15]),
+        "private answers equal the plaintext engine's"
+    );
+    assert_eq!((ga.dummy.len(), gb.dummy.len()), (15, 1), "dummy steps fill the budget");
+    assert_eq!(sa.len(), sb.len(), "message counts differ");
+    assert_eq!(sa, sb, "message sizes differ");
+    let bytes = |s: &[(char, Lane, usize)]| s.iter().map(|m| m.2).sum::<usize>();
+    eprintln!(
+        "full budget: the server saw {} messages, {} bytes, for answers of 1 and of 15 tokens alike",
+        sa.len(),
+        bytes(&sa)
+    );
+
+    // Stopping at the end token: the server sees how long each answer was.
+    let (ga, sa) = private_generation(&config, &w, &a, budget, StopPolicy::AtEos);
+    let (gb, sb) = private_generation(&config, &w, &b, budget, StopPolicy::AtEos);
+    assert_eq!((ga.tokens.len(), gb.tokens.len()), (1, 15));
+    let units = Linear::all(&config).len();
+    // One request and one answer per unit per pass, plus the end frame.
+    assert_eq!((sa.len(), sb.len()), (2 * units + 1, 2 * units * 15 + 1));
+    eprintln!(
+        "--stop-at-eos: the server saw {} messages ({} bytes) for 1 token, {} ({} bytes) for 15",
+        sa.len(),
+        bytes(&sa),
+        sb.len(),
+        bytes(&sb)
+    );
 }

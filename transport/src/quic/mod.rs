@@ -25,8 +25,8 @@
 //!
 //! **Deadlines.** Connecting is bounded by `timeouts.connect`, each receive by
 //! `timeouts.recv`, and a silent peer is detected by the QUIC idle timeout
-//! (`timeouts.idle`, with keep-alives at a third of it): a vanished peer is an error,
-//! never a hang.
+//! (`timeouts.idle`, with keep-alives at a quarter of it): a vanished peer is an error
+//! within `timeouts.idle` of its last packet, never a hang.
 
 mod service;
 mod verify;
@@ -204,10 +204,16 @@ fn transport_config(cfg: &QuicConfig) -> Result<TransportConfig> {
         .stream_receive_window(VarInt::from_u32(cfg.stream_window))
         .receive_window(VarInt::from_u32(cfg.connection_window))
         .send_window(cfg.send_window);
-    let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle).map_err(|e| {
+    // QUIC restarts its idle timer when the first ack-eliciting packet goes out after a
+    // receive (RFC 9000, 10.1), and a keep-alive is one: a peer that vanished is noticed
+    // up to one keep-alive interval after the timeout QUIC runs. Run it that much shorter,
+    // so that a peer silent for `timeouts.idle` is declared gone by then (and after at
+    // least three quarters of it).
+    let keep_alive = cfg.timeouts.idle / 4;
+    let idle = quinn::IdleTimeout::try_from(cfg.timeouts.idle - keep_alive).map_err(|e| {
         TransportError::Setup(format!("idle timeout {:?} is out of range: {e}", cfg.timeouts.idle))
     })?;
-    t.max_idle_timeout(Some(idle)).keep_alive_interval(Some(cfg.timeouts.idle / 3));
+    t.max_idle_timeout(Some(idle)).keep_alive_interval(Some(keep_alive));
     let mut cubic = quinn::congestion::CubicConfig::default();
     cubic.initial_window(cfg.initial_window.max(14720));
     t.congestion_controller_factory(Arc::new(cubic));
@@ -373,6 +379,7 @@ impl QuicServer {
             allowed,
             transport,
             handshake_timeout: cfg.timeouts.connect,
+            idle: cfg.timeouts.idle,
             own_fingerprint: identity.fingerprint(),
         };
         rt.handle.spawn(accept_loop(endpoint.clone(), Arc::new(acceptor), tx));
@@ -455,6 +462,8 @@ struct Acceptor {
     allowed: Vec<String>,
     transport: Arc<TransportConfig>,
     handshake_timeout: Duration,
+    /// The QUIC idle timeout (what a handshake's `TimedOut` means).
+    idle: Duration,
     own_fingerprint: String,
 }
 
@@ -494,7 +503,7 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
                      allowed clients",
                     a.allowed.join(", ")
                 )),
-                _ => connect_error(&e, &format!("client {remote}"), &a.own_fingerprint),
+                _ => connect_error(&e, &format!("client {remote}"), &a.own_fingerprint, a.idle),
             })
         }
         Ok(Ok(conn)) => {
@@ -504,8 +513,9 @@ async fn accept_one(incoming: quinn::Incoming, a: &Acceptor) -> Result<Connected
     }
 }
 
-/// A connection-level failure during setup, as a user-facing error.
-fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str) -> TransportError {
+/// A connection-level failure during setup, as a user-facing error. QUIC times a
+/// handshake out when no packet came for `idle` (the idle timeout).
+fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str, idle: Duration) -> TransportError {
     match e {
         ConnectionError::ConnectionClosed(cc) if is_certificate_alert(cc.error_code) => {
             TransportError::Setup(format!(
@@ -515,7 +525,7 @@ fn connect_error(e: &ConnectionError, peer: &str, own_fp: &str) -> TransportErro
         ConnectionError::TimedOut => TransportError::Timeout {
             peer: peer.into(),
             what: "the QUIC handshake (is the server running and is UDP reachable?)".into(),
-            after: Duration::ZERO,
+            after: idle,
         },
         other => TransportError::Setup(format!("QUIC connection with {peer} failed: {other}")),
     }
@@ -549,7 +559,7 @@ impl QuicClient {
         let local: SocketAddr =
             if addr.is_ipv6() { SocketAddr::from(([0u16; 8], 0)) } else { SocketAddr::from(([0u8; 4], 0)) };
         let socket = udp_socket(local, cfg.socket_buffer)?;
-        let timeout = cfg.timeouts.connect;
+        let (timeout, idle) = (cfg.timeouts.connect, cfg.timeouts.idle);
         let payload = cfg.max_udp_payload;
         let outcome = rt.run(async move {
             let endpoint = new_endpoint(socket, None, payload)?;
@@ -579,7 +589,7 @@ impl QuicClient {
                          fingerprint you were given (the server prints its own at startup), or someone is \
                          intercepting the connection"
                     )),
-                    _ => connect_error(&e, &format!("server {addr}"), &own_fp),
+                    _ => connect_error(&e, &format!("server {addr}"), &own_fp, idle),
                 })
             }
             (endpoint, Ok(Ok(conn))) => {

@@ -19,11 +19,16 @@ use std::time::{Duration, Instant};
 /// in progress. Anything over the cap is closed at once with [`close_code::BUSY`].
 pub const CONTROL_CONNECTIONS: u32 = 16;
 
+/// Characters of peer-supplied text a log line keeps: room for this side's own longest
+/// diagnostics (a failed session's error, which quotes peer text, runs to about 250),
+/// while a peer still cannot fill the log.
+pub const PEER_TEXT_MAX: usize = 480;
+
 /// Escapes peer-supplied text for a log line: control characters and quotes as escapes,
-/// at most 160 characters. A remote peer never writes raw text into our logs.
+/// at most [`PEER_TEXT_MAX`] characters. A remote peer never writes raw text into our logs.
 pub fn escape_peer_text(text: &str) -> String {
-    let mut out: String = text.chars().flat_map(char::escape_debug).take(160).collect();
-    if text.chars().flat_map(char::escape_debug).nth(160).is_some() {
+    let mut out: String = text.chars().flat_map(char::escape_debug).take(PEER_TEXT_MAX).collect();
+    if text.chars().flat_map(char::escape_debug).nth(PEER_TEXT_MAX).is_some() {
         out.push('…');
     }
     out
@@ -234,7 +239,7 @@ mod tests {
     fn peer_text_is_escaped_and_bounded() {
         assert_eq!(escape_peer_text("bad\nline\u{1b}[31m"), "bad\\nline\\u{1b}[31m");
         let long = "x".repeat(1000);
-        assert_eq!(escape_peer_text(&long).chars().count(), 161);
+        assert_eq!(escape_peer_text(&long).chars().count(), PEER_TEXT_MAX + 1);
         let limit = RateLimit::new(2);
         assert_eq!(limit.allow(), Some(0));
         assert_eq!(limit.allow(), Some(0));

@@ -269,7 +269,9 @@ fn vanished_peer_is_an_error_within_the_idle_timeout() {
     let waited = t0.elapsed();
     eprintln!("after {waited:?}: {e}");
     assert!(matches!(e, TransportError::Timeout { .. } | TransportError::PeerGone { .. }), "{e:?}");
-    assert!(waited < Duration::from_secs(4), "idle timeout is 2 s, waited {waited:?}");
+    // Within the idle timeout of the last packet (QUIC's restart of its timer on the
+    // next keep-alive included), plus scheduling slack.
+    assert!(waited < Duration::from_millis(2500), "idle timeout is 2 s, waited {waited:?}");
 }
 
 #[test]
