@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use shardlm_attest::providers::Collector;
+use shardlm_attest::providers::{CollectOptions, Collector};
 use shardlm_attest::software::SoftwareProvider;
 use shardlm_attest::ProviderKind;
 use shardlm_configs::cli::TimeoutFlags;
@@ -100,6 +100,13 @@ struct ServeArgs {
     /// Software attestation gives no hardware protection; clients must opt in.
     #[arg(long, value_name = "DIR")]
     cc_software_ca: Option<PathBuf>,
+    /// TDX: this platform's quote collateral (QuoteCollateralV3 JSON from the cloud
+    /// provider's PCCS), reread at every session so that refreshing it needs no restart.
+    #[arg(long, value_name = "FILE")]
+    cc_tdx_collateral: Option<PathBuf>,
+    /// NVIDIA: the GPU (NVML index) whose evidence attests the sessions.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    cc_nvidia_gpu: u32,
     #[command(flatten)]
     timeouts: TimeoutFlags,
 }
@@ -276,7 +283,8 @@ fn cc_collector(a: &ServeArgs) -> Result<Option<Collector>> {
         (Some(_), false) => bail!("--cc-software-ca is only used by --cc-provider software"),
         (None, false) => None,
     };
-    let collector = Collector::new(&a.cc_provider, software).context("--cc-provider")?;
+    let options = CollectOptions { tdx_collateral: a.cc_tdx_collateral.clone(), nvidia_gpu: a.cc_nvidia_gpu };
+    let collector = Collector::with_options(&a.cc_provider, software, options).context("--cc-provider")?;
     let names: Vec<String> = collector.kinds().iter().map(|k| k.to_string()).collect();
     eprintln!("v3-cc: attested by {}", names.join(", "));
     if collector.kinds().contains(&ProviderKind::Software) {

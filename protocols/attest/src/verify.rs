@@ -70,16 +70,18 @@ pub fn verify(
     }
     let report_data = binding.report_data();
     let mut lines = Vec::new();
+    let mut verified = Vec::new();
     for part in &evidence.parts {
+        // A server attested by more providers than this client asks for (a CVM with a
+        // CC GPU, and a client that only pins the CPU) is fine: the parts the policy
+        // does not name are not relied on, so they are neither verified nor reported.
         if !policy.require.contains(&part.provider()) {
-            return Err(check(
-                "required provider",
-                format!("the server sent {} evidence that the policy does not ask for", part.provider()),
-            ));
+            continue;
         }
         lines.push(verify_part(part, binding, &report_data, policy, trust, now)?);
+        verified.push(part.provider());
     }
-    Ok(Verdict { hardware: present.iter().all(|p| p.is_hardware()), providers: present, lines })
+    Ok(Verdict { hardware: verified.iter().all(|p| p.is_hardware()), providers: verified, lines })
 }
 
 /// The policy's section for a provider (present whenever the policy requires it, as
@@ -154,6 +156,12 @@ mod tests {
         let hw = Policy::parse(r#"{"require": ["sev-snp"], "sev_snp": {"measurements": []}}"#).unwrap();
         let e = verify(&ev, &b, &hw, &trust, now).unwrap_err().to_string();
         assert!(e.contains("requires sev-snp"), "{e}");
+        // Evidence the policy does not ask for is not relied on: a policy requiring only
+        // software ignores an extra part rather than refusing a well-attested server.
+        let mut two = ev.clone();
+        two.parts.push(Part::Tdx { quote: vec![0; 16], collateral: String::new() });
+        let v = verify(&two, &b, &policy, &trust, now).unwrap();
+        assert_eq!(v.providers, vec![ProviderKind::Software]);
         // No evidence at all.
         let e = verify(&Evidence::default(), &b, &policy, &trust, now).unwrap_err().to_string();
         assert!(e.contains("sent none"), "{e}");
