@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve private inference sessions over QUIC.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write this party's certificate and key (key mode 0600) and print the fingerprint
     /// to give to clients (`--server-fingerprint`).
     Keygen(KeygenArgs),
@@ -143,7 +143,7 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(a) => serve(a),
+        Command::Serve(a) => serve(*a),
         Command::Keygen(a) => keygen(a),
         Command::SynthModel(a) => synth(a),
         Command::CcSoftwareCa(a) => cc_software_ca(a),
