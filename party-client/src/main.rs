@@ -31,7 +31,7 @@ enum Command {
     /// Check that a server answers, and how fast.
     Health(remote::ServerArgs),
     /// Show a server's model, fingerprint, variants and devices.
-    Info(remote::ServerArgs),
+    Info(remote::InfoArgs),
     /// Write this party's certificate and key (key mode 0600) and print the fingerprint
     /// to give to the server (`--allow-client`).
     Keygen(remote::KeygenArgs),

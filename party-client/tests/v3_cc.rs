@@ -162,6 +162,9 @@ fn v3_cc_between_binaries_attests_and_refuses_what_it_must() {
     std::fs::write(&policy, r#"{"require": ["sev-snp"], "sev_snp": {"measurements": []}}"#).unwrap();
     let e = stderr(&generate(&["--cc-policy".as_ref(), policy.as_os_str()]));
     assert!(e.contains("requires sev-snp") && e.contains("software"), "{e}");
+    let o = remote("info").arg("--cc-policy").arg(&policy).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("cannot meet it: no sev-snp provider"), "{text}");
     // A policy pinning another server binary.
     let pinned = tmp.path().join("pinned.json");
     std::fs::write(
@@ -204,4 +207,37 @@ fn a_server_without_cc_refuses_v3_cc_saying_how_to_enable_it() {
     let e = stderr(&o);
     assert!(!o.status.success() && e.contains("--cc-provider"), "{e}");
     assert!(!e.contains("panicked"), "{e}");
+}
+
+/// With `SHARDLM_REAL_MODEL_DIR` (Qwen2.5-Coder-0.5B-Instruct): v3-cc over QUIC loopback
+/// gives transformers' greedy_16 on all nine reference prompts, and the plaintext
+/// engine's logits exactly.
+#[test]
+fn real_model_v3_cc_greedy_16_equals_the_reference() {
+    let Some(model) = fixtures::real_model_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |variant: &str, extra: &[&str]| -> serde_json::Value {
+        let out_file = tmp.path().join(format!("{variant}.json"));
+        let o = bins()
+            .client()
+            .args(["eval", "--variant", variant, "--greedy", "16", "--model-dir"])
+            .arg(&model)
+            .arg("--cases")
+            .arg(fixtures::real_reference())
+            .arg("--out")
+            .arg(&out_file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap()
+    };
+    let local = run("local", &[]);
+    let cc = run("v3-cc", &["--loopback"]);
+    let (lc, cc) = (local["cases"].as_array().unwrap(), cc["cases"].as_array().unwrap());
+    assert_eq!(cc.len(), 9);
+    for (i, (a, b)) in lc.iter().zip(cc).enumerate() {
+        assert_eq!(b["vs_reference"]["greedy_equal"], true, "case {i} against transformers");
+        assert_eq!(a["top20_logits"], b["top20_logits"], "case {i}: the same engine");
+    }
 }

@@ -2,8 +2,9 @@
 //! making this party's identity.
 
 use crate::client::{parse_server, Remote};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
+use shardlm_attest::Policy;
 use shardlm_configs::cli::TimeoutFlags;
 use shardlm_transport::{Identity, QuicClient, QuicConfig};
 use shardlm_variants::registry;
@@ -36,6 +37,18 @@ impl ServerArgs {
     }
 }
 
+/// Flags of `info`.
+#[derive(Args, Clone, Debug)]
+pub struct InfoArgs {
+    /// The server to ask.
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// v3-cc: also show this attestation policy's digest and whether the server's
+    /// providers cover what it requires.
+    #[arg(long, value_name = "FILE")]
+    pub cc_policy: Option<PathBuf>,
+}
+
 /// Flags of `keygen`.
 #[derive(Args, Debug)]
 pub struct KeygenArgs {
@@ -53,8 +66,13 @@ pub fn health(a: ServerArgs) -> Result<()> {
 }
 
 /// Runs `info`: the server's model and variants, with what each variant promises.
-pub fn info(a: ServerArgs) -> Result<()> {
-    let r = a.remote()?;
+pub fn info(a: InfoArgs) -> Result<()> {
+    let policy = a
+        .cc_policy
+        .as_ref()
+        .map(|p| Policy::load(p).with_context(|| format!("--cc-policy {}", p.display())))
+        .transpose()?;
+    let r = a.server.remote()?;
     let info = QuicClient::info(r.addr, &r.identity, &r.server_fingerprint, r.config)?;
     println!("server:       {}", r.addr);
     println!("model:        {}", info.model);
@@ -72,6 +90,19 @@ pub fn info(a: ServerArgs) -> Result<()> {
             "attestation:  v3-cc by {}{}",
             info.attestation.join(", "),
             if software { " (software: no hardware protection)" } else { "" }
+        );
+    }
+    if let Some(policy) = &policy {
+        let missing: Vec<String> =
+            policy.require.iter().map(|p| p.to_string()).filter(|p| !info.attestation.contains(p)).collect();
+        println!(
+            "cc policy:    {} {}",
+            policy.digest(),
+            if missing.is_empty() {
+                "(the server's providers cover it; the evidence is checked at each session)".to_string()
+            } else {
+                format!("(the server cannot meet it: no {} provider)", missing.join(", "))
+            }
         );
     }
     println!("devices:      {}", info.devices.join(", "));

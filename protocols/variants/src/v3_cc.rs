@@ -111,6 +111,7 @@ pub struct CcClient<C> {
     seal: ClientSeal,
     vocab: usize,
     verdict: Verdict,
+    policy_digest: String,
     phases: PhaseTimes,
 }
 
@@ -133,7 +134,14 @@ impl<C: Channel> CcClient<C> {
         let verdict = verify(&ev.evidence, &binding, &trust.policy, &trust.trust, SystemTime::now())?;
         let (enc, seal) = ClientSeal::open(&ev.public_key, &binding.report_data())?;
         chan.send_msg(Lane::Control, &CcOpen { enc })?;
-        Ok(CcClient { chan, seal, vocab: config.vocab_size, verdict, phases: PhaseTimes::default() })
+        Ok(CcClient {
+            chan,
+            seal,
+            vocab: config.vocab_size,
+            verdict,
+            policy_digest: trust.policy.digest(),
+            phases: PhaseTimes::default(),
+        })
     }
 
     /// What the evidence established.
@@ -191,7 +199,7 @@ impl<C: Channel> ClientSession for CcClient<C> {
         &self.phases
     }
     fn notes(&self) -> Vec<String> {
-        let mut notes = vec![self.verdict.summary()];
+        let mut notes = vec![self.verdict.summary(), format!("policy {}", self.policy_digest)];
         notes.extend(self.verdict.lines.iter().cloned());
         notes
     }

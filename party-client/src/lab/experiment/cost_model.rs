@@ -138,6 +138,7 @@ mod tests {
             rounds: 10,
             setup_rounds: 0,
             setup_bytes: 0,
+            attestation: vec![],
             predicted_prefill_ms: None,
             predicted_decode_step_ms: None,
             predicted_total_ms: None,

@@ -262,6 +262,7 @@ fn planned_point(
         rounds: 0,
         setup_rounds: 0,
         setup_bytes: 0,
+        attestation: vec![],
         predicted_prefill_ms: None,
         predicted_decode_step_ms: None,
         predicted_total_ms: None,
@@ -291,6 +292,8 @@ fn settings(
         "queue_bytes": args.queue,
         "party_nice": args.party_nice,
         "prompt": prompt,
+        "cc_provider": args.cc_provider.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "cc_policy": args.cc_policy,
     })
 }
 

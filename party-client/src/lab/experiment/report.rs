@@ -54,6 +54,9 @@ pub(crate) struct Point {
     /// Of the bytes, those opening the session.
     #[serde(default)]
     pub setup_bytes: u64,
+    /// What attested the server (v3-cc), as the client's report said.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attestation: Vec<String>,
     /// Cost-model prediction of `prefill_ms.mean`.
     pub predicted_prefill_ms: Option<f64>,
     /// Cost-model prediction of `decode_step_ms.mean`.
@@ -137,6 +140,15 @@ fn markdown_header(r: &Results) -> String {
          RTT measured = delay the emulator really added, both ways. Predicted = compute + rounds x RTT + bytes / rate.\n\n",
         r.settings["prompt_tokens"], r.settings["max_new_tokens"], r.settings["runs"], r.settings["warmup"]
     );
+    let mut attested: Vec<(&str, &str)> = r
+        .points
+        .iter()
+        .filter_map(|p| p.attestation.first().map(|a| (p.variant.as_str(), a.as_str())))
+        .collect();
+    attested.dedup();
+    for (variant, note) in attested {
+        s += &format!("{variant}: {note}.\n\n");
+    }
     for note in &r.skipped {
         s += &format!("- skipped: {note}\n");
     }

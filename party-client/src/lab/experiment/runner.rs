@@ -314,6 +314,10 @@ fn read_report(report_path: &Path, point: &mut Point) -> Result<()> {
     point.rounds = report["rounds"].as_u64().unwrap_or(0);
     point.setup_rounds = report["setup_rounds"].as_u64().unwrap_or(0);
     point.setup_bytes = report["setup_bytes"].as_u64().unwrap_or(0);
+    point.attestation = report["config"]["attestation"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
     if let Some(n) = report["config"]["prompt_tokens"].as_u64() {
         point.prompt_tokens = n as usize;
     }
