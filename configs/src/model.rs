@@ -323,35 +323,7 @@ impl ModelConfig {
 
     /// Checks internal consistency; errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, usize); 7] = [
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("head_dim", self.head_dim),
-            ("vocab_size", self.vocab_size),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(ConfigError::Field { field, problem: "must be positive".into() });
-            }
-        }
-        let bounded: [(&'static str, usize, usize); 5] = [
-            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
-            ("hidden_size", self.hidden_size, MAX_WIDTH),
-            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
-            ("vocab_size", self.vocab_size, MAX_VOCAB),
-            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
-        ];
-        for (field, v, max) in bounded {
-            if v > max {
-                return Err(ConfigError::Field {
-                    field,
-                    problem: format!("{v} is above the supported maximum of {max}"),
-                });
-            }
-        }
+        self.check_sizes()?;
         if self.max_position_embeddings == 0 {
             return Err(ConfigError::Field {
                 field: "max_position_embeddings",
@@ -402,6 +374,46 @@ impl ModelConfig {
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
             return Err(ConfigError::Field { field: "rms_norm_eps", problem: "must be in (0, 1)".into() });
         }
+        self.check_parameter_count()
+    }
+
+    /// Every size positive and within what this build supports, before anything is
+    /// multiplied.
+    fn check_sizes(&self) -> Result<(), ConfigError> {
+        let positive: [(&'static str, usize); 7] = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Field { field, problem: "must be positive".into() });
+            }
+        }
+        let bounded: [(&'static str, usize, usize); 5] = [
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+        ];
+        for (field, v, max) in bounded {
+            if v > max {
+                return Err(ConfigError::Field {
+                    field,
+                    problem: format!("{v} is above the supported maximum of {max}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The parameter count within the supported maximum.
+    fn check_parameter_count(&self) -> Result<(), ConfigError> {
         // Every width is now at most 2^22, so each product below fits u64; the sum is
         // checked anyway.
         match self.parameter_count_u64() {

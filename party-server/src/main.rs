@@ -183,26 +183,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     let weights = dir.load_weights()?;
     let mut party = ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?;
     if let Some(dir) = &a.material {
-        // Open (and lock) the server's part now rather than at the first session.
-        let material =
-            Material::<P1>::open(dir, Some(&fp)).with_context(|| format!("--material {}", dir.display()))?;
-        let manifest = material.manifest().context("a dealt bundle has a manifest")?;
-        if manifest.variant != Variant::V3Mpc.name() {
-            bail!("{}: a {} bundle; --material needs a v3-mpc bundle", dir.display(), manifest.variant);
-        }
-        eprintln!(
-            "material: bundle {} for v3-mpc, {} of {} sessions left, {}{}",
-            &manifest.bundle_id[..16],
-            manifest.sessions.len() - material.next_session().unwrap_or(manifest.sessions.len()),
-            manifest.sessions.len(),
-            manifest.dealer.role.promise(true),
-            if manifest.bound_clients.is_empty() {
-                String::new()
-            } else {
-                format!("; bound to {} client(s)", manifest.bound_clients.len())
-            }
-        );
-        party = party.with_mpc_material(MpcMaterial::Bundle(Box::new(Mutex::new(material))));
+        party = party.with_mpc_material(open_material(dir, &fp)?);
     }
     if let Some(collector) = cc_collector(&a)? {
         party = party.with_cc(Arc::new(collector), &fp);
@@ -250,6 +231,30 @@ fn serve(a: ServeArgs) -> Result<()> {
         },
     );
     Ok(())
+}
+
+/// Opens (and locks) the server's part of a v3-mpc bundle now rather than at the first
+/// session, and says what it holds.
+fn open_material(dir: &std::path::Path, fp: &str) -> Result<MpcMaterial> {
+    let material =
+        Material::<P1>::open(dir, Some(fp)).with_context(|| format!("--material {}", dir.display()))?;
+    let manifest = material.manifest().context("a dealt bundle has a manifest")?;
+    if manifest.variant != Variant::V3Mpc.name() {
+        bail!("{}: a {} bundle; --material needs a v3-mpc bundle", dir.display(), manifest.variant);
+    }
+    eprintln!(
+        "material: bundle {} for v3-mpc, {} of {} sessions left, {}{}",
+        &manifest.bundle_id[..16],
+        manifest.sessions.len() - material.next_session().unwrap_or(manifest.sessions.len()),
+        manifest.sessions.len(),
+        manifest.dealer.role.promise(true),
+        if manifest.bound_clients.is_empty() {
+            String::new()
+        } else {
+            format!("; bound to {} client(s)", manifest.bound_clients.len())
+        }
+    );
+    Ok(MpcMaterial::Bundle(Box::new(Mutex::new(material))))
 }
 
 /// Two sessions per core (a session's heavy work is GEMMs on the backend; the rest is

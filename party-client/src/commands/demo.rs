@@ -53,28 +53,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
     println!("prompt: {:?} ({} tokens, chat-formatted)", a.prompt, prompt.len());
     let shape = SessionShape::new(prompt.len(), a.max_tokens, Rows::Last);
 
-    let run = |variant: Variant| -> Result<_> {
-        let mut client = Client::new(variant, &PartyArgs::loopback().options()?, &model)?;
-        let t = Instant::now();
-        let mut session = client.open(&model, shape)?;
-        let open_s = t.elapsed().as_secs_f64();
-        let mut sampler = Sampler::new(SamplingConfig::default());
-        let t = Instant::now();
-        let g = generate(
-            |t, p, r| session.forward(t, p, r).map(Some),
-            &config,
-            &prompt,
-            a.max_tokens,
-            &mut sampler,
-            if variant == Variant::Local { StopPolicy::AtEos } else { StopPolicy::FullBudget },
-            |_| {},
-        )?;
-        let gen_s = t.elapsed().as_secs_f64();
-        let traffic = client.finish(session)?;
-        Ok((g, traffic, open_s, gen_s, client.device()))
-    };
-    let (plain, _, _, plain_s, device) = run(Variant::Local)?;
-    let (private, traffic, deal_s, private_s, _) = run(Variant::V2)?;
+    let plain = run_once(Variant::Local, &model, &prompt, shape)?;
+    let private = run_once(Variant::V2, &model, &prompt, shape)?;
+    let (device, plain_s) = (plain.device, plain.generate_s);
+    let (traffic, deal_s, private_s) = (private.traffic, private.open_s, private.generate_s);
+    let (plain, private) = (plain.generation, private.generation);
 
     let show = |ids: &[u32]| codec.decode(ids).map(|s| format!("{s:?}"));
     println!();
@@ -113,4 +96,37 @@ pub fn run(a: DemoArgs) -> Result<()> {
         bail!("the private generation differs from the plaintext one");
     }
     Ok(())
+}
+
+/// One generation of the demo, with what it printed about it.
+struct DemoRun {
+    generation: shardlm_model::generate::Generation,
+    traffic: shardlm_transport::Counters,
+    open_s: f64,
+    generate_s: f64,
+    device: String,
+}
+
+/// Generates greedily with `variant` (a loopback server for private variants), the
+/// whole budget for private variants so that the server cannot tell the length.
+fn run_once(variant: Variant, model: &LocalModel, prompt: &[u32], shape: SessionShape) -> Result<DemoRun> {
+    let config = &model.dir.config;
+    let mut client = Client::new(variant, &PartyArgs::loopback().options()?, model)?;
+    let t = Instant::now();
+    let mut session = client.open(model, shape)?;
+    let open_s = t.elapsed().as_secs_f64();
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let t = Instant::now();
+    let generation = generate(
+        |t, p, r| session.forward(t, p, r).map(Some),
+        config,
+        prompt,
+        shape.max_new_tokens,
+        &mut sampler,
+        if variant == Variant::Local { StopPolicy::AtEos } else { StopPolicy::FullBudget },
+        |_| {},
+    )?;
+    let generate_s = t.elapsed().as_secs_f64();
+    let traffic = client.finish(session)?;
+    Ok(DemoRun { generation, traffic, open_s, generate_s, device: client.device() })
 }

@@ -186,42 +186,7 @@ impl ModelDir {
         let (weight_files, weight_map) = if single.is_file() {
             (vec![single.clone()], BTreeMap::new())
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index)
-                .map_err(|source| LoadError::Io { path: index.clone(), source })?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| LoadError::Index { path: index.clone(), detail: e.to_string() })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::Index {
-                path: index.clone(),
-                detail: "no `weight_map` object".into(),
-            })?;
-            let mut weight_map = BTreeMap::new();
-            let mut files = Vec::new();
-            for (tensor, file) in map {
-                let file = file.as_str().ok_or_else(|| LoadError::Index {
-                    path: index.clone(),
-                    detail: format!("weight_map[{tensor}] is not a file name"),
-                })?;
-                if file.contains('/') || file.contains("..") {
-                    return Err(LoadError::Index {
-                        path: index.clone(),
-                        detail: format!("shard name `{file}` is not a plain file name"),
-                    });
-                }
-                let path = dir.join(file);
-                if !files.contains(&path) {
-                    if !path.is_file() {
-                        return Err(LoadError::Missing {
-                            path,
-                            what: "weight shard named in model.safetensors.index.json",
-                            hint: "the download is incomplete; fetch every shard",
-                        });
-                    }
-                    files.push(path.clone());
-                }
-                weight_map.insert(tensor.clone(), path);
-            }
-            files.sort();
-            (files, weight_map)
+            read_index(dir, &index)?
         } else {
             return Err(LoadError::Missing {
                 path: single,
@@ -372,4 +337,45 @@ fn map_file(path: &Path) -> Result<memmap2::Mmap, LoadError> {
     // that can at worst fault, never corrupt memory we write). The map lives only until
     // the tensors are converted to owned f32 vectors in `load_weights`.
     unsafe { memmap2::Mmap::map(&file) }.map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
+}
+
+/// The shards and the tensor-to-shard map of a sharded checkpoint's
+/// `model.safetensors.index.json`; every shard must be a plain file name in `dir`.
+fn read_index(dir: &Path, index: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, PathBuf>), LoadError> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|source| LoadError::Io { path: index.to_path_buf(), source })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| LoadError::Index { path: index.to_path_buf(), detail: e.to_string() })?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::Index {
+        path: index.to_path_buf(),
+        detail: "no `weight_map` object".into(),
+    })?;
+    let mut weight_map = BTreeMap::new();
+    let mut files = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| LoadError::Index {
+            path: index.to_path_buf(),
+            detail: format!("weight_map[{tensor}] is not a file name"),
+        })?;
+        if file.contains('/') || file.contains("..") {
+            return Err(LoadError::Index {
+                path: index.to_path_buf(),
+                detail: format!("shard name `{file}` is not a plain file name"),
+            });
+        }
+        let path = dir.join(file);
+        if !files.contains(&path) {
+            if !path.is_file() {
+                return Err(LoadError::Missing {
+                    path,
+                    what: "weight shard named in model.safetensors.index.json",
+                    hint: "the download is incomplete; fetch every shard",
+                });
+            }
+            files.push(path.clone());
+        }
+        weight_map.insert(tensor.clone(), path);
+    }
+    files.sort();
+    Ok((files, weight_map))
 }

@@ -441,16 +441,7 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
     let longest = segments.iter().copied().max().unwrap_or(1);
     let g = tournament_group(longest);
     while segs.iter().any(|s| s.len() > 1) {
-        // Groups of this level: (segment, start, size).
-        let mut groups = Vec::new();
-        for (si, s) in segs.iter().enumerate() {
-            let mut start = 0;
-            while start < s.len() {
-                let m = g.min(s.len() - start);
-                groups.push((si, start, m));
-                start += m;
-            }
-        }
+        let groups = tournament_level(&segs, g);
         // All pairs j < i of every group: [r_j < r_i] = msb(r_j - r_i).
         let mut diffs = Vec::new();
         for &(si, start, m) in &groups {
@@ -466,42 +457,8 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
             }
         }
         let lt = sess.msb_bits(&Shares::from_raw(diffs), bits)?;
-        // Each candidate's literals: beats every earlier one, no later one beats it.
-        let mut lists: Vec<Vec<u64>> = Vec::new();
-        let mut base = 0;
-        for &(_, _, m) in &groups {
-            let c = |i: usize, j: usize| lt[base + i * (i - 1) / 2 + j];
-            for i in 0..m {
-                let mut lits = Vec::with_capacity(m - 1);
-                for j in 0..m {
-                    if j < i {
-                        lits.push(c(i, j));
-                    } else if j > i {
-                        lits.push(if R::ID == 0 { c(j, i) ^ 1 } else { c(j, i) });
-                    }
-                }
-                lists.push(lits);
-            }
-            base += m * (m - 1) / 2;
-        }
-        while lists.iter().any(|l| l.len() > 1) {
-            let (mut xs, mut ys) = (Vec::new(), Vec::new());
-            for l in &lists {
-                for p in 0..l.len() / 2 {
-                    xs.push(l[2 * p]);
-                    ys.push(l[2 * p + 1]);
-                }
-            }
-            let z = sess.and_bits_many(&[(&xs, &ys)])?.remove(0);
-            let mut it = z.into_iter();
-            for l in lists.iter_mut() {
-                let mut next: Vec<u64> = it.by_ref().take(l.len() / 2).collect();
-                if l.len() % 2 == 1 {
-                    next.push(l[l.len() - 1]);
-                }
-                *l = next;
-            }
-        }
+        let mut lists = winner_literals::<R>(&groups, &lt);
+        and_each(sess, &mut lists)?;
         // One-hot winners (a group of one wins alone: the public bit 1) times the values.
         let winners: Vec<u64> =
             lists.iter().map(|l| l.first().copied().unwrap_or(u64::from(R::ID == 0))).collect();
@@ -517,6 +474,72 @@ pub fn max_segments<R: Role, C: Channel, M: MaterialSource<R>>(
         segs = next;
     }
     Ok(Shares::from_raw(segs.into_iter().map(|s| s[0]).collect()))
+}
+
+/// One tournament level's groups, `(segment, start, size)`: each segment split into
+/// consecutive groups of up to `g` values.
+fn tournament_level(segs: &[Vec<u64>], g: usize) -> Vec<(usize, usize, usize)> {
+    let mut groups = Vec::new();
+    for (si, s) in segs.iter().enumerate() {
+        let mut start = 0;
+        while start < s.len() {
+            let m = g.min(s.len() - start);
+            groups.push((si, start, m));
+            start += m;
+        }
+    }
+    groups
+}
+
+/// Each candidate's literals, from the pairwise outcomes `lt` (`[r_j < r_i]` for all
+/// `j < i` of each group, in order): it beats every earlier candidate, and no later one
+/// beats it (the negation is local: P0 flips its share).
+fn winner_literals<R: Role>(groups: &[(usize, usize, usize)], lt: &[u64]) -> Vec<Vec<u64>> {
+    let mut lists: Vec<Vec<u64>> = Vec::new();
+    let mut base = 0;
+    for &(_, _, m) in groups {
+        let c = |i: usize, j: usize| lt[base + i * (i - 1) / 2 + j];
+        for i in 0..m {
+            let mut lits = Vec::with_capacity(m - 1);
+            for j in 0..m {
+                if j < i {
+                    lits.push(c(i, j));
+                } else if j > i {
+                    lits.push(if R::ID == 0 { c(j, i) ^ 1 } else { c(j, i) });
+                }
+            }
+            lists.push(lits);
+        }
+        base += m * (m - 1) / 2;
+    }
+    lists
+}
+
+/// ANDs each list of shared bits down to one bit, all lists at once: a balanced tree,
+/// `ceil(log2(longest))` rounds.
+fn and_each<R: Role, C: Channel, M: MaterialSource<R>>(
+    sess: &mut Session<R, C, M>,
+    lists: &mut [Vec<u64>],
+) -> Result<(), MpcError> {
+    while lists.iter().any(|l| l.len() > 1) {
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for l in lists.iter() {
+            for p in 0..l.len() / 2 {
+                xs.push(l[2 * p]);
+                ys.push(l[2 * p + 1]);
+            }
+        }
+        let z = sess.and_bits_many(&[(&xs, &ys)])?.remove(0);
+        let mut it = z.into_iter();
+        for l in lists.iter_mut() {
+            let mut next: Vec<u64> = it.by_ref().take(l.len() / 2).collect();
+            if l.len() % 2 == 1 {
+                next.push(l[l.len() - 1]);
+            }
+            *l = next;
+        }
+    }
+    Ok(())
 }
 
 /// Tournament group size for segments of up to `longest` values: two levels up to 1024

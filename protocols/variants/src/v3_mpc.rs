@@ -38,7 +38,7 @@
 //! accurate it is on the real model are measured in `docs/v3-mpc.md`.
 
 use crate::RingWeights;
-use shardlm_configs::FixedPoint;
+use shardlm_configs::{FixedPoint, ModelConfig};
 use shardlm_gpu::BackendError;
 use shardlm_model::qwen2::forward;
 use shardlm_model::{EngineError, Linear, Logits, ModelOps, Norm, Rows, Weights};
@@ -434,84 +434,43 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         start_pos: usize,
     ) -> Result<SharedTensor<R>, MpcPartyError> {
         let c = self.weights.config.clone();
-        let (hd, nh, nkv, qd, kvd) =
-            (c.head_dim, c.num_attention_heads, c.num_key_value_heads, c.q_dim(), c.kv_dim());
         let f = self.f();
-        let n = qkv.rows;
-        let cols = qkv.cols;
         let cache = &mut self.cache[layer];
-        let cached = cache.k.len() / kvd.max(1);
+        let cached = cache.k.len() / c.kv_dim().max(1);
         if cached != start_pos {
             return Err(EngineError::CacheMismatch { cached, start_pos }.into());
         }
-        if start_pos + n > c.max_position_embeddings {
-            return Err(EngineError::TooLong { len: start_pos + n, max: c.max_position_embeddings }.into());
+        if start_pos + qkv.rows > c.max_position_embeddings {
+            return Err(
+                EngineError::TooLong { len: start_pos + qkv.rows, max: c.max_position_embeddings }.into()
+            );
         }
+        let a = AttentionLayout::new(&c, qkv.rows, qkv.cols, start_pos);
         let q = qkv.data.as_slice();
-        for r in 0..n {
-            cache.k.extend_from_slice(&q[r * cols + qd..r * cols + qd + kvd]);
-            cache.v.extend_from_slice(&q[r * cols + qd + kvd..r * cols + qd + 2 * kvd]);
+        for r in 0..a.n {
+            let row = &q[r * a.cols + a.qd..r * a.cols + a.qd + 2 * a.kvd];
+            cache.k.extend_from_slice(&row[..a.kvd]);
+            cache.v.extend_from_slice(&row[a.kvd..]);
         }
-        let total = start_pos + n;
-        let group = nh / nkv;
-        // Per kv head: K^T (hd x total) and V (total x hd).
-        let kt: Vec<Shares<R>> = (0..nkv)
-            .map(|g| {
-                let mut m = vec![0u64; hd * total];
-                for t in 0..total {
-                    for j in 0..hd {
-                        m[j * total + t] = cache.k[t * kvd + g * hd + j];
-                    }
-                }
-                Shares::from_raw(m)
-            })
-            .collect();
-        let vs: Vec<Shares<R>> = (0..nkv)
-            .map(|g| {
-                let mut m = vec![0u64; total * hd];
-                for t in 0..total {
-                    m[t * hd..(t + 1) * hd]
-                        .copy_from_slice(&cache.v[t * kvd + g * hd..t * kvd + (g + 1) * hd]);
-                }
-                Shares::from_raw(m)
-            })
-            .collect();
-        let qs: Vec<Shares<R>> = (0..nh)
-            .map(|h| {
-                let mut m = Vec::with_capacity(n * hd);
-                for r in 0..n {
-                    m.extend_from_slice(&q[r * cols + h * hd..r * cols + (h + 1) * hd]);
-                }
-                Shares::from_raw(m)
-            })
-            .collect();
+        let (kt, vs) = (a.keys_transposed(&cache.k), a.values(&cache.v));
         // One product per KV head with its query heads stacked (GQA): K^T is opened once
         // per KV head instead of once per query head. Heads of a group are consecutive, so
         // the stacked outputs are already head-major.
-        let stacked: Vec<Shares<R>> = (0..nkv)
-            .map(|g| {
-                Shares::from_raw(
-                    qs[g * group..(g + 1) * group].iter().flat_map(|q| q.as_slice().to_vec()).collect(),
-                )
+        let stacked = a.stacked_queries(q);
+        let ops: Vec<MatMul<'_, R>> = (0..a.nkv)
+            .map(|g| MatMul {
+                x: &stacked[g],
+                y: &kt[g],
+                m: a.group * a.n,
+                k: a.hd,
+                n: a.total,
+                causal: None,
             })
             .collect();
-        let ops: Vec<MatMul<'_, R>> = (0..nkv)
-            .map(|g| MatMul { x: &stacked[g], y: &kt[g], m: group * n, k: hd, n: total, causal: None })
-            .collect();
         let scores: Vec<u64> = self.sess.matmul_many(&ops)?.into_iter().flat_map(Shares::into_raw).collect();
-        // Visible entries, head-major then row-major, each row a segment (truncated below:
-        // the masked half of a prefill's scores is never truncated).
-        let s = &scores;
-        let mut visible = Vec::new();
-        let mut segs = Vec::with_capacity(nh * n);
-        for h in 0..nh {
-            for r in 0..n {
-                let len = start_pos + r + 1;
-                let base = (h * n + r) * total;
-                visible.extend_from_slice(&s[base..base + len]);
-                segs.push(len);
-            }
-        }
+        // Only the visible scores are truncated and go through the softmax: the masked
+        // half of a prefill's scores is never touched.
+        let (visible, segs) = a.visible(&scores);
         let visible = self.sess.trunc(Shares::<R>::from_raw(visible), f)?;
         let max = nonlinear::max_segments(
             &mut self.sess,
@@ -520,35 +479,20 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             nonlinear::SCORE_DROP,
             nonlinear::SCORE_BITS,
         )?;
-        let mut maxb = Vec::with_capacity(visible.len());
-        for (i, &l) in segs.iter().enumerate() {
-            maxb.extend(std::iter::repeat_n(max.as_slice()[i], l));
-        }
+        let maxb: Vec<u64> =
+            segs.iter().enumerate().flat_map(|(i, &l)| std::iter::repeat_n(max.as_slice()[i], l)).collect();
         let e = nonlinear::exp_neg(&mut self.sess, &visible.sub(&Shares::from_raw(maxb)), f)?;
-        // Row sums, E matrices with zeros at masked positions.
-        let mut sums = Vec::with_capacity(segs.len());
-        let mut emats: Vec<Vec<u64>> = vec![vec![0u64; n * total]; nh];
-        let mut at = 0;
-        for h in 0..nh {
-            for r in 0..n {
-                let len = segs[h * n + r];
-                let row = &e.as_slice()[at..at + len];
-                sums.push(row.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
-                emats[h][r * total..r * total + len].copy_from_slice(row);
-                at += len;
-            }
-        }
+        let (sums, emats) = a.row_sums_and_padded(e.as_slice(), &segs);
         // The reciprocal's comparisons ride along with E V and its truncation.
         let sums = Shares::<R>::from_raw(sums);
-        let pending = nonlinear::reciprocal_start(&mut self.sess, &sums, f, total as f64)?;
-        let emats: Vec<Shares<R>> = emats.into_iter().map(Shares::from_raw).collect();
-        let ops: Vec<MatMul<'_, R>> = (0..nh)
+        let pending = nonlinear::reciprocal_start(&mut self.sess, &sums, f, a.total as f64)?;
+        let ops: Vec<MatMul<'_, R>> = (0..a.nh)
             .map(|h| MatMul {
                 x: &emats[h],
-                y: &vs[h / group],
-                m: n,
-                k: total,
-                n: hd,
+                y: &vs[h / a.group],
+                m: a.n,
+                k: a.total,
+                n: a.hd,
                 causal: Some(start_pos),
             })
             .collect();
@@ -557,15 +501,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
         let out = self.sess.mul_rows(&ev, &recip)?;
         let out = self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw();
-        // (head, row, j) -> (row, head * hd + j)
-        let mut data = vec![0u64; n * qd];
-        for h in 0..nh {
-            for r in 0..n {
-                data[r * qd + h * hd..r * qd + (h + 1) * hd]
-                    .copy_from_slice(&out[(h * n + r) * hd..(h * n + r + 1) * hd]);
-            }
-        }
-        Ok(SharedTensor::new(n, qd, data))
+        Ok(SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)))
     }
 
     fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
@@ -781,7 +717,7 @@ pub fn plan_session(
 /// placeholder tokens of the announced count. Returns the number of forward passes.
 pub fn serve_driven<C: Channel, M: MaterialSource<P1>>(
     mut party: MpcParty<P1, C, M>,
-    config: &shardlm_configs::ModelConfig,
+    config: &ModelConfig,
     shape: crate::plan::SessionShape,
 ) -> Result<(u64, C, M), MpcPartyError> {
     let mut pos = 0usize;
@@ -804,4 +740,131 @@ pub fn serve_driven<C: Channel, M: MaterialSource<P1>>(
     }
     let (chan, material) = party.finish()?;
     Ok((passes, chan, material))
+}
+
+/// Where attention's share vectors live: the data layout of one layer's attention for
+/// `n` new rows after `start_pos` cached ones (GQA: `group` query heads per KV head).
+/// Pure index arithmetic, no protocol.
+struct AttentionLayout {
+    n: usize,
+    cols: usize,
+    start_pos: usize,
+    total: usize,
+    hd: usize,
+    nh: usize,
+    nkv: usize,
+    group: usize,
+    qd: usize,
+    kvd: usize,
+}
+
+impl AttentionLayout {
+    fn new(c: &ModelConfig, n: usize, cols: usize, start_pos: usize) -> Self {
+        AttentionLayout {
+            n,
+            cols,
+            start_pos,
+            total: start_pos + n,
+            hd: c.head_dim,
+            nh: c.num_attention_heads,
+            nkv: c.num_key_value_heads,
+            group: c.num_attention_heads / c.num_key_value_heads,
+            qd: c.q_dim(),
+            kvd: c.kv_dim(),
+        }
+    }
+
+    /// Per KV head, K^T (`hd x total`) from the cache's rows.
+    fn keys_transposed<R: Role>(&self, k: &[u64]) -> Vec<Shares<R>> {
+        (0..self.nkv)
+            .map(|g| {
+                let mut m = vec![0u64; self.hd * self.total];
+                for t in 0..self.total {
+                    for j in 0..self.hd {
+                        m[j * self.total + t] = k[t * self.kvd + g * self.hd + j];
+                    }
+                }
+                Shares::from_raw(m)
+            })
+            .collect()
+    }
+
+    /// Per KV head, V (`total x hd`) from the cache's rows.
+    fn values<R: Role>(&self, v: &[u64]) -> Vec<Shares<R>> {
+        (0..self.nkv)
+            .map(|g| {
+                let mut m = vec![0u64; self.total * self.hd];
+                for t in 0..self.total {
+                    let at = t * self.kvd + g * self.hd;
+                    m[t * self.hd..(t + 1) * self.hd].copy_from_slice(&v[at..at + self.hd]);
+                }
+                Shares::from_raw(m)
+            })
+            .collect()
+    }
+
+    /// Per KV head, its query heads' rows stacked (`group * n x hd`), from the QKV rows.
+    fn stacked_queries<R: Role>(&self, qkv: &[u64]) -> Vec<Shares<R>> {
+        (0..self.nkv)
+            .map(|g| {
+                let mut m = Vec::with_capacity(self.group * self.n * self.hd);
+                for h in g * self.group..(g + 1) * self.group {
+                    for r in 0..self.n {
+                        let at = r * self.cols + h * self.hd;
+                        m.extend_from_slice(&qkv[at..at + self.hd]);
+                    }
+                }
+                Shares::from_raw(m)
+            })
+            .collect()
+    }
+
+    /// The causally visible scores, head-major then row-major, and each row's length
+    /// (a segment of the softmax).
+    fn visible(&self, scores: &[u64]) -> (Vec<u64>, Vec<usize>) {
+        let mut visible = Vec::new();
+        let mut segs = Vec::with_capacity(self.nh * self.n);
+        for h in 0..self.nh {
+            for r in 0..self.n {
+                let len = self.start_pos + r + 1;
+                let base = (h * self.n + r) * self.total;
+                visible.extend_from_slice(&scores[base..base + len]);
+                segs.push(len);
+            }
+        }
+        (visible, segs)
+    }
+
+    /// Each segment's sum, and per head the `n x total` matrix of the segments with
+    /// zeros at the masked positions.
+    fn row_sums_and_padded<R: Role>(&self, e: &[u64], segs: &[usize]) -> (Vec<u64>, Vec<Shares<R>>) {
+        let mut sums = Vec::with_capacity(segs.len());
+        let mut mats = Vec::with_capacity(self.nh);
+        let mut at = 0;
+        for h in 0..self.nh {
+            let mut m = vec![0u64; self.n * self.total];
+            for r in 0..self.n {
+                let len = segs[h * self.n + r];
+                let row = &e[at..at + len];
+                sums.push(row.iter().fold(0u64, |a, &b| a.wrapping_add(b)));
+                m[r * self.total..r * self.total + len].copy_from_slice(row);
+                at += len;
+            }
+            mats.push(Shares::from_raw(m));
+        }
+        (sums, mats)
+    }
+
+    /// `(head, row, j)` to `(row, head * hd + j)`.
+    fn heads_to_rows(&self, out: &[u64]) -> Vec<u64> {
+        let mut data = vec![0u64; self.n * self.qd];
+        for h in 0..self.nh {
+            for r in 0..self.n {
+                let from = (h * self.n + r) * self.hd;
+                data[r * self.qd + h * self.hd..r * self.qd + (h + 1) * self.hd]
+                    .copy_from_slice(&out[from..from + self.hd]);
+            }
+        }
+        data
+    }
 }
