@@ -273,71 +273,46 @@ pub trait Channel: Send {
     }
 }
 
-impl<C: Channel + ?Sized> Channel for &mut C {
-    fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()> {
-        (**self).send_bytes(lane, payload)
-    }
-    fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>> {
-        (**self).recv_bytes(lane)
-    }
-    fn counters(&self) -> Counters {
-        (**self).counters()
-    }
-    fn peer(&self) -> String {
-        (**self).peer()
-    }
-    fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
-        (**self).send_u64s(lane, values)
-    }
-    fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
-        (**self).recv_u64s(lane, len)
-    }
-    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
-        (**self).recv_bytes_within(lane, timeout)
-    }
-    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
-        (**self).send_vec(lane, payload)
-    }
-    fn close(&mut self, code: u32, reason: &str) {
-        (**self).close(code, reason)
-    }
-    fn set_recv_budget(&mut self, bytes: usize) {
-        (**self).set_recv_budget(bytes)
-    }
+/// `Channel` for a pointer to a channel (`&mut C`, `Box<C>`): every method forwards,
+/// so a wrapper's own overrides (counters, budgets) are kept.
+macro_rules! forward_channel {
+    ($($ptr:ty),*) => {$(
+        impl<C: Channel + ?Sized> Channel for $ptr {
+            fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()> {
+                (**self).send_bytes(lane, payload)
+            }
+            fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>> {
+                (**self).recv_bytes(lane)
+            }
+            fn counters(&self) -> Counters {
+                (**self).counters()
+            }
+            fn peer(&self) -> String {
+                (**self).peer()
+            }
+            fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
+                (**self).send_u64s(lane, values)
+            }
+            fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
+                (**self).recv_u64s(lane, len)
+            }
+            fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
+                (**self).recv_bytes_within(lane, timeout)
+            }
+            fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
+                (**self).send_vec(lane, payload)
+            }
+            fn close(&mut self, code: u32, reason: &str) {
+                (**self).close(code, reason)
+            }
+            fn set_recv_budget(&mut self, bytes: usize) {
+                (**self).set_recv_budget(bytes)
+            }
+        }
+    )*};
 }
 
-impl<C: Channel + ?Sized> Channel for Box<C> {
-    fn send_bytes(&mut self, lane: Lane, payload: &[u8]) -> Result<()> {
-        (**self).send_bytes(lane, payload)
-    }
-    fn recv_bytes(&mut self, lane: Lane) -> Result<Vec<u8>> {
-        (**self).recv_bytes(lane)
-    }
-    fn counters(&self) -> Counters {
-        (**self).counters()
-    }
-    fn peer(&self) -> String {
-        (**self).peer()
-    }
-    fn send_u64s(&mut self, lane: Lane, values: &[u64]) -> Result<()> {
-        (**self).send_u64s(lane, values)
-    }
-    fn recv_u64s(&mut self, lane: Lane, len: usize) -> Result<Vec<u64>> {
-        (**self).recv_u64s(lane, len)
-    }
-    fn recv_bytes_within(&mut self, lane: Lane, timeout: Duration) -> Result<Vec<u8>> {
-        (**self).recv_bytes_within(lane, timeout)
-    }
-    fn send_vec(&mut self, lane: Lane, payload: Vec<u8>) -> Result<()> {
-        (**self).send_vec(lane, payload)
-    }
-    fn close(&mut self, code: u32, reason: &str) {
-        (**self).close(code, reason)
-    }
-    fn set_recv_budget(&mut self, bytes: usize) {
-        (**self).set_recv_budget(bytes)
-    }
-}
+forward_channel!(&mut C, Box<C>);
 
 /// The bincode configuration of control messages: bincode 1's legacy wire format
 /// (fixed-width little-endian integers, trailing bytes allowed), byte for byte what
