@@ -90,6 +90,9 @@ pub struct ExperimentArgs {
     /// The server binary (default: `shardlm-server` next to this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// v3: rows per pipelined chunk (default: the client's tuner chooses per unit).
+    #[arg(long)]
+    pub chunk_rows: Option<usize>,
     /// v3-cc: the providers attesting the sweep's server (`shardlm-server serve
     /// --cc-provider`). The default, `software`, protects nothing and is only for
     /// measuring the protocol's cost; on confidential hardware name its providers and
@@ -292,6 +295,7 @@ fn settings(
         "queue_bytes": args.queue,
         "party_nice": args.party_nice,
         "prompt": prompt,
+        "chunk_rows": args.chunk_rows,
         "cc_provider": args.cc_provider.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "cc_policy": args.cc_policy,
     })

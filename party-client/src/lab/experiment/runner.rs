@@ -286,6 +286,10 @@ impl Parties<'_> {
             .args(["--connect-timeout", &(10.0 + 10.0 * rtt_s).to_string(), "--idle-timeout", "30"])
             .args(["--recv-timeout", &args.recv_timeout.to_string()])
             .args(cc_client_flags(args, ids, variant))
+            .args(match (variant, args.chunk_rows) {
+                (Variant::V3, Some(rows)) => vec!["--chunk-rows".to_string(), rows.to_string()],
+                _ => vec![],
+            })
             .arg("--output")
             .arg(report_path)
             .env("RUST_LOG", "warn")
