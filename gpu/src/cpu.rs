@@ -119,8 +119,13 @@ impl GemmFloat for f64 {
 /// `out (m x n) = x (m x k) * w^T` (`w` is `n x k`) on the `gemm` crate. Callers check
 /// the shapes.
 pub(crate) fn gemm_abt<T: GemmFloat>(x: &[T], w: &[T], m: usize, k: usize, n: usize, out: &mut [T]) {
+    gemm_abt_on(x, w, m, k, n, out, rayon::current_num_threads().max(1));
+}
+
+/// [`gemm_abt`] on `threads` threads (1: the calling thread only, for callers that
+/// already run in parallel).
+fn gemm_abt_on<T: GemmFloat>(x: &[T], w: &[T], m: usize, k: usize, n: usize, out: &mut [T], threads: usize) {
     debug_assert!(x.len() == m * k && w.len() == n * k && out.len() == m * n);
-    let threads = rayon::current_num_threads().max(1);
     // SAFETY: the slices hold exactly m*k, n*k and m*n elements (checked by every
     // caller); the strides below describe those row-major layouts (lhs = x with row
     // stride k, rhs = w^T read from w with column stride k, dst with row stride n), so
@@ -235,7 +240,10 @@ pub(crate) fn ring_matmul_limbs(
             ring_gemv_small_m(x, v, m, k, n, out);
             return Ok(());
         }
-        Storage::Small(v) => std::borrow::Cow::Owned(v.par_iter().map(|&x| f64::from(x)).collect()),
+        Storage::Small(v) => {
+            ring_matmul_small_blocked(x, v, m, k, n, w.limb_bits, out);
+            return Ok(());
+        }
         Storage::Wide(v) => std::borrow::Cow::Borrowed(v.as_slice()),
     };
     let b = w.limb_bits;
@@ -253,6 +261,51 @@ pub(crate) fn ring_matmul_limbs(
         });
     }
     Ok(())
+}
+
+/// Weight rows a task of [`ring_matmul_small_blocked`] widens at a time: 64 rows of the
+/// widest unit (`k` = 8960 at 1.5B) are 4.6 MB of `f64`, which stay in cache while every
+/// limb multiplies them.
+const WIDEN_ROWS: usize = 64;
+
+/// `out = x * w^T mod 2^64` for `i32` weights and `m > 4` rows, exactly, by limbs: `x`
+/// is split into `64 / b`-bit limbs once, and each task widens a block of
+/// [`WIDEN_ROWS`] weight rows to `f64` and multiplies every limb by it while it is in
+/// cache. Each weight is read once per call (4 bytes) and no widened copy of the whole
+/// matrix is made, so a call costs its arithmetic plus one pass over the `i32` weights;
+/// splitting a request into chunks (v3) then adds little per chunk. Every `f64`
+/// accumulation is exact by the choice of `b` ([`RingMatrix::limb_bits`]), so the result
+/// is bit for bit that of any other exact method.
+fn ring_matmul_small_blocked(x: &[u64], w: &[i32], m: usize, k: usize, n: usize, b: u32, out: &mut [u64]) {
+    let limbs = 64u32.div_ceil(b);
+    let mask = if b >= 64 { u64::MAX } else { (1u64 << b) - 1 };
+    let x_limbs: Vec<Vec<f64>> =
+        (0..limbs).map(|l| x.par_iter().map(|&v| ((v >> (l * b)) & mask) as f64).collect()).collect();
+    let mut cols = vec![0u64; n * m];
+    cols.par_chunks_mut(WIDEN_ROWS * m).enumerate().for_each(|(t, block)| {
+        let (j0, nb) = (t * WIDEN_ROWS, block.len() / m);
+        let wide: Vec<f64> = w[j0 * k..(j0 + nb) * k].iter().map(|&v| f64::from(v)).collect();
+        let mut acc = vec![0f64; m * nb];
+        let mut sum = vec![0u64; m * nb];
+        for (l, xl) in x_limbs.iter().enumerate() {
+            gemm_abt_on(xl, &wide, m, k, nb, &mut acc, 1);
+            let shift = l as u32 * b;
+            sum.iter_mut()
+                .zip(&acc)
+                .for_each(|(s, &a)| *s = s.wrapping_add((a as i64 as u64).wrapping_shl(shift)));
+        }
+        // The block's columns, transposed: `block[jj * m + i]` is output `(i, j0 + jj)`.
+        for i in 0..m {
+            for jj in 0..nb {
+                block[jj * m + i] = sum[i * nb + jj];
+            }
+        }
+    });
+    for j in 0..n {
+        for i in 0..m {
+            out[i * n + j] = cols[j * m + i];
+        }
+    }
 }
 
 /// A weight element that converts exactly to a signed 64-bit integer.
@@ -382,6 +435,15 @@ mod tests {
         check(7, 300, 5, 18, true, 2);
         check(3, 33, 4, 40, false, 3); // large weights: narrow limbs
         check(2, 17, 3, 60, true, 4); // too large for limbs: integer fallback
+    }
+
+    #[test]
+    fn blocked_limb_gemm_spans_several_weight_blocks() {
+        // More weight rows than one widened block, a ragged last block, chunk-sized m.
+        check(25, 300, 130, 18, true, 9);
+        check(13, 896, 2 * WIDEN_ROWS + 1, 18, false, 10);
+        check(98, 64, WIDEN_ROWS - 1, 18, true, 11);
+        check(5, 18944, WIDEN_ROWS + 3, 18, true, 12);
     }
 
     #[test]
