@@ -65,6 +65,8 @@ pub struct RunMeasurement {
     pub setup: Counters,
     /// Time per operation kind.
     pub phases: PhaseTimes,
+    /// Chunks the prefill was cut into (v3's wavefront; 1 otherwise).
+    pub prefill_chunks: usize,
 }
 
 /// The JSON report.
@@ -95,6 +97,8 @@ pub struct Report {
     pub setup_rounds: u64,
     /// Of the bytes sent and received, those exchanged opening the session.
     pub setup_bytes: u64,
+    /// Chunks the prefill was cut into (v3's wavefront; 1 for the other variants).
+    pub prefill_chunks: usize,
     /// Traffic per lane, per run.
     pub lanes: BTreeMap<String, serde_json::Value>,
     /// Mean milliseconds per run in each operation kind.
@@ -166,6 +170,7 @@ pub fn report(
         rounds: runs.iter().map(|r| r.traffic.rounds).sum::<u64>() / n,
         setup_rounds: runs.iter().map(|r| r.setup.rounds).sum::<u64>() / n,
         setup_bytes: runs.iter().map(|r| r.setup.bytes_sent() + r.setup.bytes_received()).sum::<u64>() / n,
+        prefill_chunks: runs.iter().map(|r| r.prefill_chunks).max().unwrap_or(1),
         lanes: lanes
             .into_iter()
             .map(|(k, (bs, br, ms, mr))| {

@@ -27,6 +27,7 @@ use shardlm_variants::plan::{deal_sessions, plan_session, SessionShape};
 use shardlm_variants::registry::{self, MaterialNeed};
 use shardlm_variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
 use shardlm_variants::session::{open_local, open_private, ClientContext, ClientSession};
+use shardlm_variants::v3::{LinkModel, Schedule};
 use shardlm_variants::v3_cc::CcTrust;
 use shardlm_variants::RingWeights;
 use std::net::SocketAddr;
@@ -222,8 +223,11 @@ pub struct ClientOptions {
     pub server_fingerprint: Option<String>,
     /// A dealt bundle for this client's sessions.
     pub material: Option<PathBuf>,
-    /// v3: rows per pipelined chunk.
+    /// v3: rows per chunk of a multi-row pass (`None`: the client's model chooses).
     pub chunk_rows: Option<usize>,
+    /// v3: the link rate each way, bits/s, for the model that cuts passes into chunks
+    /// (`None`: 1 Gbit/s assumed).
+    pub link_rate: Option<u64>,
     /// QUIC initial congestion window in bytes.
     pub initial_window: u64,
     /// Network deadlines.
@@ -287,7 +291,10 @@ impl Client {
         let ctx = ClientContext {
             weights: model.weights.clone(),
             ring,
-            chunk_rows: opts.chunk_rows,
+            schedule: Schedule {
+                chunk_rows: opts.chunk_rows,
+                link: LinkModel { rate_bps: opts.link_rate, ..LinkModel::default() },
+            },
             model_fingerprint: model.fingerprint.clone(),
             cc,
         };
@@ -330,8 +337,8 @@ impl Client {
         p.sessions += 1;
         let (mut material, mut binding) = p.session_material(variant, model, shape)?;
         let connected = p.remote.session(variant, model, shape, binding.clone());
-        let chan = match (connected, material.as_ref().and_then(Material::manifest)) {
-            (Ok((chan, _)), _) => chan,
+        let (chan, info) = match (connected, material.as_ref().and_then(Material::manifest)) {
+            (Ok(connected), _) => connected,
             (Err(e), Some(_)) if bundle_session_behind(&e).is_some() => {
                 // A session was lost on one side (a crash between reserving and using):
                 // the server is ahead. Skip forward to its next session and retry once.
@@ -343,7 +350,6 @@ impl Client {
                 p.remote
                     .session(variant, model, shape, binding.clone())
                     .with_context(|| p.context(variant))?
-                    .0
             }
             (Err(e), _) => return Err(anyhow::Error::new(e).context(p.context(variant))),
         };
@@ -351,6 +357,9 @@ impl Client {
             // Admitted by the server: reserve the session before any material is used.
             m.start_session(usize::try_from(b.session).unwrap_or(usize::MAX))?;
         }
+        // v3 plans its chunks for this connection's RTT and the server's measured GEMM.
+        p.ctx.schedule.link.rtt = chan.rtt();
+        p.ctx.schedule.link.gemm = info.ring_gemm;
         Ok(open_private(variant, shape, &p.ctx, Box::new(chan), material, Seed::random(&mut OsRng))?)
     }
 

@@ -21,7 +21,7 @@ use std::fmt;
 use std::time::Duration;
 
 /// The wire protocol version; bump on any incompatible change of frames or messages.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The public shape of a session, declared by the client before anything else: the
 /// server checks every size the client later announces against it, before allocating.
@@ -105,6 +105,20 @@ pub struct ServerInfo {
     /// The providers that attest the server for v3-cc (`sev-snp`, `nvidia`, `software`,
     /// ...); empty when it does not serve v3-cc.
     pub attestation: Vec<String>,
+    /// What the server's exact ring GEMM costs, measured when it started; v3 clients
+    /// cut their passes into chunks with it. `None`: not measured.
+    pub ring_gemm: Option<GemmCost>,
+}
+
+/// The measured cost of the server's exact ring GEMM per weight element: a call on `r`
+/// rows of a `d_out x d_in` weight takes about `d_out d_in (fixed + r row)` picoseconds
+/// (`fixed`: one pass over the weights; `row`: the arithmetic per input row).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GemmCost {
+    /// Picoseconds per weight element per call.
+    pub fixed_ps: u64,
+    /// Picoseconds per weight element per input row.
+    pub row_ps: u64,
 }
 
 /// Why a server refused a client: one field, both values, and what to do.
@@ -356,6 +370,7 @@ mod tests {
             version: "0.1.0".into(),
             protocol_version: PROTOCOL_VERSION,
             attestation: vec![],
+            ring_gemm: None,
         }
     }
 
@@ -375,7 +390,7 @@ mod tests {
     #[test]
     fn hello_encoding_is_unchanged() {
         let hello = session("v3-mpc", "blake3:aaaa");
-        let mut want = vec![2, 0, 0, 0, 0, 0, 0, 0]; // protocol_version 2, Request::Session
+        let mut want = vec![3, 0, 0, 0, 0, 0, 0, 0]; // protocol_version 3, Request::Session
         want.extend([6, 0, 0, 0, 0, 0, 0, 0]);
         want.extend(b"v3-mpc");
         want.extend([11, 0, 0, 0, 0, 0, 0, 0]);

@@ -78,6 +78,7 @@ pub fn measured_run(
         traffic: session.counters(),
         setup,
         phases,
+        prefill_chunks: session.prefill_chunks(),
     })
 }
 

@@ -41,9 +41,14 @@ pub struct PartyArgs {
     /// v2/v3 client deals each session itself just before it starts.
     #[arg(long)]
     pub material: Option<PathBuf>,
-    /// v3: rows per pipelined chunk (default: tuned per linear unit).
+    /// v3: rows per chunk of a multi-row pass (default: the client's model chooses from
+    /// the link rate, the RTT and the server's measured GEMM cost).
     #[arg(long)]
     pub chunk_rows: Option<usize>,
+    /// v3: the link's rate each way (`200mbit`, `1gbit`, `12mbps`), for the model that
+    /// chooses the chunks (default: 1gbit assumed).
+    #[arg(long, value_parser = crate::lab::netem::parse_rate)]
+    pub link_rate: Option<u64>,
     /// QUIC initial congestion window, bytes (lower it on links shared with other traffic).
     #[arg(long, default_value_t = 1 << 20)]
     pub initial_window: u64,
@@ -72,6 +77,7 @@ impl PartyArgs {
             server_fingerprint: None,
             material: None,
             chunk_rows: None,
+            link_rate: None,
             initial_window: 1 << 20,
             cc_policy: None,
             cc_software_ca: None,
@@ -99,6 +105,7 @@ impl PartyArgs {
             server_fingerprint: self.server_fingerprint.clone(),
             material: self.material.clone(),
             chunk_rows: self.chunk_rows,
+            link_rate: self.link_rate,
             initial_window: self.initial_window,
             cc_policy: self.cc_policy.clone(),
             cc_software_ca: self.cc_software_ca.clone(),

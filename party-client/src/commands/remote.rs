@@ -106,6 +106,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
         );
     }
     println!("devices:      {}", info.devices.join(", "));
+    if let Some(g) = info.ring_gemm {
+        println!(
+            "ring GEMM:    {:.2} ns per weight per call + {:.3} ns per weight per row (measured at start; v3 plans its chunks with it)",
+            g.fixed_ps as f64 / 1e3,
+            g.row_ps as f64 / 1e3
+        );
+    }
     println!("version:      {} (protocol {})", info.version, info.protocol_version);
     Ok(())
 }

@@ -9,7 +9,7 @@ use super::ops::{Linear, Logits, ModelOps, Norm, Rows};
 use shardlm_configs::ModelConfig;
 
 /// Runs one forward step over `tokens` at positions `start_pos..`, returning the logits
-/// of `rows` where this implementation may see them.
+/// of `rows` where this implementation may see them: [`decoder`], then [`head`].
 pub fn forward<O: ModelOps>(
     ops: &mut O,
     config: &ModelConfig,
@@ -17,6 +17,20 @@ pub fn forward<O: ModelOps>(
     start_pos: usize,
     rows: Rows,
 ) -> Result<Option<Logits>, O::Error> {
+    let x = decoder(ops, config, tokens, start_pos)?;
+    head(ops, &x, rows)
+}
+
+/// The decoder layers of a step: the hidden state of `tokens` at positions
+/// `start_pos..` after the last layer, with their keys and values appended to the
+/// implementation's KV cache. A step that only fills the cache (v3's chunked prefill,
+/// every chunk but the last) stops here.
+pub fn decoder<O: ModelOps>(
+    ops: &mut O,
+    config: &ModelConfig,
+    tokens: &[u32],
+    start_pos: usize,
+) -> Result<O::Act, O::Error> {
     let mut x = ops.embed(tokens)?;
     for layer in 0..config.num_hidden_layers {
         let h = ops.rms_norm(&x, Norm::Input(layer))?;
@@ -32,7 +46,12 @@ pub fn forward<O: ModelOps>(
         let down = ops.linear(&act, Linear::Down(layer))?;
         x = ops.add(&x, &down)?;
     }
-    let h = ops.rms_norm(&x, Norm::Final)?;
+    Ok(x)
+}
+
+/// The final norm and the LM head on `rows` of the decoder's output `x`.
+pub fn head<O: ModelOps>(ops: &mut O, x: &O::Act, rows: Rows) -> Result<Option<Logits>, O::Error> {
+    let h = ops.rms_norm(x, Norm::Final)?;
     let h = ops.select_rows(&h, rows)?;
     let logits = ops.linear(&h, Linear::LmHead)?;
     ops.reveal_logits(&logits)

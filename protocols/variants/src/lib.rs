@@ -26,6 +26,7 @@ pub mod ring_weights;
 pub mod server;
 pub mod session;
 pub mod v2;
+pub mod v3;
 pub mod v3_cc;
 pub mod v3_mpc;
 

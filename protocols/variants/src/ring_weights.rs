@@ -12,6 +12,7 @@ use shardlm_gpu::{Backend, BackendError, RingMatrix};
 use shardlm_model::{Linear, Weights};
 use shardlm_mpc::material::LinearWeights;
 use shardlm_mpc::ring::encode_f32;
+use shardlm_transport::handshake::GemmCost;
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -75,7 +76,37 @@ impl RingWeights {
     pub fn fixed(&self) -> FixedPoint {
         self.fixed
     }
+
+    /// Measures what a GEMM on this backend costs per weight element
+    /// ([`GemmCost`]): the widest unit of the first layer (`gate_up`) multiplied on
+    /// [`CALIBRATION_ROWS`] rows, the best of two calls each, and a line through the two
+    /// times. About one layer's worth of prefill work; the server does it once at start.
+    pub fn calibrate(&self) -> Result<GemmCost, BackendError> {
+        let lin = if self.config.num_hidden_layers > 0 { Linear::GateUp(0) } else { Linear::LmHead };
+        let m = self.unit(lin);
+        let weights = (m.n * m.k).max(1) as f64;
+        let time = |rows: usize| -> Result<f64, BackendError> {
+            let y: Vec<u64> =
+                (0..rows * m.k).map(|i| (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+            let mut best = f64::MAX;
+            for _ in 0..2 {
+                let t = std::time::Instant::now();
+                self.multiply(lin, &y, rows)?;
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            Ok(best)
+        };
+        let [r1, r2] = CALIBRATION_ROWS;
+        let (t1, t2) = (time(r1)?, time(r2)?);
+        let row = ((t2 - t1) / (r2 - r1) as f64).max(0.0);
+        let fixed = (t1 - r1 as f64 * row).max(0.0);
+        let ps = |s: f64| (s / weights * 1e12).round() as u64;
+        Ok(GemmCost { fixed_ps: ps(fixed), row_ps: ps(row) })
+    }
 }
+
+/// Row counts [`RingWeights::calibrate`] times: a small and a large v3 chunk.
+pub const CALIBRATION_ROWS: [usize; 2] = [8, 32];
 
 /// The dealer reads weights by id ([`Linear::weight_id`]) and computes `S` with the
 /// backend's exact prepared ring GEMM.

@@ -11,6 +11,7 @@
 //! bundle before any material is consumed.
 
 use super::v2::{ServerSessionStats, V2Error, V2Server};
+use super::v3::V3Server;
 use super::v3_mpc::{serve_driven, MpcParty, MpcPartyError};
 use crate::limits::{recv_budget, shape_of};
 use crate::plan::SessionShape;
@@ -25,7 +26,7 @@ use shardlm_mpc::material::{Material, MaterialError};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::share::P1;
 use shardlm_transport::handshake::{
-    ClientHello, MaterialBinding, Mismatch, Request, ServerInfo, PROTOCOL_VERSION,
+    ClientHello, GemmCost, MaterialBinding, Mismatch, Request, ServerInfo, PROTOCOL_VERSION,
 };
 use shardlm_transport::{close_code, Channel};
 use std::collections::VecDeque;
@@ -89,10 +90,12 @@ pub struct ServerParty {
     weights: Arc<Weights>,
     ring: Arc<RingWeights>,
     v2: V2Server,
+    v3: V3Server,
     backend_name: String,
     backend: Arc<dyn Backend>,
     mpc_material: Option<MpcMaterial>,
     cc: Option<CcServer>,
+    gemm: Option<GemmCost>,
 }
 
 fn mismatch(
@@ -105,7 +108,9 @@ fn mismatch(
 }
 
 impl ServerParty {
-    /// Prepares the model: weights in ring encoding, prepared on the backend once.
+    /// Prepares the model: weights in ring encoding, prepared on the backend once, and
+    /// the backend's GEMM cost measured ([`RingWeights::calibrate`]; v3 clients plan
+    /// their chunks with it).
     pub fn new(
         weights: Arc<Weights>,
         fixed: FixedPoint,
@@ -113,15 +118,18 @@ impl ServerParty {
     ) -> Result<Self, shardlm_gpu::BackendError> {
         let backend_name = backend.name();
         let ring = Arc::new(RingWeights::encode(&weights, fixed, backend.clone())?);
+        let gemm = Some(ring.calibrate()?);
         Ok(Self {
             config: weights.config.clone(),
             weights,
             backend_name,
             backend,
             v2: V2Server::new(ring.clone()),
+            v3: V3Server::new(ring.clone()),
             ring,
             mpc_material: None,
             cc: None,
+            gemm,
         })
     }
 
@@ -178,6 +186,7 @@ impl ServerParty {
             version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,
             attestation: self.cc.as_ref().map(CcServer::providers).unwrap_or_default(),
+            ring_gemm: self.gemm,
         }
     }
 
@@ -264,7 +273,7 @@ impl ServerParty {
                 }
                 None => Err(ServeError::NotServed(variant, ": start it with --cc-provider")),
             },
-            Variant::V3 => Ok(self.v2.serve_pipelined(chan, shape)?),
+            Variant::V3 => Ok(self.v3.serve_session(chan, shape)?),
             Variant::V3Mpc => match self.mpc_material.as_ref() {
                 None => Err(ServeError::NotServed(
                     variant,

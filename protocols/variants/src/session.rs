@@ -10,7 +10,8 @@
 use crate::limits::recv_budget;
 use crate::plan::SessionShape;
 use crate::registry::{spec, MaterialNeed};
-use crate::v2::{Pipeline, V2Client, V2Error};
+use crate::v2::{V2Client, V2Error};
+use crate::v3::{Schedule, V3Client, V3Error};
 use crate::v3_cc::{CcClient, CcError, CcTrust};
 use crate::v3_mpc::{MpcParty, MpcPartyError};
 use crate::RingWeights;
@@ -29,9 +30,12 @@ use std::time::Duration;
 /// A client session's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    /// A v2/v3 session failed.
+    /// A v2 session failed.
     #[error(transparent)]
     V2(#[from] V2Error),
+    /// A v3 session failed.
+    #[error(transparent)]
+    V3(#[from] V3Error),
     /// A v3-mpc session failed.
     #[error(transparent)]
     Mpc(#[from] MpcPartyError),
@@ -73,6 +77,11 @@ pub trait ClientSession: Send {
     /// and recorded in every report.
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Chunks the last pass of several rows was cut into (v3's wavefront); 1 for
+    /// variants that send each unit whole.
+    fn prefill_chunks(&self) -> usize {
+        1
     }
     /// Ends the session cleanly (the server is told, its last messages are waited for)
     /// and returns the counters and the material source.
@@ -149,6 +158,30 @@ impl<C: Channel> SessionOps for MpcParty<P0, C, Material<P0>> {
     }
 }
 
+impl<C: Channel> ClientSession for V3Client<C, Material<P0>> {
+    fn variant(&self) -> Variant {
+        Variant::V3
+    }
+    fn forward(&mut self, tokens: &[u32], start: usize, rows: Rows) -> Result<Logits, SessionError> {
+        Ok(V3Client::forward(self, tokens, start, rows)?)
+    }
+    fn counters(&self) -> Counters {
+        V3Client::counters(self)
+    }
+    fn phases(&self) -> &PhaseTimes {
+        V3Client::phases(self)
+    }
+    fn prefill_chunks(&self) -> usize {
+        V3Client::prefill_chunks(self)
+    }
+    fn finish(self: Box<Self>) -> Result<SessionEnd, SessionError> {
+        let counters = self.counters();
+        let (mut chan, material) = self.finish_with_material()?;
+        close_after_end(&mut chan);
+        Ok(SessionEnd { counters, material: Some(material) })
+    }
+}
+
 impl SessionOps for PlainEngine {
     fn counters(&self) -> Counters {
         Counters::default()
@@ -166,8 +199,9 @@ pub struct ClientContext {
     pub weights: Arc<Weights>,
     /// The weights in ring encoding.
     pub ring: Arc<RingWeights>,
-    /// v3: rows per pipelined chunk (`None`: tuned per unit).
-    pub chunk_rows: Option<usize>,
+    /// v3: how multi-row passes are cut into chunks (the opener fills in the link of
+    /// each session).
+    pub schedule: Schedule,
     /// The model fingerprint (v3-cc binds its evidence to it).
     pub model_fingerprint: String,
     /// v3-cc: the attestation policy and trust (`None`: v3-cc refused).
@@ -214,13 +248,12 @@ pub fn open_private(
     let material = material
         .ok_or_else(|| SessionError::Unsupported(format!("{variant} needs this session's material")))?;
     Ok(match (variant, s.material) {
-        (Variant::V2 | Variant::V3, MaterialNeed::ClientOnly) => {
+        (Variant::V2, MaterialNeed::ClientOnly) => {
             let client = V2Client::new(ctx.weights.clone(), FixedPoint::default(), chan, material);
-            let client = match variant {
-                Variant::V3 => client.with_pipeline(Pipeline { chunk_rows: ctx.chunk_rows }),
-                _ => client,
-            };
             Box::new(OpsSession { variant, config, ops: Timed::new(client) })
+        }
+        (Variant::V3, MaterialNeed::ClientOnly) => {
+            Box::new(V3Client::new(ctx.weights.clone(), FixedPoint::default(), chan, material, ctx.schedule))
         }
         (Variant::V3Mpc, MaterialNeed::BothParties) => {
             let party =

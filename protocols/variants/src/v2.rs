@@ -40,116 +40,6 @@ use std::sync::Arc;
 /// The lane v2 requests travel on.
 pub const V2_LANE: Lane = Lane::Masked(0);
 
-/// v3's pipelining: the positions of a request are split into chunks that travel on
-/// `lanes` masked lanes at once, so the server multiplies chunk `i + 1` while the network
-/// carries chunk `i` back and the client decodes chunk `i - 1`. Before the chunks the
-/// client sends a 16-byte header `[n, chunk_rows]` on the control lane (`n = 0` ends the
-/// session). Same masks, same products, same bits as v2: only the schedule differs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Pipeline {
-    /// Rows per chunk; `None` lets [`ChunkTuner`] choose from measured costs.
-    pub chunk_rows: Option<usize>,
-}
-
-/// Masked lanes v3 rotates its chunks over.
-pub const V3_LANES: u8 = 4;
-
-impl Pipeline {
-    /// The default chunk size before any measurement: about four chunks per request, at
-    /// least 8 rows each (a decode step of one row is one chunk, exactly v2).
-    pub fn auto_chunk_rows(n: usize) -> usize {
-        if n < 16 {
-            n.max(1)
-        } else {
-            n.div_ceil(4).max(8)
-        }
-    }
-}
-
-/// Chooses v3's chunk count per kind of linear unit from measured costs: while a kind
-/// has untried candidates (1, 2 or 4 chunks) the next request of that kind tries one;
-/// after that, every request uses the candidate with the lowest measured time per row.
-/// A prefill has `layers` requests of each kind, so the first three layers explore and
-/// the rest exploit. Where overlapping does not pay (two cores shared by both parties on
-/// loopback) this converges to one chunk, the v2 schedule; on a GPU server across a
-/// network, to the pipelined one. Chunking never changes the result bits.
-#[derive(Clone, Debug, Default)]
-pub struct ChunkTuner {
-    /// (unit kind, chunks) -> (seconds, rows) measured.
-    samples: std::collections::BTreeMap<(u8, usize), (f64, usize)>,
-}
-
-const CHUNK_CANDIDATES: [usize; 3] = [1, 2, 4];
-
-fn unit_kind(l: Linear) -> u8 {
-    match l {
-        Linear::Qkv(_) => 0,
-        Linear::O(_) => 1,
-        Linear::GateUp(_) => 2,
-        Linear::Down(_) => 3,
-        Linear::LmHead => 4,
-    }
-}
-
-impl ChunkTuner {
-    /// Rows per chunk for the next request of `linear` on `n` rows.
-    pub fn choose(&self, linear: Linear, n: usize) -> usize {
-        if n < 16 {
-            return n.max(1);
-        }
-        let kind = unit_kind(linear);
-        let untried = CHUNK_CANDIDATES.iter().find(|c| !self.samples.contains_key(&(kind, **c)));
-        let chunks = match untried {
-            Some(c) => *c,
-            None => CHUNK_CANDIDATES
-                .iter()
-                .copied()
-                .min_by(|a, b| {
-                    let per_row = |c: usize| {
-                        self.samples.get(&(kind, c)).map_or(f64::MAX, |(t, r)| t / *r.max(&1) as f64)
-                    };
-                    per_row(*a).total_cmp(&per_row(*b))
-                })
-                .unwrap_or(1),
-        };
-        n.div_ceil(chunks)
-    }
-
-    /// Records how long a request of `n` rows in chunks of `rows` took.
-    pub fn record(&mut self, linear: Linear, n: usize, rows: usize, seconds: f64) {
-        if n < 16 {
-            return;
-        }
-        let e = self.samples.entry((unit_kind(linear), n.div_ceil(rows))).or_default();
-        e.0 += seconds;
-        e.1 += n;
-    }
-
-    /// The chunk count chosen per unit kind so far (for reports).
-    pub fn summary(&self) -> Vec<(u8, usize)> {
-        (0..5u8)
-            .filter_map(|k| {
-                CHUNK_CANDIDATES
-                    .iter()
-                    .filter_map(|c| self.samples.get(&(k, *c)).map(|(t, r)| (*c, t / *r.max(&1) as f64)))
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                    .map(|(c, _)| (k, c))
-            })
-            .collect()
-    }
-}
-
-impl Pipeline {
-    /// Rows per chunk for a request of `n` rows (never more than `n`).
-    pub fn rows(&self, n: usize) -> usize {
-        self.chunk_rows.map_or_else(|| Self::auto_chunk_rows(n), |c| c.max(1)).min(n.max(1))
-    }
-
-    fn lane(&self, chunk: usize) -> Lane {
-        Lane::Masked((chunk % V3_LANES as usize) as u8)
-    }
-}
-
 /// Errors of a v2 session.
 #[derive(Debug, thiserror::Error)]
 pub enum V2Error {
@@ -180,8 +70,6 @@ pub struct V2Client<C, M> {
     chan: C,
     masks: M,
     clear: ClearState,
-    pipeline: Option<Pipeline>,
-    tuner: ChunkTuner,
 }
 
 impl<C: Channel, M: MaterialSource<P0>> V2Client<C, M> {
@@ -189,13 +77,7 @@ impl<C: Channel, M: MaterialSource<P0>> V2Client<C, M> {
     /// the public weights (the client uses embeddings, norm gains and biases).
     pub fn new(weights: Arc<Weights>, fixed: FixedPoint, chan: C, masks: M) -> Self {
         let clear = ClearState::new(weights.clone());
-        Self { weights, fixed, chan, masks, clear, pipeline: None, tuner: ChunkTuner::default() }
-    }
-
-    /// Makes this a v3 client: requests are pipelined in chunks over several lanes.
-    pub fn with_pipeline(mut self, pipeline: Pipeline) -> Self {
-        self.pipeline = Some(pipeline);
-        self
+        Self { weights, fixed, chan, masks, clear }
     }
 
     /// The channel (for counters).
@@ -215,48 +97,14 @@ impl<C: Channel, M: MaterialSource<P0>> V2Client<C, M> {
 
     /// Like [`V2Client::finish`], also returning the material source for the next session.
     pub fn finish_with_material(mut self) -> Result<(C, M), V2Error> {
-        match self.pipeline {
-            None => self.chan.send_bytes(V2_LANE, &[])?,
-            Some(_) => self.chan.send_u64s(Lane::Control, &[0, 0])?,
-        }
+        self.chan.send_bytes(V2_LANE, &[])?;
         Ok((self.chan, self.masks))
     }
 
-    /// Sends `Y` and receives `Z = Y enc(W)^T`, in one piece (v2) or pipelined (v3).
-    fn exchange(
-        &mut self,
-        linear: Linear,
-        y: &[u64],
-        n: usize,
-        d_in: usize,
-        d_out: usize,
-    ) -> Result<Vec<u64>, V2Error> {
-        let Some(p) = self.pipeline else {
-            self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(y))?;
-            return Ok(self.chan.recv_u64s(V2_LANE, n * d_out)?);
-        };
-        let started = std::time::Instant::now();
-        let rows = match p.chunk_rows {
-            Some(_) => p.rows(n),
-            None => self.tuner.choose(linear, n),
-        };
-        self.chan.send_u64s(Lane::Control, &[n as u64, rows as u64])?;
-        for (j, chunk) in y.chunks(rows * d_in).enumerate() {
-            self.chan.send_vec(p.lane(j), shardlm_transport::u64s_to_le_bytes(chunk))?;
-        }
-        let mut z = Vec::with_capacity(n * d_out);
-        for j in 0..n.div_ceil(rows) {
-            let r = rows.min(n - j * rows);
-            z.extend(self.chan.recv_u64s(p.lane(j), r * d_out)?);
-        }
-        self.tuner.record(linear, n, rows, started.elapsed().as_secs_f64());
-        Ok(z)
-    }
-
-    /// v3: the chunk counts the tuner settled on per unit kind (qkv, o, gate_up, down,
-    /// head), from this session's measurements.
-    pub fn chunking(&self) -> Vec<(u8, usize)> {
-        self.tuner.summary()
+    /// Sends `Y` and receives `Z = Y enc(W)^T`.
+    fn exchange(&mut self, y: &[u64], n: usize, d_out: usize) -> Result<Vec<u64>, V2Error> {
+        self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(y))?;
+        Ok(self.chan.recv_u64s(V2_LANE, n * d_out)?)
     }
 }
 
@@ -279,7 +127,7 @@ impl<C: Channel, M: MaterialSource<P0>> ModelOps for V2Client<C, M> {
         let f = self.fixed.frac_bits;
         let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
         let (state, y) = masked::client_request(&x_enc, material)?;
-        let z = self.exchange(linear, &y, n, d_in, d_out)?;
+        let z = self.exchange(&y, n, d_out)?;
         let product = masked::client_finish(state, &z)?;
         let bits = f + self.fixed.weight_frac_bits;
         let out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
@@ -317,25 +165,10 @@ impl V2Server {
         chan: &mut C,
         shape: SessionShape,
     ) -> Result<ServerSessionStats, V2Error> {
-        self.serve(chan, shape, None)
+        self.serve(chan, shape)
     }
 
-    /// Serves one v3 session: every request comes as a header and chunks on
-    /// [`V3_LANES`] lanes, in the chunk size the client chose.
-    pub fn serve_pipelined<C: Channel>(
-        &self,
-        chan: &mut C,
-        shape: SessionShape,
-    ) -> Result<ServerSessionStats, V2Error> {
-        self.serve(chan, shape, Some(Pipeline::default()))
-    }
-
-    fn serve<C: Channel>(
-        &self,
-        chan: &mut C,
-        shape: SessionShape,
-        pipeline: Option<Pipeline>,
-    ) -> Result<ServerSessionStats, V2Error> {
+    fn serve<C: Channel>(&self, chan: &mut C, shape: SessionShape) -> Result<ServerSessionStats, V2Error> {
         let order = Linear::all(self.weights.config());
         let mut stats = ServerSessionStats::default();
         loop {
@@ -343,10 +176,7 @@ impl V2Server {
             let lin = order[at];
             let pass = (stats.requests / order.len() as u64) as usize;
             let want = unit_rows(shape, lin, pass);
-            let done = match pipeline {
-                None => self.answer_whole(chan, lin, want)?,
-                Some(p) => self.answer_chunks(chan, lin, want, p)?,
-            };
+            let done = self.answer_whole(chan, lin, want)?;
             if !done {
                 if at != 0 {
                     return Err(V2Error::Protocol(format!(
@@ -386,59 +216,5 @@ impl V2Server {
         let z = self.weights.multiply(lin, &y, want)?;
         chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&z))?;
         Ok(true)
-    }
-
-    /// v3: a header `[n, rows]` and `n / rows` chunks for `lin`; `false` on the end
-    /// header.
-    fn answer_chunks<C: Channel>(
-        &self,
-        chan: &mut C,
-        lin: Linear,
-        want: usize,
-        p: Pipeline,
-    ) -> Result<bool, V2Error> {
-        let (d_in, _) = lin.dims(self.weights.config());
-        let header = chan.recv_u64s(Lane::Control, 2)?;
-        let (n, rows) = (header[0], header[1]);
-        if n == 0 {
-            return Ok(false);
-        }
-        if n != want as u64 || rows == 0 || rows > n {
-            return Err(V2Error::Protocol(format!(
-                "request header for {lin:?} says {n} rows in chunks of {rows}; the declared shape allows {want} rows"
-            )));
-        }
-        let (n, rows) = (n as usize, rows as usize);
-        for j in 0..n.div_ceil(rows) {
-            let r = rows.min(n - j * rows);
-            let y = chan.recv_u64s(p.lane(j), r * d_in)?;
-            let z = self.weights.multiply(lin, &y, r)?;
-            chan.send_vec(p.lane(j), shardlm_transport::u64s_to_le_bytes(&z))?;
-        }
-        Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tuner_explores_each_candidate_then_keeps_the_fastest() {
-        let mut t = ChunkTuner::default();
-        let n = 98;
-        assert_eq!(t.choose(Linear::GateUp(0), 1), 1, "decode steps are one chunk");
-        let mut tried = Vec::new();
-        for (layer, secs) in [(0, 0.30), (1, 0.20), (2, 0.25)] {
-            let rows = t.choose(Linear::GateUp(layer), n);
-            tried.push(n.div_ceil(rows));
-            t.record(Linear::GateUp(layer), n, rows, secs);
-        }
-        assert_eq!(tried, vec![1, 2, 4]);
-        // Two chunks measured fastest: kept for the rest of the layers.
-        assert_eq!(n.div_ceil(t.choose(Linear::GateUp(3), n)), 2);
-        // Other unit kinds are tuned separately.
-        assert_eq!(n.div_ceil(t.choose(Linear::Down(3), n)), 1);
-        assert_eq!(t.summary(), vec![(2, 2)]);
     }
 }

@@ -198,6 +198,7 @@ pub(super) fn server_info() -> ServerInfo {
         version: "0.1.0".into(),
         protocol_version: PROTOCOL_VERSION,
         attestation: vec![],
+        ring_gemm: None,
     }
 }
 

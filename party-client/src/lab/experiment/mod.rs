@@ -12,11 +12,13 @@
 //! own tokenizer, or the closest length that round-trips (`prompt`; the report states
 //! the length that was used).
 //!
-//! **Cost model.** Per variant, `predicted = compute + rounds x RTT + bytes / rate`, with
-//! `rounds` and `bytes` (both directions, which a sequential protocol pays one after
-//! the other) from the client's counters, and `compute` measured once: the total at the
-//! variant's lowest-RTT, highest-rate point minus that point's own network terms. Every
-//! other point is then a prediction, shown next to the measurement.
+//! **Cost model.** Per variant and phase, `predicted = rounds x RTT + pipelined(compute,
+//! sent / rate, received / rate)`: the sum of the three for a pass sent whole (v2,
+//! v3-mpc, decode steps), the bottleneck plus one chunk's share of the others for v3's
+//! wavefront (`cost_model`). `rounds`, the bytes of each direction and the chunk count
+//! come from the client's report, and `compute` is fitted once, at the variant's
+//! lowest-RTT, highest-rate point. Every other point is then a prediction, shown next to
+//! the measurement.
 //!
 //! [`run_experiment`] goes through these steps, each in its own part:
 //!
@@ -90,7 +92,7 @@ pub struct ExperimentArgs {
     /// The server binary (default: `shardlm-server` next to this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
-    /// v3: rows per pipelined chunk (default: the client's tuner chooses per unit).
+    /// v3: rows per chunk of a multi-row pass (default: the client chooses).
     #[arg(long)]
     pub chunk_rows: Option<usize>,
     /// v3-cc: the providers attesting the sweep's server (`shardlm-server serve
@@ -265,6 +267,7 @@ fn planned_point(
         rounds: 0,
         setup_rounds: 0,
         setup_bytes: 0,
+        prefill_chunks: 1,
         attestation: vec![],
         predicted_prefill_ms: None,
         predicted_decode_step_ms: None,

@@ -54,6 +54,9 @@ pub(crate) struct Point {
     /// Of the bytes, those opening the session.
     #[serde(default)]
     pub setup_bytes: u64,
+    /// Chunks the client cut the prefill into (v3's wavefront; 1 otherwise).
+    #[serde(default = "one")]
+    pub prefill_chunks: usize,
     /// What attested the server (v3-cc), as the client's report said.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attestation: Vec<String>,
@@ -106,6 +109,10 @@ pub(super) fn machine() -> String {
 }
 
 /// Bytes as the table writes them (`12.3 MB`, `45.6 kB`, `789 B`).
+fn one() -> usize {
+    1
+}
+
 fn fmt_bytes(b: u64) -> String {
     if b >= 10_000_000 {
         format!("{:.1} MB", b as f64 / 1e6)
@@ -137,7 +144,7 @@ fn markdown_header(r: &Results) -> String {
     );
     s += &format!(
         "Prompt {} tokens, {} new tokens, {} runs per point (+{} warmup). Times in ms, mean (p50 / p95). \
-         RTT measured = delay the emulator really added, both ways. Predicted = compute + rounds x RTT + bytes / rate.\n\n",
+         RTT measured = delay the emulator really added, both ways. Predicted = rounds x RTT + pipelined(compute, sent / rate, received / rate) (see the cost model below).\n\n",
         r.settings["prompt_tokens"], r.settings["max_new_tokens"], r.settings["runs"], r.settings["warmup"]
     );
     let mut attested: Vec<(&str, &str)> = r
@@ -197,9 +204,12 @@ fn point_row(p: &Point) -> String {
 /// The cost model's section: how it predicts, and one row per variant.
 fn cost_model_section(models: &[CostModel]) -> String {
     let mut s = String::from(
-        "\n## Cost model\n\npredicted = compute + rounds x RTT + bytes / rate, compute fitted at the variant's lowest-RTT, highest-rate point; \
-          per phase, rounds split evenly over the forward passes and bytes in proportion to the tokens processed.\n\n\
-          | variant | compute: run / prefill / step (ms) | fitted at | rounds | bytes | mean abs error: total / prefill / step |\n|---|---|---|---|---|---|\n",
+        "\n## Cost model\n\nPer phase (the prefill, one decode step): predicted = rounds x RTT + pipelined(compute, sent / rate, received / rate), \
+          where pipelined(stages) over C chunks = max(stages) + (sum(stages) - max(stages)) / C: a pass cut into C chunks (v3's wavefront) \
+          pays its bottleneck stage plus one chunk's share of the others; with one chunk (v2, v3-mpc, decode steps) the sum. \
+          Compute is fitted at the variant's lowest-RTT, highest-rate point; rounds are split evenly over the forward passes and bytes in \
+          proportion to the tokens processed. Total = prefill + decode steps.\n\n\
+          | variant | compute: run / prefill / step (ms) | fitted at | rounds | bytes | prefill chunks | mean abs error: total / prefill / step |\n|---|---|---|---|---|---|---|\n",
     );
     for m in models {
         let errs = match (m.mean_abs_error_pct, m.mean_abs_error_pct_prefill_decode) {
@@ -207,7 +217,7 @@ fn cost_model_section(models: &[CostModel]) -> String {
             _ => "-".into(),
         };
         s += &format!(
-            "| {} | {:.1} / {:.1} / {:.2} | {} ms, {} | {} | {} | {} |\n",
+            "| {} | {:.1} / {:.1} / {:.2} | {} ms, {} | {} | {} | {} | {} |\n",
             m.variant,
             m.compute_ms,
             m.compute_prefill_ms,
@@ -216,6 +226,7 @@ fn cost_model_section(models: &[CostModel]) -> String {
             m.reference_rate,
             m.rounds,
             fmt_bytes(m.bytes),
+            m.prefill_chunks.max(1),
             errs
         );
     }

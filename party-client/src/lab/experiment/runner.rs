@@ -12,7 +12,7 @@
 
 use super::report::{Point, Stat};
 use super::ExperimentArgs;
-use crate::lab::netem::{LinkConfig, Netem, NetemConfig};
+use crate::lab::netem::{format_rate, LinkConfig, Netem, NetemConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use shardlm_attest::ProviderKind;
 use shardlm_configs::Variant;
@@ -247,7 +247,14 @@ impl Parties<'_> {
         let report_path = logs.join(format!("{name}.report.json"));
         let client_log = logs.join(format!("{name}.client.log"));
         let rtt_s = point.rtt_ms / 1e3;
-        let mut child = self.spawn_client(variant, netem.listen_addr(), rtt_s, &report_path, &client_log)?;
+        let mut child = self.spawn_client(
+            variant,
+            netem.listen_addr(),
+            rtt_s,
+            point.rate_bps,
+            &report_path,
+            &client_log,
+        )?;
         let status = wait_within(&mut child, self.args.point_timeout);
         let stats = netem.stop();
         drop(server);
@@ -268,6 +275,7 @@ impl Parties<'_> {
         variant: Variant,
         via: SocketAddr,
         rtt_s: f64,
+        rate_bps: u64,
         report_path: &Path,
         client_log: &Path,
     ) -> Result<Child> {
@@ -288,6 +296,9 @@ impl Parties<'_> {
             .args(cc_client_flags(args, ids, variant))
             .args(match (variant, args.chunk_rows) {
                 (Variant::V3, Some(rows)) => vec!["--chunk-rows".to_string(), rows.to_string()],
+                // The emulated link's rate, for the client's chunk model (a user states
+                // their link's the same way).
+                (Variant::V3, None) => vec!["--link-rate".to_string(), format_rate(rate_bps)],
                 _ => vec![],
             })
             .arg("--output")
@@ -318,6 +329,7 @@ fn read_report(report_path: &Path, point: &mut Point) -> Result<()> {
     point.rounds = report["rounds"].as_u64().unwrap_or(0);
     point.setup_rounds = report["setup_rounds"].as_u64().unwrap_or(0);
     point.setup_bytes = report["setup_bytes"].as_u64().unwrap_or(0);
+    point.prefill_chunks = report["prefill_chunks"].as_u64().unwrap_or(1).max(1) as usize;
     point.attestation = report["config"]["attestation"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())

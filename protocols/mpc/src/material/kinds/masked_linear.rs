@@ -26,6 +26,31 @@ pub struct MaskedLinear {
 }
 crate::debug_lengths!(MaskedLinear { r, s });
 
+impl MaskedLinear {
+    /// Splits the material into consecutive row blocks of `rows[i]` rows each (they must
+    /// add up to `n`; a block may be empty), for a request sent in chunks (v3). Consumes
+    /// the material, so each row of `R` still masks exactly one input row.
+    pub fn split_rows(self, rows: &[usize]) -> Result<Vec<MaskedLinear>, MaterialError> {
+        let total: usize = rows.iter().sum();
+        if total != self.n {
+            return Err(MaterialError::InvalidRequest(format!(
+                "masked-linear material for weight {} has {} rows; the chunks ask for {total}",
+                self.weight, self.n
+            )));
+        }
+        let (mut r, mut s) = (self.r.as_slice(), self.s.as_slice());
+        let mut out = Vec::with_capacity(rows.len());
+        for &k in rows {
+            let (rh, rt) = r.split_at(k * self.d_in);
+            let (sh, st) = s.split_at(k * self.d_out);
+            (r, s) = (rt, st);
+            let (d_in, d_out, weight) = (self.d_in, self.d_out, self.weight);
+            out.push(MaskedLinear { n: k, d_in, d_out, weight, r: rh.to_vec(), s: sh.to_vec() });
+        }
+        Ok(out)
+    }
+}
+
 /// Masked-linear material for `n` rows of weight `weight` (`d_out x d_in`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct MaskedLinearRequest {
