@@ -326,10 +326,43 @@ impl IntWeight for f64 {
 }
 
 fn ring_gemv_small_m<W: IntWeight>(x: &[u64], w: &[W], m: usize, k: usize, n: usize, out: &mut [u64]) {
+    let avx2 = has_avx2();
     by_weight_rows(m, n, 64, out, |i, j| {
         let (xr, row) = (&x[i * k..(i + 1) * k], &w[j * k..(j + 1) * k]);
-        xr.iter().zip(row).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b.as_ring())))
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `has_avx2` checked at run time that this CPU has AVX2, the only
+            // requirement of `ring_dot_avx2`; its body is safe slice arithmetic.
+            return unsafe { ring_dot_avx2(xr, row) };
+        }
+        ring_dot_int(xr, row)
     });
+}
+
+/// Whether the CPU runs AVX2 code (decode steps' ring GEMV vectorizes its 64-bit
+/// products four wide with it, about twice the portable build's speed).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `sum a_t b_t mod 2^64` for integer weights.
+#[inline(always)]
+fn ring_dot_int<W: IntWeight>(a: &[u64], b: &[W]) -> u64 {
+    a.iter().zip(b).fold(0u64, |acc, (&a, &b)| acc.wrapping_add(a.wrapping_mul(b.as_ring())))
+}
+
+/// [`ring_dot_int`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn ring_dot_avx2<W: IntWeight>(a: &[u64], b: &[W]) -> u64 {
+    ring_dot_int(a, b)
 }
 
 fn f64_gemm_wt(x: &[f64], w: &[f64], m: usize, k: usize, n: usize, out: &mut [f64]) {
