@@ -818,7 +818,7 @@ mod tests {
     }
 
     /// This build box's CPU server, as `RingWeights::calibrate` measured it.
-    const CPU_GEMM: GemmCost = GemmCost { fixed_ps: 950, row_ps: 75 };
+    const CPU_GEMM: GemmCost = GemmCost { fixed_ps: 726, row_ps: 61 };
 
     fn chunks(n: usize, rate: u64, rtt_ms: u64, gemm: Option<GemmCost>) -> usize {
         let link = LinkModel { rtt: Duration::from_millis(rtt_ms), rate_bps: Some(rate), gemm };

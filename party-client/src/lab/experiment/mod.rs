@@ -39,7 +39,7 @@ use crate::lab::netem::{format_ms, format_rate, parse_duration, parse_rate, pars
 use anyhow::{bail, Context, Result};
 use cost_model::apply_cost_model;
 use report::{machine, plot_names, write_outputs, Point, Results, Stat};
-use runner::{served_variants, server_bin, Identities, Parties};
+use runner::{server_bin, server_info, Identities, Parties};
 use shardlm_configs::Variant;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -118,8 +118,8 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
 
     let tmp = tempfile::Builder::new().prefix("shardlm-experiment-").tempdir()?;
     let ids = Identities::generate(tmp.path(), &args)?;
-    let served = served_variants(&bin, &args, &ids)?;
-    let (variants, skipped) = select_variants(&args.variants, &served)?;
+    let info = server_info(&bin, &args, &ids)?;
+    let (variants, skipped) = select_variants(&args.variants, &info.variants)?;
     let (rtts, rates) = grid(&args);
 
     let parties = Parties { client_bin: &me, server_bin: &bin, args: &args, ids: &ids, prompt: &prompt };
@@ -129,7 +129,7 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
         model: dir.config.name.clone(),
         machine: machine(),
         timestamp: crate::bench::rfc3339_now(),
-        settings: settings(&args, &rtts, &rates, prompt_tokens, &prompt),
+        settings: settings(&args, &rtts, &rates, prompt_tokens, &prompt, &info),
         skipped,
         points,
         cost_models,
@@ -285,6 +285,7 @@ fn settings(
     rates: &[u64],
     prompt_tokens: usize,
     prompt: &str,
+    info: &shardlm_transport::handshake::ServerInfo,
 ) -> serde_json::Value {
     serde_json::json!({
         "model_dir": args.model_dir,
@@ -301,6 +302,8 @@ fn settings(
         "chunk_rows": args.chunk_rows,
         "cc_provider": args.cc_provider.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "cc_policy": args.cc_policy,
+        "server_devices": info.devices,
+        "server_ring_gemm_ps_per_weight": info.ring_gemm.map(|g| serde_json::json!({"per_call": g.fixed_ps, "per_row": g.row_ps})),
     })
 }
 

@@ -147,6 +147,12 @@ fn markdown_header(r: &Results) -> String {
          RTT measured = delay the emulator really added, both ways. Predicted = rounds x RTT + pipelined(compute, sent / rate, received / rate) (see the cost model below).\n\n",
         r.settings["prompt_tokens"], r.settings["max_new_tokens"], r.settings["runs"], r.settings["warmup"]
     );
+    if let Some(g) = r.settings.get("server_ring_gemm_ps_per_weight").filter(|g| !g.is_null()) {
+        s += &format!(
+            "Server ring GEMM as the server measured it at start (v3 cuts its chunks with it): {} ps per weight per call + {} ps per weight per row.\n\n",
+            g["per_call"], g["per_row"]
+        );
+    }
     let mut attested: Vec<(&str, &str)> = r
         .points
         .iter()

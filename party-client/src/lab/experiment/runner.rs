@@ -16,6 +16,7 @@ use crate::lab::netem::{format_rate, LinkConfig, Netem, NetemConfig};
 use anyhow::{anyhow, bail, Context, Result};
 use shardlm_attest::ProviderKind;
 use shardlm_configs::Variant;
+use shardlm_transport::handshake::ServerInfo;
 use shardlm_transport::{Identity, QuicClient, QuicConfig};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -171,8 +172,9 @@ fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path)
     Ok(proc)
 }
 
-/// Starts a server party and asks it which variants it serves.
-pub(super) fn served_variants(bin: &Path, args: &ExperimentArgs, ids: &Identities) -> Result<Vec<String>> {
+/// Starts a server party and asks it what it serves (variants, devices, the GEMM cost
+/// it measured at start).
+pub(super) fn server_info(bin: &Path, args: &ExperimentArgs, ids: &Identities) -> Result<ServerInfo> {
     let server = start_server(bin, args, ids, &args.out.join("logs/server-info.log"))?;
     let identity = Identity::load(&ids.client_dir)?;
     // A few tries: an `info` answer can race the server's close of that connection.
@@ -180,7 +182,7 @@ pub(super) fn served_variants(bin: &Path, args: &ExperimentArgs, ids: &Identitie
     loop {
         tries += 1;
         match QuicClient::info(server.addr, &identity, &ids.server_fp, QuicConfig::default()) {
-            Ok(info) => return Ok(info.variants),
+            Ok(info) => return Ok(info),
             Err(e) if tries < 4 => {
                 tracing::debug!("info from {}: {e}; trying again", server.addr);
                 std::thread::sleep(Duration::from_millis(250));
