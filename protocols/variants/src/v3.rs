@@ -616,9 +616,21 @@ impl<C: Channel, M: MaterialSource<P0> + Send> V3Client<C, M> {
             (relayed, results)
         });
         let (relayed, results) = outcome;
+        self.combine(relayed, results)
+    }
+
+    /// The logits of a multi-chunk pass in row order, or its cause of failure: the
+    /// relay's own error (the channel: the server went away, a malformed answer) before
+    /// a worker's (the material, the engine); a part stopped only because another
+    /// failed ([`V3Error::Aborted`]) is never the error reported when a cause is known.
+    fn combine(
+        &mut self,
+        relayed: Result<(), V3Error>,
+        results: Vec<WorkerResult>,
+    ) -> Result<Logits, V3Error> {
         let mut logits: Vec<f32> = Vec::new();
         let mut vocab = self.config.vocab_size;
-        let mut first_error = relayed.err();
+        let mut worker_error = None;
         for r in results {
             match r {
                 Ok((l, times)) => {
@@ -630,16 +642,21 @@ impl<C: Channel, M: MaterialSource<P0> + Send> V3Client<C, M> {
                 }
                 Err(V3Error::Aborted) => {}
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    worker_error.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        match (relayed, worker_error) {
+            (Err(e), _) if !matches!(e, V3Error::Aborted) => Err(e),
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(Logits { vocab, data: logits }),
         }
-        Ok(Logits { vocab, data: logits })
     }
 }
+
+/// What a chunk worker returns: its logits (the chunks that send the head) and times.
+type WorkerResult = Result<(Option<Logits>, PhaseTimes), V3Error>;
 
 fn merge(into: &mut PhaseTimes, from: &PhaseTimes) {
     for (op, t) in &from.by_op {

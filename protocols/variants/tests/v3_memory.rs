@@ -8,8 +8,9 @@ use shardlm_configs::FixedPoint;
 use shardlm_model::qwen2::forward;
 use shardlm_model::sampling::argmax;
 use shardlm_model::{ModelDir, Rows, Weights};
-use shardlm_mpc::material::IdealDealer;
+use shardlm_mpc::material::{IdealDealer, MaterialError, MaterialSource, Request};
 use shardlm_mpc::prg::Seed;
+use shardlm_mpc::share::P0;
 use shardlm_testkit::fixtures;
 use shardlm_transport::{memory, Channel, Counters, Lane};
 use shardlm_variants::plan::SessionShape;
@@ -191,4 +192,45 @@ fn the_server_refuses_headers_that_break_the_declared_shape() {
     c_chan.send_u64s(chunk_lane(0), &[1, 2, 3]).unwrap();
     let e = t.join().unwrap().unwrap_err().to_string();
     assert!(e.contains("expected"), "{e}");
+}
+
+/// A material source that runs out after `left` requests.
+struct RunsOut<M> {
+    inner: M,
+    left: usize,
+}
+
+impl<M: MaterialSource<P0>> MaterialSource<P0> for RunsOut<M> {
+    fn take<Q: Request<P0>>(&mut self, request: Q) -> Result<Q::Output, MaterialError> {
+        if self.left == 0 {
+            return Err(MaterialError::Exhausted { kind: "masked-linear".into(), needed: 1, left: 0 });
+        }
+        self.left -= 1;
+        self.inner.take(request)
+    }
+}
+
+#[test]
+fn a_chunk_that_fails_is_the_error_of_the_pass_not_the_others_abort() {
+    let m = model();
+    let ids: Vec<u32> = (0..32u32).collect();
+    let shape = SessionShape::new(ids.len(), 1, Rows::Last);
+    for left in [0, 3] {
+        let (c_chan, mut s_chan) = memory::pair_with_timeout(Duration::from_secs(5));
+        let server = V3Server::new(m.ring.clone());
+        let t = std::thread::spawn(move || server.serve_session(&mut s_chan, shape));
+        let (masks, _) = IdealDealer::new(Seed([2; 32])).with_weights(m.ring.clone()).split();
+        let schedule = Schedule { chunk_rows: Some(8), link: LinkModel::default() };
+        let mut client = V3Client::new(
+            m.w.clone(),
+            FixedPoint::default(),
+            c_chan,
+            RunsOut { inner: masks, left },
+            schedule,
+        );
+        let e = client.forward(&ids, 0, Rows::Last).unwrap_err().to_string();
+        assert!(e.contains("material exhausted"), "{left} requests of material: {e}");
+        drop(client);
+        assert!(t.join().unwrap().is_err(), "the server sees the client go");
+    }
 }
