@@ -441,7 +441,8 @@ fn dealer_bundle_serves_its_sessions_once() {
 }
 
 /// With `SHARDLM_REAL_MODEL_DIR` (Qwen2.5-Coder-0.5B-Instruct): v2 over QUIC loopback
-/// gives greedy_16 identical to the plaintext engine on the nine reference prompts.
+/// gives greedy_16 identical to the plaintext engine on the nine reference prompts, and
+/// v3 (in chunks of 8 rows) v2's tokens and logits.
 #[test]
 fn real_model_v2_greedy_16_equals_plaintext() {
     let Some(model) = fixtures::real_model_dir() else { return };
@@ -464,16 +465,23 @@ fn real_model_v2_greedy_16_equals_plaintext() {
     };
     let local = run("local", &[]);
     let v2 = run("v2", &["--loopback"]);
+    // v3 in chunks of 8 rows: every prompt of more than 8 tokens is a wavefront.
+    let v3 = run("v3", &["--loopback", "--chunk-rows", "8"]);
     let (lc, vc) = (local["cases"].as_array().unwrap(), v2["cases"].as_array().unwrap());
+    let v3c = v3["cases"].as_array().unwrap();
     assert_eq!(lc.len(), 9);
-    for (i, (a, b)) in lc.iter().zip(vc).enumerate() {
+    for (i, ((a, b), c)) in lc.iter().zip(vc).zip(v3c).enumerate() {
         assert_eq!(a["greedy"], b["greedy"], "case {i}");
         assert_eq!(b["vs_reference"]["greedy_equal"], true, "case {i} against transformers");
+        // Same logits bit for bit: every statistic against the reference is equal.
+        assert_eq!(b["greedy"], c["greedy"], "case {i}: v3 tokens");
+        assert_eq!(b["vs_reference"], c["vs_reference"], "case {i}: v3 logits");
     }
 }
 
-/// v3 (pipelined chunks on several lanes) gives bit-identical logits and identical
-/// tokens to v2 over QUIC loopback on the vendored oracle (and tiny-qwen2 when present).
+/// v3 (the wavefront of chunked prefills, one lane per chunk) gives bit-identical logits
+/// and identical tokens to v2 over QUIC loopback on the vendored oracle (and tiny-qwen2
+/// when present).
 #[test]
 fn v3_is_bit_identical_to_v2() {
     v3_is_bit_identical_to_v2_on(&fixtures::tiny_bytes());

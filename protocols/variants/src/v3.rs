@@ -103,7 +103,7 @@ impl LinkModel {
     /// GEMM time from its measured cost per weight and call of every request of the
     /// plan, the bytes of each direction at the link rate, one round trip per unit. The
     /// client's own work is left out (small next to these on the machines measured; see
-    /// docs/v3.md).
+    /// docs/v2-v3.md).
     pub fn predict(&self, plan: &ChunkPlan, config: &ModelConfig) -> f64 {
         let rate = self.rate_bps.unwrap_or(DEFAULT_RATE_BPS).max(1) as f64;
         let g = self.gemm.unwrap_or_default();

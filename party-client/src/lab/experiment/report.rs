@@ -144,7 +144,7 @@ fn markdown_header(r: &Results) -> String {
     );
     s += &format!(
         "Prompt {} tokens, {} new tokens, {} runs per point (+{} warmup). Times in ms, mean (p50 / p95). \
-         RTT measured = delay the emulator really added, both ways. Predicted = rounds x RTT + pipelined(compute, sent / rate, received / rate) (see the cost model below).\n\n",
+         RTT measured = delay the emulator really added, both ways. Predicted: see the cost model below.\n\n",
         r.settings["prompt_tokens"], r.settings["max_new_tokens"], r.settings["runs"], r.settings["warmup"]
     );
     if let Some(g) = r.settings.get("server_ring_gemm_ps_per_weight").filter(|g| !g.is_null()) {
@@ -189,7 +189,7 @@ fn point_row(p: &Point) -> String {
     };
     let (ep, ed) = p.prediction_error_pct_prefill_decode.map_or((None, None), |(a, b)| (Some(a), Some(b)));
     format!(
-        "| {} | {} ms | {} | {:.2} ms | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} ({} opening) |\n",
+        "| {} | {} ms | {} | {:.2} ms | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} ({} opening){} |\n",
         p.variant,
         p.rtt_ms,
         p.rate,
@@ -203,16 +203,22 @@ fn point_row(p: &Point) -> String {
         fmt_bytes(p.bytes_sent),
         fmt_bytes(p.bytes_received),
         p.rounds,
-        p.setup_rounds
+        p.setup_rounds,
+        if p.prefill_chunks > 1 {
+            format!(", prefill in {} chunks", p.prefill_chunks)
+        } else {
+            String::new()
+        }
     )
 }
 
 /// The cost model's section: how it predicts, and one row per variant.
 fn cost_model_section(models: &[CostModel]) -> String {
     let mut s = String::from(
-        "\n## Cost model\n\nPer phase (the prefill, one decode step): predicted = rounds x RTT + pipelined(compute, sent / rate, received / rate), \
-          where pipelined(stages) over C chunks = max(stages) + (sum(stages) - max(stages)) / C: a pass cut into C chunks (v3's wavefront) \
-          pays its bottleneck stage plus one chunk's share of the others; with one chunk (v2, v3-mpc, decode steps) the sum. \
+        "\n## Cost model\n\nPer phase (the prefill, one decode step), with stages = (compute, sent / rate, received / rate) and C chunks: \
+          predicted = max(max(stages) + (sum(stages) - max(stages)) / C, rounds x RTT + sum(stages) / C). A pass cut into C chunks (v3's wavefront) \
+          pays its bottleneck stage plus one chunk's share of the others, unless one chunk's chain of round trips takes longer; \
+          with one chunk (v2, v3-mpc, decode steps) it is compute + rounds x RTT + bytes / rate. \
           Compute is fitted at the variant's lowest-RTT, highest-rate point; rounds are split evenly over the forward passes and bytes in \
           proportion to the tokens processed. Total = prefill + decode steps.\n\n\
           | variant | compute: run / prefill / step (ms) | fitted at | rounds | bytes | prefill chunks | mean abs error: total / prefill / step |\n|---|---|---|---|---|---|---|\n",
