@@ -4,6 +4,7 @@
 use super::kernels::{self, LayerCache, Rope, Tensor};
 use super::ops::{Linear, ModelOps, Norm, Rows};
 use super::weights::Weights;
+use shardlm_configs::ModelConfig;
 use shardlm_gpu::Backend;
 use std::sync::Arc;
 
@@ -121,15 +122,7 @@ impl ClearState {
 
     /// Causal attention of a layer through the KV cache.
     pub fn attention(&mut self, qkv: &Tensor, layer: usize, start_pos: usize) -> Result<Tensor, EngineError> {
-        let c = &self.weights.config;
-        let cached = self.cache[layer].k.len() / c.kv_dim();
-        if cached != start_pos {
-            return Err(EngineError::CacheMismatch { cached, start_pos });
-        }
-        if start_pos + qkv.rows > c.max_position_embeddings {
-            return Err(EngineError::TooLong { len: start_pos + qkv.rows, max: c.max_position_embeddings });
-        }
-        Ok(kernels::attention(c, qkv, &mut self.cache[layer], start_pos))
+        attend(&self.weights.config, qkv, &mut self.cache[layer], start_pos)
     }
 
     /// The rows that get logits.
@@ -139,6 +132,25 @@ impl ClearState {
             Rows::Last => Tensor::new(1, x.cols, x.row(x.rows.saturating_sub(1)).to_vec()),
         }
     }
+}
+
+/// Causal attention through one layer's cache, which must hold exactly `start_pos`
+/// positions, within the model's context length: the checks of
+/// [`ClearState::attention`], for callers that keep their own caches (v3's chunks).
+pub fn attend(
+    config: &ModelConfig,
+    qkv: &Tensor,
+    cache: &mut LayerCache,
+    start_pos: usize,
+) -> Result<Tensor, EngineError> {
+    let cached = cache.k.len() / config.kv_dim().max(1);
+    if cached != start_pos {
+        return Err(EngineError::CacheMismatch { cached, start_pos });
+    }
+    if start_pos + qkv.rows > config.max_position_embeddings {
+        return Err(EngineError::TooLong { len: start_pos + qkv.rows, max: config.max_position_embeddings });
+    }
+    Ok(kernels::attention(config, qkv, cache, start_pos))
 }
 
 /// The plaintext engine for one sequence.
@@ -179,6 +191,24 @@ impl PlainEngine {
 #[macro_export]
 macro_rules! delegate_clear_ops {
     ($field:ident, $err:ty) => {
+        $crate::delegate_stateless_clear_ops!($field, $err);
+        #[allow(clippy::needless_question_mark)]
+        fn attention(
+            &mut self,
+            qkv: &$crate::kernels::Tensor,
+            layer: usize,
+            start_pos: usize,
+        ) -> Result<$crate::kernels::Tensor, $err> {
+            Ok(self.$field.attention(qkv, layer, start_pos)?)
+        }
+    };
+}
+
+/// [`delegate_clear_ops`] without `attention`: for an implementor whose field is a
+/// shared `&ClearState` and that keeps the KV cache itself (v3's chunks).
+#[macro_export]
+macro_rules! delegate_stateless_clear_ops {
+    ($field:ident, $err:ty) => {
         // `?` converts the engine's error into the implementor's.
         #[allow(clippy::needless_question_mark)]
         fn embed(&mut self, tokens: &[u32]) -> Result<$crate::kernels::Tensor, $err> {
@@ -194,15 +224,6 @@ macro_rules! delegate_clear_ops {
         fn rope(&mut self, qkv: &mut $crate::kernels::Tensor, start_pos: usize) -> Result<(), $err> {
             self.$field.rope(qkv, start_pos);
             Ok(())
-        }
-        #[allow(clippy::needless_question_mark)]
-        fn attention(
-            &mut self,
-            qkv: &$crate::kernels::Tensor,
-            layer: usize,
-            start_pos: usize,
-        ) -> Result<$crate::kernels::Tensor, $err> {
-            Ok(self.$field.attention(qkv, layer, start_pos)?)
         }
         fn swiglu(&mut self, gate_up: &$crate::kernels::Tensor) -> Result<$crate::kernels::Tensor, $err> {
             Ok($crate::kernels::swiglu(gate_up))

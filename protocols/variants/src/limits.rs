@@ -38,6 +38,18 @@ pub fn unit_rows(shape: SessionShape, linear: Linear, pass: usize) -> usize {
     }
 }
 
+/// Whether a session of `shape` allows forward pass `pass` (0 is the prefill); the error
+/// names the declared budget.
+pub fn check_pass(shape: SessionShape, pass: usize) -> Result<(), String> {
+    match pass < shape.max_new_tokens {
+        true => Ok(()),
+        false => Err(format!(
+            "a forward pass beyond the declared {} (the session's token budget)",
+            shape.max_new_tokens
+        )),
+    }
+}
+
 /// Slack on top of the largest legitimate message: control and header messages.
 const SLACK: usize = 1 << 20;
 

@@ -21,7 +21,7 @@
 //! answers units in [`Linear::all`] order, takes `n` from the payload length, and ends
 //! the session on an empty frame.
 
-use crate::limits::unit_rows;
+use crate::limits::{check_pass, unit_rows};
 use crate::plan::SessionShape;
 use crate::RingWeights;
 use rayon::prelude::*;
@@ -30,7 +30,7 @@ use shardlm_model::kernels::Tensor;
 use shardlm_model::plain::ClearState;
 use shardlm_model::{Linear, ModelOps, Weights};
 use shardlm_mpc::masked_linear as masked;
-use shardlm_mpc::material::MaskedLinearRequest;
+use shardlm_mpc::material::{MaskedLinear, MaskedLinearRequest};
 use shardlm_mpc::material::{MaterialError, MaterialSource};
 use shardlm_mpc::ring::{decode, encode_f32};
 use shardlm_mpc::share::P0;
@@ -100,12 +100,31 @@ impl<C: Channel, M: MaterialSource<P0>> V2Client<C, M> {
         self.chan.send_bytes(V2_LANE, &[])?;
         Ok((self.chan, self.masks))
     }
+}
 
-    /// Sends `Y` and receives `Z = Y enc(W)^T`.
-    fn exchange(&mut self, y: &[u64], n: usize, d_out: usize) -> Result<Vec<u64>, V2Error> {
-        self.chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(y))?;
-        Ok(self.chan.recv_u64s(V2_LANE, n * d_out)?)
-    }
+/// One client-assisted linear unit on the client, v2's and v3's alike: masks `x` with
+/// `material` (`Y = enc(x) + R`), hands `Y` to `exchange`, which returns the server's
+/// `Z = Y enc(W)^T`, removes `S`, decodes with `F + F_w` fractional bits and adds the
+/// unit's bias from `clear`.
+pub(crate) fn client_linear<E: From<shardlm_mpc::MpcError>>(
+    clear: &ClearState,
+    fixed: FixedPoint,
+    x: &Tensor,
+    linear: Linear,
+    material: MaskedLinear,
+    exchange: impl FnOnce(Vec<u64>) -> Result<Vec<u64>, E>,
+) -> Result<Tensor, E> {
+    let (n, d_out) = (x.rows, material.d_out);
+    let f = fixed.frac_bits;
+    let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
+    let (state, y) = masked::client_request(&x_enc, material)?;
+    let z = exchange(y)?;
+    let product = masked::client_finish(state, &z)?;
+    let bits = f + fixed.weight_frac_bits;
+    let out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
+    let mut out = Tensor::new(n, d_out, out);
+    clear.add_bias(&mut out, linear);
+    Ok(out)
 }
 
 impl<C: Channel, M: MaterialSource<P0>> ModelOps for V2Client<C, M> {
@@ -124,16 +143,11 @@ impl<C: Channel, M: MaterialSource<P0>> ModelOps for V2Client<C, M> {
             d_out,
             weight: linear.weight_id(c.num_hidden_layers),
         })?;
-        let f = self.fixed.frac_bits;
-        let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
-        let (state, y) = masked::client_request(&x_enc, material)?;
-        let z = self.exchange(&y, n, d_out)?;
-        let product = masked::client_finish(state, &z)?;
-        let bits = f + self.fixed.weight_frac_bits;
-        let out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
-        let mut out = Tensor::new(n, d_out, out);
-        self.clear.add_bias(&mut out, linear);
-        Ok(out)
+        let chan = &mut self.chan;
+        client_linear(&self.clear, self.fixed, x, linear, material, |y| {
+            chan.send_vec(V2_LANE, shardlm_transport::u64s_to_le_bytes(&y))?;
+            Ok(chan.recv_u64s(V2_LANE, n * d_out)?)
+        })
     }
 }
 
@@ -165,10 +179,6 @@ impl V2Server {
         chan: &mut C,
         shape: SessionShape,
     ) -> Result<ServerSessionStats, V2Error> {
-        self.serve(chan, shape)
-    }
-
-    fn serve<C: Channel>(&self, chan: &mut C, shape: SessionShape) -> Result<ServerSessionStats, V2Error> {
         let order = Linear::all(self.weights.config());
         let mut stats = ServerSessionStats::default();
         loop {
@@ -185,12 +195,7 @@ impl V2Server {
                 }
                 return Ok(stats);
             }
-            if pass >= shape.max_new_tokens {
-                return Err(V2Error::Protocol(format!(
-                    "a forward pass beyond the declared {} (the session's token budget)",
-                    shape.max_new_tokens
-                )));
-            }
+            check_pass(shape, pass).map_err(V2Error::Protocol)?;
             stats.requests += 1;
             if lin == Linear::LmHead {
                 stats.forward_passes += 1;

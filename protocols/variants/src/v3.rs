@@ -35,20 +35,17 @@
 //! request as soon as the worker makes it and hands each answer to its worker, reading
 //! answers in the server's order.
 
-use crate::limits::unit_rows;
+use crate::limits::{check_pass, unit_rows};
 use crate::plan::SessionShape;
-use crate::v2::{ServerSessionStats, V2Error};
+use crate::v2::{client_linear, ServerSessionStats, V2Error};
 use crate::RingWeights;
-use rayon::prelude::*;
 use shardlm_configs::{FixedPoint, ModelConfig};
-use shardlm_model::kernels::{self, LayerCache, Tensor};
-use shardlm_model::plain::ClearState;
+use shardlm_model::kernels::{LayerCache, Tensor};
+use shardlm_model::plain::{attend, ClearState};
 use shardlm_model::qwen2;
 use shardlm_model::timing::{PhaseTimes, Timed};
-use shardlm_model::{EngineError, Linear, Logits, ModelOps, Norm, Rows, Weights};
-use shardlm_mpc::masked_linear as masked;
+use shardlm_model::{EngineError, Linear, Logits, ModelOps, Rows, Weights};
 use shardlm_mpc::material::{MaskedLinear, MaskedLinearRequest, MaterialSource};
-use shardlm_mpc::ring::{decode, encode_f32};
 use shardlm_mpc::share::P0;
 use shardlm_transport::handshake::GemmCost;
 use shardlm_transport::{Channel, Counters, Lane, TransportError};
@@ -244,6 +241,18 @@ pub enum V3Error {
     Aborted,
 }
 
+impl From<shardlm_mpc::MpcError> for V3Error {
+    fn from(e: shardlm_mpc::MpcError) -> Self {
+        V3Error::Session(e.into())
+    }
+}
+
+impl From<EngineError> for V3Error {
+    fn from(e: EngineError) -> Self {
+        V3Error::Session(e.into())
+    }
+}
+
 fn err(e: impl Into<V2Error>) -> V3Error {
     V3Error::Session(e.into())
 }
@@ -288,35 +297,23 @@ impl KvCache {
         let (lock, grown) = self
             .layers
             .get(layer)
-            .ok_or_else(|| err(EngineError::CacheMismatch { cached: 0, start_pos: usize::MAX }))?;
+            .ok_or_else(|| err(V2Error::Protocol(format!("the model has no layer {layer}"))))?;
         let kvd = config.kv_dim().max(1);
         let mut cache = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            let cached = cache.k.len() / kvd;
-            if cached == start_pos {
-                break;
-            }
-            if cached > start_pos || self.aborted.load(Ordering::SeqCst) {
-                return Err(match cached > start_pos {
-                    true => err(EngineError::CacheMismatch { cached, start_pos }),
-                    false => V3Error::Aborted,
-                });
+        // The earlier chunks append this layer's keys and values; wait for them.
+        while cache.k.len() / kvd < start_pos {
+            if self.aborted.load(Ordering::SeqCst) {
+                return Err(V3Error::Aborted);
             }
             cache = grown
                 .wait_timeout(cache, Duration::from_millis(50))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        if start_pos + qkv.rows > config.max_position_embeddings {
-            return Err(err(EngineError::TooLong {
-                len: start_pos + qkv.rows,
-                max: config.max_position_embeddings,
-            }));
-        }
-        let out = kernels::attention(config, qkv, &mut cache, start_pos);
+        let out = attend(config, qkv, &mut cache, start_pos);
         drop(cache);
         grown.notify_all();
-        Ok(out)
+        Ok(out?)
     }
 
     fn positions(&self, kvd: usize) -> usize {
@@ -415,30 +412,10 @@ impl<C: Channel, M: MaterialSource<P0>> ModelOps for ChunkOps<'_, C, M> {
     type Act = Tensor;
     type Error = V3Error;
 
-    fn embed(&mut self, tokens: &[u32]) -> Result<Tensor, V3Error> {
-        self.clear.embed(tokens).map_err(err)
-    }
-    fn rms_norm(&mut self, x: &Tensor, norm: Norm) -> Result<Tensor, V3Error> {
-        Ok(self.clear.rms_norm(x, norm))
-    }
-    fn rope(&mut self, qkv: &mut Tensor, start_pos: usize) -> Result<(), V3Error> {
-        self.clear.rope(qkv, start_pos);
-        Ok(())
-    }
+    shardlm_model::delegate_stateless_clear_ops!(clear, V3Error);
+
     fn attention(&mut self, qkv: &Tensor, layer: usize, start_pos: usize) -> Result<Tensor, V3Error> {
         self.cache.attention(self.config, qkv, layer, start_pos)
-    }
-    fn swiglu(&mut self, gate_up: &Tensor) -> Result<Tensor, V3Error> {
-        Ok(kernels::swiglu(gate_up))
-    }
-    fn add(&mut self, a: &Tensor, b: &Tensor) -> Result<Tensor, V3Error> {
-        Ok(kernels::add(a, b))
-    }
-    fn select_rows(&mut self, x: &Tensor, rows: Rows) -> Result<Tensor, V3Error> {
-        Ok(self.clear.select_rows(x, rows))
-    }
-    fn reveal_logits(&mut self, logits: &Tensor) -> Result<Option<Logits>, V3Error> {
-        Ok(Some(Logits { vocab: logits.cols, data: logits.data.clone() }))
     }
 
     fn linear(&mut self, x: &Tensor, linear: Linear) -> Result<Tensor, V3Error> {
@@ -448,16 +425,8 @@ impl<C: Channel, M: MaterialSource<P0>> ModelOps for ChunkOps<'_, C, M> {
             self.chunk,
             self.config,
         )?;
-        let f = self.fixed.frac_bits;
-        let x_enc: Vec<u64> = x.data.par_iter().map(|&v| encode_f32(v, f)).collect();
-        let (state, y) = masked::client_request(&x_enc, material).map_err(err)?;
-        let z = self.link.exchange(y, x.rows, d_out)?;
-        let product = masked::client_finish(state, &z).map_err(err)?;
-        let bits = f + self.fixed.weight_frac_bits;
-        let out: Vec<f32> = product.par_iter().map(|&v| decode(v, bits) as f32).collect();
-        let mut out = Tensor::new(x.rows, d_out, out);
-        self.clear.add_bias(&mut out, linear);
-        Ok(out)
+        let link = &mut self.link;
+        client_linear(self.clear, self.fixed, x, linear, material, |y| link.exchange(y, x.rows, d_out))
     }
 }
 
@@ -758,12 +727,7 @@ impl V3Server {
             if n == 0 {
                 return Ok(stats);
             }
-            if pass >= shape.max_new_tokens {
-                return Err(V2Error::Protocol(format!(
-                    "a forward pass beyond the declared {} (the session's token budget)",
-                    shape.max_new_tokens
-                )));
-            }
+            check_pass(shape, pass).map_err(V2Error::Protocol)?;
             let want = unit_rows(shape, Linear::Qkv(0), pass);
             if n != want as u64 {
                 return Err(V2Error::Protocol(format!(

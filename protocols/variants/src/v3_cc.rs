@@ -23,7 +23,7 @@
 //! session: a session attested by the software provider is said to have no protection
 //! in everything it prints.
 
-use crate::limits::unit_rows;
+use crate::limits::{check_pass, unit_rows};
 use crate::plan::SessionShape;
 use crate::session::{ClientSession, SessionEnd, SessionError};
 use serde::{Deserialize, Serialize};
@@ -280,12 +280,7 @@ fn check_step(
     let want = if pass == 0 { shape.prompt_tokens } else { 1 };
     let want_start = if pass == 0 { 0 } else { shape.prompt_tokens + pass - 1 };
     let head_rows = unit_rows(shape, Linear::LmHead, pass);
-    if pass >= shape.max_new_tokens {
-        return Err(CcError::Protocol(format!(
-            "a forward pass beyond the declared {}",
-            shape.max_new_tokens
-        )));
-    }
+    check_pass(shape, pass).map_err(CcError::Protocol)?;
     if tokens.len() != want || start != want_start || (all_rows && head_rows != tokens.len()) {
         return Err(CcError::Protocol(format!(
             "step {pass} has {} tokens at position {start}{}; the declared shape allows {want} at {want_start}",

@@ -729,13 +729,8 @@ pub fn serve_driven<C: Channel, M: MaterialSource<P1>>(
         let first = passes == 0;
         let expect = if first { shape.prompt_tokens } else { 1 };
         let Some(n) = party.next_step(expect)? else { break };
-        if passes as usize >= shape.max_new_tokens {
-            return Err(MpcError::Shape {
-                op: "step",
-                detail: format!("a forward pass beyond the declared {}", shape.max_new_tokens),
-            }
-            .into());
-        }
+        crate::limits::check_pass(shape, passes as usize)
+            .map_err(|detail| MpcError::Shape { op: "step", detail })?;
         party.expected_rows = Some(if first { shape.rows } else { Rows::Last });
         shardlm_model::qwen2::forward(&mut party, config, &vec![0u32; n], pos, Rows::Last)?;
         pos += n;
