@@ -42,8 +42,8 @@
 //! Results carry the fractional bits of both inputs: follow with [`super::trunc`].
 
 use super::{
-    check_len, exchange, shape, BitTriples, MatrixTriple, MpcError, NormTriples, PowerTuples, RowTriples,
-    SquarePairs, Triples,
+    check_len, exchange, shape, BitTriples, BitVectorTriples, MatrixTriple, MpcError, NormTriples,
+    PowerTuples, RowTriples, SquarePairs, Triples,
 };
 use crate::material::kinds::causal_matrix_triples::visible;
 use crate::ring;
@@ -537,4 +537,96 @@ pub fn matmul<R: Role, C: Channel + ?Sized>(
     let (st, msg) = matmul_start(x, y, triple)?;
     let peer = exchange(ch, Lane::Openings, &msg, msg.len())?;
     matmul_finish(st, &peer)
+}
+
+/// State of a bit-vector product between its message and the peer's.
+pub struct BitVecMulState<R: Role> {
+    triples: BitVectorTriples<R>,
+    eps: Vec<u64>,
+    d: Vec<u64>,
+    e: Vec<u64>,
+}
+crate::debug_lengths!(BitVecMulState<R> { eps, d, e });
+
+/// Core: starts `sum_j w_j s_ij x_i y_i` for XOR-shared bits `s` (`bits` per element,
+/// element-major, 0 or 1) and arithmetic shares `x`, `y`
+/// ([`crate::material::kinds::bit_vector_triples`]). Our message is `d_i = x_i - a_i`,
+/// `e_i = y_i - b_i` (`2 n` words), then the packed `s_ij XOR r_ij`.
+pub fn bit_vector_mul_start<R: Role>(
+    bits: &[u64],
+    x: &Shares<R>,
+    y: &Shares<R>,
+    triples: BitVectorTriples<R>,
+) -> Result<(BitVecMulState<R>, Vec<u64>), MpcError> {
+    let n = x.len();
+    let nb = n * triples.bits;
+    check_len("bit-vector mul", "y", y.len(), n)?;
+    check_len("bit-vector mul", "bits", bits.len(), nb)?;
+    for (what, len) in [("a", triples.a.len()), ("b", triples.b.len()), ("c", triples.c.len())] {
+        check_len("bit-vector mul", what, len, n)?;
+    }
+    for (what, len) in [
+        ("s", triples.s.len()),
+        ("r", triples.r.len()),
+        ("ra", triples.ra.len()),
+        ("rb", triples.rb.len()),
+        ("rab", triples.rab.len()),
+    ] {
+        check_len("bit-vector mul", what, len, nb)?;
+    }
+    let eps: Vec<u64> = bits.iter().zip(&triples.s).map(|(b, r)| (b ^ r) & 1).collect();
+    let d = ring::sub(x.as_slice(), triples.a.as_slice());
+    let e = ring::sub(y.as_slice(), triples.b.as_slice());
+    let mut msg = d.clone();
+    msg.extend_from_slice(&e);
+    msg.extend(ring::pack_bits(&eps, 1));
+    Ok((BitVecMulState { triples, eps, d, e }, msg))
+}
+
+/// Words of one party's bit-vector message for `n` elements of `bits` bits.
+pub fn bit_vector_mul_words(n: usize, bits: usize) -> usize {
+    2 * n + ring::packed_words(n * bits, 1)
+}
+
+/// Core: finishes with the peer's message; returns shares of
+/// `sum_j weights[j] s_ij x_i y_i` (`weights` public, one per bit position).
+pub fn bit_vector_mul_finish<R: Role>(
+    st: BitVecMulState<R>,
+    peer: &[u64],
+    weights: &[u64],
+) -> Result<Shares<R>, MpcError> {
+    let (n, bits) = (st.d.len(), st.triples.bits);
+    check_len("bit-vector mul", "weights", weights.len(), bits)?;
+    check_len("bit-vector mul", "peer message", peer.len(), bit_vector_mul_words(n, bits))?;
+    let pe = ring::unpack_bits(&peer[2 * n..], 1, n * bits)
+        .ok_or_else(|| shape("bit-vector mul", "short message"))?;
+    let t = &st.triples;
+    let (a, b, c) = (t.a.as_slice(), t.b.as_slice(), t.c.as_slice());
+    let (r, ra, rb, rab) = (t.r.as_slice(), t.ra.as_slice(), t.rb.as_slice(), t.rab.as_slice());
+    let p0 = R::ID == 0;
+    let z = (0..n)
+        .map(|i| {
+            let d = st.d[i].wrapping_add(peer[i]);
+            let e = st.e[i].wrapping_add(peer[n + i]);
+            let de = d.wrapping_mul(e);
+            // x y = de + d b + e a + ab; r x y = de r + d rb + e ra + rab (P0 adds de).
+            let mut xy = d.wrapping_mul(b[i]).wrapping_add(e.wrapping_mul(a[i])).wrapping_add(c[i]);
+            if p0 {
+                xy = xy.wrapping_add(de);
+            }
+            (0..bits).fold(0u64, |acc, j| {
+                let at = i * bits + j;
+                let eps = (st.eps[at] ^ pe[at]) & 1;
+                let rxy = de
+                    .wrapping_mul(r[at])
+                    .wrapping_add(d.wrapping_mul(rb[at]))
+                    .wrapping_add(e.wrapping_mul(ra[at]))
+                    .wrapping_add(rab[at]);
+                // s = eps + (1 - 2 eps) r.
+                let sxy = if eps == 1 { xy.wrapping_sub(rxy) } else { rxy };
+                acc.wrapping_add(sxy.wrapping_mul(weights[j]))
+            })
+        })
+        .collect();
+    Ok(Shares::from_raw(z))
 }

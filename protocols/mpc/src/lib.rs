@@ -25,6 +25,8 @@
 //! | boolean AND (64 per word) | [`boolean`] | 16 bytes per word | 1 |
 //! | bit to arithmetic (daBit) | [`boolean`] | 1 bit | 1 |
 //! | sign bit / less-than on `k` bits | [`compare`] | about `2 (3k - 6) / 8` bytes (AND `d`, `e`) + 1 bit | `2 + ceil(log2(k - 1))` |
+//! | table lookup, `k`-bit index (one-time truth table) | [`lut`] | `k / 8` | 1 |
+//! | bits times a value (bit-vector triple) | [`beaver`] | `8 + bits / 8` per value | 1 |
 //! | 1-of-N random-OT lookup | [`ot`] | P0 `log2 N` bits, P1 `N * bits` bits | 1 |
 //! | client-assisted linear `n x d_in -> d_out` (v2) | [`masked_linear`] | P0 `8 n d_in`, P1 `8 n d_out` bytes | 1 |
 //!
@@ -52,6 +54,7 @@ macro_rules! debug_lengths {
 pub mod beaver;
 pub mod boolean;
 pub mod compare;
+pub mod lut;
 pub mod masked_linear;
 pub mod material;
 pub mod nonlinear;
@@ -61,11 +64,12 @@ pub mod prg;
 pub mod ring;
 pub mod session;
 pub mod share;
+pub mod tables;
 pub mod trunc;
 
 pub use material::{
-    AndTriples, BitTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples, PowerTuples,
-    RandomOts, RowTriples, SquarePairs, Triples,
+    AndTriples, BitTriples, BitVectorTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples,
+    PowerTuples, RandomOts, RowTriples, SquarePairs, Triples,
 };
 
 use crate::material::MaterialError;

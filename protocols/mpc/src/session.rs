@@ -13,11 +13,12 @@
 //! [`Session::trunc`] and [`Session::msb`] put all elements of a step in one message per
 //! direction per round.
 
-use super::{beaver, compare, trunc, MpcError};
+use super::{beaver, boolean, compare, lut, trunc, MpcError};
 use crate::material::MaterialSource;
 use crate::material::{
-    AndTriplesRequest, BitTriplesRequest, CausalMatrixTripleRequest, MatrixTripleRequest, NormTriplesRequest,
-    PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest, TriplesRequest, TruncOtsRequest,
+    AndTriplesRequest, BitTriplesRequest, BitVectorTriplesRequest, CausalMatrixTripleRequest, LookupRequest,
+    MatrixTripleRequest, NormTriplesRequest, PowerTuplesRequest, Read, RowTriplesRequest, SquarePairsRequest,
+    TriplesRequest, TruncOtsRequest,
 };
 use crate::prg::{Prg, Seed};
 use crate::ring::packed_words;
@@ -36,6 +37,8 @@ pub enum Opened {
     MaskedChunk,
     /// A bit masked by a daBit (bit-to-arithmetic conversion).
     MaskedBit,
+    /// A table index masked by a one-time truth table's mask ([`crate::lut`]).
+    MaskedIndex,
     /// Faithful-truncation messages (P0: its MSB masked by the OT choice bit; P1: a
     /// correction string masked by the OT string P0 does not hold).
     TruncationOt,
@@ -56,6 +59,7 @@ impl Opened {
             Opened::MaskedAnd => "masked boolean d/e",
             Opened::MaskedChunk => "one-time-table masked chunk",
             Opened::MaskedBit => "daBit-masked bit",
+            Opened::MaskedIndex => "one-time-table masked index",
             Opened::TruncationOt => "truncation OT message",
             Opened::InputSeed => "seed of uniform input shares",
             Opened::FinalLogits => "final logits",
@@ -625,5 +629,266 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
             self.transfer(Opened::FinalLogits, x.as_slice(), 0)?;
             Ok(None)
         }
+    }
+}
+
+/// Work of several primitives staged for ONE round ([`Session::run`]): each part's core
+/// state, its label for the audit log, our message and the length of the peer's. v3-ot
+/// batches a step's table lookups, truncations and products this way.
+pub struct Round<R: Role> {
+    parts: Vec<(Staged<R>, Opened, Vec<u64>, usize)>,
+}
+
+impl<R: Role> Round<R> {
+    /// Parts staged so far.
+    pub fn len(&self) -> usize {
+        self.parts.len()
+    }
+    /// Whether nothing is staged.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+}
+
+impl<R: Role> Default for Round<R> {
+    fn default() -> Self {
+        Round { parts: Vec::new() }
+    }
+}
+
+impl<R: Role> std::fmt::Debug for Round<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Round({} parts)", self.parts.len())
+    }
+}
+
+enum Staged<R: Role> {
+    Trunc(Option<TruncState>),
+    Mul(beaver::MulState<R>),
+    Powers(beaver::PowersState<R>),
+    BitMul(beaver::BitMulState<R>),
+    BitVec(beaver::BitVecMulState<R>, Vec<u64>),
+    And(boolean::AndState<R>, Vec<usize>),
+    Lookup(lut::LutState<R>),
+    MatMul(beaver::MatMulState<R>),
+}
+
+/// What a staged part produced.
+#[derive(Debug)]
+pub enum Done<R: Role> {
+    /// Arithmetic shares (truncation, products, matrix product).
+    Shares(Shares<R>),
+    /// Powers `x^1 ..= x^D`.
+    Powers(Vec<Shares<R>>),
+    /// XOR-shared bits, one vector per staged pair (ANDs).
+    Bits(Vec<Vec<u64>>),
+    /// Table outputs, one vector per function read (lookups).
+    Tables(Vec<Vec<u64>>),
+}
+
+impl<R: Role> Done<R> {
+    /// The shares, or a shape error if the part produced something else.
+    pub fn shares(self) -> Result<Shares<R>, MpcError> {
+        match self {
+            Done::Shares(s) => Ok(s),
+            _ => Err(super::shape("round", "expected shares from this part")),
+        }
+    }
+    /// The powers.
+    pub fn powers(self) -> Result<Vec<Shares<R>>, MpcError> {
+        match self {
+            Done::Powers(p) => Ok(p),
+            _ => Err(super::shape("round", "expected powers from this part")),
+        }
+    }
+    /// The AND results.
+    pub fn bits(self) -> Result<Vec<Vec<u64>>, MpcError> {
+        match self {
+            Done::Bits(b) => Ok(b),
+            _ => Err(super::shape("round", "expected bits from this part")),
+        }
+    }
+    /// The table outputs.
+    pub fn tables(self) -> Result<Vec<Vec<u64>>, MpcError> {
+        match self {
+            Done::Tables(t) => Ok(t),
+            _ => Err(super::shape("round", "expected table outputs from this part")),
+        }
+    }
+}
+
+impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
+    fn stage(round: &mut Round<R>, st: Staged<R>, what: Opened, msg: Vec<u64>, peer_len: usize) -> usize {
+        round.parts.push((st, what, msg, peer_len));
+        round.parts.len() - 1
+    }
+
+    /// Stages a faithful truncation of `x` by `shift`.
+    pub fn stage_trunc(&mut self, round: &mut Round<R>, x: Shares<R>, shift: u32) -> Result<usize, MpcError> {
+        if x.is_empty() {
+            return Ok(Self::stage(round, Staged::Trunc(None), Opened::TruncationOt, Vec::new(), 0));
+        }
+        let n = x.len();
+        let ot = self.material.take(TruncOtsRequest { n, bits: shift })?;
+        let (st, m, len) = if R::ID == 0 {
+            let ot = super::RandomOts::<P0>::receiver(ot.n_choices, ot.bits, ot.index, ot.strings);
+            let (st, m) = trunc::p0_start(&Shares::<P0>::from_raw(x.into_raw()), shift, ot)?;
+            (TruncState::P0(st), m, packed_words(n, shift))
+        } else {
+            let ot = super::RandomOts::<P1>::sender(ot.n_choices, ot.bits, ot.strings);
+            let (st, m) = trunc::p1_start(&Shares::<P1>::from_raw(x.into_raw()), shift, &ot)?;
+            (TruncState::P1(st), m, packed_words(n, 1))
+        };
+        Ok(Self::stage(round, Staged::Trunc(Some(st)), Opened::TruncationOt, m, len))
+    }
+
+    /// Stages an elementwise Beaver product.
+    pub fn stage_mul(
+        &mut self,
+        round: &mut Round<R>,
+        x: &Shares<R>,
+        y: &Shares<R>,
+    ) -> Result<usize, MpcError> {
+        let t = self.material.take(TriplesRequest { n: x.len() })?;
+        let (st, m) = beaver::mul_start(x, y, t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::Mul(st), Opened::MaskedProduct, m, len))
+    }
+
+    /// Stages the powers `x^1 ..= x^degree` from one power tuple.
+    pub fn stage_powers(
+        &mut self,
+        round: &mut Round<R>,
+        x: &Shares<R>,
+        degree: u32,
+    ) -> Result<usize, MpcError> {
+        let t = self.material.take(PowerTuplesRequest { n: x.len(), degree })?;
+        let (st, m) = beaver::powers_start(x, t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::Powers(st), Opened::MaskedProduct, m, len))
+    }
+
+    /// Stages `b x` for XOR-shared bits `b` (one per element).
+    pub fn stage_bit_mul(
+        &mut self,
+        round: &mut Round<R>,
+        b: &[u64],
+        x: &Shares<R>,
+    ) -> Result<usize, MpcError> {
+        let t = self.material.take(BitTriplesRequest { n: x.len() })?;
+        let (st, m) = beaver::bit_mul_start(b, x, t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::BitMul(st), Opened::MaskedProduct, m, len))
+    }
+
+    /// Stages `sum_j weights[j] b_ij x_i y_i` for XOR-shared bits `b` (`weights.len()`
+    /// per element, element-major): `x` and `y` opened once
+    /// ([`beaver::bit_vector_mul_start`]).
+    pub fn stage_bit_vector_mul(
+        &mut self,
+        round: &mut Round<R>,
+        b: &[u64],
+        x: &Shares<R>,
+        y: &Shares<R>,
+        weights: Vec<u64>,
+    ) -> Result<usize, MpcError> {
+        let bits = weights.len();
+        let t = self.material.take(BitVectorTriplesRequest { n: x.len(), bits: bits as u32 })?;
+        let (st, m) = beaver::bit_vector_mul_start(b, x, y, t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::BitVec(st, weights), Opened::MaskedProduct, m, len))
+    }
+
+    /// Stages ANDs of XOR-shared bits, every pair at once (packed 64 to a word).
+    pub fn stage_and(&mut self, round: &mut Round<R>, pairs: &[(&[u64], &[u64])]) -> Result<usize, MpcError> {
+        let (mut xs, mut ys, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+        for (x, y) in pairs {
+            super::check_len("and", "right operand", y.len(), x.len())?;
+            xs.extend_from_slice(x);
+            ys.extend_from_slice(y);
+            lens.push(x.len());
+        }
+        let (xw, yw) = (crate::ring::pack_bits(&xs, 1), crate::ring::pack_bits(&ys, 1));
+        let t = self.material.take(AndTriplesRequest { words: xw.len() })?;
+        let (st, m) = boolean::and_start(&BitShares::from_raw(xw), &BitShares::from_raw(yw), t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::And(st, lens), Opened::MaskedAnd, m, len))
+    }
+
+    /// Stages lookups of `k`-bit `index` shares ([`lut::reduce`]), reading `reads`.
+    pub fn stage_lookup(
+        &mut self,
+        round: &mut Round<R>,
+        index: &[u64],
+        k: u32,
+        reads: &[Read],
+    ) -> Result<usize, MpcError> {
+        let t = self.material.take(LookupRequest { count: index.len(), k, reads: reads.to_vec() })?;
+        let (st, m) = lut::lut_start(index, t)?;
+        let len = lut::lut_words(index.len(), k);
+        Ok(Self::stage(round, Staged::Lookup(st), Opened::MaskedIndex, m, len))
+    }
+
+    /// Stages a matrix product with one (causal) matrix triple.
+    pub fn stage_matmul(&mut self, round: &mut Round<R>, op: &MatMul<'_, R>) -> Result<usize, MpcError> {
+        let t = match op.causal {
+            Some(start) => {
+                self.material.take(CausalMatrixTripleRequest { m: op.m, k: op.k, n: op.n, start })?
+            }
+            None => self.material.take(MatrixTripleRequest { m: op.m, k: op.k, n: op.n })?,
+        };
+        let (st, m) = beaver::matmul_start(op.x, op.y, t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::MatMul(st), Opened::MaskedProduct, m, len))
+    }
+
+    /// Runs a staged round: every part's message in ONE transfer each way (each part
+    /// logged under its own label), then every part finished, in staging order.
+    pub fn run(&mut self, round: Round<R>) -> Result<Vec<Done<R>>, MpcError> {
+        if round.parts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let msg: Vec<u64> = round.parts.iter().flat_map(|(_, _, m, _)| m.iter().copied()).collect();
+        let peer_len: usize = round.parts.iter().map(|(_, _, _, l)| l).sum();
+        if !msg.is_empty() {
+            self.chan.send_u64s(Lane::Openings, &msg)?;
+        }
+        let peer = if peer_len > 0 { self.chan.recv_u64s(Lane::Openings, peer_len)? } else { Vec::new() };
+        let mut at = 0;
+        let mut out = Vec::with_capacity(round.parts.len());
+        for (st, what, m, len) in round.parts {
+            let p = peer.get(at..at + len).ok_or_else(|| super::shape("round", "short peer message"))?;
+            at += len;
+            self.log(what, m.len(), p);
+            out.push(match st {
+                Staged::Trunc(None) => Done::Shares(Shares::from_raw(Vec::new())),
+                Staged::Trunc(Some(TruncState::P0(st))) => {
+                    Done::Shares(Shares::from_raw(trunc::p0_finish(st, p)?.into_raw()))
+                }
+                Staged::Trunc(Some(TruncState::P1(st))) => {
+                    Done::Shares(Shares::from_raw(trunc::p1_finish(st, p)?.into_raw()))
+                }
+                Staged::Mul(st) => Done::Shares(beaver::mul_finish(st, p)?),
+                Staged::Powers(st) => Done::Powers(beaver::powers_finish(st, p)?),
+                Staged::BitMul(st) => Done::Shares(beaver::bit_mul_finish(st, p)?),
+                Staged::BitVec(st, w) => Done::Shares(beaver::bit_vector_mul_finish(st, p, &w)?),
+                Staged::And(st, lens) => {
+                    let n: usize = lens.iter().sum();
+                    let z = boolean::and_finish(st, p)?.into_raw();
+                    let bits = crate::ring::unpack_bits(&z, 1, n)
+                        .ok_or_else(|| super::shape("and", "short result"))?;
+                    let mut parts = Vec::with_capacity(lens.len());
+                    let mut b = 0;
+                    for l in lens {
+                        parts.push(bits[b..b + l].to_vec());
+                        b += l;
+                    }
+                    Done::Bits(parts)
+                }
+                Staged::Lookup(st) => Done::Tables(lut::lut_finish(st, p)?),
+                Staged::MatMul(st) => Done::Shares(beaver::matmul_finish(st, p)?),
+            });
+        }
+        Ok(out)
     }
 }

@@ -21,9 +21,10 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardlm_mpc::material::{
-    AndTriplesRequest, BitTriplesRequest, CarryTablesRequest, CausalMatrixTripleRequest, DaBitsRequest,
-    MaskedLinearRequest, MatrixTripleRequest, NormTriplesRequest, PowerTuplesRequest, RandomOtsRequest,
-    RowTriplesRequest, SquarePairsRequest, TriplesRequest, TruncOtsRequest,
+    AndTriplesRequest, BitTriplesRequest, BitVectorTriplesRequest, CarryTablesRequest,
+    CausalMatrixTripleRequest, DaBitsRequest, LookupRequest, MaskedLinearRequest, MatrixTripleRequest,
+    NormTriplesRequest, PowerTuplesRequest, RandomOtsRequest, Read, RowTriplesRequest, SquarePairsRequest,
+    TableFn, TriplesRequest, TruncOtsRequest,
 };
 use shardlm_mpc::material::{
     BundleWriter, Manifest, Material, MaterialError, MaterialRequest, MaterialSource, NoWeights, OpenOptions,
@@ -107,13 +108,20 @@ fn session_requests() -> Vec<MaterialRequest> {
         PowerTuplesRequest { n: 3, degree: 3 }.into(),
         RandomOtsRequest { n_choices: 4, bits: 13, count: 3 }.into(),
         MaskedLinearRequest { n: 2, d_in: D_IN, d_out: D_OUT, weight: 4 }.into(),
+        LookupRequest {
+            count: 3,
+            k: 6,
+            reads: vec![Read { func: TableFn::Relu, bits: 6 }, Read { func: TableFn::IsZero, bits: 4 }],
+        }
+        .into(),
+        BitVectorTriplesRequest { n: 3, bits: 5 }.into(),
     ]
 }
 
 /// Takes `req` (any kind but masked-linear, which only P0 takes: `None`).
 fn take_common<R: Role>(m: &mut Material<R>, req: &MaterialRequest) -> Option<Result<(), MaterialError>> {
     use MaterialRequest as Q;
-    Some(match *req {
+    Some(match req.clone() {
         Q::Triples(r) => m.take(r).map(drop),
         Q::SquarePairs(r) => m.take(r).map(drop),
         Q::MatrixTriple(r) => m.take(r).map(drop),
@@ -127,6 +135,8 @@ fn take_common<R: Role>(m: &mut Material<R>, req: &MaterialRequest) -> Option<Re
         Q::RowTriples(r) => m.take(r).map(drop),
         Q::PowerTuples(r) => m.take(r).map(drop),
         Q::RandomOts(r) => m.take(r).map(drop),
+        Q::Lookups(r) => m.take(r).map(drop),
+        Q::BitVectorTriples(r) => m.take(r).map(drop),
         Q::MaskedLinear(_) => return None,
     })
 }

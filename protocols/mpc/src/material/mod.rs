@@ -430,6 +430,16 @@ impl<R: Role> Material<R> {
                 continue;
             }
             let total = self.store.total(&c.name);
+            if total == Some(0) && off == 0 && c.len > 0 {
+                // Never dealt at all: not an exhausted bundle but one for other work.
+                let dealt = self.manifest().map_or("another forward pass".to_string(), |m| {
+                    format!("{} (bundle {})", m.variant, m.bundle_id.get(..16).unwrap_or(&m.bundle_id))
+                });
+                return Err(MaterialError::Mismatch(format!(
+                    "this step needs `{}` material, which the bundle was never dealt: it is a bundle for {dealt}",
+                    kind.name()
+                )));
+            }
             let left = total.map(|t| t.saturating_sub(off));
             if let Some(left) = left {
                 if c.len > left {

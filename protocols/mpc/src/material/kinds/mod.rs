@@ -19,6 +19,8 @@
 //! | [`power_tuples`] | polynomials | n (degree - 1) | 0 |
 //! | [`trunc_ots`] | faithful truncation | n F/64 (packed) | 0 |
 //! | [`random_ots`] | 1-of-N lookups | count bits/64 (packed) | 0 |
+//! | [`lookup_tables`] | v3-ot's table lookups | count x reads x `2^bits` entries (packed) | 0 |
+//! | [`bit_vector_triples`] | several bits times one value | n (2 bits + 0) | 0 |
 //! | [`masked_linear`] | v2/v3 linear layers | n d_out + 4 | - |
 //!
 //! P1's parts are seeds and public shape records only: the server's shard is a few
@@ -27,9 +29,11 @@
 
 pub mod and_triples;
 pub mod bit_triples;
+pub mod bit_vector_triples;
 pub mod carry_tables;
 pub mod causal_matrix_triples;
 pub mod dabits;
+pub mod lookup_tables;
 pub mod masked_linear;
 pub mod matrix_triples;
 pub mod norm_triples;
@@ -42,9 +46,11 @@ pub mod trunc_ots;
 
 pub use and_triples::{AndTriples, AndTriplesRequest};
 pub use bit_triples::{BitTriples, BitTriplesRequest};
+pub use bit_vector_triples::{BitVectorTriples, BitVectorTriplesRequest};
 pub use carry_tables::{CarryTables, CarryTablesRequest};
 pub use causal_matrix_triples::CausalMatrixTripleRequest;
 pub use dabits::{DaBits, DaBitsRequest};
+pub use lookup_tables::{LookupRequest, Lookups, Out, Read, TableFn};
 pub use masked_linear::{MaskedLinear, MaskedLinearRequest};
 pub use matrix_triples::{MatrixTriple, MatrixTripleRequest};
 pub use norm_triples::{NormTriples, NormTriplesRequest};
@@ -114,4 +120,8 @@ registry! {
     RandomOts(RandomOtsRequest),
     /// Client-assisted linear layer mask and its image under a weight.
     MaskedLinear(MaskedLinearRequest),
+    /// One-time truth tables of public functions (v3-ot).
+    Lookups(LookupRequest),
+    /// Bit-vector triples: several bits times one value (v3-ot's SiLU).
+    BitVectorTriples(BitVectorTriplesRequest),
 }

@@ -1,0 +1,374 @@
+//! One-time truth tables of public functions (Ishai, Kushilevitz, Meldgaard, Orlandi and
+//! Paskin-Cherniavsky, "On the power of correlated randomness in secure computation",
+//! TCC 2013), the table lookups of v3-ot ([`crate::lut`]).
+//!
+//! Per lookup instance the dealer draws a mask `r` of `k` bits, additively shared mod
+//! `2^k` (`r0` from P0's seed, `r1` from P1's), and for each *read* of the instance (a
+//! public function `T` on the low `bits <= k` bits of the index) shares the rotated table
+//! `T'[j] = T((j - r) mod 2^bits)` for every `j`: P1's share is seed-derived, P0's is
+//! `T' - share1` (XOR for bit outputs, subtraction mod `2^out` for arithmetic ones),
+//! stored packed at the output's width. Online both parties open `x + r mod 2^k` and
+//! read entry `x + r` of every read's table: one round, `k` bits each way, and any
+//! number of functions of the same input.
+//!
+//! Layout: `r0` seeded for P0 only, `r1` seeded for P1 only, one `t<i>` per read: raw
+//! for P0 ([`TableFn::table_words`] words per instance), seeded for P1. This is where
+//! v3-ot's dealer bytes go: `2^bits x out` bits per read per lookup for P0, nothing for P1.
+
+use super::super::kind::{checked_len, Component, Kind, Layout, Request, Seeded, Src};
+use super::super::{LinearWeights, MaterialError};
+use crate::ring::low_mask;
+use crate::share::Role;
+use rayon::prelude::*;
+
+/// How a table's output is shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Out {
+    /// XOR shares of a value of this many bits (a bit vector: predicates, bits of a value
+    /// that feed bit products).
+    Xor(u32),
+    /// Additive shares modulo `2^bits` (64: ring shares).
+    Add(u32),
+}
+
+impl Out {
+    /// Bits per entry.
+    pub fn bits(self) -> u32 {
+        match self {
+            Out::Xor(b) | Out::Add(b) => b,
+        }
+    }
+
+    /// P0's share of `value` given P1's (both reduced to the width).
+    pub fn share0(self, value: u64, share1: u64) -> u64 {
+        match self {
+            Out::Xor(b) => (value ^ share1) & low_mask(b),
+            Out::Add(b) => value.wrapping_sub(share1) & low_mask(b),
+        }
+    }
+
+    /// The value from both shares.
+    pub fn combine(self, s0: u64, s1: u64) -> u64 {
+        match self {
+            Out::Xor(b) => (s0 ^ s1) & low_mask(b),
+            Out::Add(b) => s0.wrapping_add(s1) & low_mask(b),
+        }
+    }
+}
+
+/// The public functions v3-ot reads from tables. The index `v` is the read's `bits` low
+/// bits of the opened value, interpreted as the function says (signed: two's complement
+/// on `bits` bits). Parameters are integers so that requests hash and compare exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum TableFn {
+    /// `max(v, 0)` of a signed `bits`-bit `v`, additive mod `2^bits` (the max tournament).
+    Relu,
+    /// `[lo <= v <= hi]` of a signed `v`, one XOR bit.
+    Between {
+        /// Lowest value that gives 1.
+        lo: i32,
+        /// Highest value that gives 1.
+        hi: i32,
+    },
+    /// `[v >= t]` of a signed `v`, one XOR bit.
+    AtLeast {
+        /// Threshold.
+        t: i32,
+    },
+    /// `sigmoid(v 2^-frac_in)` of a signed `v` with `frac_out` fractional bits (rounded,
+    /// at most `2^frac_out - 1`), as `frac_out` XOR bits that feed bit products.
+    Sigmoid {
+        /// Fractional bits of `v`.
+        frac_in: u32,
+        /// Fractional bits (and width) of the output.
+        frac_out: u32,
+    },
+    /// `exp(v 2^-frac_in)` of a signed `v` with `frac_out` fractional bits, ring shares.
+    Exp {
+        /// Fractional bits of `v`.
+        frac_in: u32,
+        /// Fractional bits of the output.
+        frac_out: u32,
+    },
+    /// For an unsigned `v` with `v >= min`: `x^-1` (`root` false) or `x^-1/2` (`root`
+    /// true) of `x = v 2^shift / div` with `frac_out` fractional bits, ring shares; 0
+    /// for `v < min` (the value belongs to a finer level, [`crate::tables`]).
+    Inverse {
+        /// `x = v 2^shift / div` (`shift` may be negative).
+        shift: i32,
+        /// Public divisor (RMSNorm's width).
+        div: u32,
+        /// Square root of the inverse.
+        root: bool,
+        /// Fractional bits of the output.
+        frac_out: u32,
+        /// Smallest `v` this level answers for.
+        min: u32,
+    },
+    /// `[v >= min]` of an unsigned `v`, additive mod `2^width` (counted across levels).
+    Count {
+        /// Threshold.
+        min: u32,
+        /// Output width.
+        width: u32,
+    },
+    /// `[v == 0]` of `v` mod `2^bits`, one XOR bit.
+    IsZero,
+}
+
+/// Two's complement value of the `bits` low bits of `v`.
+pub fn signed(v: u64, bits: u32) -> i64 {
+    let v = v & low_mask(bits);
+    if bits < 64 && v >> (bits - 1) == 1 {
+        v as i64 - (1i64 << bits)
+    } else {
+        v as i64
+    }
+}
+
+fn round_to(x: f64, frac: u32) -> u64 {
+    (x * (1u64 << frac) as f64).round() as i64 as u64
+}
+
+impl TableFn {
+    /// The output sharing of the function on a `bits`-bit index.
+    pub fn out(&self, bits: u32) -> Out {
+        match *self {
+            TableFn::Relu => Out::Add(bits),
+            TableFn::Between { .. } | TableFn::AtLeast { .. } | TableFn::IsZero => Out::Xor(1),
+            TableFn::Sigmoid { frac_out, .. } => Out::Xor(frac_out),
+            TableFn::Exp { .. } | TableFn::Inverse { .. } => Out::Add(64),
+            TableFn::Count { width, .. } => Out::Add(width),
+        }
+    }
+
+    /// The function at index `v` (the read's `bits` low bits), encoded for its output.
+    pub fn eval(&self, v: u64, bits: u32) -> u64 {
+        let s = signed(v, bits);
+        let u = v & low_mask(bits);
+        let value = match *self {
+            TableFn::Relu => s.max(0) as u64,
+            TableFn::Between { lo, hi } => u64::from(s >= i64::from(lo) && s <= i64::from(hi)),
+            TableFn::AtLeast { t } => u64::from(s >= i64::from(t)),
+            TableFn::Sigmoid { frac_in, frac_out } => {
+                let x = s as f64 / (1u64 << frac_in) as f64;
+                round_to(1.0 / (1.0 + (-x).exp()), frac_out).min(low_mask(frac_out))
+            }
+            TableFn::Exp { frac_in, frac_out } => {
+                round_to((s as f64 / (1u64 << frac_in) as f64).exp(), frac_out)
+            }
+            TableFn::Inverse { shift, div, root, frac_out, min } => {
+                if u < u64::from(min) || u == 0 {
+                    0
+                } else {
+                    let x = u as f64 * 2f64.powi(shift) / f64::from(div.max(1));
+                    round_to(if root { x.sqrt().recip() } else { x.recip() }, frac_out)
+                }
+            }
+            TableFn::Count { min, .. } => u64::from(u >= u64::from(min)),
+            TableFn::IsZero => u64::from(u == 0),
+        };
+        value & low_mask(self.out(bits).bits())
+    }
+
+    /// Short name for the kind's name (stream names and manifest counts).
+    fn tag(&self) -> String {
+        match *self {
+            TableFn::Relu => "relu".into(),
+            TableFn::Between { lo, hi } => format!("in{lo}:{hi}"),
+            TableFn::AtLeast { t } => format!("ge{t}"),
+            TableFn::Sigmoid { frac_in, frac_out } => format!("sig{frac_in}:{frac_out}"),
+            TableFn::Exp { frac_in, frac_out } => format!("exp{frac_in}:{frac_out}"),
+            TableFn::Inverse { shift, div, root, frac_out, min } => {
+                format!("{}{shift}:{div}:{frac_out}:{min}", if root { "rsqrt" } else { "recip" })
+            }
+            TableFn::Count { min, width } => format!("cnt{min}:{width}"),
+            TableFn::IsZero => "zero".into(),
+        }
+    }
+}
+
+/// One function read from a lookup's opened index: `func` on the low `bits` bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Read {
+    /// The function.
+    pub func: TableFn,
+    /// Index bits it reads (at most the lookup's `k`).
+    pub bits: u32,
+}
+
+impl Read {
+    /// Entries packed in one 64-bit word.
+    pub fn per_word(&self) -> usize {
+        (64 / self.func.out(self.bits).bits().max(1)) as usize
+    }
+
+    /// Words of one instance's table.
+    pub fn table_words(&self) -> usize {
+        (1usize << self.bits).div_ceil(self.per_word())
+    }
+
+    /// Entry `j` of a packed table.
+    pub fn entry(&self, table: &[u64], j: usize) -> u64 {
+        let (pw, w) = (self.per_word(), self.func.out(self.bits).bits());
+        (table[j / pw] >> ((j % pw) as u32 * w)) & low_mask(w)
+    }
+
+    /// The full (unrotated) table: `T(v)` for every index `v`.
+    pub fn plain_table(&self) -> Vec<u64> {
+        (0..1u64 << self.bits).map(|v| self.func.eval(v, self.bits)).collect()
+    }
+}
+
+/// A party's lookup material for `count` instances (module doc).
+pub struct Lookups<R: Role> {
+    /// Index width of the opening.
+    pub k: u32,
+    /// The reads of every instance.
+    pub reads: Vec<Read>,
+    /// This party's share of each instance's mask (mod `2^k`).
+    pub mask: Vec<u64>,
+    /// Per read: this party's packed table shares, `table_words` per instance.
+    pub tables: Vec<Vec<u64>>,
+    pub(crate) _role: std::marker::PhantomData<R>,
+}
+crate::debug_lengths!(Lookups<R> { mask, tables });
+
+/// `count` lookups of a `k`-bit index, each reading every function of `reads`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct LookupRequest {
+    /// Instances (elements looked up).
+    pub count: usize,
+    /// Index width opened online (1..=16).
+    pub k: u32,
+    /// Functions read from each opened index.
+    pub reads: Vec<Read>,
+}
+
+impl LookupRequest {
+    fn check(&self) -> Result<(), MaterialError> {
+        let bad = |m: String| Err(MaterialError::InvalidRequest(format!("lookup tables: {m}")));
+        if !(1..=16).contains(&self.k) {
+            return bad(format!("{}-bit index: 1..=16 are supported", self.k));
+        }
+        if self.reads.is_empty() {
+            return bad("no function to read".into());
+        }
+        for r in &self.reads {
+            let w = r.func.out(r.bits).bits();
+            if r.bits == 0 || r.bits > self.k || !(1..=64).contains(&w) {
+                return bad(format!("{r:?} on a {}-bit index", self.k));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Kind for LookupRequest {
+    fn name(&self) -> String {
+        let reads: Vec<String> = self.reads.iter().map(|r| format!("{}b{}", r.bits, r.func.tag())).collect();
+        format!("lut-{}-{}", self.k, reads.join("+"))
+    }
+    fn layout(&self) -> Result<Vec<Component>, MaterialError> {
+        self.check()?;
+        let count = self.count as u64;
+        let mut l = Layout::new(self.name()).comp("r0", count, Src::Seed, Src::Absent).comp(
+            "r1",
+            count,
+            Src::Absent,
+            Src::Seed,
+        );
+        for (i, r) in self.reads.iter().enumerate() {
+            l = l.comp(
+                &format!("t{i}"),
+                checked_len(self.count, r.table_words(), self)?,
+                Src::Raw,
+                Src::Seed,
+            );
+        }
+        Ok(l.build())
+    }
+    fn deal(&self, s: &Seeded<'_>, _: &dyn LinearWeights) -> Result<[Vec<Vec<u64>>; 2], MaterialError> {
+        let (r0, r1) = (s.get(0, 0), s.get(1, 1));
+        let km = low_mask(self.k);
+        let masks: Vec<u64> = r0.iter().zip(&r1).map(|(a, b)| a.wrapping_add(*b) & km).collect();
+        let mut p0 = Vec::with_capacity(self.reads.len());
+        for (i, read) in self.reads.iter().enumerate() {
+            let plain = read.plain_table();
+            let (words, pw) = (read.table_words(), read.per_word());
+            let out = read.func.out(read.bits);
+            let w = out.bits();
+            let bm = low_mask(read.bits);
+            let t1 = s.get(1, 2 + i);
+            let t0: Vec<u64> = (0..self.count)
+                .into_par_iter()
+                .flat_map_iter(|n| {
+                    let share1 = &t1[n * words..(n + 1) * words];
+                    let r = masks[n] & bm;
+                    let mut t = vec![0u64; words];
+                    for j in 0..1usize << read.bits {
+                        let v = plain[(j as u64).wrapping_sub(r) as usize & bm as usize];
+                        let e = out.share0(v, read.entry(share1, j));
+                        t[j / pw] |= e << ((j % pw) as u32 * w);
+                    }
+                    t
+                })
+                .collect();
+            p0.push(t0);
+        }
+        Ok([p0, vec![]])
+    }
+    fn elements(&self) -> u64 {
+        self.count as u64
+    }
+}
+
+impl<R: Role> Request<R> for LookupRequest {
+    type Output = Lookups<R>;
+    fn assemble(&self, p: Vec<Vec<u64>>) -> Result<Lookups<R>, MaterialError> {
+        self.check()?;
+        let n = self.reads.len();
+        if p.len() != 2 + n {
+            return Err(MaterialError::Mismatch(format!("{} components, expected {}", p.len(), 2 + n)));
+        }
+        let mut it = p.into_iter();
+        let (r0, r1) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
+        let km = low_mask(self.k);
+        let mask = if R::ID == 0 { r0 } else { r1 };
+        Ok(Lookups {
+            k: self.k,
+            reads: self.reads.clone(),
+            mask: mask.into_iter().map(|r| r & km).collect(),
+            tables: it.collect(),
+            _role: std::marker::PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_entries_round_trip_at_every_width() {
+        for w in [1u32, 5, 10, 12, 64] {
+            let read = Read { func: TableFn::Count { min: 0, width: w }, bits: 6 };
+            let pw = read.per_word();
+            let mut t = vec![0u64; read.table_words()];
+            for j in 0..64usize {
+                t[j / pw] |= ((j as u64 * 7) & low_mask(w)) << ((j % pw) as u32 * w);
+            }
+            for j in 0..64usize {
+                assert_eq!(read.entry(&t, j), (j as u64 * 7) & low_mask(w), "width {w} entry {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn signed_reads_two_complement() {
+        assert_eq!(signed(0x3ff, 10), -1);
+        assert_eq!(signed(0x1ff, 10), 511);
+        assert_eq!(signed(0x200, 10), -512);
+        assert_eq!(signed(5, 64), 5);
+    }
+}
