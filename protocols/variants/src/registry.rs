@@ -98,13 +98,13 @@ pub const VARIANTS: [VariantSpec; 6] = [
     },
     VariantSpec {
         variant: Variant::V3Ot,
-        implemented: false,
+        implemented: true,
         needs_server: true,
         material: MaterialNeed::BothParties,
         exact: false,
         server_learns: "nothing",
         client_learns: "only the logits (with an independent dealer)",
-        summary: "the forward pass on shares with nonlinear layers read from one-time lookup tables",
+        summary: "v3-mpc's forward pass on shares with RMSNorm, softmax and SiLU read from one-time lookup tables: 37 rounds per layer",
     },
 ];
 

@@ -38,10 +38,11 @@
 //! accurate it is on the real model are measured in `docs/v3-mpc.md`.
 
 mod attention_layout;
+pub mod ot;
 
 use crate::RingWeights;
 use attention_layout::AttentionLayout;
-use shardlm_configs::{FixedPoint, ModelConfig};
+use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::BackendError;
 use shardlm_model::qwen2::forward;
 use shardlm_model::{EngineError, Linear, Logits, ModelOps, Norm, Rows, Weights};
@@ -115,6 +116,41 @@ pub struct MpcParty<R: Role, C: Channel, M: MaterialSource<R>> {
     driven: bool,
     /// P1 (driven): the rows the declared shape allows in the current pass.
     expected_rows: Option<Rows>,
+    /// How the nonlinear layers are computed (v3-mpc or v3-ot).
+    nonlinear: Nonlinear,
+}
+
+/// How a fully private party computes the nonlinear layers: the one thing v3-mpc and
+/// v3-ot do differently. Both run the same forward pass, session, planner and material
+/// files; only the functions behind RMSNorm, the softmax and SiLU differ.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Nonlinear {
+    /// v3-mpc: comparisons by carry tables and AND trees, polynomials and Newton
+    /// iterations ([`shardlm_mpc::nonlinear`]).
+    #[default]
+    Polynomial,
+    /// v3-ot: one-time lookup tables on bit-width-reduced inputs
+    /// ([`shardlm_mpc::tables`], [`ot`]).
+    Tables,
+}
+
+impl Nonlinear {
+    /// The method of a fully private variant; `None` for the others.
+    pub fn of(variant: Variant) -> Option<Nonlinear> {
+        match variant {
+            Variant::V3Mpc => Some(Nonlinear::Polynomial),
+            Variant::V3Ot => Some(Nonlinear::Tables),
+            _ => None,
+        }
+    }
+
+    /// The variant that computes this way.
+    pub fn variant(self) -> Variant {
+        match self {
+            Nonlinear::Polynomial => Variant::V3Mpc,
+            Nonlinear::Tables => Variant::V3Ot,
+        }
+    }
 }
 
 /// Traffic of one kind of operation, summed over calls (this party's view).
@@ -156,7 +192,20 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             costs: BTreeMap::new(),
             driven: false,
             expected_rows: None,
+            nonlinear: Nonlinear::Polynomial,
         }
+    }
+
+    /// The same party computing the nonlinear layers by `nonlinear` (default
+    /// [`Nonlinear::Polynomial`], v3-mpc). Both parties must agree.
+    pub fn with_nonlinear(mut self, nonlinear: Nonlinear) -> Self {
+        self.nonlinear = nonlinear;
+        self
+    }
+
+    /// How this party computes the nonlinear layers.
+    pub fn nonlinear(&self) -> Nonlinear {
+        self.nonlinear
     }
 
     /// A party whose steps are driven by P0 over the wire: P0 announces each step's
@@ -323,6 +372,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
 
     fn do_rms_norm(&mut self, x: &SharedTensor<R>, norm: Norm) -> Result<SharedTensor<R>, MpcPartyError> {
         Self::at_f(x, "rms norm")?;
+        if self.nonlinear == Nonlinear::Tables {
+            return self.ot_rms_norm(x, norm);
+        }
         let f = self.f();
         let (n, d) = (x.rows, x.cols);
         let w = &self.weights;
@@ -471,6 +523,10 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             })
             .collect();
         let scores: Vec<u64> = self.sess.matmul_many(&ops)?.into_iter().flat_map(Shares::into_raw).collect();
+        if self.nonlinear == Nonlinear::Tables {
+            let out = self.ot_attend(&a, &scores, &vs, start_pos)?;
+            return Ok(SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)));
+        }
         // Only the visible scores are truncated and go through the softmax: the masked
         // half of a prefill's scores is never touched.
         let (visible, segs) = a.visible(&scores);
@@ -508,6 +564,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     }
 
     fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+        if self.nonlinear == Nonlinear::Tables {
+            return self.ot_swiglu(gate_up);
+        }
         let inter = gate_up.cols / 2;
         let (mut gate, mut up) =
             (Vec::with_capacity(gate_up.rows * inter), Vec::with_capacity(gate_up.rows * inter));
@@ -679,6 +738,18 @@ pub fn plan_session(
     max_new_tokens: usize,
     rows: Rows,
 ) -> Result<MpcPlan, MpcPartyError> {
+    plan_session_with(Nonlinear::Polynomial, weights, ring, prompt_tokens, max_new_tokens, rows)
+}
+
+/// [`plan_session`] for the variant that computes the nonlinear layers by `nonlinear`.
+pub fn plan_session_with(
+    nonlinear: Nonlinear,
+    weights: &Arc<Weights>,
+    ring: &Arc<RingWeights>,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    rows: Rows,
+) -> Result<MpcPlan, MpcPartyError> {
     let config = weights.config.clone();
     let (c0, c1) = shardlm_transport::memory::pair();
     let run = |p: &mut StepFn<'_>| -> Result<(), MpcPartyError> {
@@ -691,12 +762,14 @@ pub fn plan_session(
     let (r0, r1) = std::thread::scope(|s| {
         let h = s.spawn(|| {
             let mut p1 =
-                MpcParty::new(weights.clone(), ring.clone(), c1, Recorder::<P1>::new(), Seed([1; 32]));
+                MpcParty::new(weights.clone(), ring.clone(), c1, Recorder::<P1>::new(), Seed([1; 32]))
+                    .with_nonlinear(nonlinear);
             let cfg = config.clone();
             run(&mut |t, pos, rows| forward(&mut p1, &cfg, t, pos, rows).map(|_| ()))
                 .map(|_| p1.into_parts().1.into_requests())
         });
-        let mut p0 = MpcParty::new(weights.clone(), ring.clone(), c0, Recorder::<P0>::new(), Seed([0; 32]));
+        let mut p0 = MpcParty::new(weights.clone(), ring.clone(), c0, Recorder::<P0>::new(), Seed([0; 32]))
+            .with_nonlinear(nonlinear);
         let r0 = run(&mut |t, pos, rows| forward(&mut p0, &config, t, pos, rows).map(|_| ()));
         let costs = p0.costs().clone();
         let counters = p0.counters();
