@@ -29,6 +29,7 @@ use shardlm_variants::server::{MpcMaterial, MpcMaterialQueue, ServerParty};
 use shardlm_variants::session::{open_local, open_private, ClientContext, ClientSession};
 use shardlm_variants::v3::{LinkModel, Schedule};
 use shardlm_variants::v3_cc::CcTrust;
+use shardlm_variants::v3_mpc::Nonlinear;
 use shardlm_variants::RingWeights;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -135,7 +136,14 @@ impl Loopback {
     /// Prepares the server party for `model` on `backend` and starts serving. Its v3-cc
     /// is attested by the software provider with a CA made for it (`software_ca`, PEM):
     /// the server runs in the client's own process, so nothing hardware-backed is there.
-    pub fn start(model: &LocalModel, backend: Arc<dyn Backend>, timeouts: Timeouts) -> Result<Self> {
+    /// Of the fully private variants it serves `variant` when that is one (v3-mpc or
+    /// v3-ot), else v3-mpc, with material the in-process client deals per session.
+    pub fn start(
+        model: &LocalModel,
+        backend: Arc<dyn Backend>,
+        timeouts: Timeouts,
+        variant: Variant,
+    ) -> Result<Self> {
         let server_id = Identity::generate("shardlm-server")?;
         let client_id = Identity::generate("shardlm-client")?;
         let mpc_material = MpcMaterialQueue::default();
@@ -146,7 +154,10 @@ impl Loopback {
         let collector = Arc::new(Collector::new(&[ProviderKind::Software], Some(provider))?);
         let party = Arc::new(
             ServerParty::new(model.weights.clone(), FixedPoint::default(), backend.clone())?
-                .with_mpc_material(MpcMaterial::Queue(mpc_material.clone()))
+                .with_mpc_material(
+                    MpcMaterial::Queue(mpc_material.clone()),
+                    Nonlinear::of(variant).unwrap_or_default(),
+                )
                 .with_cc(collector, &model.fingerprint),
         );
         let ring = party.ring().clone();
@@ -267,7 +278,7 @@ impl Client {
             return Ok(Client { variant, backend, private: None });
         }
         let (remote, loopback) = if opts.loopback {
-            let lb = Loopback::start(model, backend.clone(), opts.timeouts)?;
+            let lb = Loopback::start(model, backend.clone(), opts.timeouts, variant)?;
             (lb.remote.clone(), Some(lb))
         } else {
             (remote_from(opts)?, None)

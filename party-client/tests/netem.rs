@@ -534,3 +534,56 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
     }
     assert!(Path::new(&out_dir.join("logs")).is_dir());
 }
+
+#[test]
+fn sweep_deals_each_fully_private_point_its_own_bundle() {
+    let _cpu = exclusive();
+    let _ = bins(); // asserts the server binary is built
+                    // Every fully private variant this build has (v3-mpc; v3-ot once it is in).
+    let variants: Vec<&str> = shardlm_variants::registry::VARIANTS
+        .iter()
+        .filter(|s| s.implemented && s.material == shardlm_variants::registry::MaterialNeed::BothParties)
+        .map(|s| s.variant.name())
+        .collect();
+    assert!(variants.contains(&"v3-mpc"), "{variants:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    shardlm_model::synth::write_synthetic_model(
+        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
+        &model,
+        5,
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("sweep");
+    let out = client()
+        .args(["experiment", "--variants", &variants.join(","), "--rtt", "2ms", "--rate", "1gbit"])
+        .args(["--prompt-tokens", "8", "--max-new-tokens", "2", "--runs", "1", "--warmup", "1"])
+        .arg("--model-dir")
+        .arg(&model)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap()).unwrap();
+    let points = results["points"].as_array().unwrap();
+    assert_eq!(points.len(), variants.len(), "{points:?}");
+    for (v, p) in variants.iter().zip(points) {
+        assert_eq!(p["variant"], *v);
+        assert!(p["error"].is_null(), "{p}");
+        assert!(p["rounds"].as_u64().unwrap() > 0 && p["bytes_sent"].as_u64().unwrap() > 0, "{p}");
+        // A dealer of its own dealt the point's bundle; each party was handed its part.
+        let logs = out_dir.join("logs");
+        let dealer = std::fs::read_to_string(logs.join(format!("{v}-rtt2ms-1gbit.dealer.log"))).unwrap();
+        assert!(
+            dealer.contains(&format!("for {v}")) && dealer.contains("independent of both parties"),
+            "{dealer}"
+        );
+        let server = std::fs::read_to_string(logs.join(format!("{v}-rtt2ms-1gbit.server.log"))).unwrap();
+        assert!(server.contains("material: bundle") && server.contains(&format!("for {v},")), "{server}");
+    }
+    // The one-time material is gone with its points.
+    assert!(!out_dir.join("material").exists());
+}

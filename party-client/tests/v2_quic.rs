@@ -659,22 +659,36 @@ fn benchmark_writes_the_report() {
 /// least 3 of 4 (issue 7's first acceptance item), with traffic recorded.
 #[test]
 fn eval_v3_mpc_loopback_matches_top1() {
-    eval_v3_mpc_loopback(&fixtures::tiny_bytes(), 16, 5, 5);
+    eval_private_loopback("v3-mpc", &fixtures::tiny_bytes(), 16, 5, 5);
 }
 
 #[test]
 fn eval_v3_mpc_loopback_matches_top1_on_tiny_qwen2() {
     let Some(dir) = fixtures::tiny_qwen2() else { return };
-    eval_v3_mpc_loopback(&dir, 8, 4, 3);
+    eval_private_loopback("v3-mpc", &dir, 8, 4, 3);
 }
 
-/// `n_cases` cases, every top-1 equal and at least `min_greedy_equal` greedy
-/// continuations (`greedy` tokens, the reference's length) equal to transformers'.
-fn eval_v3_mpc_loopback(dir: &Path, greedy: usize, n_cases: usize, min_greedy_equal: usize) {
+/// `eval --variant v3-ot --loopback`: the same acceptance over QUIC for the table
+/// variant (issue 16).
+#[test]
+fn eval_v3_ot_loopback_matches_top1() {
+    eval_private_loopback("v3-ot", &fixtures::tiny_bytes(), 16, 5, 5);
+}
+
+#[test]
+fn eval_v3_ot_loopback_matches_top1_on_tiny_qwen2() {
+    let Some(dir) = fixtures::tiny_qwen2() else { return };
+    eval_private_loopback("v3-ot", &dir, 8, 4, 3);
+}
+
+/// `n_cases` cases of a fully private `variant`, every top-1 equal and at least
+/// `min_greedy_equal` greedy continuations (`greedy` tokens, the reference's length)
+/// equal to transformers'.
+fn eval_private_loopback(variant: &str, dir: &Path, greedy: usize, n_cases: usize, min_greedy_equal: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let out_file = tmp.path().join("mpc.json");
     let out = client()
-        .args(["eval", "--variant", "v3-mpc", "--loopback", "--greedy", &greedy.to_string(), "--model-dir"])
+        .args(["eval", "--variant", variant, "--loopback", "--greedy", &greedy.to_string(), "--model-dir"])
         .arg(dir)
         .arg("--cases")
         .arg(dir.join("reference.json"))
@@ -690,8 +704,10 @@ fn eval_v3_mpc_loopback(dir: &Path, greedy: usize, n_cases: usize, min_greedy_eq
     for c in cases {
         assert_eq!(c["vs_reference"]["top1_equal"], true, "{c}");
         greedy_equal += usize::from(c["vs_reference"]["greedy_equal"] == true);
-        assert!(c["vs_reference"]["max_abs_logit_diff"].as_f64().unwrap() < 0.1);
-        assert!(c["rounds"].as_u64().unwrap() > 1000 && c["bytes_received"].as_u64().unwrap() > 1_000_000);
+        // v3-ot's tables are coarser than v3-mpc's polynomials (docs/v3-ot.md).
+        let bound = if variant == "v3-ot" { 0.25 } else { 0.1 };
+        assert!(c["vs_reference"]["max_abs_logit_diff"].as_f64().unwrap() < bound, "{c}");
+        assert!(c["rounds"].as_u64().unwrap() > 500 && c["bytes_received"].as_u64().unwrap() > 1_000_000);
     }
     assert!(greedy_equal >= min_greedy_equal, "greedy_{greedy} equal for {greedy_equal} of {n_cases}");
     // Against a server without a dealt bundle it says what is missing, before connecting.
@@ -701,7 +717,7 @@ fn eval_v3_mpc_loopback(dir: &Path, greedy: usize, n_cases: usize, min_greedy_eq
         .args([
             "eval",
             "--variant",
-            "v3-mpc",
+            variant,
             "-s",
             "127.0.0.1:9",
             "--server-fingerprint",
@@ -725,6 +741,16 @@ fn eval_v3_mpc_loopback(dir: &Path, greedy: usize, n_cases: usize, min_greedy_eq
 /// the client uses the P0 shard; sessions are taken in order and a spent bundle is refused.
 #[test]
 fn v3_mpc_between_binaries_with_a_dealt_bundle() {
+    private_between_binaries("v3-mpc", "v3-ot");
+}
+
+/// The same for v3-ot; the v3-ot server refuses a v3-mpc session, naming the bundle.
+#[test]
+fn v3_ot_between_binaries_with_a_dealt_bundle() {
+    private_between_binaries("v3-ot", "v3-mpc");
+}
+
+fn private_between_binaries(variant: &str, other: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = fixtures::tiny_bytes();
     let bundle = tmp.path().join("mpc-bundle");
@@ -732,7 +758,7 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
         .args([
             "dealer",
             "--variant",
-            "v3-mpc",
+            variant,
             "--prompt-tokens",
             "6",
             "--max-new-tokens",
@@ -751,9 +777,11 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["variant"], "v3-mpc");
+    assert_eq!(manifest["variant"], variant);
     assert_eq!(manifest["dealer"]["role"], "client");
-    assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() <= 4096, "P1's shard is seeds only");
+    // Seeds, the public shape records of matrix triples and one header per stream
+    // (v3-ot's table kinds are more streams than v3-mpc's): a few KB, whatever the model.
+    assert!(manifest["shards"]["p1"]["bytes"].as_u64().unwrap() <= 8192, "P1's shard is seeds only");
 
     let (sid, cid) = (tmp.path().join("s"), tmp.path().join("c"));
     let server_fp = keygen(server_cmd(), &sid);
@@ -774,12 +802,12 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
         start_server_with(&dir, &sid, &client_fp, &["--material".as_ref(), bundle.join("p1").as_os_str()]);
     let cases = tmp.path().join("one.json");
     std::fs::write(&cases, r#"{"cases": [{"input_ids": [72, 101, 108, 108, 111, 33]}]}"#).unwrap();
-    let eval = || {
+    let eval_as = |variant: &str| {
         client()
             .args([
                 "eval",
                 "--variant",
-                "v3-mpc",
+                variant,
                 "--greedy",
                 "3",
                 "-s",
@@ -800,6 +828,11 @@ fn v3_mpc_between_binaries_with_a_dealt_bundle() {
             .output()
             .unwrap()
     };
+    let eval = || eval_as(variant);
+    // The other fully private variant on this bundle: refused, nothing spent.
+    let out = eval_as(other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(variant) && err.contains(other), "{err}");
     let out = eval();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value =

@@ -21,7 +21,9 @@ use shardlm_model::ModelDir;
 use shardlm_mpc::material::Material;
 use shardlm_mpc::share::P1;
 use shardlm_transport::{Identity, QuicConfig, QuicServer};
+use shardlm_variants::registry;
 use shardlm_variants::server::{MpcMaterial, ServerParty};
+use shardlm_variants::v3_mpc::Nonlinear;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -79,10 +81,11 @@ struct ServeArgs {
     /// Compute device: auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// The server's part of a v3-mpc bundle (`DIR/p1` of `shardlm-client dealer
-    /// --variant v3-mpc --out DIR`; the client gets `DIR/p0`): enables v3-mpc sessions,
-    /// one at a time, in the bundle's session order. A directory that also holds the
-    /// client's part is refused.
+    /// The server's part of a v3-mpc or v3-ot bundle (`DIR/p1` of `shardlm-client
+    /// dealer --variant v3-mpc|v3-ot --out DIR`; the client gets `DIR/p0`): enables
+    /// sessions of the bundle's variant, one at a time, in the bundle's session order.
+    /// One bundle per server: serving both variants takes two servers. A directory that
+    /// also holds the client's part is refused.
     #[arg(long)]
     material: Option<PathBuf>,
     /// Sessions served at once; more clients are told the server is busy (default: two
@@ -183,7 +186,8 @@ fn serve(a: ServeArgs) -> Result<()> {
     let weights = dir.load_weights()?;
     let mut party = ServerParty::new(Arc::new(weights), FixedPoint::default(), backend)?;
     if let Some(dir) = &a.material {
-        party = party.with_mpc_material(open_material(dir, &fp)?);
+        let (material, nonlinear) = open_material(dir, &fp)?;
+        party = party.with_mpc_material(material, nonlinear);
     }
     if let Some(collector) = cc_collector(&a)? {
         party = party.with_cc(Arc::new(collector), &fp);
@@ -233,18 +237,23 @@ fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Opens (and locks) the server's part of a v3-mpc bundle now rather than at the first
-/// session, and says what it holds.
-fn open_material(dir: &std::path::Path, fp: &str) -> Result<MpcMaterial> {
+/// Opens (and locks) the server's part of a v3-mpc or v3-ot bundle now rather than at
+/// the first session, says what it holds, and returns it with the way its variant
+/// computes the nonlinear layers.
+fn open_material(dir: &std::path::Path, fp: &str) -> Result<(MpcMaterial, Nonlinear)> {
     let material =
         Material::<P1>::open(dir, Some(fp)).with_context(|| format!("--material {}", dir.display()))?;
     let manifest = material.manifest().context("a dealt bundle has a manifest")?;
-    if manifest.variant != Variant::V3Mpc.name() {
-        bail!("{}: a {} bundle; --material needs a v3-mpc bundle", dir.display(), manifest.variant);
-    }
+    let Some(nonlinear) = manifest.variant.parse::<Variant>().ok().and_then(Nonlinear::of) else {
+        bail!("{}: a {} bundle; --material needs a v3-mpc or v3-ot bundle", dir.display(), manifest.variant);
+    };
+    let variant = nonlinear.variant();
+    registry::implemented(variant)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("--material {}", dir.display()))?;
     eprintln!(
-        "material: bundle {} for v3-mpc, {} of {} sessions left, {}{}",
-        &manifest.bundle_id[..16],
+        "material: bundle {} for {variant}, {} of {} sessions left, {}{}",
+        manifest.bundle_id.get(..16).unwrap_or(&manifest.bundle_id),
         manifest.sessions.len() - material.next_session().unwrap_or(manifest.sessions.len()),
         manifest.sessions.len(),
         manifest.dealer.role.promise(true),
@@ -254,7 +263,7 @@ fn open_material(dir: &std::path::Path, fp: &str) -> Result<MpcMaterial> {
             format!("; bound to {} client(s)", manifest.bound_clients.len())
         }
     );
-    Ok(MpcMaterial::Bundle(Box::new(Mutex::new(material))))
+    Ok((MpcMaterial::Bundle(Box::new(Mutex::new(material))), nonlinear))
 }
 
 /// Two sessions per core (a session's heavy work is GEMMs on the backend; the rest is

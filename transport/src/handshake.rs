@@ -205,7 +205,8 @@ pub fn check_hello(hello: &ClientHello, server: &ServerInfo) -> Result<(), Misma
                 server: format!("[{}]", server.variants.join(", ")),
                 client: variant.clone(),
                 hint: match variant.as_str() {
-                    "v3-mpc" => "choose a variant the server serves, or start the server with `--material DIR/p1` (a v3-mpc bundle)",
+                    "v3-mpc" => "choose a variant the server serves, or start a server with `--material DIR/p1` of a v3-mpc bundle (a server holds one bundle, so one fully private variant)",
+                    "v3-ot" => "choose a variant the server serves, or start a server with `--material DIR/p1` of a v3-ot bundle (a server holds one bundle, so one fully private variant)",
                     "v3-cc" => "choose a variant the server serves, or start the server with `--cc-provider` (confidential hardware)",
                     _ => "choose a variant the server serves, or start the server with it enabled",
                 }

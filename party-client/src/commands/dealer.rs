@@ -43,7 +43,7 @@ pub struct DealerArgs {
     pub out: PathBuf,
     /// Who runs this dealer: `client` (the client party's own host) or `independent` (a
     /// host trusted by neither party's operator). Recorded in the manifest. For variants
-    /// where the server holds material (v3-mpc) the full promise needs `independent`,
+    /// where the server holds material (v3-mpc, v3-ot) the full promise needs `independent`,
     /// and the choice must be stated.
     #[arg(long, value_enum)]
     pub role: Option<RoleArg>,

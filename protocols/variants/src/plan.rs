@@ -10,13 +10,14 @@
 //! * v2 / v3: the forward pass runs on [`Planner`] (which computes nothing and records
 //!   every operation with its shape); each linear unit call needs one masked-linear
 //!   request.
-//! * v3-mpc: both parties run the real forward pass on [`shardlm_mpc::material::Recorder`]
-//!   material over an in-memory pair ([`crate::v3_mpc::plan_session`]): the protocol's
-//!   flow depends only on public shapes, so the recorded requests are exactly those a
-//!   real session takes.
+//! * v3-mpc / v3-ot: both parties run the real forward pass on
+//!   [`shardlm_mpc::material::Recorder`] material over an in-memory pair
+//!   ([`crate::v3_mpc::plan_session_with`], with the variant's [`Nonlinear`]): the
+//!   protocol's flow depends only on public shapes, so the recorded requests are exactly
+//!   those a real session takes.
 
 use crate::registry::{spec, MaterialNeed};
-use crate::v3_mpc::{plan_session as plan_mpc, MpcPartyError, OpCost};
+use crate::v3_mpc::{plan_session_with, MpcPartyError, Nonlinear, OpCost};
 use crate::RingWeights;
 use shardlm_configs::{ModelConfig, Variant};
 use shardlm_model::planner::{PlannedOp, Planner};
@@ -46,7 +47,7 @@ pub enum PlanError {
     /// The variant has no material to plan or is not in this build.
     #[error("{0}")]
     Variant(String),
-    /// Running the v3-mpc pass on recorded material failed.
+    /// Running the v3-mpc or v3-ot pass on recorded material failed.
     #[error(transparent)]
     Mpc(#[from] MpcPartyError),
     /// A request was invalid or a bundle could not be written.
@@ -92,10 +93,10 @@ pub struct SessionPlan {
     pub shape: SessionShape,
     /// The material requests, in the order both parties take them.
     pub requests: Vec<MaterialRequest>,
-    /// P0's traffic per kind of operation (v3-mpc, which runs the pass; empty for v2/v3,
-    /// whose traffic is `8 n (d_in + d_out)` per linear unit by construction).
+    /// P0's traffic per kind of operation (v3-mpc, v3-ot, which run the pass; empty for
+    /// v2/v3, whose traffic is `8 n (d_in + d_out)` per linear unit by construction).
     pub costs: BTreeMap<&'static str, OpCost>,
-    /// P0's channel counters over the planned session (v3-mpc).
+    /// P0's channel counters over the planned session (v3-mpc, v3-ot).
     pub counters: Option<Counters>,
 }
 
@@ -132,12 +133,19 @@ pub fn plan_session(
             return Err(PlanError::Variant(format!("variant `{variant}` consumes no dealer material")))
         }
         MaterialNeed::ClientOnly => (masked_linear_requests(config, shape), BTreeMap::new(), None),
-        MaterialNeed::BothParties => match variant {
-            Variant::V3Mpc => {
-                let p = plan_mpc(weights, ring, shape.prompt_tokens, shape.max_new_tokens, shape.rows)?;
+        MaterialNeed::BothParties => match Nonlinear::of(variant) {
+            Some(nonlinear) => {
+                let p = plan_session_with(
+                    nonlinear,
+                    weights,
+                    ring,
+                    shape.prompt_tokens,
+                    shape.max_new_tokens,
+                    shape.rows,
+                )?;
                 (p.requests, p.costs, Some(p.counters))
             }
-            other => return Err(PlanError::Variant(format!("no planner for `{other}` in this build"))),
+            None => return Err(PlanError::Variant(format!("no planner for `{variant}` in this build"))),
         },
     };
     Ok(SessionPlan { variant, shape, requests, costs, counters })

@@ -3,16 +3,18 @@
 //! and material, and the per-variant session loop. IO-free beyond [`Channel`]; the QUIC
 //! accept loop lives in the transport crate and the binary.
 //!
-//! v2/v3 need nothing per session. v3-mpc needs P1's one-time material for each session:
-//! a server that has a source of it ([`ServerParty::with_mpc_material`]) serves v3-mpc.
-//! With a dealt bundle the client names the bundle and the session index in the
-//! handshake; the server admits it only for its own bundle, for a bound client, and at
-//! or after its next unspent session, so both parties stand at the same place of the
-//! bundle before any material is consumed.
+//! v2/v3 need nothing per session. The fully private variants (v3-mpc, v3-ot) need
+//! P1's one-time material for each session: a server that has a source of it
+//! ([`ServerParty::with_mpc_material`]) serves the one variant the material is for (a
+//! bundle is dealt for one variant; the two differ only in how the nonlinear layers
+//! are computed, [`Nonlinear`]). With a dealt bundle the client names the bundle and
+//! the session index in the handshake; the server admits it only for its own bundle,
+//! for a bound client, and at or after its next unspent session, so both parties stand
+//! at the same place of the bundle before any material is consumed.
 
 use super::v2::{ServerSessionStats, V2Error, V2Server};
 use super::v3::V3Server;
-use super::v3_mpc::{serve_driven, MpcParty, MpcPartyError};
+use super::v3_mpc::{serve_driven, MpcParty, MpcPartyError, Nonlinear};
 use crate::limits::{recv_budget, shape_of};
 use crate::plan::SessionShape;
 use crate::registry::{spec, MaterialNeed};
@@ -33,14 +35,14 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-/// Queue of P1 material for v3-mpc sessions, one entry per session, filled by the
-/// in-process loopback client.
+/// Queue of P1 material for fully private sessions (v3-mpc, v3-ot), one entry per
+/// session, filled by the in-process loopback client.
 pub type MpcMaterialQueue = Arc<Mutex<VecDeque<Material<P1>>>>;
 
 /// How long a session waits for a bundle another session is using.
 pub const BUNDLE_WAIT: Duration = Duration::from_secs(10);
 
-/// Where a server party takes v3-mpc material from.
+/// Where a server party takes the material of its fully private variant from.
 pub enum MpcMaterial {
     /// One entry per session, pushed by an in-process dealer (`--loopback`).
     Queue(MpcMaterialQueue),
@@ -55,7 +57,7 @@ pub enum ServeError {
     /// A v2/v3 session failed.
     #[error(transparent)]
     V2(Box<V2Error>),
-    /// A v3-mpc session failed.
+    /// A v3-mpc or v3-ot session failed.
     #[error(transparent)]
     Mpc(Box<MpcPartyError>),
     /// This server cannot serve the variant.
@@ -93,9 +95,16 @@ pub struct ServerParty {
     v3: V3Server,
     backend_name: String,
     backend: Arc<dyn Backend>,
-    mpc_material: Option<MpcMaterial>,
+    mpc: Option<FullyPrivate>,
     cc: Option<CcServer>,
     gemm: Option<GemmCost>,
+}
+
+/// The fully private variant a server serves: its material and how its nonlinear
+/// layers are computed (which says the variant).
+struct FullyPrivate {
+    material: MpcMaterial,
+    nonlinear: Nonlinear,
 }
 
 fn mismatch(
@@ -127,16 +136,24 @@ impl ServerParty {
             v2: V2Server::new(ring.clone()),
             v3: V3Server::new(ring.clone()),
             ring,
-            mpc_material: None,
+            mpc: None,
             cc: None,
             gemm,
         })
     }
 
-    /// Serves v3-mpc too, taking each session's P1 material from `source`.
-    pub fn with_mpc_material(mut self, source: MpcMaterial) -> Self {
-        self.mpc_material = Some(source);
+    /// Serves one fully private variant too, `nonlinear.variant()` (v3-mpc for
+    /// [`Nonlinear::Polynomial`], v3-ot for [`Nonlinear::Tables`]), taking each
+    /// session's P1 material from `source`. A dealt bundle is for one variant: give the
+    /// one its manifest names.
+    pub fn with_mpc_material(mut self, source: MpcMaterial, nonlinear: Nonlinear) -> Self {
+        self.mpc = Some(FullyPrivate { material: source, nonlinear });
         self
+    }
+
+    /// The fully private variant this party serves, if any.
+    pub fn fully_private(&self) -> Option<Variant> {
+        self.mpc.as_ref().map(|m| m.nonlinear.variant())
     }
 
     /// Serves v3-cc too: the plaintext engine for the model with `fingerprint`,
@@ -153,9 +170,7 @@ impl ServerParty {
         if self.cc.is_some() {
             v.push(Variant::V3Cc);
         }
-        if self.mpc_material.is_some() {
-            v.push(Variant::V3Mpc);
-        }
+        v.extend(self.fully_private());
         v
     }
 
@@ -210,7 +225,10 @@ impl ServerParty {
         if spec(variant).material != MaterialNeed::BothParties {
             return Ok(());
         }
-        match (&self.mpc_material, material) {
+        if let Some(served) = self.fully_private().filter(|s| *s != variant) {
+            return Err(mismatch("variant", served.name(), variant.name(), other_bundle(served, variant)));
+        }
+        match (self.mpc.as_ref().map(|m| &m.material), material) {
             (Some(MpcMaterial::Bundle(m)), Some(binding)) => {
                 // A session in progress holds the lock; its bundle id and binding do not change.
                 match m.try_lock() {
@@ -274,34 +292,51 @@ impl ServerParty {
                 None => Err(ServeError::NotServed(variant, ": start it with --cc-provider")),
             },
             Variant::V3 => Ok(self.v3.serve_session(chan, shape)?),
-            Variant::V3Mpc => match self.mpc_material.as_ref() {
-                None => Err(ServeError::NotServed(
-                    variant,
-                    ": start it with --material DIR/p1 (P1's part of a v3-mpc bundle)",
-                )),
-                Some(MpcMaterial::Queue(queue)) => {
-                    let mut material = queue
-                        .lock()
-                        .map_err(|_| ServeError::NotServed(variant, ": its material queue is poisoned"))?
-                        .pop_front()
-                        .ok_or(ServeError::NotServed(variant, ": no material was dealt for this session"))?;
-                    let passes = self.run_mpc(chan, &mut material, shape)?;
-                    Ok(ServerSessionStats { requests: 0, forward_passes: passes })
+            Variant::V3Mpc | Variant::V3Ot => {
+                let Some(mpc) = self.mpc.as_ref() else {
+                    return Err(ServeError::NotServed(
+                        variant,
+                        match variant {
+                            Variant::V3Ot => {
+                                ": start it with --material DIR/p1 (P1's part of a v3-ot bundle)"
+                            }
+                            _ => ": start it with --material DIR/p1 (P1's part of a v3-mpc bundle)",
+                        },
+                    ));
+                };
+                let served = mpc.nonlinear.variant();
+                if served != variant {
+                    return Err(ServeError::Refused(other_bundle(served, variant)));
                 }
-                Some(MpcMaterial::Bundle(bundle)) => {
-                    let binding = binding.ok_or_else(|| {
-                        ServeError::Refused("a session on a dealt bundle must name its bundle session".into())
-                    })?;
-                    let mut slot = wait_for(bundle, BUNDLE_WAIT)?;
-                    let index = usize::try_from(binding.session).unwrap_or(usize::MAX);
-                    // The handshake admitted it; check again under the lock, then skip
-                    // forward to it and reserve it before any material is used.
-                    check_binding(&slot, binding, "").map_err(|m| ServeError::Refused(m.to_string()))?;
-                    slot.start_session(index)?;
-                    let passes = self.run_mpc(chan, &mut slot, shape)?;
-                    Ok(ServerSessionStats { requests: 0, forward_passes: passes })
-                }
-            },
+                let passes = match &mpc.material {
+                    MpcMaterial::Queue(queue) => {
+                        let mut material = queue
+                            .lock()
+                            .map_err(|_| ServeError::NotServed(variant, ": its material queue is poisoned"))?
+                            .pop_front()
+                            .ok_or(ServeError::NotServed(
+                                variant,
+                                ": no material was dealt for this session",
+                            ))?;
+                        self.run_mpc(chan, &mut material, mpc.nonlinear, shape)?
+                    }
+                    MpcMaterial::Bundle(bundle) => {
+                        let binding = binding.ok_or_else(|| {
+                            ServeError::Refused(
+                                "a session on a dealt bundle must name its bundle session".into(),
+                            )
+                        })?;
+                        let mut slot = wait_for(bundle, BUNDLE_WAIT)?;
+                        let index = usize::try_from(binding.session).unwrap_or(usize::MAX);
+                        // The handshake admitted it; check again under the lock, then skip
+                        // forward to it and reserve it before any material is used.
+                        check_binding(&slot, binding, "").map_err(|m| ServeError::Refused(m.to_string()))?;
+                        slot.start_session(index)?;
+                        self.run_mpc(chan, &mut slot, mpc.nonlinear, shape)?
+                    }
+                };
+                Ok(ServerSessionStats { requests: 0, forward_passes: passes })
+            }
             other => Err(ServeError::NotServed(other, "")),
         }
     }
@@ -310,13 +345,24 @@ impl ServerParty {
         &self,
         chan: &mut C,
         material: &mut Material<P1>,
+        nonlinear: Nonlinear,
         shape: SessionShape,
     ) -> Result<u64, ServeError> {
         let seed = Seed::random(&mut rand_core::OsRng);
-        let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed).driven();
+        let party = MpcParty::new(self.weights.clone(), self.ring.clone(), chan, material, seed)
+            .with_nonlinear(nonlinear)
+            .driven();
         let (passes, _, _) = serve_driven(party, &self.config, shape)?;
         Ok(passes)
     }
+}
+
+/// Why a server whose material is for the fully private variant `served` refuses a
+/// session of the other one, `asked`.
+fn other_bundle(served: Variant, asked: Variant) -> String {
+    format!(
+        "this server's material is a {served} bundle; {asked} sessions need a server started with --material DIR/p1 of a {asked} bundle"
+    )
 }
 
 /// The bundle's lock, waiting at most `wait` for a session that holds it.
@@ -383,5 +429,50 @@ fn check_binding(
                 )
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardlm_model::{ModelDir, Rows};
+    use shardlm_testkit::fixtures;
+    use shardlm_transport::memory::pair;
+
+    fn party() -> ServerParty {
+        let md = ModelDir::open(&fixtures::tiny_bytes()).unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+        ServerParty::new(Arc::new(md.load_weights().unwrap()), FixedPoint::default(), backend).unwrap()
+    }
+
+    #[test]
+    fn a_server_serves_the_one_fully_private_variant_of_its_material() {
+        let shape = SessionShape::new(2, 1, Rows::Last);
+        let bare = party();
+        assert_eq!(bare.fully_private(), None);
+        for v in [Variant::V3Mpc, Variant::V3Ot] {
+            assert!(!bare.variants().contains(&v));
+            let (mut chan, _client) = pair();
+            let e = bare.serve_session(&mut chan, v, shape, None).unwrap_err().to_string();
+            assert!(e.contains(&format!("{v} bundle")), "{e}");
+        }
+        for (nonlinear, other) in
+            [(Nonlinear::Polynomial, Variant::V3Ot), (Nonlinear::Tables, Variant::V3Mpc)]
+        {
+            let p = party().with_mpc_material(MpcMaterial::Queue(MpcMaterialQueue::default()), nonlinear);
+            let served = nonlinear.variant();
+            assert_eq!(p.fully_private(), Some(served));
+            assert!(p.variants().contains(&served) && !p.variants().contains(&other));
+            assert!(p.info("fp").variants.contains(&served.to_string()));
+            let (mut chan, _client) = pair();
+            let e = p.serve_session(&mut chan, other, shape, None).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("this server's material is a {served} bundle"))
+                    && e.contains(&format!(
+                        "{other} sessions need a server started with --material DIR/p1 of a {other} bundle"
+                    )),
+                "{e}"
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::registry::{spec, MaterialNeed};
 use crate::v2::{V2Client, V2Error};
 use crate::v3::{Schedule, V3Client, V3Error};
 use crate::v3_cc::{CcClient, CcError, CcTrust};
-use crate::v3_mpc::{MpcParty, MpcPartyError};
+use crate::v3_mpc::{MpcParty, MpcPartyError, Nonlinear};
 use crate::RingWeights;
 use shardlm_configs::{FixedPoint, ModelConfig, Variant};
 use shardlm_gpu::Backend;
@@ -36,7 +36,7 @@ pub enum SessionError {
     /// A v3 session failed.
     #[error(transparent)]
     V3(#[from] V3Error),
-    /// A v3-mpc session failed.
+    /// A v3-mpc or v3-ot session failed.
     #[error(transparent)]
     Mpc(#[from] MpcPartyError),
     /// The plaintext engine failed.
@@ -247,17 +247,19 @@ pub fn open_private(
     }
     let material = material
         .ok_or_else(|| SessionError::Unsupported(format!("{variant} needs this session's material")))?;
-    Ok(match (variant, s.material) {
-        (Variant::V2, MaterialNeed::ClientOnly) => {
+    Ok(match (variant, s.material, Nonlinear::of(variant)) {
+        (Variant::V2, MaterialNeed::ClientOnly, _) => {
             let client = V2Client::new(ctx.weights.clone(), FixedPoint::default(), chan, material);
             Box::new(OpsSession { variant, config, ops: Timed::new(client) })
         }
-        (Variant::V3, MaterialNeed::ClientOnly) => {
+        (Variant::V3, MaterialNeed::ClientOnly, _) => {
             Box::new(V3Client::new(ctx.weights.clone(), FixedPoint::default(), chan, material, ctx.schedule))
         }
-        (Variant::V3Mpc, MaterialNeed::BothParties) => {
-            let party =
-                MpcParty::new(ctx.weights.clone(), ctx.ring.clone(), chan, material, rng_seed).driven();
+        // v3-mpc and v3-ot: the same party, computing the nonlinear layers their way.
+        (_, MaterialNeed::BothParties, Some(nonlinear)) => {
+            let party = MpcParty::new(ctx.weights.clone(), ctx.ring.clone(), chan, material, rng_seed)
+                .with_nonlinear(nonlinear)
+                .driven();
             Box::new(OpsSession { variant, config, ops: Timed::new(party) })
         }
         _ => return Err(SessionError::Unsupported(format!("no client session for {variant} in this build"))),

@@ -10,7 +10,7 @@
 //! client's and the server's compute, the uplink, the downlink) takes the bottleneck
 //! stage's whole time plus the other stages' time for one chunk's share (the pipeline's
 //! fill and drain), unless one chunk's chain of round trips takes longer; with one chunk
-//! (v2, v3-mpc, every decode step) it is the classic `compute + rounds x RTT + bytes /
+//! (v2, v3-mpc, v3-ot, every decode step) it is the classic `compute + rounds x RTT + bytes /
 //! rate`. `rounds`, the bytes of each
 //! direction and `C` come from the client's report of each point; `compute` is fitted
 //! once per variant and phase, at its lowest-RTT, highest-rate point, as the value that

@@ -6,7 +6,11 @@
 //! emulator (in this process, which does nothing else meanwhile: `delay = rtt / 2` in
 //! each direction, the point's rate, a 1 MB queue), and the client party
 //! (`shardlm-client benchmark`, a subprocess pointed at the emulator). The client's
-//! JSON report and the emulator's counters make one point of `results.json`.
+//! JSON report and the emulator's counters make one point of `results.json`. For a
+//! fully private variant (v3-mpc, v3-ot) a dealer process of its own, separate from
+//! both parties, first deals the point's bundle: the server party gets its `p1`, the
+//! client its `p0` (`runner`). Bundles are dealt into `OUT/material/` and deleted
+//! after their point (a large model's take many GB).
 //!
 //! **Prompt.** Every run's prompt has exactly `--prompt-tokens` tokens of the model's
 //! own tokenizer, or the closest length that round-trips (`prompt`; the report states
@@ -14,7 +18,7 @@
 //!
 //! **Cost model.** Per variant and phase, `predicted = rounds x RTT + pipelined(compute,
 //! sent / rate, received / rate)`: the sum of the three for a pass sent whole (v2,
-//! v3-mpc, decode steps), the bottleneck plus one chunk's share of the others for v3's
+//! v3-mpc, v3-ot, decode steps), the bottleneck plus one chunk's share of the others for v3's
 //! wavefront (`cost_model`). `rounds`, the bytes of each direction and the chunk count
 //! come from the client's report, and `compute` is fitted once, at the variant's
 //! lowest-RTT, highest-rate point. Every other point is then a prediction, shown next to
@@ -23,7 +27,8 @@
 //! [`run_experiment`] goes through these steps, each in its own part:
 //!
 //! 1. check the arguments, find the server binary, build the prompt (`prompt`);
-//! 2. make the identities and ask a server which variants it serves (`runner`);
+//! 2. make the identities and ask a server which variants it serves (`runner`; the
+//!    fully private ones need material, which the sweep deals per point);
 //! 3. run every point, variant by variant, rate by rate, RTT by RTT (`runner`: one
 //!    point's server, emulator and client);
 //! 4. fit the cost model and predict every point (`cost_model`);
@@ -39,7 +44,7 @@ use crate::lab::netem::{format_ms, format_rate, parse_duration, parse_rate, pars
 use anyhow::{bail, Context, Result};
 use cost_model::apply_cost_model;
 use report::{machine, plot_names, write_outputs, Point, Results, Stat};
-use runner::{server_bin, server_info, Identities, Parties};
+use runner::{dealt_by_sweep, server_bin, server_info, Identities, Parties};
 use shardlm_configs::Variant;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -52,7 +57,9 @@ pub struct ExperimentArgs {
     #[arg(long, env = "SHARDLM_MODEL_DIR")]
     pub model_dir: PathBuf,
     /// Variants to measure; those the server does not serve are skipped with a note.
-    #[arg(long, value_delimiter = ',', default_value = "v2,v3,v3-mpc,v3-cc")]
+    /// The fully private ones (v3-mpc, v3-ot) are dealt for each point by a dealer
+    /// separate from both parties.
+    #[arg(long, value_delimiter = ',', default_value = "v2,v3,v3-mpc,v3-ot,v3-cc")]
     pub variants: Vec<Variant>,
     /// Round-trip times the emulator adds (half in each direction).
     #[arg(long, value_delimiter = ',', value_parser = parse_duration, default_value = "0.2ms,2ms,20ms,80ms")]
@@ -122,8 +129,18 @@ pub fn run_experiment(args: ExperimentArgs) -> Result<()> {
     let (variants, skipped) = select_variants(&args.variants, &info.variants)?;
     let (rtts, rates) = grid(&args);
 
-    let parties = Parties { client_bin: &me, server_bin: &bin, args: &args, ids: &ids, prompt: &prompt };
+    let scratch = args.out.join("material");
+    let parties = Parties {
+        client_bin: &me,
+        server_bin: &bin,
+        args: &args,
+        ids: &ids,
+        prompt: &prompt,
+        scratch: &scratch,
+    };
     let mut points = sweep(&parties, &variants, &rtts, &rates, prompt_tokens);
+    // Each point's bundle is gone with its point; the folder is empty (or never made).
+    let _ = std::fs::remove_dir(&scratch);
     let cost_models = apply_cost_model(&mut points);
     let results = Results {
         model: dir.config.name.clone(),
@@ -150,23 +167,36 @@ fn check_args(args: &ExperimentArgs) -> Result<()> {
         bail!("--variants, --rtt and --rate each need at least one value");
     }
     if let Some(v) = args.variants.iter().find(|v| **v == Variant::Local) {
-        bail!("`{v}` has no server party; sweep private variants (v2, v3, v3-mpc, v3-cc, ...)");
+        bail!("`{v}` has no server party; sweep private variants (v2, v3, v3-mpc, v3-ot, v3-cc, ...)");
     }
     Ok(())
 }
 
 /// The variants asked for that the server serves, and a note (also printed) for each
-/// one it does not; an error when it serves none of them.
+/// one it does not; an error when it serves none of them. A fully private variant is
+/// served when this build implements it: the sweep deals its material and starts each
+/// of its points' servers with their part (the server asked here holds none, so it
+/// does not list them).
 fn select_variants(asked: &[Variant], served: &[String]) -> Result<(Vec<Variant>, Vec<String>)> {
     let mut variants = Vec::new();
     let mut skipped = Vec::new();
     for v in asked {
-        if served.iter().any(|s| s == v.name()) {
-            variants.push(*v);
+        let note = if dealt_by_sweep(*v) {
+            match shardlm_variants::registry::implemented(*v) {
+                Ok(_) => None,
+                Err(e) => Some(format!("{v}: {e}; skipped")),
+            }
+        } else if served.iter().any(|s| s == v.name()) {
+            None
         } else {
-            let note = format!("{v}: not served by this server (it serves {}); skipped", served.join(", "));
-            eprintln!("note: {note}");
-            skipped.push(note);
+            Some(format!("{v}: not served by this server (it serves {}); skipped", served.join(", ")))
+        };
+        match note {
+            None => variants.push(*v),
+            Some(note) => {
+                eprintln!("note: {note}");
+                skipped.push(note);
+            }
         }
     }
     if variants.is_empty() {
@@ -321,4 +351,28 @@ fn summarize(out: &Path, results: &Results) -> Result<()> {
         bail!("every point failed; see {}/logs", out.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fully_private_variants_are_dealt_by_the_sweep_and_the_rest_must_be_served() {
+        let served: Vec<String> = ["v2", "v3"].iter().map(|s| s.to_string()).collect();
+        let asked = [Variant::V2, Variant::V3Mpc, Variant::V3Ot, Variant::V3Cc];
+        let (variants, skipped) = select_variants(&asked, &served).unwrap();
+        // v3-mpc and v3-ot are in whenever this build implements them: the server asked
+        // for its variants holds no material, each point's server gets its bundle's p1.
+        let mut want = vec![Variant::V2];
+        want.extend(
+            [Variant::V3Mpc, Variant::V3Ot]
+                .into_iter()
+                .filter(|v| shardlm_variants::registry::implemented(*v).is_ok()),
+        );
+        assert_eq!(variants, want);
+        assert!(skipped.iter().any(|n| n.starts_with("v3-cc: not served by this server")), "{skipped:?}");
+        assert_eq!(skipped.len(), asked.len() - want.len(), "{skipped:?}");
+        assert!(select_variants(&[Variant::V3Cc], &served).is_err());
+    }
 }

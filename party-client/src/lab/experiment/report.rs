@@ -218,7 +218,7 @@ fn cost_model_section(models: &[CostModel]) -> String {
         "\n## Cost model\n\nPer phase (the prefill, one decode step), with stages = (compute, sent / rate, received / rate) and C chunks: \
           predicted = max(max(stages) + (sum(stages) - max(stages)) / C, rounds x RTT + sum(stages) / C). A pass cut into C chunks (v3's wavefront) \
           pays its bottleneck stage plus one chunk's share of the others, unless one chunk's chain of round trips takes longer; \
-          with one chunk (v2, v3-mpc, decode steps) it is compute + rounds x RTT + bytes / rate. \
+          with one chunk (v2, v3-mpc, v3-ot, decode steps) it is compute + rounds x RTT + bytes / rate. \
           Compute is fitted at the variant's lowest-RTT, highest-rate point; rounds are split evenly over the forward passes and bytes in \
           proportion to the tokens processed. Total = prefill + decode steps.\n\n\
           | variant | compute: run / prefill / step (ms) | fitted at | rounds | bytes | prefill chunks | mean abs error: total / prefill / step |\n|---|---|---|---|---|---|---|\n",

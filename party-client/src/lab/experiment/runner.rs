@@ -9,6 +9,13 @@
 //! waits for the client within `--point-timeout`, stops the emulator and the server,
 //! and fills the point from the emulator's counters and the client's report. Both
 //! parties run under `nice` when `--party-nice` asks, and log into `logs/`.
+//!
+//! A fully private variant (v3-mpc, v3-ot) needs both parties' material. Before its
+//! point starts, [`Parties::deal`] runs a dealer as a process of its own, separate from
+//! both parties (`shardlm-client dealer --role independent`, the sweep's client bound),
+//! for the point's warmup and measured runs; the server party is started with the
+//! bundle's `p1`, the client with its `p0`, and the bundle is deleted after the point.
+//! Dealing is offline work: it is not part of any measurement.
 
 use super::report::{Point, Stat};
 use super::ExperimentArgs;
@@ -18,6 +25,7 @@ use shardlm_attest::ProviderKind;
 use shardlm_configs::Variant;
 use shardlm_transport::handshake::ServerInfo;
 use shardlm_transport::{Identity, QuicClient, QuicConfig};
+use shardlm_variants::registry::{self, MaterialNeed};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,9 +138,46 @@ fn party_command(bin: &Path, nice: i32) -> Command {
     }
 }
 
-/// Starts a server party (port 0, allowing the sweep's client) and waits for the
-/// address it listens on, the first line it prints.
-fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path) -> Result<ServerProc> {
+/// Whether the sweep deals `variant`'s material for each of its points: the fully
+/// private variants, whose server party holds a part of every bundle.
+pub(super) fn dealt_by_sweep(variant: Variant) -> bool {
+    registry::spec(variant).material == MaterialNeed::BothParties
+}
+
+/// One point's bundle of a fully private variant; deleted when dropped (its material
+/// is one-time, and a large model's is many GB).
+struct PointBundle {
+    dir: PathBuf,
+}
+
+impl PointBundle {
+    /// P0's part, for the client party.
+    fn client_part(&self) -> PathBuf {
+        self.dir.join("p0")
+    }
+
+    /// P1's part, for the server party.
+    fn server_part(&self) -> PathBuf {
+        self.dir.join("p1")
+    }
+}
+
+impl Drop for PointBundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts a server party (port 0, allowing the sweep's client, serving from `material`
+/// when given: P1's part of a bundle) and waits for the address it listens on, the
+/// first line it prints.
+fn start_server(
+    bin: &Path,
+    args: &ExperimentArgs,
+    ids: &Identities,
+    log: &Path,
+    material: Option<&Path>,
+) -> Result<ServerProc> {
     let log_file = std::fs::File::create(log)
         .with_context(|| format!("{}: cannot create the server log", log.display()))?;
     let mut child = party_command(bin, args.party_nice)
@@ -145,6 +190,7 @@ fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path)
         .arg(&ids.server_dir)
         .args(["--allow-client", &ids.client_fp])
         .args(cc_server_flags(args, ids))
+        .args(material.map(|m| vec![std::ffi::OsStr::new("--material"), m.as_os_str()]).unwrap_or_default())
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -175,7 +221,7 @@ fn start_server(bin: &Path, args: &ExperimentArgs, ids: &Identities, log: &Path)
 /// Starts a server party and asks it what it serves (variants, devices, the GEMM cost
 /// it measured at start).
 pub(super) fn server_info(bin: &Path, args: &ExperimentArgs, ids: &Identities) -> Result<ServerInfo> {
-    let server = start_server(bin, args, ids, &args.out.join("logs/server-info.log"))?;
+    let server = start_server(bin, args, ids, &args.out.join("logs/server-info.log"), None)?;
     let identity = Identity::load(&ids.client_dir)?;
     // A few tries: an `info` answer can race the server's close of that connection.
     let mut tries = 0;
@@ -225,6 +271,9 @@ pub(super) struct Parties<'a> {
     pub(super) ids: &'a Identities,
     /// The prompt of every run.
     pub(super) prompt: &'a str,
+    /// Where the fully private variants' bundles are dealt, one point's at a time
+    /// (`OUT/material`).
+    pub(super) scratch: &'a Path,
 }
 
 impl Parties<'_> {
@@ -238,8 +287,14 @@ impl Parties<'_> {
         point: &mut Point,
     ) -> Result<()> {
         let logs = self.args.out.join("logs");
-        let server =
-            start_server(self.server_bin, self.args, self.ids, &logs.join(format!("{name}.server.log")))?;
+        let bundle = self.deal(variant, name, point.prompt_tokens)?;
+        let server = start_server(
+            self.server_bin,
+            self.args,
+            self.ids,
+            &logs.join(format!("{name}.server.log")),
+            bundle.as_ref().map(PointBundle::server_part).as_deref(),
+        )?;
         let netem = Netem::start(NetemConfig::symmetric(
             "127.0.0.1:0".parse().map_err(|e| anyhow!("{e}"))?,
             server.addr,
@@ -248,12 +303,11 @@ impl Parties<'_> {
         ))?;
         let report_path = logs.join(format!("{name}.report.json"));
         let client_log = logs.join(format!("{name}.client.log"));
-        let rtt_s = point.rtt_ms / 1e3;
         let mut child = self.spawn_client(
             variant,
             netem.listen_addr(),
-            rtt_s,
-            point.rate_bps,
+            point,
+            bundle.as_ref().map(PointBundle::client_part).as_deref(),
             &report_path,
             &client_log,
         )?;
@@ -271,18 +325,67 @@ impl Parties<'_> {
         read_report(&report_path, point)
     }
 
-    /// Starts the client party's benchmark through the emulator at `via`.
+    /// Deals the bundle of one point of a fully private variant (`None` for the other
+    /// variants): a dealer process separate from both parties, for `prompt_tokens` (the
+    /// length the client's prompt has) and the point's warmup and measured runs, one
+    /// session each, bound to the sweep's client. Its output goes to
+    /// `logs/<name>.dealer.log`.
+    fn deal(&self, variant: Variant, name: &str, prompt_tokens: usize) -> Result<Option<PointBundle>> {
+        if !dealt_by_sweep(variant) {
+            return Ok(None);
+        }
+        let args = self.args;
+        let bundle = PointBundle { dir: self.scratch.join(format!("{name}.bundle")) };
+        // A bundle left by an earlier point of the same name is spent or half-written.
+        let _ = std::fs::remove_dir_all(&bundle.dir);
+        let log_path = args.out.join("logs").join(format!("{name}.dealer.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("{}: cannot create the dealer log", log_path.display()))?;
+        let status = Command::new(self.client_bin)
+            .arg("dealer")
+            .arg("--model-dir")
+            .arg(&args.model_dir)
+            .args([
+                "--variant",
+                variant.name(),
+                "--role",
+                "independent",
+                "--bind-client",
+                &self.ids.client_fp,
+            ])
+            .args(["--prompt-tokens", &prompt_tokens.to_string()])
+            .args(["--max-new-tokens", &args.max_new_tokens.to_string()])
+            .args(["--sessions", &(args.warmup + args.runs).to_string()])
+            .arg("--out")
+            .arg(&bundle.dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .context("starting the dealer")?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(no output)");
+            bail!("the dealer failed ({status}): {last}");
+        }
+        Ok(Some(bundle))
+    }
+
+    /// Starts the client party's benchmark of `point` through the emulator at `via`,
+    /// with `material` (P0's part of the point's bundle) when given.
     fn spawn_client(
         &self,
         variant: Variant,
         via: SocketAddr,
-        rtt_s: f64,
-        rate_bps: u64,
+        point: &Point,
+        material: Option<&Path>,
         report_path: &Path,
         client_log: &Path,
     ) -> Result<Child> {
         let args = self.args;
         let ids = self.ids;
+        let (rtt_s, rate_bps) = (point.rtt_ms / 1e3, point.rate_bps);
         party_command(self.client_bin, args.party_nice)
             .arg("benchmark")
             .arg("--model-dir")
@@ -296,6 +399,9 @@ impl Parties<'_> {
             .args(["--connect-timeout", &(10.0 + 10.0 * rtt_s).to_string(), "--idle-timeout", "30"])
             .args(["--recv-timeout", &args.recv_timeout.to_string()])
             .args(cc_client_flags(args, ids, variant))
+            .args(
+                material.map(|m| vec![std::ffi::OsStr::new("--material"), m.as_os_str()]).unwrap_or_default(),
+            )
             .args(match (variant, args.chunk_rows) {
                 (Variant::V3, Some(rows)) => vec!["--chunk-rows".to_string(), rows.to_string()],
                 // The emulated link's rate, for the client's chunk model (a user states
