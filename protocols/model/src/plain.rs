@@ -96,12 +96,7 @@ impl ClearState {
     /// RMSNorm with a gain of the model.
     pub fn rms_norm(&self, x: &Tensor, norm: Norm) -> Tensor {
         let w = &self.weights;
-        let gain = match norm {
-            Norm::Input(l) => &w.layers[l].input_norm,
-            Norm::PostAttention(l) => &w.layers[l].post_norm,
-            Norm::Final => &w.final_norm,
-        };
-        kernels::rms_norm(x, gain, w.config.rms_norm_eps)
+        kernels::rms_norm(x, w.norm_gain(norm), w.config.rms_norm_eps)
     }
 
     /// Adds a unit's bias (if it has one) to `x W^T`.

@@ -2,7 +2,7 @@
 //! per output feature, q/k/v fused into one matrix and gate/up into another, so that a
 //! [`Linear`] names exactly one request of the client-assisted protocol.
 
-use super::ops::Linear;
+use super::ops::{Linear, Norm};
 use shardlm_configs::ModelConfig;
 
 /// One decoder layer's weights.
@@ -77,6 +77,15 @@ impl Weights {
             return Err(format!("{} layers, config says {}", w.layers.len(), w.config.num_hidden_layers));
         }
         Ok(w)
+    }
+
+    /// The gain of one RMSNorm.
+    pub fn norm_gain(&self, norm: Norm) -> &[f32] {
+        match norm {
+            Norm::Input(l) => &self.layers[l].input_norm,
+            Norm::PostAttention(l) => &self.layers[l].post_norm,
+            Norm::Final => &self.final_norm,
+        }
     }
 
     /// The operands of one linear layer.

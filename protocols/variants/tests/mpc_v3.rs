@@ -27,10 +27,12 @@ use shardlm_testkit::two_party;
 use shardlm_transport::memory::MemoryChannel;
 use shardlm_transport::Counters;
 use shardlm_variants::plan::SessionShape;
-use shardlm_variants::v3_mpc::{plan_session, MpcParty, MpcPartyError};
+use shardlm_variants::v3_mpc::{plan_session, MpcParty, MpcPartyError, Nonlinear};
 use shardlm_variants::RingWeights;
 use std::path::Path;
 use std::sync::Arc;
+
+mod shape_cost;
 
 const F: u32 = 16;
 
@@ -512,9 +514,8 @@ fn peer_gone_mid_layer_is_an_error_not_a_hang() {
     eprintln!("p0: {msg}");
 }
 
-/// Cost at the Qwen2.5-1.5B shape with a 98-token prompt and random weights: planned
-/// runs (both parties, recorder material) with 1 and 2 layers; their difference is one
-/// layer, scaled to 28. Run with `SHARDLM_MPC_COST=1` (minutes in --release on 2 cores,
+/// Cost at the Qwen2.5-1.5B shape with a 98-token prompt and random weights
+/// ([`shape_cost`]). Run with `SHARDLM_MPC_COST=1` (minutes in --release on 2 cores,
 /// about 8 GiB of memory).
 #[test]
 fn cost_at_the_qwen2_5_1_5b_shape() {
@@ -522,81 +523,11 @@ fn cost_at_the_qwen2_5_1_5b_shape() {
         eprintln!("skipped: set SHARDLM_MPC_COST=1 to measure the 1.5B-shape cost");
         return;
     }
-    let layers = 28u64;
-    let tokens: usize =
-        std::env::var("SHARDLM_MPC_COST_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(98);
-    let base = shardlm_configs::ModelConfig::preset("qwen2.5-1.5b").unwrap();
-    let (h, inter, qd, kvd) = (base.hidden_size, base.intermediate_size, base.q_dim(), base.kv_dim());
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let mut rv = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
-    let embed = rv(base.vocab_size * h, 0.5);
-    let mut layer_ws = Vec::new();
-    for _ in 0..2 {
-        layer_ws.push(shardlm_model::weights::LayerWeights {
-            input_norm: vec![1.0; h],
-            qkv_w: rv((qd + 2 * kvd) * h, 0.03),
-            qkv_b: rv(qd + 2 * kvd, 0.1),
-            o_w: rv(h * qd, 0.03),
-            post_norm: vec![1.0; h],
-            gate_up_w: rv(2 * inter * h, 0.03),
-            down_w: rv(h * inter, 0.03),
-        });
-    }
-    let gib = |b: f64| b / (1u64 << 30) as f64;
-    let mut m = Vec::new();
-    for nl in [1usize, 2] {
-        let mut cfg = base.clone();
-        cfg.num_hidden_layers = nl;
-        let w =
-            Arc::new(Weights::new(cfg, embed.clone(), layer_ws[..nl].to_vec(), vec![1.0; h], None).unwrap());
-        let ring = ring_weights(&w);
-        let t = std::time::Instant::now();
-        let plan = plan_session(&w, &ring, tokens, 1, Rows::Last).unwrap();
-        let dealer: [f64; 2] =
-            [0u8, 1].map(|p| plan.requests.iter().map(|r| r.raw_bytes(p).unwrap()).sum::<f64>());
-        let online = (plan.counters.bytes_sent() + plan.counters.bytes_received()) as f64;
-        eprintln!(
-            "{nl} layer(s), {tokens} tokens, planned run {:.1} s: online {:.3} GiB, dealer P0 {:.3} GiB P1 {:.6} GiB, {} rounds",
-            t.elapsed().as_secs_f64(),
-            gib(online),
-            gib(dealer[0]),
-            gib(dealer[1]),
-            plan.counters.rounds
-        );
-        if nl == 1 {
-            eprintln!(
-                "| op (1 layer) | calls | elements | bytes sent/elem | bytes recv/elem | rounds/call |"
-            );
-            for (op, c) in &plan.costs {
-                let e = c.elements.max(1) as f64;
-                eprintln!(
-                    "| {op} | {} | {} | {:.1} | {:.1} | {:.1} |",
-                    c.calls,
-                    c.elements,
-                    c.bytes_sent as f64 / e,
-                    c.bytes_received as f64 / e,
-                    c.rounds as f64 / c.calls as f64
-                );
-            }
-        }
-        m.push((online, dealer, plan.counters.rounds));
-    }
-    let (o1, d1, r1) = m[0];
-    let (o2, d2, r2) = m[1];
-    let (lo, lr) = (o2 - o1, r2 - r1);
-    eprintln!("per layer: online {:.3} GiB, dealer P0 {:.3} GiB, {lr} rounds", gib(lo), gib(d2[0] - d1[0]));
-    let (online, dealer) = (o1 + (layers - 1) as f64 * lo, d1[0] + (layers - 1) as f64 * (d2[0] - d1[0]));
-    eprintln!(
-        "scaled to {layers} layers: online {:.3} GiB, dealer P0 {:.3} GiB, P1 {:.6} GiB, rounds {}",
-        gib(online),
-        gib(dealer),
-        gib(d1[1] + (layers - 1) as f64 * (d2[1] - d1[1])),
-        r1 + (layers - 1) * lr
-    );
+    let c = shape_cost::at_qwen2_5_1_5b(Nonlinear::Polynomial, shape_cost::tokens("SHARDLM_MPC_COST_TOKENS"));
     // Issue 7's targets (machine-independent counts, so they are asserted here).
-    assert!(gib(online) <= 4.0, "online {:.3} GiB over the 4 GiB target", gib(online));
-    assert!(gib(dealer) <= 16.0, "dealer {:.3} GiB over the 16 GiB target", gib(dealer));
-    assert!(lr <= 94, "{lr} rounds per layer over the 94 target");
+    assert!(c.online_gib <= 4.0, "online {:.3} GiB over the 4 GiB target", c.online_gib);
+    assert!(c.dealer_p0_gib <= 16.0, "dealer {:.3} GiB over the 16 GiB target", c.dealer_p0_gib);
+    assert!(c.rounds_per_layer <= 94, "{} rounds per layer over the 94 target", c.rounds_per_layer);
 }
 
 /// The real Qwen2.5-Coder-0.5B-Instruct when `SHARDLM_REAL_MODEL_DIR` is set: top-1

@@ -19,6 +19,8 @@ use shardlm_variants::RingWeights;
 use std::path::Path;
 use std::sync::Arc;
 
+mod shape_cost;
+
 fn load(dir: &Path) -> (ModelDir, Arc<Weights>) {
     let md = ModelDir::open(dir).unwrap();
     let w = Arc::new(md.load_weights().unwrap());
@@ -504,93 +506,22 @@ fn every_table_function_over_its_whole_domain() {
 }
 
 /// Planned cost at the Qwen2.5-1.5B shape with a 98-token prefill and random weights
-/// (planned runs with 1 and 2 layers, the difference scaled to 28), asserting issue 16's
-/// targets: at most 40 rounds per layer, 2 GiB online, 24 GiB of P0 material, seeds
-/// only for P1. Run with `SHARDLM_OT_COST=1` (about a minute and 12 GiB in --release).
+/// ([`shape_cost`]), asserting issue 16's targets: at most 40 rounds per layer, 2 GiB
+/// online, 24 GiB of P0 material, seeds only for P1. Run with `SHARDLM_OT_COST=1`
+/// (about a minute and 12 GiB in --release; `SHARDLM_OT_COST_TOKENS` changes the prompt).
 #[test]
 fn cost_at_the_qwen2_5_1_5b_shape() {
-    use rand::{Rng, SeedableRng};
-    use shardlm_variants::v3_mpc::plan_session_with;
     if std::env::var_os("SHARDLM_OT_COST").is_none() {
         eprintln!("skipped: set SHARDLM_OT_COST=1 to measure the 1.5B-shape cost");
         return;
     }
-    let layers = 28u64;
-    let tokens: usize =
-        std::env::var("SHARDLM_OT_COST_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(98);
-    let base = shardlm_configs::ModelConfig::preset("qwen2.5-1.5b").unwrap();
-    let (h, inter, qd, kvd) = (base.hidden_size, base.intermediate_size, base.q_dim(), base.kv_dim());
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let mut rv = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.gen_range(-s..s)).collect() };
-    let embed = rv(base.vocab_size * h, 0.5);
-    let layer_ws: Vec<_> = (0..2)
-        .map(|_| shardlm_model::weights::LayerWeights {
-            input_norm: vec![1.0; h],
-            qkv_w: rv((qd + 2 * kvd) * h, 0.03),
-            qkv_b: rv(qd + 2 * kvd, 0.1),
-            o_w: rv(h * qd, 0.03),
-            post_norm: vec![1.0; h],
-            gate_up_w: rv(2 * inter * h, 0.03),
-            down_w: rv(h * inter, 0.03),
-        })
-        .collect();
-    let gib = |b: f64| b / (1u64 << 30) as f64;
-    let mut m = Vec::new();
-    for nl in [1usize, 2] {
-        let mut cfg = base.clone();
-        cfg.num_hidden_layers = nl;
-        let w =
-            Arc::new(Weights::new(cfg, embed.clone(), layer_ws[..nl].to_vec(), vec![1.0; h], None).unwrap());
-        let ring = ring_weights(&w);
-        let t = std::time::Instant::now();
-        let plan = plan_session_with(Nonlinear::Tables, &w, &ring, tokens, 1, Rows::Last).unwrap();
-        let dealer: [f64; 2] =
-            [0u8, 1].map(|p| plan.requests.iter().map(|r| r.raw_bytes(p).unwrap()).sum::<f64>());
-        let online = (plan.counters.bytes_sent() + plan.counters.bytes_received()) as f64;
-        eprintln!(
-            "{nl} layer(s), {tokens} tokens, planned run {:.1} s: online {:.3} GiB, dealer P0 {:.3} GiB P1 {:.6} GiB, {} rounds",
-            t.elapsed().as_secs_f64(),
-            gib(online),
-            gib(dealer[0]),
-            gib(dealer[1]),
-            plan.counters.rounds
-        );
-        if nl == 1 {
-            eprintln!(
-                "| op (1 layer) | calls | elements | bytes sent/elem | bytes recv/elem | rounds/call |"
-            );
-            for (op, c) in &plan.costs {
-                let e = c.elements.max(1) as f64;
-                eprintln!(
-                    "| {op} | {} | {} | {:.1} | {:.1} | {:.1} |",
-                    c.calls,
-                    c.elements,
-                    c.bytes_sent as f64 / e,
-                    c.bytes_received as f64 / e,
-                    c.rounds as f64 / c.calls as f64
-                );
-            }
-        }
-        m.push((online, dealer, plan.counters.rounds));
-    }
-    let ((o1, d1, r1), (o2, d2, r2)) = (m[0], m[1]);
-    let (lo, lr) = (o2 - o1, r2 - r1);
-    let online = o1 + (layers - 1) as f64 * lo;
-    let dealer = d1[0] + (layers - 1) as f64 * (d2[0] - d1[0]);
-    let p1 = d1[1] + (layers - 1) as f64 * (d2[1] - d1[1]);
-    eprintln!("per layer: online {:.3} GiB, dealer P0 {:.3} GiB, {lr} rounds", gib(lo), gib(d2[0] - d1[0]));
-    eprintln!(
-        "scaled to {layers} layers: online {:.3} GiB, dealer P0 {:.3} GiB, P1 {p1:.0} bytes, rounds {}",
-        gib(online),
-        gib(dealer),
-        r1 + (layers - 1) * lr
-    );
-    assert!(lr <= 40, "{lr} rounds per layer over the 40 target");
-    assert!(gib(online) <= 2.0, "online {:.3} GiB over the 2 GiB target", gib(online));
-    assert!(gib(dealer) <= 24.0, "dealer {:.3} GiB over the 24 GiB target", gib(dealer));
+    let c = shape_cost::at_qwen2_5_1_5b(Nonlinear::Tables, shape_cost::tokens("SHARDLM_OT_COST_TOKENS"));
+    assert!(c.rounds_per_layer <= 40, "{} rounds per layer over the 40 target", c.rounds_per_layer);
+    assert!(c.online_gib <= 2.0, "online {:.3} GiB over the 2 GiB target", c.online_gib);
+    assert!(c.dealer_p0_gib <= 24.0, "dealer {:.3} GiB over the 24 GiB target", c.dealer_p0_gib);
     // P1's raw words are the public shape records of matrix triples (a few words per
     // attention call), everything else of its part is derived from its seed.
-    assert!(p1 < 65536.0, "P1 stores {p1} bytes: its part must be seeds and shape records");
+    assert!(c.dealer_p1_bytes < 65536.0, "P1 stores {} bytes: its part must be seeds", c.dealer_p1_bytes);
 }
 
 /// A planned v3-ot bundle runs its session; a further pass finds the material spent on

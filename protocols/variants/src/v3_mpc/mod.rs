@@ -377,13 +377,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         }
         let f = self.f();
         let (n, d) = (x.rows, x.cols);
-        let w = &self.weights;
-        let gain = match norm {
-            Norm::Input(l) => &w.layers[l].input_norm,
-            Norm::PostAttention(l) => &w.layers[l].post_norm,
-            Norm::Final => &w.final_norm,
-        };
-        let eps = w.config.rms_norm_eps;
+        let (gain, eps) = (self.weights.norm_gain(norm), self.weights.config.rms_norm_eps);
         // 1/d = m 2^-k with m = 2^k/d in (1/2, 1]: the 2^-k joins the sums' truncation
         // and m^-1/2 the public gain (rsqrt(ms + eps) = m^-1/2 rsqrt(ms/m + eps/m)), so the
         // mean square takes no truncation round of its own; ms/m < 2 ms stays inside
@@ -489,7 +483,6 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         start_pos: usize,
     ) -> Result<SharedTensor<R>, MpcPartyError> {
         let c = self.weights.config.clone();
-        let f = self.f();
         let cache = &mut self.cache[layer];
         let cached = cache.k.len() / c.kv_dim().max(1);
         if cached != start_pos {
@@ -523,13 +516,25 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             })
             .collect();
         let scores: Vec<u64> = self.sess.matmul_many(&ops)?.into_iter().flat_map(Shares::into_raw).collect();
-        if self.nonlinear == Nonlinear::Tables {
-            let out = self.ot_attend(&a, &scores, &vs, start_pos)?;
-            return Ok(SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)));
-        }
+        let out = match self.nonlinear {
+            Nonlinear::Polynomial => self.poly_attend(&a, &scores, &vs, start_pos)?,
+            Nonlinear::Tables => self.ot_attend(&a, &scores, &vs, start_pos)?,
+        };
+        Ok(SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)))
+    }
+
+    /// v3-mpc's softmax and `E V` of one attention call, from the scores (`2F` bits) on.
+    fn poly_attend(
+        &mut self,
+        a: &AttentionLayout,
+        scores: &[u64],
+        vs: &[Shares<R>],
+        start_pos: usize,
+    ) -> Result<Vec<u64>, MpcPartyError> {
+        let f = self.f();
         // Only the visible scores are truncated and go through the softmax: the masked
         // half of a prefill's scores is never touched.
-        let (visible, segs) = a.visible(&scores);
+        let (visible, segs) = a.visible(scores);
         let visible = self.sess.trunc(Shares::<R>::from_raw(visible), f)?;
         let max = nonlinear::max_segments(
             &mut self.sess,
@@ -559,8 +564,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
         let out = self.sess.mul_rows(&ev, &recip)?;
-        let out = self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw();
-        Ok(SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)))
+        Ok(self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw())
     }
 
     fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {

@@ -53,13 +53,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     ) -> Result<SharedTensor<R>, MpcPartyError> {
         let f = self.f();
         let (n, d) = (x.rows, x.cols);
-        let w = &self.weights;
-        let gain = match norm {
-            Norm::Input(l) => &w.layers[l].input_norm,
-            Norm::PostAttention(l) => &w.layers[l].post_norm,
-            Norm::Final => &w.final_norm,
-        };
-        let eps = w.config.rms_norm_eps;
+        let (gain, eps) = (self.weights.norm_gain(norm), self.weights.config.rms_norm_eps);
         let (x2, pending) = self.sess.square_for_rows(&x.data, n)?;
         let sums: Vec<u64> =
             x2.as_slice().chunks(d).map(|r| r.iter().fold(0u64, |a, &b| a.wrapping_add(b))).collect();
