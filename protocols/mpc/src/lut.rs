@@ -13,14 +13,15 @@
 //! **Look up** ([`lut_start`], [`lut_finish`]). Each party sends its index plus its share
 //! of the instance's mask `r` (`k` bits, packed); both learn `y = v + r mod 2^k`, which
 //! is uniform whatever `v` (the mask is fresh and one-time), and read entry `y` of each
-//! of their rotated tables: P0 its stored share, P1 its seed-derived share. One round,
+//! of their rotated tables: P0 its stored share, P1 its seed-derived share (one word of
+//! its stream per lookup, read on demand). One round,
 //! `k` bits each way, every function of the same input at once.
 //!
 //! Cost per lookup: `k / 8` bytes each way online; `2^bits x out` bits of P0 material per
 //! function read; nothing stored for P1.
 
 use super::{check_len, shape, MpcError};
-use crate::material::kinds::lookup_tables::Lookups;
+use crate::material::kinds::lookup_tables::{Lookups, TableShares};
 use crate::ring::{low_mask, pack_bits, packed_words, unpack_bits};
 use crate::share::{Role, Shares};
 
@@ -58,7 +59,9 @@ pub fn lut_start<R: Role>(index: &[u64], tables: Lookups<R>) -> Result<(LutState
     check_len("lookup", "masks", tables.mask.len(), n)?;
     check_len("lookup", "tables", tables.tables.len(), tables.reads.len())?;
     for (t, r) in tables.tables.iter().zip(&tables.reads) {
-        check_len("lookup", "table words", t.len(), n * r.table_words())?;
+        if let TableShares::Stored(t) = t {
+            check_len("lookup", "table words", t.len(), n * r.table_words())?;
+        }
     }
     let m = low_mask(tables.k);
     let mine: Vec<u64> = index.iter().zip(&tables.mask).map(|(v, r)| v.wrapping_add(*r) & m).collect();
@@ -74,17 +77,11 @@ pub fn lut_finish<R: Role>(st: LutState<R>, peer: &[u64]) -> Result<Vec<Vec<u64>
     let theirs = unpack_bits(peer, k, n).ok_or_else(|| shape("lookup", "short message"))?;
     let m = low_mask(k);
     let y: Vec<u64> = st.mine.iter().zip(&theirs).map(|(a, b)| a.wrapping_add(*b) & m).collect();
-    Ok(st
-        .tables
-        .reads
-        .iter()
-        .zip(&st.tables.tables)
-        .map(|(read, table)| {
-            let (w, bm) = (read.table_words(), low_mask(read.bits));
-            y.iter()
-                .enumerate()
-                .map(|(i, &y)| read.entry(&table[i * w..(i + 1) * w], (y & bm) as usize))
-                .collect()
+    Ok((0..st.tables.reads.len())
+        .map(|r| {
+            let bm = low_mask(st.tables.reads[r].bits);
+            let idx: Vec<u64> = y.iter().map(|v| v & bm).collect();
+            st.tables.read(r, &idx)
         })
         .collect())
 }

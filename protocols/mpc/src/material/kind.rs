@@ -41,6 +41,73 @@ pub struct Component {
     pub src: [Src; 2],
     /// Bits per element when stored raw (64 unless packed).
     pub bits: u32,
+    /// A party whose source is [`Src::Seed`] reads this stream on demand instead of
+    /// expanding it: it gets the stream's key and offset ([`OnDemand`]), for streams of
+    /// which it uses a few words (one table entry per lookup).
+    pub on_demand: bool,
+}
+
+/// A seed-derived stream a party reads on demand ([`Component::on_demand`]): the key
+/// of the stream and the word offset where this request's part of it starts.
+#[derive(Clone)]
+pub struct OnDemand {
+    key: Seed,
+    offset: u64,
+}
+
+impl std::fmt::Debug for OnDemand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OnDemand(offset {})", self.offset)
+    }
+}
+
+/// Words an on-demand component is handed as (the key, then the offset).
+pub(crate) const ON_DEMAND_WORDS: u64 = 5;
+
+impl OnDemand {
+    pub(crate) fn encode(party_seed: &Seed, name: &str, offset: u64) -> Vec<u64> {
+        let key = party_seed.derive(name, 0);
+        let mut w: Vec<u64> =
+            key.0.chunks(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+        w.push(offset);
+        w
+    }
+
+    /// From the words a party was handed; an error if they are not an on-demand part.
+    pub fn decode(words: &[u64]) -> Result<OnDemand, MaterialError> {
+        if words.len() != ON_DEMAND_WORDS as usize {
+            return Err(MaterialError::Mismatch(format!(
+                "an on-demand stream has {} words, expected 5",
+                words.len()
+            )));
+        }
+        let mut key = [0u8; 32];
+        for (i, w) in words[..4].iter().enumerate() {
+            key[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(OnDemand { key: Seed(key), offset: words[4] })
+    }
+
+    /// A reader of this part of the stream.
+    pub fn reader(&self) -> OnDemandReader {
+        OnDemandReader { prg: Prg::at(&self.key, self.offset), offset: self.offset }
+    }
+}
+
+/// Reads words of an on-demand stream at any position.
+pub struct OnDemandReader {
+    prg: Prg,
+    offset: u64,
+}
+
+impl OnDemandReader {
+    /// Word `i` of the request's part of the stream.
+    pub fn word(&mut self, i: u64) -> u64 {
+        self.prg.seek_words(self.offset + i);
+        let mut w = [0u64; 1];
+        self.prg.fill_u64s(&mut w);
+        w[0]
+    }
 }
 
 /// Builds a kind's layout: component names are prefixed with the kind's name.
@@ -58,13 +125,38 @@ impl Layout {
 
     /// Adds component `part` of `len` elements with sources `p0`, `p1`.
     pub fn comp(mut self, part: &str, len: u64, p0: Src, p1: Src) -> Self {
-        self.comps.push(Component { name: format!("{}.{part}", self.kind), len, src: [p0, p1], bits: 64 });
+        self.comps.push(Component {
+            name: format!("{}.{part}", self.kind),
+            len,
+            src: [p0, p1],
+            bits: 64,
+            on_demand: false,
+        });
+        self
+    }
+
+    /// Like [`Layout::comp`], raw for P0 and seed-derived for P1, which reads it on
+    /// demand ([`Component::on_demand`]).
+    pub fn raw_p0_on_demand_p1(mut self, part: &str, len: u64) -> Self {
+        self.comps.push(Component {
+            name: format!("{}.{part}", self.kind),
+            len,
+            src: [Src::Raw, Src::Seed],
+            bits: 64,
+            on_demand: true,
+        });
         self
     }
 
     /// Like [`Layout::comp`], stored packed at `bits` bits per element.
     pub fn packed(mut self, part: &str, len: u64, p0: Src, p1: Src, bits: u32) -> Self {
-        self.comps.push(Component { name: format!("{}.{part}", self.kind), len, src: [p0, p1], bits });
+        self.comps.push(Component {
+            name: format!("{}.{part}", self.kind),
+            len,
+            src: [p0, p1],
+            bits,
+            on_demand: false,
+        });
         self
     }
 

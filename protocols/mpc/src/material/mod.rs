@@ -37,7 +37,7 @@ pub use bundle::{
     FORMAT_VERSION,
 };
 pub use ideal::{IdealDealer, SharedWeights};
-pub use kind::{Component, Kind, Request, Src};
+pub use kind::{Component, Kind, OnDemand, OnDemandReader, Request, Src};
 pub use kinds::*;
 pub use recorder::Recorder;
 
@@ -454,6 +454,7 @@ impl<R: Role> Material<R> {
         let mut out = Vec::with_capacity(comps.len());
         for (c, &off) in comps.iter().zip(&offsets) {
             out.push(match c.src[me] {
+                Src::Seed if c.on_demand => kind::OnDemand::encode(&self.seed, &c.name, off),
                 Src::Seed => seeded(&self.seed, &c.name, off, c.len),
                 Src::Raw => {
                     let v = raw

@@ -40,6 +40,7 @@ impl<R: Role> MaterialSource<R> for Recorder<R> {
             .enumerate()
             .map(|(i, c)| match c.src[me] {
                 Src::Absent => Vec::new(),
+                Src::Seed if c.on_demand => vec![0; super::kind::ON_DEMAND_WORDS as usize],
                 _ if i == 0 && request.shape_record().is_some() => request.shape_record().unwrap_or_default(),
                 _ => vec![0; c.len as usize],
             })

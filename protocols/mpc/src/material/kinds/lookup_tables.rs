@@ -12,10 +12,12 @@
 //! number of functions of the same input.
 //!
 //! Layout: `r0` seeded for P0 only, `r1` seeded for P1 only, one `t<i>` per read: raw
-//! for P0 ([`TableFn::table_words`] words per instance), seeded for P1. This is where
-//! v3-ot's dealer bytes go: `2^bits x out` bits per read per lookup for P0, nothing for P1.
+//! for P0 ([`Read::table_words`] words per instance), seeded for P1, which reads only
+//! the word holding its entry of each instance ([`crate::material::OnDemand`]) instead of
+//! expanding whole tables. This is where v3-ot's dealer bytes go: `2^bits x out` bits
+//! per read per lookup for P0, nothing for P1.
 
-use super::super::kind::{checked_len, Component, Kind, Layout, Request, Seeded, Src};
+use super::super::kind::{checked_len, Component, Kind, Layout, OnDemand, Request, Seeded, Src};
 use super::super::{LinearWeights, MaterialError};
 use crate::ring::low_mask;
 use crate::share::Role;
@@ -220,6 +222,15 @@ impl Read {
     }
 }
 
+/// A party's shares of one read's tables.
+#[derive(Debug)]
+pub enum TableShares {
+    /// Stored (P0): packed, `table_words` per instance.
+    Stored(Vec<u64>),
+    /// Seed-derived (P1): the stream, read one word per instance.
+    OnDemand(OnDemand),
+}
+
 /// A party's lookup material for `count` instances (module doc).
 pub struct Lookups<R: Role> {
     /// Index width of the opening.
@@ -228,11 +239,38 @@ pub struct Lookups<R: Role> {
     pub reads: Vec<Read>,
     /// This party's share of each instance's mask (mod `2^k`).
     pub mask: Vec<u64>,
-    /// Per read: this party's packed table shares, `table_words` per instance.
-    pub tables: Vec<Vec<u64>>,
+    /// Per read: this party's table shares.
+    pub tables: Vec<TableShares>,
     pub(crate) _role: std::marker::PhantomData<R>,
 }
 crate::debug_lengths!(Lookups<R> { mask, tables });
+
+impl<R: Role> Lookups<R> {
+    /// Entry `y_i` of every instance's table of read `r` (`y` already reduced to the
+    /// read's bits), this party's share.
+    pub fn read(&self, r: usize, y: &[u64]) -> Vec<u64> {
+        let read = &self.reads[r];
+        let (words, pw, w) =
+            (read.table_words() as u64, read.per_word() as u64, read.func.out(read.bits).bits());
+        match &self.tables[r] {
+            TableShares::Stored(t) => y
+                .iter()
+                .enumerate()
+                .map(|(i, &j)| read.entry(&t[i * words as usize..(i + 1) * words as usize], j as usize))
+                .collect(),
+            TableShares::OnDemand(stream) => {
+                let mut rd = stream.reader();
+                y.iter()
+                    .enumerate()
+                    .map(|(i, &j)| {
+                        let word = rd.word(i as u64 * words + j / pw);
+                        (word >> ((j % pw) as u32 * w)) & low_mask(w)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
 
 /// `count` lookups of a `k`-bit index, each reading every function of `reads`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -279,12 +317,7 @@ impl Kind for LookupRequest {
             Src::Seed,
         );
         for (i, r) in self.reads.iter().enumerate() {
-            l = l.comp(
-                &format!("t{i}"),
-                checked_len(self.count, r.table_words(), self)?,
-                Src::Raw,
-                Src::Seed,
-            );
+            l = l.raw_p0_on_demand_p1(&format!("t{i}"), checked_len(self.count, r.table_words(), self)?);
         }
         Ok(l.build())
     }
@@ -335,11 +368,20 @@ impl<R: Role> Request<R> for LookupRequest {
         let (r0, r1) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
         let km = low_mask(self.k);
         let mask = if R::ID == 0 { r0 } else { r1 };
+        let tables = it
+            .map(|t| {
+                if R::ID == 0 {
+                    Ok(TableShares::Stored(t))
+                } else {
+                    OnDemand::decode(&t).map(TableShares::OnDemand)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Lookups {
             k: self.k,
             reads: self.reads.clone(),
             mask: mask.into_iter().map(|r| r & km).collect(),
-            tables: it.collect(),
+            tables,
             _role: std::marker::PhantomData,
         })
     }
