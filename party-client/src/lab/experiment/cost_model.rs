@@ -11,7 +11,10 @@
 //! stage's whole time plus the other stages' time for one chunk's share (the pipeline's
 //! fill and drain), unless one chunk's chain of round trips takes longer; with one chunk
 //! (v2, v3-mpc, v3-ot, every decode step) it is the classic `compute + rounds x RTT + bytes /
-//! rate`. `rounds`, the bytes of each
+//! rate`. A fully private variant's rounds are symmetric exchanges (both parties send,
+//! then each waits for the other's message, sent at the same time), so each costs one
+//! one-way delay: its `RTT` term is `rounds x RTT / 2` (measured: v3-mpc's 2202 rounds
+//! cost 1,157 RTTs between 2 and 80 ms). `rounds`, the bytes of each
 //! direction and `C` come from the client's report of each point; `compute` is fitted
 //! once per variant and phase, at its lowest-RTT, highest-rate point, as the value that
 //! makes the model reproduce that point's measurement. The total is the prefill plus
@@ -105,10 +108,23 @@ fn phases(p: &Point) -> (Phase, Phase) {
     let ms = |b: u64| b as f64 * (1.0 - open_share) * 8.0 / p.rate_bps.max(1) as f64 * 1e3;
     let (up, down) = (ms(p.bytes_sent), ms(p.bytes_received));
     let share = p.prompt_tokens as f64 / tokens;
-    let (rounds, rtt) = (rounds / passes, p.rtt_ms);
+    let (rounds, rtt) = (rounds / passes, p.rtt_ms * round_trip_share(&p.variant));
     let prefill = Phase { rounds, rtt, up: up * share, down: down * share, chunks: p.prefill_chunks.max(1) };
     let step = Phase { rounds, rtt, up: up / tokens, down: down / tokens, chunks: 1 };
     (prefill, step)
+}
+
+/// The part of an RTT one round costs: 1/2 for the fully private variants, whose
+/// rounds are symmetric exchanges (module doc), 1 for request/answer rounds.
+fn round_trip_share(variant: &str) -> f64 {
+    let symmetric = variant.parse::<shardlm_configs::Variant>().is_ok_and(|v| {
+        shardlm_variants::registry::spec(v).material == shardlm_variants::registry::MaterialNeed::BothParties
+    });
+    if symmetric {
+        0.5
+    } else {
+        1.0
+    }
 }
 
 /// Fits `compute` per variant at its reference point and predicts every point.

@@ -219,6 +219,7 @@ fn cost_model_section(models: &[CostModel]) -> String {
           predicted = max(max(stages) + (sum(stages) - max(stages)) / C, rounds x RTT + sum(stages) / C). A pass cut into C chunks (v3's wavefront) \
           pays its bottleneck stage plus one chunk's share of the others, unless one chunk's chain of round trips takes longer; \
           with one chunk (v2, v3-mpc, v3-ot, decode steps) it is compute + rounds x RTT + bytes / rate. \
+          The fully private variants' rounds are symmetric exchanges (both parties send at once), one one-way delay each: RTT / 2 per round. \
           Compute is fitted at the variant's lowest-RTT, highest-rate point; rounds are split evenly over the forward passes and bytes in \
           proportion to the tokens processed. Total = prefill + decode steps.\n\n\
           | variant | compute: run / prefill / step (ms) | fitted at | rounds | bytes | prefill chunks | mean abs error: total / prefill / step |\n|---|---|---|---|---|---|---|\n",
