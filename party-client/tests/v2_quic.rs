@@ -700,12 +700,23 @@ fn eval_private_loopback(variant: &str, dir: &Path, greedy: usize, n_cases: usiz
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), n_cases);
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let mut greedy_equal = 0;
-    for c in cases {
-        assert_eq!(c["vs_reference"]["top1_equal"], true, "{c}");
-        greedy_equal += usize::from(c["vs_reference"]["greedy_equal"] == true);
-        // v3-ot's tables are coarser than v3-mpc's polynomials (docs/v3-ot.md).
+    for (c, r) in cases.iter().zip(reference["cases"].as_array().unwrap()) {
+        // v3-ot's tables are coarser than v3-mpc's polynomials (docs/v3-ot.md): its
+        // logits may swap a near tie of transformers' top two (tiny-qwen2's fourth case
+        // is one, 0.015 apart), never anything wider than its error bound.
         let bound = if variant == "v3-ot" { 0.25 } else { 0.1 };
+        if c["vs_reference"]["top1_equal"] != true {
+            let (ids, logits) = (&r["top20_ids"], &r["top20_logits"]);
+            let gap = logits[0].as_f64().unwrap() - logits[1].as_f64().unwrap();
+            assert!(
+                variant == "v3-ot" && c["top20_ids"][0] == ids[1] && gap < bound,
+                "top-1 differs from the reference's (top-2 gap {gap}): {c}"
+            );
+        }
+        greedy_equal += usize::from(c["vs_reference"]["greedy_equal"] == true);
         assert!(c["vs_reference"]["max_abs_logit_diff"].as_f64().unwrap() < bound, "{c}");
         assert!(c["rounds"].as_u64().unwrap() > 500 && c["bytes_received"].as_u64().unwrap() > 1_000_000);
     }
