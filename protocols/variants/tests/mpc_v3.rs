@@ -23,7 +23,7 @@ use shardlm_mpc::ring::{decode, encode};
 use shardlm_mpc::session::{AuditEntry, Opened, Session};
 use shardlm_mpc::share::{reconstruct, share, Shares, P0, P1};
 use shardlm_testkit::fixtures;
-use shardlm_testkit::two_party;
+use shardlm_testkit::{chi_square_bytes, two_party};
 use shardlm_transport::memory::MemoryChannel;
 use shardlm_transport::Counters;
 use shardlm_variants::plan::SessionShape;
@@ -381,14 +381,6 @@ fn matches_the_plaintext_engine(dir: &Path, min_greedy_equal: usize) {
         "greedy_8 equal in only {greedy_equal} of {} cases",
         cases.len()
     );
-}
-
-/// Chi-square statistic of the byte histogram (255 degrees of freedom).
-fn chi_square_bytes(data: &[u8]) -> f64 {
-    let mut hist = [0u64; 256];
-    data.iter().for_each(|&b| hist[b as usize] += 1);
-    let e = data.len() as f64 / 256.0;
-    hist.iter().map(|&o| (o as f64 - e).powi(2) / e).sum()
 }
 
 fn received_bytes(log: &[AuditEntry]) -> Vec<u8> {

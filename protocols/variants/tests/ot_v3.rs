@@ -12,7 +12,7 @@ use shardlm_mpc::prg::Seed;
 use shardlm_mpc::session::AuditEntry;
 use shardlm_mpc::share::{P0, P1};
 use shardlm_testkit::fixtures;
-use shardlm_testkit::two_party;
+use shardlm_testkit::{chi_square_bytes, two_party};
 use shardlm_transport::Counters;
 use shardlm_variants::v3_mpc::{MpcParty, Nonlinear};
 use shardlm_variants::RingWeights;
@@ -188,13 +188,6 @@ fn real_model_agreement_over_all_positions() {
     let (agree, total, greedy_equal) = agreement_on(Path::new(&dir), &cases, 16, false);
     assert!(agree as f64 >= 0.995 * total as f64, "top-1 agreement {agree}/{total} below 99.5%");
     assert!(9 * greedy_equal >= 8 * cases.len(), "greedy_16 equal in {greedy_equal} of {}", cases.len());
-}
-
-fn chi_square_bytes(data: &[u8]) -> f64 {
-    let mut hist = [0u64; 256];
-    data.iter().for_each(|&b| hist[b as usize] += 1);
-    let e = data.len() as f64 / 256.0;
-    hist.iter().map(|&o| (o as f64 - e).powi(2) / e).sum()
 }
 
 /// Audit: every value P1 receives (and P0, but for the final logits) is a masked

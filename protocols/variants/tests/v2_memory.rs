@@ -11,7 +11,7 @@ use shardlm_model::sampling::{argmax, Sampler, SamplingConfig};
 use shardlm_model::{Linear, ModelDir, PlainEngine, Rows, Weights};
 use shardlm_mpc::material::IdealDealer;
 use shardlm_mpc::prg::Seed;
-use shardlm_testkit::fixtures;
+use shardlm_testkit::{chi_square_bytes, fixtures};
 use shardlm_transport::{memory, Channel, Counters, Lane, Result as TResult};
 use shardlm_variants::plan::SessionShape;
 use shardlm_variants::v2::{V2Client, V2Server, V2_LANE};
@@ -141,14 +141,6 @@ fn reproduces_the_plaintext_engine_with_exact_traffic(dir: &Path) {
         }
         assert!(run.client.bytes_sent() > 0);
     }
-}
-
-/// Chi-square statistic of the byte histogram (255 degrees of freedom).
-fn chi_square_bytes(data: &[u8]) -> f64 {
-    let mut hist = [0u64; 256];
-    data.iter().for_each(|&b| hist[b as usize] += 1);
-    let e = data.len() as f64 / 256.0;
-    hist.iter().map(|&o| (o as f64 - e).powi(2) / e).sum()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! separate from the protocol in the parent module, so each can be read alone.
 
 use shardlm_configs::ModelConfig;
+use shardlm_mpc::session::MatMul;
 use shardlm_mpc::share::{Role, Shares};
 
 /// Where attention's share vectors live: the data layout of one layer's attention for
@@ -120,6 +121,26 @@ impl AttentionLayout {
             mats.push(Shares::from_raw(m));
         }
         (sums, mats)
+    }
+
+    /// The `E V` products, one per query head: its padded exponentials (causal from
+    /// `start_pos`) times its KV head's values.
+    pub(super) fn value_products<'a, R: Role>(
+        &self,
+        emats: &'a [Shares<R>],
+        vs: &'a [Shares<R>],
+        start_pos: usize,
+    ) -> Vec<MatMul<'a, R>> {
+        (0..self.nh)
+            .map(|h| MatMul {
+                x: &emats[h],
+                y: &vs[h / self.group],
+                m: self.n,
+                k: self.total,
+                n: self.hd,
+                causal: Some(start_pos),
+            })
+            .collect()
     }
 
     /// `(head, row, j)` to `(row, head * hd + j)`.

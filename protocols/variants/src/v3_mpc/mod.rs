@@ -550,20 +550,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         // The reciprocal's comparisons ride along with E V and its truncation.
         let sums = Shares::<R>::from_raw(sums);
         let pending = nonlinear::reciprocal_start(&mut self.sess, &sums, f, a.total as f64)?;
-        let ops: Vec<MatMul<'_, R>> = (0..a.nh)
-            .map(|h| MatMul {
-                x: &emats[h],
-                y: &vs[h / a.group],
-                m: a.n,
-                k: a.total,
-                n: a.hd,
-                causal: Some(start_pos),
-            })
-            .collect();
-        let ev = self.sess.matmul_many(&ops)?;
+        let ev = self.sess.matmul_many(&a.value_products(&emats, vs, start_pos))?;
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
-        let out = self.sess.mul_rows(&ev, &recip)?;
+        self.scale_by_reciprocal(&ev, &recip)
+    }
+
+    /// Each row of `E V` (`F` bits) times its softmax row's reciprocal
+    /// ([`nonlinear::RECIP_BITS`]), back to `F` bits: the end of both variants' attention.
+    fn scale_by_reciprocal(&mut self, ev: &Shares<R>, recip: &Shares<R>) -> Result<Vec<u64>, MpcPartyError> {
+        let out = self.sess.mul_rows(ev, recip)?;
         Ok(self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw())
     }
 

@@ -28,9 +28,9 @@
 use super::{AttentionLayout, MpcParty, MpcPartyError, SharedTensor};
 use shardlm_model::Norm;
 use shardlm_mpc::material::MaterialSource;
-use shardlm_mpc::nonlinear::RSQRT_BITS;
+use shardlm_mpc::nonlinear::{RECIP_BITS, RSQRT_BITS};
 use shardlm_mpc::ring::encode;
-use shardlm_mpc::session::{MatMul, Round};
+use shardlm_mpc::session::Round;
 use shardlm_mpc::share::{Role, Shares};
 use shardlm_mpc::tables::{self, LevelPlan, EXP_FRAC};
 use shardlm_transport::Channel;
@@ -40,8 +40,6 @@ use shardlm_transport::Channel;
 pub const MS_LO: i32 = -20;
 /// See [`MS_LO`].
 pub const MS_HI: i32 = 17;
-/// Fractional bits of the softmax reciprocal.
-pub const RECIP_FRAC: u32 = 24;
 /// Fractional bits of the norm's public gain.
 const GAIN_BITS: u32 = 14;
 
@@ -91,15 +89,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let (sums, emats) = a.row_sums_and_padded(e.as_slice(), &segs);
         // E V (EXP_FRAC + F bits) and its truncation ride along with the reciprocal.
         let mut first = Round::default();
-        for h in 0..a.nh {
-            let op = MatMul {
-                x: &emats[h],
-                y: &vs[h / a.group],
-                m: a.n,
-                k: a.total,
-                n: a.hd,
-                causal: Some(start_pos),
-            };
+        for op in a.value_products(&emats, vs, start_pos) {
             self.sess.stage_matmul(&mut first, &op)?;
         }
         // Row sums lie in [1/e, total e) (every exponent is below 1, a row's largest
@@ -112,7 +102,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             frac_in: EXP_FRAC,
             div: 1,
             root: false,
-            frac_out: RECIP_FRAC,
+            frac_out: RECIP_BITS,
         };
         let sums = Shares::<R>::from_raw(sums);
         let steps = tables::inverse_start(&mut self.sess, &mut first, &sums, &plan)?;
@@ -136,8 +126,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         }
         let ev = done.remove(ev_at).shares()?;
         let recip = tables::inverse_finish(&mut self.sess, &mut done, steps)?;
-        let out = self.sess.mul_rows(&ev, &recip)?;
-        Ok(self.sess.trunc(out, RECIP_FRAC)?.into_raw())
+        self.scale_by_reciprocal(&ev, &recip)
     }
 
     pub(super) fn ot_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
