@@ -281,13 +281,7 @@ fn setup() -> Setup {
     let (sid, cid) = (tmp.path().join("server-id"), tmp.path().join("client-id"));
     let server_fp = shardlm_transport::keygen(&sid, "shardlm-server").unwrap();
     let client_fp = shardlm_transport::keygen(&cid, "shardlm-client").unwrap();
-    let model = tmp.path().join("tiny");
-    shardlm_model::synth::write_synthetic_model(
-        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
-        &model,
-        5,
-    )
-    .unwrap();
+    let model = tiny_model(tmp.path());
     let server = bins().start_server(&model, &sid, &client_fp, &[]);
     Setup { _tmp: tmp, model, client_id: cid, server_fp, server }
 }
@@ -466,18 +460,24 @@ fn netem_command_parses_its_flags_and_reports_counters() {
     stop.store(true, Ordering::Relaxed);
 }
 
-#[test]
-fn sweep_of_two_points_writes_results_table_and_plots() {
-    let _cpu = exclusive();
-    let _ = bins(); // asserts the server binary is built
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("tiny");
+/// The synthetic tiny model (seed 5) in `dir/tiny`.
+fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let model = dir.join("tiny");
     shardlm_model::synth::write_synthetic_model(
         &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
         &model,
         5,
     )
     .unwrap();
+    model
+}
+
+#[test]
+fn sweep_of_two_points_writes_results_table_and_plots() {
+    let _cpu = exclusive();
+    let _ = bins(); // asserts the server binary is built
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
     let out_dir = tmp.path().join("sweep");
     let out = client()
         .args(["experiment", "--variants", "v2,v3", "--rtt", "2ms,10ms", "--rate", "1gbit"])
@@ -539,7 +539,7 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
 fn sweep_deals_each_fully_private_point_its_own_bundle() {
     let _cpu = exclusive();
     let _ = bins(); // asserts the server binary is built
-                    // Every fully private variant this build has (v3-mpc; v3-ot once it is in).
+                    // Every fully private variant this build has (v3-mpc, v3-ot).
     let variants: Vec<&str> = shardlm_variants::registry::VARIANTS
         .iter()
         .filter(|s| s.implemented && s.material == shardlm_variants::registry::MaterialNeed::BothParties)
@@ -547,13 +547,7 @@ fn sweep_deals_each_fully_private_point_its_own_bundle() {
         .collect();
     assert!(variants.contains(&"v3-mpc"), "{variants:?}");
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("tiny");
-    shardlm_model::synth::write_synthetic_model(
-        &shardlm_configs::ModelConfig::preset("tiny").unwrap(),
-        &model,
-        5,
-    )
-    .unwrap();
+    let model = tiny_model(tmp.path());
     let out_dir = tmp.path().join("sweep");
     let out = client()
         .args(["experiment", "--variants", &variants.join(","), "--rtt", "2ms", "--rate", "1gbit"])
