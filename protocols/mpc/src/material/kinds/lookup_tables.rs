@@ -216,6 +216,50 @@ impl Read {
         (table[j / pw] >> ((j % pw) as u32 * w)) & low_mask(w)
     }
 
+    /// P0's packed tables of `count` instances: instance `n`'s entry `j` is
+    /// `T((j - r_n) mod 2^bits)` shared against P1's packed words `t1` (module doc).
+    /// Every rotation is packed once when there are more instances than rotations, so an
+    /// instance costs a word operation per word instead of one per entry.
+    fn p0_tables(&self, masks: &[u64], t1: &[u64], count: usize) -> Vec<u64> {
+        let plain = self.plain_table();
+        let (words, pw, out) = (self.table_words(), self.per_word(), self.func.out(self.bits));
+        let (w, bm, size) = (out.bits(), low_mask(self.bits), 1usize << self.bits);
+        let entry = |r: u64, j: usize| plain[(j as u64).wrapping_sub(r) as usize & bm as usize];
+        let mut t0 = vec![0u64; count * words];
+        if count < size {
+            t0.par_chunks_mut(words).zip(t1.par_chunks(words)).enumerate().for_each(|(n, (t, s1))| {
+                let r = masks[n] & bm;
+                for j in 0..size {
+                    t[j / pw] |= out.share0(entry(r, j), self.entry(s1, j)) << ((j % pw) as u32 * w);
+                }
+            });
+            return t0;
+        }
+        let mut rotations = vec![0u64; size * words];
+        rotations.par_chunks_mut(words).enumerate().for_each(|(r, t)| {
+            for j in 0..size {
+                t[j / pw] |= entry(r as u64, j) << ((j % pw) as u32 * w);
+            }
+        });
+        // Bits of each word that hold entries (the last word may be partly empty).
+        let used: Vec<u64> = (0..words).map(|k| low_mask(((size - k * pw).min(pw) as u32) * w)).collect();
+        t0.par_chunks_mut(words).zip(t1.par_chunks(words)).enumerate().for_each(|(n, (t, s1))| {
+            let rot = &rotations[(masks[n] & bm) as usize * words..][..words];
+            for k in 0..words {
+                t[k] = match out {
+                    Out::Xor(_) => (rot[k] ^ s1[k]) & used[k],
+                    Out::Add(_) => {
+                        (0..pw as u32)
+                            .map(|q| out.share0(rot[k] >> (q * w), s1[k] >> (q * w)) << (q * w))
+                            .fold(0, |a, b| a | b)
+                            & used[k]
+                    }
+                };
+            }
+        });
+        t0
+    }
+
     /// The full (unrotated) table: `T(v)` for every index `v`.
     pub fn plain_table(&self) -> Vec<u64> {
         (0..1u64 << self.bits).map(|v| self.func.eval(v, self.bits)).collect()
@@ -249,26 +293,34 @@ impl<R: Role> Lookups<R> {
     /// Entry `y_i` of every instance's table of read `r` (`y` already reduced to the
     /// read's bits), this party's share.
     pub fn read(&self, r: usize, y: &[u64]) -> Vec<u64> {
+        /// Instances per rayon task (an on-demand reader is one keyed PRG per task).
+        const CHUNK: usize = 8192;
         let read = &self.reads[r];
-        let (words, pw, w) =
-            (read.table_words() as u64, read.per_word() as u64, read.func.out(read.bits).bits());
+        let (words, pw, w) = (read.table_words(), read.per_word(), read.func.out(read.bits).bits());
+        let mut out = vec![0u64; y.len()];
         match &self.tables[r] {
-            TableShares::Stored(t) => y
-                .iter()
-                .enumerate()
-                .map(|(i, &j)| read.entry(&t[i * words as usize..(i + 1) * words as usize], j as usize))
-                .collect(),
+            TableShares::Stored(t) => {
+                out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, y))| {
+                    for (k, (o, &j)) in o.iter_mut().zip(y).enumerate() {
+                        let i = c * CHUNK + k;
+                        *o = read.entry(&t[i * words..(i + 1) * words], j as usize);
+                    }
+                })
+            }
+            // One PRG word per instance: a random access into the stream, the cost of
+            // P1's lookups, spread over the cores.
             TableShares::OnDemand(stream) => {
-                let mut rd = stream.reader();
-                y.iter()
-                    .enumerate()
-                    .map(|(i, &j)| {
-                        let word = rd.word(i as u64 * words + j / pw);
-                        (word >> ((j % pw) as u32 * w)) & low_mask(w)
-                    })
-                    .collect()
+                out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, y))| {
+                    let mut rd = stream.reader();
+                    for (k, (o, &j)) in o.iter_mut().zip(y).enumerate() {
+                        let i = (c * CHUNK + k) as u64;
+                        let word = rd.word(i * words as u64 + j / pw as u64);
+                        *o = (word >> ((j % pw as u64) as u32 * w)) & low_mask(w);
+                    }
+                })
             }
         }
+        out
     }
 }
 
@@ -327,27 +379,8 @@ impl Kind for LookupRequest {
         let masks: Vec<u64> = r0.iter().zip(&r1).map(|(a, b)| a.wrapping_add(*b) & km).collect();
         let mut p0 = Vec::with_capacity(self.reads.len());
         for (i, read) in self.reads.iter().enumerate() {
-            let plain = read.plain_table();
-            let (words, pw) = (read.table_words(), read.per_word());
-            let out = read.func.out(read.bits);
-            let w = out.bits();
-            let bm = low_mask(read.bits);
             let t1 = s.get(1, 2 + i);
-            let t0: Vec<u64> = (0..self.count)
-                .into_par_iter()
-                .flat_map_iter(|n| {
-                    let share1 = &t1[n * words..(n + 1) * words];
-                    let r = masks[n] & bm;
-                    let mut t = vec![0u64; words];
-                    for j in 0..1usize << read.bits {
-                        let v = plain[(j as u64).wrapping_sub(r) as usize & bm as usize];
-                        let e = out.share0(v, read.entry(share1, j));
-                        t[j / pw] |= e << ((j % pw) as u32 * w);
-                    }
-                    t
-                })
-                .collect();
-            p0.push(t0);
+            p0.push(read.p0_tables(&masks, &t1, self.count));
         }
         Ok([p0, vec![]])
     }
@@ -402,6 +435,44 @@ mod tests {
             }
             for j in 0..64usize {
                 assert_eq!(read.entry(&t, j), (j as u64 * 7) & low_mask(w), "width {w} entry {j}");
+            }
+        }
+    }
+
+    /// P0's tables, by the per-entry path (fewer instances than rotations) and the
+    /// packed-rotation path, recombine with P1's words to the rotated table.
+    #[test]
+    fn p0_tables_recombine_to_the_rotated_table_on_both_paths() {
+        use crate::prg::{Prg, Seed};
+        let reads = [
+            Read { func: TableFn::Sigmoid { frac_in: 4, frac_out: 9 }, bits: 8 },
+            Read { func: TableFn::Relu, bits: 8 },
+            Read { func: TableFn::AtLeast { t: 3 }, bits: 6 },
+        ];
+        for read in reads {
+            for count in [5usize, 300] {
+                let mut prg = Prg::new(&Seed::from_u64(count as u64));
+                let words = read.table_words();
+                let masks = prg.u64s(count);
+                let t1 = prg.u64s(count * words);
+                let t0 = read.p0_tables(&masks, &t1, count);
+                let (plain, out, bm) = (read.plain_table(), read.func.out(read.bits), low_mask(read.bits));
+                for n in 0..count {
+                    let (a, b) = (&t0[n * words..][..words], &t1[n * words..][..words]);
+                    for j in 0..1usize << read.bits {
+                        let want = plain[(j as u64).wrapping_sub(masks[n]) as usize & bm as usize];
+                        assert_eq!(
+                            out.combine(read.entry(a, j), read.entry(b, j)),
+                            want,
+                            "{read:?} n {n} j {j}"
+                        );
+                    }
+                    let used = (1usize << read.bits) - (words - 1) * read.per_word();
+                    let held = used as u32 * out.bits();
+                    if held < 64 {
+                        assert_eq!(a[words - 1] >> held, 0, "{read:?}: the last word's unused bits are zero");
+                    }
+                }
             }
         }
     }
