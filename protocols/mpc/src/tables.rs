@@ -14,7 +14,7 @@
 //!
 //! | function | method | rounds | input range assumed | max error measured (tests in `ot_v3.rs`) |
 //! |---|---|---|---|---|
-//! | [`silu_times`] `silu(g) u` | `g u (p + inr sigmoid(g))`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2, `sigmoid` as 9 XOR bits from an 8-bit table of `g` at step 1/16, ANDed with `inr`; the 10 bits times `g u` by one bit-vector product triple (`g`, `u` opened once) | 4 (with the truncations of `g` and `u`) | `abs(g) < 64` | 0.0129 per unit of `abs(u)`, `g` in [-40, 40] |
+//! | [`silu_times`] `silu(g) u` | `g u (p + inr sigmoid(g))`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2, `sigmoid` as 9 XOR bits from an 8-bit table of `g` at step 1/16, ANDed with `inr`; the 10 bits times `g u` by one bit-vector product triple (`g`, `u` opened once) | 3 (with the truncations of `g` and `u`; the output is left untruncated, [`SILU_OUT_FRAC`] bits, for the down projection's truncation) | `abs(g) < 64` | 0.0129 per unit of `abs(u)`, `g` in [-40, 40] |
 //! | [`max_rows`] | tournament on the 10-bit reduced scores (step 1): `max(a, b) = b + relu(a - b)`, `relu` read from a table modulo `2^10` | `ceil(log2 n)` | `abs(score) < 256` | within 1 (the softmax is invariant to it) |
 //! | [`softmax_exp`] | `exp(x - c) = [z >= -16] exp(z) exp(e1) (1 + e2)`: `z = v - c` (integers, exact in the reduced ring), `e1` the residual at step 1/32, `e2` below it | 4 | row spread of `abs` scores below 512 | 2.0e-5 after normalizing, scores in [-60, 40] |
 //! | [`inverse`] (reciprocal, rsqrt) | levels: the input reduced at several scales, each level's table answering for its top bits; a second lookup on the count of coarser levels that answered selects the right one, by bit products | 3 | the plan's levels (8+ significant bits) | reciprocal 3.7e-3 relative on [0.37, 300]; rsqrt of the mean square 1.6e-3 on [2^-20, 2^17] |
@@ -29,6 +29,13 @@ use shardlm_transport::Channel;
 
 /// Fractional bits of the sigmoid read for SiLU (its XOR bits feed the bit-vector product).
 pub const SIG_BITS: u32 = 9;
+/// Fractional bits `g` is truncated to for SiLU's product (its quantization, `2^-11`,
+/// is a twentieth of the sigmoid table's error).
+pub const SILU_G_FRAC: u32 = 11;
+/// Fractional bits `u` is truncated to for SiLU's product.
+pub const SILU_U_FRAC: u32 = 12;
+/// Fractional bits of [`silu_times`]'s untruncated output: `g u sigmoid(g)`.
+pub const SILU_OUT_FRAC: u32 = SILU_G_FRAC + SILU_U_FRAC + SIG_BITS;
 /// Index width of the softmax's reduced scores (tournament and clipping).
 pub const SCORE_K: u32 = 10;
 /// Clipping of the softmax exponent: `exp(z)` is 0 for `z < -EXP_CLIP`.
@@ -51,17 +58,21 @@ fn bit(values: &[u64], j: u32) -> Vec<u64> {
 }
 
 /// `silu(g) u` for gate `g` and up `u` with `fg` fractional bits (the untruncated
-/// gate/up projection), returned with `f` bits (module doc). `|g| < 64` is assumed (the
-/// coarse index wraps beyond; Qwen2.5-0.5B's gates reach 36).
+/// gate/up projection), returned untruncated with [`SILU_OUT_FRAC`] fractional bits: the
+/// caller's next truncation (the down projection's) absorbs them, so SwiGLU ends on its
+/// product round (module doc). `|g| < 64` is assumed (the coarse index wraps beyond;
+/// Qwen2.5-0.5B's gates reach 36), and `|silu(g) u| < 2^(62 - SILU_OUT_FRAC)` (2^30).
 pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
     sess: &mut Session<R, C, M>,
     gate: &Shares<R>,
     up: &Shares<R>,
     fg: u32,
-    f: u32,
 ) -> Result<Shares<R>, MpcError> {
-    if fg <= f || !(4..=48).contains(&fg) {
-        return Err(shape("silu", format!("gate with {fg} fractional bits for an output with {f}")));
+    if fg <= SILU_U_FRAC || !(4..=48).contains(&fg) {
+        return Err(shape(
+            "silu",
+            format!("gate with {fg} fractional bits (at least {} needed)", SILU_U_FRAC + 1),
+        ));
     }
     let n = gate.len();
     let (coarse, fine) = (lut::reduce(gate, fg - 1, 8), lut::reduce(gate, fg - 4, 8));
@@ -82,8 +93,8 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
         8,
         &[Read { func: TableFn::Sigmoid { frac_in: 4, frac_out: SIG_BITS }, bits: 8 }],
     )?;
-    sess.stage_trunc(&mut r, gate.clone(), fg - f)?;
-    sess.stage_trunc(&mut r, up.clone(), fg - f)?;
+    sess.stage_trunc(&mut r, gate.clone(), fg - SILU_G_FRAC)?;
+    sess.stage_trunc(&mut r, up.clone(), fg - SILU_U_FRAC)?;
     let mut out = sess.run(r)?.into_iter();
     let mut pi = next(&mut out)?.tables()?.into_iter();
     let (p, inr) = (pi.next().unwrap_or_default(), pi.next().unwrap_or_default());
@@ -106,9 +117,7 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
         std::iter::once(1u64 << SIG_BITS).chain((0..SIG_BITS).map(|j| 1u64 << j)).collect();
     let mut r = Round::default();
     sess.stage_bit_vector_mul(&mut r, &bits, &g, &u, weights)?;
-    let s = next(&mut sess.run(r)?.into_iter())?.shares()?;
-    // Round 4: back to f bits.
-    sess.trunc(s, f + SIG_BITS)
+    next(&mut sess.run(r)?.into_iter())?.shares()
 }
 
 /// Per-segment maxima of `k`-bit index shares `v` (segments of `segs` consecutive

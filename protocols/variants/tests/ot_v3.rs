@@ -291,7 +291,8 @@ mod functions {
     }
 
     fn silu_on<R: Role>(s: &mut Sess<'_, R>, x: Vec<Shares<R>>) -> Shares<R> {
-        tables::silu_times(s, &x[0], &x[1], 32, 16).unwrap()
+        let p = tables::silu_times(s, &x[0], &x[1], 32).unwrap();
+        s.trunc(p, tables::SILU_OUT_FRAC - 16).unwrap()
     }
 
     #[test]

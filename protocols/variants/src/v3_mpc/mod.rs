@@ -50,7 +50,7 @@ use shardlm_mpc::material::{MaterialError, MaterialRequest, MaterialSource, Reco
 use shardlm_mpc::nonlinear;
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::ring::{decode, encode, encode_f32};
-use shardlm_mpc::session::{AuditEntry, MatMul, Opened, Session};
+use shardlm_mpc::session::{AuditEntry, MatMul, Opened, Round, Session};
 use shardlm_mpc::share::{Role, Shares, P0, P1};
 use shardlm_mpc::MpcError;
 use shardlm_transport::{Channel, Counters, Lane};
@@ -421,21 +421,37 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             }
             .into());
         }
-        if x.extra_frac != 0 {
-            return Err(MpcError::Shape {
-                op: "linear",
-                detail: format!("{linear:?} input is {} bits wide of F", x.extra_frac),
-            }
-            .into());
-        }
         let z = self.ring.multiply(linear, x.data.as_slice(), x.rows)?;
         let bias = self.weights.linear(linear).bias;
         let wf = self.fixed.weight_frac_bits;
         // The gate/up projection goes to SwiGLU untruncated (no bias in Qwen2's MLP).
         if matches!(linear, Linear::GateUp(_)) && bias.is_none() {
+            if x.extra_frac != 0 {
+                return Err(MpcError::Shape {
+                    op: "linear",
+                    detail: format!("{linear:?} input is {} bits wide of F", x.extra_frac),
+                }
+                .into());
+            }
             return Ok(SharedTensor { rows: x.rows, cols: d_out, data: Shares::from_raw(z), extra_frac: wf });
         }
-        let mut z = self.sess.trunc(Shares::from_raw(z), wf)?;
+        // The QKV projection goes to RoPE untruncated, its bias at `F + wf` bits: RoPE
+        // truncates once for both (|q|, |k| < 2^(62 - F - 2 wf) = 2^14; Qwen2.5-0.5B: 218).
+        if matches!(linear, Linear::Qkv(_)) && x.extra_frac == 0 {
+            let mut z = Shares::from_raw(z);
+            if let Some(b) = bias {
+                let fb = self.f() + wf;
+                z = z.add_public(
+                    &(0..x.rows * d_out).map(|i| encode_f32(b[i % d_out], fb)).collect::<Vec<_>>(),
+                );
+            }
+            return Ok(SharedTensor { rows: x.rows, cols: d_out, data: z, extra_frac: wf });
+        }
+        // An untruncated input (v3-ot's SwiGLU and attention outputs) is truncated here,
+        // with the product, in one round: the output must stay below
+        // 2^(62 - F - wf - extra_frac) (2^14 for the down projection after SwiGLU, whose
+        // outputs reach 1.6e3 on Qwen2.5-0.5B; 2^10 for the output projection, 14).
+        let mut z = self.sess.trunc(Shares::from_raw(z), wf + x.extra_frac)?;
         if let Some(b) = bias {
             let f = self.f();
             let bias: Vec<u64> = (0..x.rows * d_out).map(|i| encode_f32(b[i % d_out], f)).collect();
@@ -468,11 +484,28 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
                 rotated.extend(out);
             }
         }
-        let t = self.sess.trunc(Shares::from_raw(rotated), f)?.into_raw();
+        // q and k back to F bits (the projection's wf extra bits with the angles' F), v by
+        // the projection's extra bits: one round.
+        let e = qkv.extra_frac;
+        let mut round = Round::default();
+        let at = self.sess.stage_trunc(&mut round, Shares::from_raw(rotated), f + e)?;
+        if e > 0 {
+            let v: Vec<u64> =
+                qkv.data.as_slice().chunks(cols).flat_map(|row| row[width..].to_vec()).collect();
+            self.sess.stage_trunc(&mut round, Shares::from_raw(v), e)?;
+        }
+        let mut done = self.sess.run(round)?;
+        let t = done.remove(at).shares()?.into_raw();
+        let v = if e > 0 { done.remove(at).shares()?.into_raw() } else { Vec::new() };
         let data = qkv.data.as_mut_slice();
         for r in 0..qkv.rows {
             data[r * cols..r * cols + width].copy_from_slice(&t[r * width..(r + 1) * width]);
+            if e > 0 {
+                data[r * cols + width..(r + 1) * cols]
+                    .copy_from_slice(&v[r * (cols - width)..(r + 1) * (cols - width)]);
+            }
         }
+        qkv.extra_frac = 0;
         Ok(())
     }
 
@@ -516,11 +549,12 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             })
             .collect();
         let scores: Vec<u64> = self.sess.matmul_many(&ops)?.into_iter().flat_map(Shares::into_raw).collect();
-        let out = match self.nonlinear {
-            Nonlinear::Polynomial => self.poly_attend(&a, &scores, &vs, start_pos)?,
-            Nonlinear::Tables => self.ot_attend(&a, &scores, &vs, start_pos)?,
+        // v3-ot leaves its output untruncated for the output projection's truncation.
+        let (out, extra_frac) = match self.nonlinear {
+            Nonlinear::Polynomial => (self.poly_attend(&a, &scores, &vs, start_pos)?, 0),
+            Nonlinear::Tables => (self.ot_attend(&a, &scores, &vs, start_pos)?, ot::ATTN_RECIP_FRAC),
         };
-        Ok(SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)))
+        Ok(SharedTensor { extra_frac, ..SharedTensor::new(a.n, a.qd, a.heads_to_rows(&out)) })
     }
 
     /// v3-mpc's softmax and `E V` of one attention call, from the scores (`2F` bits) on.
@@ -553,14 +587,14 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let ev = self.sess.matmul_many(&a.value_products(&emats, vs, start_pos))?;
         let ev = self.sess.trunc(Shares::from_raw(ev.into_iter().flat_map(Shares::into_raw).collect()), f)?;
         let recip = nonlinear::reciprocal_finish(&mut self.sess, &sums, pending)?;
-        self.scale_by_reciprocal(&ev, &recip)
+        let out = self.scale_by_reciprocal(&ev, &recip)?;
+        Ok(self.sess.trunc(Shares::from_raw(out), nonlinear::RECIP_BITS)?.into_raw())
     }
 
-    /// Each row of `E V` (`F` bits) times its softmax row's reciprocal
-    /// ([`nonlinear::RECIP_BITS`]), back to `F` bits: the end of both variants' attention.
+    /// Each row of `E V` (`F` bits) times its softmax row's reciprocal, untruncated (`F`
+    /// plus the reciprocal's bits): the end of both variants' attention.
     fn scale_by_reciprocal(&mut self, ev: &Shares<R>, recip: &Shares<R>) -> Result<Vec<u64>, MpcPartyError> {
-        let out = self.sess.mul_rows(ev, recip)?;
-        Ok(self.sess.trunc(out, nonlinear::RECIP_BITS)?.into_raw())
+        Ok(self.sess.mul_rows(ev, recip)?.into_raw())
     }
 
     fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {

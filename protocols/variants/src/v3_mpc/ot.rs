@@ -11,13 +11,14 @@
 //!   [`tables::inverse`] on thirteen levels of 11-bit tables (spacing 3 bits: every
 //!   mean square in `[2^-20, 2^17]` is read with 8 or more significant bits); times `x` (the
 //!   norm triple's second half) and the public gain; one truncation.
-//! * **attention** (17): `Q K^T` per KV head (matrix triples), the scores kept at `2F`
+//! * **attention** (16): `Q K^T` per KV head (matrix triples), the scores kept at `2F`
 //!   bits; [`tables::softmax_exp`] (the row max by a 7-level table tournament on the
 //!   scores reduced to integers, then `exp` from three tables and two products);
 //!   the row sums' reciprocal by [`tables::inverse`] (six 10-bit levels), `E V`
 //!   (causal matrix triples) and its truncation riding along with its first two rounds;
-//!   the row scaling and one truncation.
-//! * **SwiGLU** (4): [`tables::silu_times`] on the untruncated gate/up projection.
+//!   the row scaling, left untruncated for the output projection's truncation.
+//! * **SwiGLU** (3): [`tables::silu_times`] on the untruncated gate/up projection, its
+//!   output left untruncated for the down projection's truncation.
 //!
 //! Two fully private variants, one party: a bundle is dealt for one of them (its
 //! material kinds differ after the first norm), and the server serves the variant its
@@ -28,7 +29,7 @@
 use super::{AttentionLayout, MpcParty, MpcPartyError, SharedTensor};
 use shardlm_model::Norm;
 use shardlm_mpc::material::MaterialSource;
-use shardlm_mpc::nonlinear::{RECIP_BITS, RSQRT_BITS};
+use shardlm_mpc::nonlinear::RSQRT_BITS;
 use shardlm_mpc::ring::encode;
 use shardlm_mpc::session::Round;
 use shardlm_mpc::share::{Role, Shares};
@@ -40,6 +41,10 @@ use shardlm_transport::Channel;
 pub const MS_LO: i32 = -20;
 /// See [`MS_LO`].
 pub const MS_HI: i32 = 17;
+/// Fractional bits of the softmax rows' reciprocal, which v3-ot's attention output keeps
+/// (untruncated, `F + ATTN_RECIP_FRAC` bits) for the output projection's truncation: that
+/// projection's outputs must stay below `2^(62 - 2 F - 20)` = 2^10 (Qwen2.5-0.5B: 14).
+pub const ATTN_RECIP_FRAC: u32 = 20;
 /// Fractional bits of the norm's public gain.
 const GAIN_BITS: u32 = 14;
 
@@ -75,7 +80,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         Ok(SharedTensor { rows: n, cols: d, data: out, extra_frac: 0 })
     }
 
-    /// The softmax and `E V` of one attention call, from the scores (`2F` bits) on.
+    /// The softmax and `E V` of one attention call, from the scores (`2F` bits) on; the
+    /// output is left with [`ATTN_RECIP_FRAC`] bits above `F`.
     pub(super) fn ot_attend(
         &mut self,
         a: &AttentionLayout,
@@ -102,7 +108,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             frac_in: EXP_FRAC,
             div: 1,
             root: false,
-            frac_out: RECIP_BITS,
+            frac_out: ATTN_RECIP_FRAC,
         };
         let sums = Shares::<R>::from_raw(sums);
         let steps = tables::inverse_start(&mut self.sess, &mut first, &sums, &plan)?;
@@ -144,8 +150,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             // A truncated projection (a bias): widen exactly, the tables read 2F bits.
             (gate, up, fg) = (gate.scale(1 << f), up.scale(1 << f), 2 * f);
         }
-        let p = tables::silu_times(&mut self.sess, &gate, &up, fg, f)?;
-        Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p, extra_frac: 0 })
+        let p = tables::silu_times(&mut self.sess, &gate, &up, fg)?;
+        // Untruncated: the down projection truncates once for both.
+        Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p, extra_frac: tables::SILU_OUT_FRAC - f })
     }
 }
 
