@@ -9,10 +9,12 @@
 //!   forward pass with placeholder tokens of the right count: it never learns them.
 //! * **linear**: local. Each party multiplies its share by the public `enc(W)` on its
 //!   backend ([`RingWeights::multiply`]), then faithful truncation by `F_w`; P0 adds the
-//!   bias. One round (truncation), no triple; the gate/up projection skips it (SwiGLU).
+//!   bias. One round (truncation), no triple; the gate/up projection skips it (SwiGLU),
+//!   the QKV projection leaves it to RoPE, and an untruncated input (v3-ot's attention and
+//!   SwiGLU outputs) is truncated with the product.
 //! * **RoPE**: linear with public `cos`/`sin` encoded with `F` bits; the query part also
 //!   carries the attention scale `1 / sqrt(head_dim)` (so scores need no extra step).
-//!   One truncation round.
+//!   One truncation round, which also truncates the QKV projection.
 //! * **attention**: the KV cache is kept as shares. `Q K^T` per KV head with the query
 //!   heads of its group stacked, one matrix triple each (all in one round), truncation, the row max by a tournament
 //!   ([`nonlinear::max_segments`]) over the causally visible positions only (the mask is
@@ -83,8 +85,9 @@ pub struct SharedTensor<R: Role> {
     pub cols: usize,
     /// This party's shares.
     pub data: Shares<R>,
-    /// Fractional bits above `F` still to be truncated: 0, except for the gate/up
-    /// projection, which SwiGLU truncates itself (saving a round and the gate's bytes).
+    /// Fractional bits above `F` still to be truncated by the next operation, saving its
+    /// own round: the gate/up projection (SwiGLU truncates it), the QKV projection (RoPE),
+    /// and in v3-ot the attention's and SwiGLU's outputs (the next linear layer).
     pub extra_frac: u32,
 }
 
@@ -358,7 +361,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         Ok(SharedTensor { rows: n, cols: h, data, extra_frac: 0 })
     }
 
-    /// Only SwiGLU takes an untruncated (`extra_frac > 0`) tensor.
+    /// Norms, residual additions and the embedding take only truncated (`extra_frac == 0`) tensors.
     fn at_f(x: &SharedTensor<R>, op: &'static str) -> Result<(), MpcPartyError> {
         if x.extra_frac != 0 {
             return Err(MpcError::Shape {
