@@ -600,10 +600,8 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         Ok(self.sess.mul_rows(ev, recip)?.into_raw())
     }
 
-    fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
-        if self.nonlinear == Nonlinear::Tables {
-            return self.ot_swiglu(gate_up);
-        }
+    /// The gate and up halves of each row of a gate/up projection, `n x intermediate` each.
+    fn split_gate_up(gate_up: &SharedTensor<R>) -> (Vec<u64>, Vec<u64>) {
         let inter = gate_up.cols / 2;
         let (mut gate, mut up) =
             (Vec::with_capacity(gate_up.rows * inter), Vec::with_capacity(gate_up.rows * inter));
@@ -611,13 +609,21 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
             gate.extend_from_slice(&row[..inter]);
             up.extend_from_slice(&row[inter..]);
         }
+        (gate, up)
+    }
+
+    fn do_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
+        if self.nonlinear == Nonlinear::Tables {
+            return self.ot_swiglu(gate_up);
+        }
+        let (gate, up) = Self::split_gate_up(gate_up);
         // gate and up may carry extra_frac more fractional bits (untruncated projection):
         // SiLU reads the gate as it is and the product's truncation absorbs up's.
         let (f, e) = (self.f(), gate_up.extra_frac);
         let s = nonlinear::silu_from(&mut self.sess, &Shares::from_raw(gate), f + e, f)?;
         let p = self.sess.mul(&s, &Shares::from_raw(up))?;
         let p = self.sess.trunc(p, f + e)?;
-        Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p, extra_frac: 0 })
+        Ok(SharedTensor { rows: gate_up.rows, cols: gate_up.cols / 2, data: p, extra_frac: 0 })
     }
 
     fn do_add(&mut self, a: &SharedTensor<R>, b: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {

@@ -136,13 +136,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
     }
 
     pub(super) fn ot_swiglu(&mut self, gate_up: &SharedTensor<R>) -> Result<SharedTensor<R>, MpcPartyError> {
-        let inter = gate_up.cols / 2;
-        let (mut gate, mut up) =
-            (Vec::with_capacity(gate_up.rows * inter), Vec::with_capacity(gate_up.rows * inter));
-        for row in gate_up.data.as_slice().chunks(gate_up.cols) {
-            gate.extend_from_slice(&row[..inter]);
-            up.extend_from_slice(&row[inter..]);
-        }
+        let (gate, up) = Self::split_gate_up(gate_up);
         let f = self.f();
         let (mut fg, mut gate, mut up) =
             (f + gate_up.extra_frac, Shares::from_raw(gate), Shares::from_raw(up));
@@ -152,7 +146,12 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         }
         let p = tables::silu_times(&mut self.sess, &gate, &up, fg)?;
         // Untruncated: the down projection truncates once for both.
-        Ok(SharedTensor { rows: gate_up.rows, cols: inter, data: p, extra_frac: tables::SILU_OUT_FRAC - f })
+        Ok(SharedTensor {
+            rows: gate_up.rows,
+            cols: gate_up.cols / 2,
+            data: p,
+            extra_frac: tables::SILU_OUT_FRAC - f,
+        })
     }
 }
 
