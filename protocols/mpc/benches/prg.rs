@@ -4,9 +4,10 @@
 //!
 //! The two constructions are measured alternately, and each run is timed by the time the
 //! thread actually spent on a CPU (`/proc/thread-self/schedstat` where available, wall
-//! time otherwise), so other processes on a busy machine do not decide the winner. Three
-//! shapes: large `fill_u64s` calls (16 MiB), raw bytes (`fill`), and the material
-//! pattern: a fresh generator from a derived seed, seeked, then 4096 words.
+//! time otherwise), so other processes on a busy machine do not decide the winner. Four
+//! shapes: large `fill_u64s` calls (16 MiB), raw bytes (`fill`), the material pattern
+//! (a fresh generator from a derived seed, seeked, then 4096 words), and P1's table reads
+//! (8192 words at random positions, `Prg::words_at`; GB/s counts the 8 bytes used).
 
 use shardlm_mpc::prg::{Prg, PrgKind, Seed};
 use std::time::Instant;
@@ -60,7 +61,11 @@ fn main() {
     let mut words = vec![0u64; WORDS];
     let mut bytes = vec![0u8; WORDS * 8];
     let mut small = vec![0u64; SMALL];
-    let mut rates: [[Vec<f64>; 3]; 2] = Default::default();
+    const READS: usize = 8192;
+    let positions: Vec<u64> =
+        (0..READS as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40).collect();
+    let mut read = vec![0u64; READS];
+    let mut rates: [[Vec<f64>; 4]; 2] = Default::default();
     for run in 0..=runs {
         for (k, kind) in kinds.iter().enumerate() {
             let seed = Seed::from_u64(run as u64);
@@ -80,20 +85,27 @@ fn main() {
                 std::hint::black_box(&small);
                 i += 1;
             });
+            let mut p = Prg::with_kind(&seed, *kind);
+            let r = rate(READS * 8, || {
+                p.words_at(&positions, &mut read);
+                std::hint::black_box(&read);
+            });
             if run > 0 {
-                rates[k][0].push(s);
-                rates[k][1].push(b);
-                rates[k][2].push(m);
+                for (i, v) in [s, b, m, r].into_iter().enumerate() {
+                    rates[k][i].push(v);
+                }
             }
         }
     }
-    let mut med = [[0.0; 3]; 2];
+    let shapes =
+        ["fill_u64s 16 MiB", "fill bytes 16 MiB", "fresh+seek+4096 words", "8192 random-access words"];
+    let mut med = [[0.0; 4]; 2];
     for (k, kind) in kinds.iter().enumerate() {
-        med[k][0] = summary(&format!("prg {kind:?} fill_u64s 16 MiB"), &mut rates[k][0]);
-        med[k][1] = summary(&format!("prg {kind:?} fill bytes 16 MiB"), &mut rates[k][1]);
-        med[k][2] = summary(&format!("prg {kind:?} fresh+seek+4096 words"), &mut rates[k][2]);
+        for (i, shape) in shapes.iter().enumerate() {
+            med[k][i] = summary(&format!("prg {kind:?} {shape}"), &mut rates[k][i]);
+        }
     }
-    for (i, shape) in ["fill_u64s 16 MiB", "fill bytes 16 MiB", "fresh+seek+4096 words"].iter().enumerate() {
+    for (i, shape) in shapes.iter().enumerate() {
         let (a, b) = (med[0][i], med[1][i]);
         let (w, ratio) = if a >= b { ("Aes128Ctr", a / b) } else { ("Blake3Xof", b / a) };
         println!("winner {shape}: {w}, {ratio:.2}x by median");

@@ -21,8 +21,14 @@
 //! | `fill_u64s`, 16 MiB calls | 5.93 GB/s | 6.59 GB/s | blake3 1.11x |
 //! | `fill` bytes, 16 MiB calls | 5.99 GB/s | 6.66 GB/s | blake3 1.11x |
 //! | fresh generator + seek + 4096 words (a material take) | 5.73 GB/s | 6.55 GB/s | blake3 1.14x |
+//! | 8192 words at random positions ([`Prg::words_at`], P1's table reads) | 2.28 GB/s | 0.11 GB/s | AES 21x |
 //!
-//! [`DEFAULT_PRG`] is therefore [`PrgKind::Blake3Xof`]. (Before AES was written straight
+//! [`DEFAULT_PRG`] is therefore [`PrgKind::Blake3Xof`] for streams read in order, and
+//! streams read at random positions (v3-ot's on-demand table words,
+//! [`crate::material::kind::ON_DEMAND_PRG`]) are AES-128-CTR: a word there is half an AES
+//! block, and 32 independent blocks pipeline through AES-NI (3.5 ns a word), where a
+//! blake3 word is a whole 64-byte compression (73 ns; last row measured 2026-11-30 with
+//! `PRG_BENCH_RUNS=3`). (Before AES was written straight
 //! into the output, `ctr`'s XOR-into-zeroed-buffer path gave 3.7 GB/s.) On a CPU without
 //! AVX-512 blake3 loses its 16-way XOF and AES-NI may win: rerun the bench when
 //! deploying elsewhere. The default is recorded in every bundle, and a bundle dealt with
@@ -142,6 +148,22 @@ impl AesCtr {
             self.next = self.next.wrapping_add(1);
         }
         self.cipher.encrypt_blocks(out);
+    }
+
+    /// Words at stream positions `pos` (random access), 32 blocks per AES batch.
+    fn words_at(&self, pos: &[u64], out: &mut [u64]) {
+        let mut batch = [AesBlock::default(); AES_BATCH];
+        for (p, o) in pos.chunks(AES_BATCH).zip(out.chunks_mut(AES_BATCH)) {
+            for (b, &w) in batch.iter_mut().zip(p) {
+                *b = self.iv.wrapping_add(u128::from(w / 2)).to_be_bytes().into();
+            }
+            self.cipher.encrypt_blocks(&mut batch[..p.len()]);
+            for ((o, b), &w) in o.iter_mut().zip(&batch).zip(p) {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(&b[(w % 2) as usize * 8..][..8]);
+                *o = u64::from_le_bytes(le);
+            }
+        }
     }
 
     fn seek(&mut self, byte: u64) {
@@ -291,6 +313,21 @@ impl Prg {
         }
     }
 
+    /// Ring elements at word positions `pos` of the stream, in any order (random
+    /// access: AES-CTR encrypts the blocks in batches, blake3 seeks once per word). The
+    /// stream position afterwards is unspecified: seek before reading on.
+    pub fn words_at(&mut self, pos: &[u64], out: &mut [u64]) {
+        if let Core::Aes(c) = &self.core {
+            return c.words_at(pos, out);
+        }
+        for (o, &p) in out.iter_mut().zip(pos) {
+            self.seek_words(p);
+            let mut w = [0u64];
+            self.fill_u64s(&mut w);
+            *o = w[0];
+        }
+    }
+
     /// The next `n` ring elements.
     pub fn u64s(&mut self, n: usize) -> Vec<u64> {
         let mut v = vec![0u64; n];
@@ -395,6 +432,21 @@ mod tests {
                 p.seek_words(off as u64);
                 assert_eq!(p.u64s(1000 - off), all[off..], "{kind:?} at {off}");
             }
+        }
+    }
+
+    #[test]
+    fn random_access_words_match_the_stream_for_both_kinds() {
+        for kind in [PrgKind::Aes128Ctr, PrgKind::Blake3Xof] {
+            let seed = Seed::from_u64(5);
+            let all = Prg::with_kind(&seed, kind).u64s(500);
+            // More positions than one AES batch, odd and even, repeated, out of order.
+            let pos: Vec<u64> = (0..100u64).map(|i| (i * 37 + 11) % 500).chain([0, 499, 1, 1, 498]).collect();
+            let mut got = vec![0u64; pos.len()];
+            let mut p = Prg::with_kind(&seed, kind);
+            p.words_at(&pos, &mut got);
+            let want: Vec<u64> = pos.iter().map(|&i| all[i as usize]).collect();
+            assert_eq!(got, want, "{kind:?}");
         }
     }
 

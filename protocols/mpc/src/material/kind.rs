@@ -15,7 +15,7 @@
 //! [`super::kinds`], nothing else.
 
 use super::{LinearWeights, MaterialError};
-use crate::prg::{Prg, Seed};
+use crate::prg::{Prg, PrgKind, Seed, DEFAULT_PRG};
 use crate::share::Role;
 
 /// Where a component of a kind comes from, for one party.
@@ -48,7 +48,11 @@ pub struct Component {
 }
 
 /// A seed-derived stream a party reads on demand ([`Component::on_demand`]): the key
-/// of the stream and the word offset where this request's part of it starts.
+/// of the stream and the word offset where this request's part of it starts. Such a
+/// stream is AES-128-CTR ([`ON_DEMAND_PRG`]) whatever the bundle's bulk PRG: word `i` is
+/// half of one AES block, so a batch of random-access reads is a batch of independent
+/// block encryptions (AES-NI pipelines them; a blake3 read is one 64-byte compression
+/// per word, about 2.5x the cost, measured on the build box).
 #[derive(Clone)]
 pub struct OnDemand {
     key: Seed,
@@ -60,6 +64,10 @@ impl std::fmt::Debug for OnDemand {
         write!(f, "OnDemand(offset {})", self.offset)
     }
 }
+
+/// The PRG of on-demand streams, for the dealer that expands them and the party that
+/// reads them (part of the bundle format, [`crate::material::bundle::FORMAT_VERSION`]).
+pub const ON_DEMAND_PRG: PrgKind = PrgKind::Aes128Ctr;
 
 /// Words an on-demand component is handed as (the key, then the offset).
 pub(crate) const ON_DEMAND_WORDS: u64 = 5;
@@ -90,7 +98,7 @@ impl OnDemand {
 
     /// A reader of this part of the stream.
     pub fn reader(&self) -> OnDemandReader {
-        OnDemandReader { prg: Prg::at(&self.key, self.offset), offset: self.offset }
+        OnDemandReader { prg: Prg::with_kind(&self.key, ON_DEMAND_PRG), offset: self.offset }
     }
 }
 
@@ -103,10 +111,18 @@ pub struct OnDemandReader {
 impl OnDemandReader {
     /// Word `i` of the request's part of the stream.
     pub fn word(&mut self, i: u64) -> u64 {
-        self.prg.seek_words(self.offset + i);
-        let mut w = [0u64; 1];
-        self.prg.fill_u64s(&mut w);
+        let mut w = [0u64];
+        self.words(&mut [i], &mut w);
         w[0]
+    }
+
+    /// Words `at[j]` of the request's part of the stream into `out[j]` (random access,
+    /// batched); `at` is overwritten with the stream positions.
+    pub fn words(&mut self, at: &mut [u64], out: &mut [u64]) {
+        for p in at.iter_mut() {
+            *p = p.wrapping_add(self.offset);
+        }
+        self.prg.words_at(at, out);
     }
 }
 
@@ -193,14 +209,17 @@ pub struct Seeded<'a> {
 impl Seeded<'_> {
     /// Party `party`'s seed-derived component `i` (layout order).
     pub fn get(&self, party: usize, i: usize) -> Vec<u64> {
-        let c = &self.comps[i];
-        seeded(self.seeds[party], &c.name, self.offsets[i], c.len)
+        seeded(self.seeds[party], &self.comps[i], self.offsets[i])
     }
 }
 
-/// A party's seed-derived component: `len` words of stream `name` from word `offset`.
-pub(crate) fn seeded(party_seed: &Seed, name: &str, offset: u64, len: u64) -> Vec<u64> {
-    Prg::at(&party_seed.derive(name, 0), offset).u64s(len as usize)
+/// A party's seed-derived component `c`: its `len` words from word `offset` of the
+/// component's stream (AES-CTR for an on-demand stream, [`ON_DEMAND_PRG`]).
+pub(crate) fn seeded(party_seed: &Seed, c: &Component, offset: u64) -> Vec<u64> {
+    let kind = if c.on_demand { ON_DEMAND_PRG } else { DEFAULT_PRG };
+    let mut prg = Prg::with_kind(&party_seed.derive(&c.name, 0), kind);
+    prg.seek_words(offset);
+    prg.u64s(c.len as usize)
 }
 
 /// One kind of correlated randomness, as the dealer and the stores see it (object safe:

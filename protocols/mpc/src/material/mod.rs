@@ -455,7 +455,7 @@ impl<R: Role> Material<R> {
         for (c, &off) in comps.iter().zip(&offsets) {
             out.push(match c.src[me] {
                 Src::Seed if c.on_demand => kind::OnDemand::encode(&self.seed, &c.name, off),
-                Src::Seed => seeded(&self.seed, &c.name, off, c.len),
+                Src::Seed => seeded(&self.seed, c, off),
                 Src::Raw => {
                     let v = raw
                         .next()

@@ -53,8 +53,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Version of the bundle format this code writes and reads.
-pub const FORMAT_VERSION: u32 = 3;
+/// Version of the bundle format this code writes and reads (4: on-demand streams are
+/// AES-128-CTR, [`crate::material::kind::ON_DEMAND_PRG`]).
+pub const FORMAT_VERSION: u32 = 4;
 
 pub(crate) const PARTIES: [&str; 2] = ["p0", "p1"];
 

@@ -307,15 +307,18 @@ impl<R: Role> Lookups<R> {
                     }
                 })
             }
-            // One PRG word per instance: a random access into the stream, the cost of
-            // P1's lookups, spread over the cores.
+            // One PRG word per instance: a random access into the stream (batches of
+            // AES blocks), the cost of P1's lookups, spread over the cores.
             TableShares::OnDemand(stream) => {
                 out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, y))| {
-                    let mut rd = stream.reader();
-                    for (k, (o, &j)) in o.iter_mut().zip(y).enumerate() {
-                        let i = (c * CHUNK + k) as u64;
-                        let word = rd.word(i * words as u64 + j / pw as u64);
-                        *o = (word >> ((j % pw as u64) as u32 * w)) & low_mask(w);
+                    let mut at: Vec<u64> = y
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &j)| (c * CHUNK + k) as u64 * words as u64 + j / pw as u64)
+                        .collect();
+                    stream.reader().words(&mut at, o);
+                    for (o, &j) in o.iter_mut().zip(y) {
+                        *o = (*o >> ((j % pw as u64) as u32 * w)) & low_mask(w);
                     }
                 })
             }
