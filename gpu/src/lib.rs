@@ -15,6 +15,7 @@
 mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
+pub mod host_memory;
 mod ring;
 
 #[cfg(feature = "cuda")]

@@ -46,6 +46,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread starts: freed buffers are reused, not faulted in again.
+    shardlm_gpu::host_memory::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "warn,shardlm_transport::quic::service=error".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

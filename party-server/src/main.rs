@@ -142,6 +142,8 @@ struct SynthArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before any thread starts: freed buffers are reused, not faulted in again.
+    shardlm_gpu::host_memory::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
