@@ -68,8 +68,8 @@ pub mod tables;
 pub mod trunc;
 
 pub use material::{
-    AndTriples, BitTriples, BitVectorTriples, CarryTables, DaBits, MaskedLinear, MatrixTriple, NormTriples,
-    PowerTuples, RandomOts, RowTriples, SquarePairs, Triples,
+    AndTriples, BitProduct3Triples, BitTriples, BitVectorTriples, CarryTables, DaBits, MaskedLinear,
+    MatrixTriple, NormTriples, PowerTuples, RandomOts, RowTriples, SquarePairs, Triples,
 };
 
 use crate::material::MaterialError;

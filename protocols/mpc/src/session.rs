@@ -16,9 +16,9 @@
 use super::{beaver, boolean, compare, lut, trunc, MpcError};
 use crate::material::MaterialSource;
 use crate::material::{
-    AndTriplesRequest, BitTriplesRequest, BitVectorTriplesRequest, CausalMatrixTripleRequest, LookupRequest,
-    MatrixTripleRequest, NormTriplesRequest, PowerTuplesRequest, Read, RowTriplesRequest, SquarePairsRequest,
-    TriplesRequest, TruncOtsRequest,
+    AndTriplesRequest, BitProduct3TriplesRequest, BitTriplesRequest, BitVectorTriplesRequest,
+    CausalMatrixTripleRequest, LookupRequest, MatrixTripleRequest, NormTriplesRequest, PowerTuplesRequest,
+    Read, RowTriplesRequest, SquarePairsRequest, TriplesRequest, TruncOtsRequest,
 };
 use crate::prg::{Prg, Seed};
 use crate::ring::packed_words;
@@ -668,6 +668,7 @@ enum Staged<R: Role> {
     Powers(beaver::PowersState<R>),
     BitMul(beaver::BitMulState<R>),
     BitVec(beaver::BitVecMulState<R>, Vec<u64>),
+    BitProduct3(beaver::BitProduct3State<R>),
     And(boolean::AndState<R>, Vec<usize>),
     Lookup(lut::LutState<R>),
     MatMul(beaver::MatMulState<R>),
@@ -799,6 +800,20 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(Self::stage(round, Staged::BitVec(st, weights), Opened::MaskedProduct, m, len))
     }
 
+    /// Stages `s_i x_i y_i w_i` for XOR-shared bits `s` (one per element), `x`, `y`, `w`
+    /// opened once ([`beaver::bit_product3_start`]).
+    pub fn stage_bit_product3(
+        &mut self,
+        round: &mut Round<R>,
+        s: &[u64],
+        xyw: [&Shares<R>; 3],
+    ) -> Result<usize, MpcError> {
+        let t = self.material.take(BitProduct3TriplesRequest { n: s.len() })?;
+        let (st, m) = beaver::bit_product3_start(s, xyw, t)?;
+        let len = m.len();
+        Ok(Self::stage(round, Staged::BitProduct3(st), Opened::MaskedProduct, m, len))
+    }
+
     /// Stages ANDs of XOR-shared bits, every pair at once (packed 64 to a word).
     pub fn stage_and(&mut self, round: &mut Round<R>, pairs: &[(&[u64], &[u64])]) -> Result<usize, MpcError> {
         let (mut xs, mut ys, mut lens) = (Vec::new(), Vec::new(), Vec::new());
@@ -872,6 +887,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
                 Staged::Powers(st) => Done::Powers(beaver::powers_finish(st, p)?),
                 Staged::BitMul(st) => Done::Shares(beaver::bit_mul_finish(st, p)?),
                 Staged::BitVec(st, w) => Done::Shares(beaver::bit_vector_mul_finish(st, p, &w)?),
+                Staged::BitProduct3(st) => Done::Shares(beaver::bit_product3_finish(st, p)?),
                 Staged::And(st, lens) => {
                     let n: usize = lens.iter().sum();
                     let z = boolean::and_finish(st, p)?.into_raw();

@@ -16,7 +16,7 @@
 //! |---|---|---|---|---|
 //! | [`silu_times`] `silu(g) u` | `g u (p + inr sigmoid(g))`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2, `sigmoid` as 9 XOR bits from an 8-bit table of `g` at step 1/16, ANDed with `inr`; the 10 bits times `g u` by one bit-vector product triple (`g`, `u` opened once) | 3 (with the truncations of `g` and `u`; the output is left untruncated, [`SILU_OUT_FRAC`] bits, for the down projection's truncation) | `abs(g) < 64` | 0.0129 per unit of `abs(u)`, `g` in [-40, 40] |
 //! | [`max_rows`] | tournament on the 10-bit reduced scores (step 1): `max(a, b) = b + relu(a - b)`, `relu` read from a table modulo `2^10` | `ceil(log2 n)` | `abs(score) < 256` | within 1 (the softmax is invariant to it) |
-//! | [`softmax_exp`] | `exp(x - c) = [z >= -16] exp(z) exp(e1) (1 + e2)`: `z = v - c` (integers, exact in the reduced ring), `e1` the residual at step 1/32, `e2` below it | 4 | row spread of `abs` scores below 512 | 2.0e-5 after normalizing, scores in [-60, 40] |
+//! | [`softmax_exp`] | `exp(x - c) = [z >= -16] exp(z) exp(e1) (1 + e2)`: `z = v - c` (integers, exact in the reduced ring), `e1` the residual at step 1/32, `e2` below it; the clipping bit times the three factors by one bit-weighted product triple | 3 | row spread of `abs` scores below 512 | 2.0e-5 after normalizing, scores in [-60, 40] |
 //! | [`inverse`] (reciprocal, rsqrt) | levels: the input reduced at several scales, each level's table answering for its top bits; a second lookup on the count of coarser levels that answered selects the right one, by bit products | 3 | the plan's levels (8+ significant bits) | reciprocal 3.7e-3 relative on [0.37, 300]; rsqrt of the mean square 1.6e-3 on [2^-20, 2^17] |
 
 use super::material::{Read, TableFn};
@@ -224,15 +224,13 @@ pub fn softmax_exp<R: Role, C: Channel, M: MaterialSource<R>>(
     let mut zt = next(&mut out)?.tables()?.into_iter();
     let (clip, ez) = (zt.next().unwrap_or_default(), zt.next().unwrap_or_default());
     let ee = next(&mut out)?.tables()?.pop().unwrap_or_default();
-    // Round 2: [z >= -16] exp(z), and exp(e1) (1 + e2).
+    // Round 2: [z >= -16] exp(z) exp(e1) (1 + e2), the three values opened once
+    // (FACTOR_FRAC + FACTOR_FRAC + ONE_FRAC bits, below 2^62 for values below 4); round
+    // 3: down to EXP_FRAC bits.
+    let (ez, ee) = (Shares::from_raw(ez), Shares::from_raw(ee));
     let mut r = Round::default();
-    sess.stage_bit_mul(&mut r, &clip, &Shares::from_raw(ez))?;
-    sess.stage_mul(&mut r, &Shares::from_raw(ee), &one_e2)?;
-    let mut out = sess.run(r)?.into_iter();
-    let (a, b) = (next(&mut out)?.shares()?, next(&mut out)?.shares()?);
-    // Round 3: their product (FACTOR_FRAC + FACTOR_FRAC + ONE_FRAC bits, below 2^62
-    // for values below 4), round 4: down to EXP_FRAC bits.
-    let p = sess.mul(&a, &b)?;
+    sess.stage_bit_product3(&mut r, &clip, [&ez, &ee, &one_e2])?;
+    let p = next(&mut sess.run(r)?.into_iter())?.shares()?;
     let total = 2 * FACTOR_FRAC + ONE_FRAC;
     if total <= EXP_FRAC {
         return Err(shape("softmax", format!("{total} fractional bits cannot be truncated to {EXP_FRAC}")));

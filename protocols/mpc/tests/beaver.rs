@@ -5,8 +5,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shardlm_mpc::material::kinds::causal_matrix_triples::zero_hidden;
 use shardlm_mpc::material::{
-    BitTriplesRequest, CausalMatrixTripleRequest, MatrixTripleRequest, NormTriplesRequest,
-    PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest, TriplesRequest, TruncOtsRequest,
+    BitProduct3TriplesRequest, BitTriplesRequest, CausalMatrixTripleRequest, MatrixTripleRequest,
+    NormTriplesRequest, PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest, TriplesRequest,
+    TruncOtsRequest,
 };
 use shardlm_mpc::material::{IdealDealer, MaterialSource};
 use shardlm_mpc::prg::Seed;
@@ -18,6 +19,20 @@ use shardlm_transport::{Channel, Lane};
 
 fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// One party's `s x y w` through the core functions, checking the message length.
+fn bit_product3<R: shardlm_mpc::share::Role>(
+    ch: &mut impl Channel,
+    s: &[u64],
+    xyw: [&Shares<R>; 3],
+    t: shardlm_mpc::BitProduct3Triples<R>,
+) -> Shares<R> {
+    let (st, msg) = beaver::bit_product3_start(s, xyw, t).unwrap();
+    assert_eq!(msg.len(), beaver::bit_product3_words(s.len()));
+    ch.send_u64s(Lane::Openings, &msg).unwrap();
+    let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
+    beaver::bit_product3_finish(st, &peer).unwrap()
 }
 
 proptest! {
@@ -55,6 +70,29 @@ proptest! {
         );
         prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), ring::mul(&x, &y));
         prop_assert_eq!(reconstruct(&s0, &s1).unwrap(), ring::mul(&x, &x));
+    }
+
+    #[test]
+    fn bit_times_three_values_is_exact(
+        x in proptest::collection::vec(any::<u64>(), 1..100),
+        seed in any::<u64>(),
+    ) {
+        let mut r = rng(seed);
+        let n = x.len();
+        let y: Vec<u64> = (0..n).map(|_| r.next_u64()).collect();
+        let w: Vec<u64> = (0..n).map(|_| r.next_u64()).collect();
+        let b: Vec<u64> = (0..n).map(|_| r.next_u64() & 1).collect();
+        let b0: Vec<u64> = (0..n).map(|_| r.next_u64() & 1).collect();
+        let b1: Vec<u64> = b.iter().zip(&b0).map(|(b, m)| b ^ m).collect();
+        let ((x0, x1), (y0, y1), (w0, w1)) = (share(&x, &mut r), share(&y, &mut r), share(&w, &mut r));
+        let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+        let (z0, z1) = two_party(
+            |ch| bit_product3(ch, &b0, [&x0, &y0, &w0], m0.take(BitProduct3TriplesRequest { n }).unwrap()),
+            |ch| bit_product3(ch, &b1, [&x1, &y1, &w1], m1.take(BitProduct3TriplesRequest { n }).unwrap()),
+        );
+        let want: Vec<u64> =
+            (0..n).map(|i| x[i].wrapping_mul(y[i]).wrapping_mul(w[i]).wrapping_mul(b[i])).collect();
+        prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), want);
     }
 
     #[test]

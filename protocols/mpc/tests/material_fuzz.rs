@@ -21,10 +21,10 @@ use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shardlm_mpc::material::{
-    AndTriplesRequest, BitTriplesRequest, BitVectorTriplesRequest, CarryTablesRequest,
-    CausalMatrixTripleRequest, DaBitsRequest, LookupRequest, MaskedLinearRequest, MatrixTripleRequest,
-    NormTriplesRequest, PowerTuplesRequest, RandomOtsRequest, Read, RowTriplesRequest, SquarePairsRequest,
-    TableFn, TriplesRequest, TruncOtsRequest,
+    AndTriplesRequest, BitProduct3TriplesRequest, BitTriplesRequest, BitVectorTriplesRequest,
+    CarryTablesRequest, CausalMatrixTripleRequest, DaBitsRequest, LookupRequest, MaskedLinearRequest,
+    MatrixTripleRequest, NormTriplesRequest, PowerTuplesRequest, RandomOtsRequest, Read, RowTriplesRequest,
+    SquarePairsRequest, TableFn, TriplesRequest, TruncOtsRequest,
 };
 use shardlm_mpc::material::{
     BundleWriter, Manifest, Material, MaterialError, MaterialRequest, MaterialSource, NoWeights, OpenOptions,
@@ -115,6 +115,7 @@ fn session_requests() -> Vec<MaterialRequest> {
         }
         .into(),
         BitVectorTriplesRequest { n: 3, bits: 5 }.into(),
+        BitProduct3TriplesRequest { n: 3 }.into(),
     ]
 }
 
@@ -137,6 +138,7 @@ fn take_common<R: Role>(m: &mut Material<R>, req: &MaterialRequest) -> Option<Re
         Q::RandomOts(r) => m.take(r).map(drop),
         Q::Lookups(r) => m.take(r).map(drop),
         Q::BitVectorTriples(r) => m.take(r).map(drop),
+        Q::BitProduct3Triples(r) => m.take(r).map(drop),
         Q::MaskedLinear(_) => return None,
     })
 }

@@ -21,6 +21,7 @@
 //! | [`random_ots`] | 1-of-N lookups | count bits/64 (packed) | 0 |
 //! | [`lookup_tables`] | v3-ot's table lookups | count x reads x `2^bits` entries (packed) | 0 |
 //! | [`bit_vector_triples`] | several bits times one value | n (2 bits + 0) | 0 |
+//! | [`bit_product3_triples`] | a bit times three values | 12 n | 0 |
 //! | [`masked_linear`] | v2/v3 linear layers | n d_out + 4 | - |
 //!
 //! P1's parts are seeds and public shape records only: the server's shard is a few
@@ -28,6 +29,7 @@
 //! is why they cannot be seeds.
 
 pub mod and_triples;
+pub mod bit_product3_triples;
 pub mod bit_triples;
 pub mod bit_vector_triples;
 pub mod carry_tables;
@@ -45,6 +47,7 @@ pub mod triples;
 pub mod trunc_ots;
 
 pub use and_triples::{AndTriples, AndTriplesRequest};
+pub use bit_product3_triples::{BitProduct3Triples, BitProduct3TriplesRequest};
 pub use bit_triples::{BitTriples, BitTriplesRequest};
 pub use bit_vector_triples::{BitVectorTriples, BitVectorTriplesRequest};
 pub use carry_tables::{CarryTables, CarryTablesRequest};
@@ -124,4 +127,6 @@ registry! {
     Lookups(LookupRequest),
     /// Bit-vector triples: several bits times one value (v3-ot's SiLU).
     BitVectorTriples(BitVectorTriplesRequest),
+    /// Bit-weighted three-factor products (v3-ot's softmax exponential).
+    BitProduct3Triples(BitProduct3TriplesRequest),
 }
