@@ -104,7 +104,7 @@ pub const VARIANTS: [VariantSpec; 6] = [
         exact: false,
         server_learns: "nothing",
         client_learns: "only the logits (with an independent dealer)",
-        summary: "v3-mpc's forward pass on shares with RMSNorm, softmax and SiLU read from one-time lookup tables: 34 rounds per layer",
+        summary: "v3-mpc's forward pass on shares with RMSNorm, softmax and SiLU read from one-time lookup tables: 33 rounds per layer",
     },
 ];
 

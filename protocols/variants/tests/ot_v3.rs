@@ -113,24 +113,31 @@ fn plaintext(w: &Arc<Weights>, md: &ModelDir, ids: &[u32], greedy_n: usize) -> (
 /// oracle in `dir`; asserts every last position's top-1 and `min_greedy_equal` greedy_8.
 fn agreement(dir: &Path, min_greedy_equal: usize) {
     let cases = fixtures::case_inputs(dir);
-    let (agree, total, greedy_equal) = agreement_on(dir, &cases, 8, true);
+    let (agree, total, greedy_equal) = agreement_on(dir, &cases, 8, true, 300);
     // Every last position is asserted in `agreement_on`; over all positions a miss is a
     // near tie of the plaintext logits (printed with its gap).
     assert!(agree as f64 >= 0.99 * total as f64, "top-1 {agree}/{total}");
     assert!(greedy_equal >= min_greedy_equal, "greedy_8 equal in {greedy_equal} of {}", cases.len());
 }
 
-/// Runs every case; returns (top-1 agreements, positions, greedy_n equal).
-fn agreement_on(dir: &Path, cases: &[Vec<u32>], greedy_n: usize, strict_last: bool) -> (usize, usize, usize) {
+/// Runs every case, case `i` on material dealt from seed `seed + i`; returns (top-1
+/// agreements, positions, greedy_n equal).
+fn agreement_on(
+    dir: &Path,
+    cases: &[Vec<u32>],
+    greedy_n: usize,
+    strict_last: bool,
+    seed: u64,
+) -> (usize, usize, usize) {
     let (md, w) = load(dir);
     let ring = ring_weights(&w);
     let (mut agree, mut total, mut greedy_equal) = (0, 0, 0);
     let mut errs = Vec::new();
     for (i, ids) in cases.iter().enumerate() {
         let (want_logits, want) = plaintext(&w, &md, ids, greedy_n);
-        let (m0, m1) = IdealDealer::new(Seed::from_u64(300 + i as u64)).split();
+        let (m0, m1) = IdealDealer::new(Seed::from_u64(seed + i as u64)).split();
         let t = std::time::Instant::now();
-        let run = run_ot(&md, &ring, &w, ids, greedy_n, 300 + i as u64, false, m0, m1);
+        let run = run_ot(&md, &ring, &w, ids, greedy_n, seed + i as u64, false, m0, m1);
         for (r, (a, b)) in run.logits.iter().zip(&want_logits).enumerate() {
             agree += usize::from(argmax(a) == argmax(b));
             total += 1;
@@ -178,14 +185,19 @@ fn agreement_on(dir: &Path, cases: &[Vec<u32>], greedy_n: usize, strict_last: bo
 /// The real Qwen2.5-Coder-0.5B-Instruct when `SHARDLM_REAL_MODEL_DIR` is set: top-1
 /// agreement with the plaintext engine over all positions of the nine reference prompts
 /// (issue 16: at least 99.5%), greedy_16 equal for at least 8 of 9, the logit error
-/// distribution. About 15 minutes on 2 cores. `SHARDLM_OT_CASES` shrinks the run.
+/// distribution. About 9 minutes on 2 cores. `SHARDLM_OT_CASES` shrinks the run;
+/// `SHARDLM_OT_MATERIAL_SEED` (default 300) draws other material (case `i` from seed
+/// `SEED + i`): SiLU's index is read within one step according to the masks' carries,
+/// so the agreement varies with the draw (docs/v3-ot.md).
 #[test]
 fn real_model_agreement_over_all_positions() {
     let Some(dir) = fixtures::real_model_dir() else { return };
     let n: usize = std::env::var("SHARDLM_OT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(9);
     let cases: Vec<Vec<u32>> =
         fixtures::case_inputs(&fixtures::real_reference()).into_iter().take(n).collect();
-    let (agree, total, greedy_equal) = agreement_on(Path::new(&dir), &cases, 16, false);
+    let seed: u64 =
+        std::env::var("SHARDLM_OT_MATERIAL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let (agree, total, greedy_equal) = agreement_on(Path::new(&dir), &cases, 16, false, seed);
     assert!(agree as f64 >= 0.995 * total as f64, "top-1 agreement {agree}/{total} below 99.5%");
     assert!(9 * greedy_equal >= 8 * cases.len(), "greedy_16 equal in {greedy_equal} of {}", cases.len());
 }

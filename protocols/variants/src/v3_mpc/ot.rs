@@ -11,10 +11,10 @@
 //!   [`tables::inverse`] on thirteen levels of 11-bit tables (spacing 3 bits: every
 //!   mean square in `[2^-20, 2^17]` is read with 8 or more significant bits); times `x` (the
 //!   norm triple's second half) and the public gain; one truncation.
-//! * **attention** (16): `Q K^T` per KV head (matrix triples), the scores kept at `2F`
+//! * **attention** (15): `Q K^T` per KV head (matrix triples), the scores kept at `2F`
 //!   bits; [`tables::softmax_exp`] (the row max by a 7-level table tournament on the
-//!   scores reduced to integers, then `exp` from three tables and two products);
-//!   the row sums' reciprocal by [`tables::inverse`] (six 10-bit levels), `E V`
+//!   scores reduced to integers, then `exp` from three tables and one bit-weighted
+//!   three-factor product); the row sums' reciprocal by [`tables::inverse`] (six 10-bit levels), `E V`
 //!   (causal matrix triples) and its truncation riding along with its first two rounds;
 //!   the row scaling, left untruncated for the output projection's truncation.
 //! * **SwiGLU** (3): [`tables::silu_times`] on the untruncated gate/up projection, its
