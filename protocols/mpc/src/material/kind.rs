@@ -51,8 +51,8 @@ pub struct Component {
 /// of the stream and the word offset where this request's part of it starts. Such a
 /// stream is AES-128-CTR ([`ON_DEMAND_PRG`]) whatever the bundle's bulk PRG: word `i` is
 /// half of one AES block, so a batch of random-access reads is a batch of independent
-/// block encryptions (AES-NI pipelines them; a blake3 read is one 64-byte compression
-/// per word, about 2.5x the cost, measured on the build box).
+/// block encryptions (AES-NI pipelines them: 3.5 ns a word on the build box, where a
+/// blake3 read is one 64-byte compression per word, 73 ns; `cargo bench --bench prg`).
 #[derive(Clone)]
 pub struct OnDemand {
     key: Seed,
