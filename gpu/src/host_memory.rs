@@ -4,11 +4,11 @@
 //! (each layer's dealer material, read from the bundle; the messages; the products).
 //! glibc's defaults hand such buffers back to the kernel on free (`mmap` above a
 //! threshold that adapts only up to what was last freed, and heap trimming above twice
-//! it), so every new buffer is page-faulted and zeroed again by the kernel. Measured on
-//! the 2-core build box, Qwen2.5-Coder-0.5B, 32-token prefill over loopback QUIC, v3-ot:
-//! prefill 8.54 s and 7.78 s with glibc's defaults, 6.16 s and 5.38 s with the settings
-//! below (the same binaries, `GLIBC_TUNABLES`, runs alternated); the kernel's page
-//! clearing had been about a sixth of both parties' CPU time (perf).
+//! it), so every new buffer is page-faulted and zeroed again by the kernel: about a sixth
+//! of both parties' CPU time in a v3-ot prefill (perf). Measured on the 2-core build box,
+//! Qwen2.5-Coder-0.5B, 32-token v3-ot prefill over loopback QUIC, one session per run:
+//! 8.54 s mean with glibc's defaults (five runs, 7.78-9.80 s), 6.69 s with the settings
+//! below (six runs, 5.38-7.54 s, through `GLIBC_TUNABLES` or this function).
 //!
 //! [`keep_freed_memory`] sets them from inside the process (both binaries call it first
 //! thing in `main`): buffers up to 32 MiB (glibc's largest `mmap` threshold) come from
