@@ -276,9 +276,10 @@ impl Prg {
         Prg { core }
     }
 
-    /// The default construction, positioned at ring element `word_offset` of the stream.
-    pub fn at(seed: &Seed, word_offset: u64) -> Prg {
-        let mut p = Prg::new(seed);
+    /// Construction `kind` from `seed`, positioned at ring element `word_offset` of the
+    /// stream.
+    pub fn at(seed: &Seed, kind: PrgKind, word_offset: u64) -> Prg {
+        let mut p = Prg::with_kind(seed, kind);
         p.seek_words(word_offset);
         p
     }

@@ -109,13 +109,6 @@ pub struct OnDemandReader {
 }
 
 impl OnDemandReader {
-    /// Word `i` of the request's part of the stream.
-    pub fn word(&mut self, i: u64) -> u64 {
-        let mut w = [0u64];
-        self.words(&mut [i], &mut w);
-        w[0]
-    }
-
     /// Words `at[j]` of the request's part of the stream into `out[j]` (random access,
     /// batched); `at` is overwritten with the stream positions.
     pub fn words(&mut self, at: &mut [u64], out: &mut [u64]) {
@@ -217,9 +210,7 @@ impl Seeded<'_> {
 /// component's stream (AES-CTR for an on-demand stream, [`ON_DEMAND_PRG`]).
 pub(crate) fn seeded(party_seed: &Seed, c: &Component, offset: u64) -> Vec<u64> {
     let kind = if c.on_demand { ON_DEMAND_PRG } else { DEFAULT_PRG };
-    let mut prg = Prg::with_kind(&party_seed.derive(&c.name, 0), kind);
-    prg.seek_words(offset);
-    prg.u64s(c.len as usize)
+    Prg::at(&party_seed.derive(&c.name, 0), kind, offset).u64s(c.len as usize)
 }
 
 /// One kind of correlated randomness, as the dealer and the stores see it (object safe:
