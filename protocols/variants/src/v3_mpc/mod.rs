@@ -427,6 +427,10 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         let z = self.ring.multiply(linear, x.data.as_slice(), x.rows)?;
         let bias = self.weights.linear(linear).bias;
         let wf = self.fixed.weight_frac_bits;
+        // The bias broadcast over the rows, encoded with `bits` fractional bits.
+        let bias_at = |b: &[f32], bits: u32| -> Vec<u64> {
+            (0..x.rows * d_out).map(|i| encode_f32(b[i % d_out], bits)).collect()
+        };
         // The gate/up projection goes to SwiGLU untruncated (no bias in Qwen2's MLP).
         if matches!(linear, Linear::GateUp(_)) && bias.is_none() {
             if x.extra_frac != 0 {
@@ -443,10 +447,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         if matches!(linear, Linear::Qkv(_)) && x.extra_frac == 0 {
             let mut z = Shares::from_raw(z);
             if let Some(b) = bias {
-                let fb = self.f() + wf;
-                z = z.add_public(
-                    &(0..x.rows * d_out).map(|i| encode_f32(b[i % d_out], fb)).collect::<Vec<_>>(),
-                );
+                z = z.add_public(&bias_at(b, self.f() + wf));
             }
             return Ok(SharedTensor { rows: x.rows, cols: d_out, data: z, extra_frac: wf });
         }
@@ -456,9 +457,7 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> MpcParty<R, C, M> {
         // outputs reach 1.6e3 on Qwen2.5-0.5B; 2^10 for the output projection, 14).
         let mut z = self.sess.trunc(Shares::from_raw(z), wf + x.extra_frac)?;
         if let Some(b) = bias {
-            let f = self.f();
-            let bias: Vec<u64> = (0..x.rows * d_out).map(|i| encode_f32(b[i % d_out], f)).collect();
-            z = z.add_public(&bias);
+            z = z.add_public(&bias_at(b, self.f()));
         }
         Ok(SharedTensor { rows: x.rows, cols: d_out, data: z, extra_frac: 0 })
     }

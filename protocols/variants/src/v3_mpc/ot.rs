@@ -14,8 +14,9 @@
 //! * **attention** (15): `Q K^T` per KV head (matrix triples), the scores kept at `2F`
 //!   bits; [`tables::softmax_exp`] (the row max by a 7-level table tournament on the
 //!   scores reduced to integers, then `exp` from three tables and one bit-weighted
-//!   three-factor product); the row sums' reciprocal by [`tables::inverse`] (six 10-bit levels), `E V`
-//!   (causal matrix triples) and its truncation riding along with its first two rounds;
+//!   three-factor product); the row sums' reciprocal by [`tables::inverse`] (six 10-bit
+//!   levels), `E V` (causal matrix triples) and its truncation riding along with its
+//!   first two rounds;
 //!   the row scaling, left untruncated for the output projection's truncation.
 //! * **SwiGLU** (3): [`tables::silu_times`] on the untruncated gate/up projection, its
 //!   output left untruncated for the down projection's truncation.
