@@ -51,6 +51,21 @@ fn write_bundle(dir: &Path, seed: u64) -> Manifest {
     w.finish().unwrap()
 }
 
+/// Takes one request of `requests()`'s kinds from P0's material.
+fn take_request(m: &mut Material<P0>, r: &MaterialRequest) -> Result<(), MaterialError> {
+    match *r {
+        MaterialRequest::Triples(q) => m.take(q).map(drop),
+        MaterialRequest::MatrixTriple(q) => m.take(q).map(drop),
+        MaterialRequest::TruncOts(q) => m.take(q).map(drop),
+        MaterialRequest::AndTriples(q) => m.take(q).map(drop),
+        MaterialRequest::DaBits(q) => m.take(q).map(drop),
+        MaterialRequest::RandomOts(q) => m.take(q).map(drop),
+        MaterialRequest::SquarePairs(q) => m.take(q).map(drop),
+        MaterialRequest::MaskedLinear(q) => m.take(q).map(drop),
+        _ => unreachable!("requests() has no other kind"),
+    }
+}
+
 /// Takes everything of `requests()` from both parties and checks the correlations.
 fn consume_and_check(m0: &mut Material<P0>, m1: &mut Material<P1>) {
     let t0 = m0.take(TriplesRequest { n: 100 }).unwrap();
@@ -294,20 +309,70 @@ fn exhausted_error_names_the_dealer_flags() {
 
 #[test]
 fn corrupted_byte_is_detected() {
+    // A flipped byte in a stream: the index (preamble and trailer) is intact, so the
+    // bundle opens; the first take of material in the bad chunk is refused, naming the
+    // stream, and nothing is recorded.
     let dir = tempfile::tempdir().unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let opts = OpenOptions::default().ledger_in(ledger.path());
     write_bundle(dir.path(), 41);
     let shard = dir.path().join("p0/p0.shard");
     let mut bytes = std::fs::read(&shard).unwrap();
-    let i = bytes.len() / 2;
-    bytes[i] ^= 1;
+    let pristine = bytes.clone();
+    // The last stream byte that is not padding (the trailer starts at `t_off`).
+    let t_off = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let at = (0..t_off).rev().find(|&i| bytes[i] != 0).unwrap();
+    bytes[at] ^= 1;
     std::fs::write(&shard, &bytes).unwrap();
-    let err = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err();
+    let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
+    let (mut taken, mut refused) = (Vec::new(), None);
+    for r in requests() {
+        let before = m.consumed().clone();
+        match take_request(&mut m, &r) {
+            Ok(()) => taken.push(r),
+            Err(e) => {
+                assert_eq!(m.consumed(), &before, "a refused step consumes nothing");
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let err = refused.expect("the flipped byte is read by some step");
     let msg = err.to_string();
     assert!(matches!(err, MaterialError::Corrupted { .. }), "{msg}");
-    assert!(msg.contains("p0.shard blake3 mismatch") && msg.contains("shardlm-client dealer"), "{msg}");
-    // Truncation too.
-    bytes.truncate(40);
-    std::fs::write(&shard, &bytes).unwrap();
+    assert!(msg.contains("p0.shard bytes ") && msg.contains("fail their blake3"), "{msg}");
+    assert!(msg.contains("shardlm-client dealer"), "{msg}");
+    let consumed = m.consumed().clone();
+    drop(m);
+    // Nothing of the refused step was recorded: with the byte restored, a reopen
+    // resumes at it and the rest of the bundle is usable.
+    std::fs::write(&shard, &pristine).unwrap();
+    let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
+    assert_eq!(m.consumed(), &consumed);
+    for r in requests().iter().skip(taken.len()) {
+        take_request(&mut m, r).unwrap();
+    }
+
+    // A changed index (preamble or trailer) or a truncated file is refused on open.
+    let dir = tempfile::tempdir().unwrap();
+    write_bundle(dir.path(), 43);
+    let shard = dir.path().join("p0/p0.shard");
+    let bytes = std::fs::read(&shard).unwrap();
+    for at in [20, bytes.len() - 3] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x10;
+        std::fs::write(&shard, &b).unwrap();
+        let err = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err();
+        assert!(matches!(err, MaterialError::Corrupted { .. }), "byte {at}: {err}");
+    }
+    let mut b = bytes.clone();
+    b[bytes.len() - 3] ^= 0x10;
+    std::fs::write(&shard, &b).unwrap();
+    let msg = Material::<P0>::open(&dir.path().join("p0"), None).unwrap_err().to_string();
+    assert!(msg.contains("p0.shard index blake3 mismatch") && msg.contains("shardlm-client dealer"), "{msg}");
+    let mut b = bytes.clone();
+    b.truncate(40);
+    std::fs::write(&shard, &b).unwrap();
     assert!(matches!(
         Material::<P0>::open(&dir.path().join("p0"), None),
         Err(MaterialError::Corrupted { .. })
@@ -324,8 +389,49 @@ fn corrupted_byte_is_detected() {
     bytes[last] ^= 0x80;
     std::fs::write(&shard, &bytes).unwrap();
     let msg = Material::<P1>::open(&dir.path().join("p1"), None).unwrap_err().to_string();
-    assert!(msg.contains("p1.shard blake3 mismatch"), "{msg}");
+    assert!(msg.contains("p1.shard index blake3 mismatch"), "{msg}");
     assert!(Material::<P0>::open(&dir.path().join("p0"), None).is_ok());
+}
+
+/// A bundle of several sessions is checked session by session: a corrupted byte in
+/// session 1's material leaves session 0 usable; session 1 is refused when it starts,
+/// before anything is recorded, so it is not spent.
+#[test]
+fn corruption_refuses_only_the_session_that_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = tempfile::tempdir().unwrap();
+    let opts = OpenOptions::default().ledger_in(ledger.path());
+    // Two sessions of 200k triples: each session's `triples.c` stream spans more than
+    // one 1 MiB chunk of P0's shard.
+    const N: usize = 200_000;
+    let mut w = BundleWriter::create(dir.path(), MODEL, "v3-mpc", Seed::from_u64(44)).unwrap();
+    for _ in 0..2 {
+        w.start_session();
+        w.push(&MaterialRequest::Triples(TriplesRequest { n: N }), &NoWeights).unwrap();
+    }
+    w.finish().unwrap();
+    // The last byte of the last stream section before the trailer: in session 1.
+    let shard = dir.path().join("p0/p0.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let t_off = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let at = (0..t_off).rev().find(|&i| bytes[i] != 0).unwrap();
+    let pristine = bytes.clone();
+    bytes[at] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
+    m.start_session(0).unwrap();
+    m.take(TriplesRequest { n: N }).unwrap();
+    let after_0 = m.consumed().clone();
+    let err = m.start_session(1).unwrap_err();
+    assert!(matches!(err, MaterialError::Corrupted { .. }), "{err}");
+    assert!(err.to_string().contains("fail their blake3"), "{err}");
+    drop(m);
+    // Restored (say, copied again from the dealer's output), session 1 is still there.
+    std::fs::write(&shard, &pristine).unwrap();
+    let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
+    assert_eq!(m.consumed(), &after_0, "the refused session was not recorded");
+    m.start_session(1).unwrap();
+    m.take(TriplesRequest { n: N }).unwrap();
 }
 
 #[test]
@@ -489,7 +595,7 @@ fn edited_manifest_is_refused() {
     let edits: [(&str, Edit); 7] = [
         ("session start", |m| *m.sessions[1].get_mut("triples.c").unwrap() += 1),
         ("sessions", |m| m.sessions.swap(0, 1)),
-        ("shard hash", |m| m.shards.get_mut("p0").unwrap().blake3 = "00".repeat(32)),
+        ("shard hash", |m| m.shards.get_mut("p0").unwrap().index_blake3 = "00".repeat(32)),
         ("model", |m| m.model_fingerprint = "blake3:other".into()),
         ("variant", |m| m.variant = "v2".into()),
         ("bundle id", |m| m.bundle_id = "ab".repeat(32)),

@@ -604,8 +604,8 @@ fn edit_manifest(rng: &mut ChaCha8Rng, path: &Path) -> String {
         }
         "shard hash" => {
             let p = pick(rng, &m.shards.keys().cloned().collect::<Vec<_>>()).clone();
-            m.shards.get_mut(&p).unwrap().blake3 = hex(rng);
-            format!("shards.{p}.blake3")
+            m.shards.get_mut(&p).unwrap().index_blake3 = hex(rng);
+            format!("shards.{p}.index_blake3")
         }
         _ => {
             let s = rng.gen_range(0..m.sessions.len());

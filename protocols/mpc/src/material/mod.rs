@@ -294,6 +294,16 @@ pub(crate) trait MaterialStore: Send {
     fn reserve_to(&mut self, _cursors: &BTreeMap<String, u64>) -> Result<(), MaterialError> {
         Ok(())
     }
+    /// Checks the integrity of this party's stored material from cursors `from` to `to`
+    /// (a session's range, or one step's) before any of it is recorded or handed out.
+    /// The ideal dealer stores nothing to check.
+    fn verify_range(
+        &self,
+        _from: &BTreeMap<String, u64>,
+        _to: &BTreeMap<String, u64>,
+    ) -> Result<(), MaterialError> {
+        Ok(())
+    }
     /// Words available in a component stream (`None`: unlimited).
     fn total(&self, component: &str) -> Option<u64>;
     /// Words available in every stream this party holds (empty: unlimited).
@@ -372,6 +382,9 @@ impl<R: Role> Material<R> {
             }
         };
         let end = m.sessions.get(index + 1).cloned().unwrap_or_else(|| self.stream_totals());
+        // The session's material is checked whole before anything is recorded: a
+        // corrupted chunk refuses the session without spending it.
+        self.store.verify_range(&start, &end)?;
         self.advance_to(&start)?;
         self.store.reserve_to(&end)
     }
@@ -448,6 +461,7 @@ impl<R: Role> Material<R> {
             }
             next.insert(c.name.clone(), off.saturating_add(c.len));
         }
+        self.store.verify_range(&self.cursors, &next)?;
         self.store.commit(&next)?;
         self.cursors = next;
         let mut raw = self.store.raw_parts(req, &offsets)?.into_iter();

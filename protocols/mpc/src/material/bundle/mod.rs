@@ -19,7 +19,7 @@
 //!
 //! * [`Manifest`]: format version, bundle id, a random nonce, model fingerprint,
 //!   variant, PRG, created-at, who dealt ([`Dealer`]), the client fingerprints allowed
-//!   to consume the server's part, per-shard blake3 and size, counts per material kind
+//!   to consume the server's part, per-shard index blake3 and size, counts per material kind
 //!   per party, and where each session starts. The bundle id is the blake3 of the rest
 //!   of the manifest ([`Manifest::sealed_id`]; the nonce makes two bundles never share
 //!   an id), checked on every read: an edited or corrupted manifest (a moved session
@@ -28,9 +28,14 @@
 //!   trailer offset `u64`, trailer length `u64`, little-endian), then every raw
 //!   component stream of that party as a raw little-endian `u64` array at a 64-byte
 //!   aligned offset (narrow values, the OT strings, bit-packed at their width), then a
-//!   JSON trailer (the party's seed, each stream's offset and length, the words
-//!   available in every component stream). Memory-mapped on open; the whole file's
-//!   blake3 is checked against the manifest before anything is used ([`store`]).
+//!   JSON trailer (the party's seed, each stream's offset and length and the blake3 of
+//!   each of its 1 MiB chunks, the words available in every component stream).
+//!   Memory-mapped on open. The manifest holds the blake3 of the shard's index
+//!   (preamble and trailer), checked on open; each chunk is checked when the session
+//!   that uses it starts (or at its first read outside sessions), before anything is
+//!   recorded or handed out ([`store`]). A bundle of K sessions is not re-hashed whole
+//!   at each of its K opens, and a corrupted chunk refuses only the sessions that use
+//!   it, without spending them.
 //! * One-time use ([`journal`]): consumption is recorded durably **before** material
 //!   is handed out, in two places: `pX.journal` beside the shard and a ledger in the
 //!   user's state directory keyed by bundle id, which survives a deleted journal or a
@@ -54,8 +59,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Version of the bundle format this code writes and reads (4: on-demand streams are
-/// AES-128-CTR, [`crate::material::kind::ON_DEMAND_PRG`]).
-pub const FORMAT_VERSION: u32 = 4;
+/// AES-128-CTR, [`crate::material::kind::ON_DEMAND_PRG`]; 5: streams are hashed in 1 MiB
+/// chunks listed in the trailer, the manifest holds the hash of the shard's index).
+pub const FORMAT_VERSION: u32 = 5;
 
 pub(crate) const PARTIES: [&str; 2] = ["p0", "p1"];
 
@@ -74,8 +80,10 @@ pub struct KindCount {
 pub struct ShardInfo {
     /// File name inside the party's directory.
     pub file: String,
-    /// blake3 of the whole file, hex.
-    pub blake3: String,
+    /// blake3 (hex) of the shard's index: its 64-byte preamble and its trailer, which
+    /// holds the blake3 of every 1 MiB chunk of every stream. Opening checks the index;
+    /// a session checks the chunks it will read when it starts.
+    pub index_blake3: String,
     /// Size in bytes.
     pub bytes: u64,
 }

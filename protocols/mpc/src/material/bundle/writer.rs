@@ -4,11 +4,12 @@
 //! into the shards at the end. Each party's part goes to its own 0700 directory.
 
 use super::journal::{create_private_dir, create_private_file, sync_dir, write_durably};
-use super::store::{Section, Trailer, ALIGN, MAGIC, PREAMBLE};
+use super::store::{index_blake3, Section, Trailer, ALIGN, CHUNK_BYTES, MAGIC, PREAMBLE};
 use super::{Dealer, DealerRole, KindCount, Manifest, ShardInfo, FORMAT_VERSION, PARTIES};
 use crate::material::ideal::party_seeds;
 use crate::material::{deal, io_err, LinearWeights, MaterialError, MaterialRequest, Src};
 use crate::prg::{Seed, DEFAULT_PRG};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -255,7 +256,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn pad_to(f: &mut File, path: &Path, pos: &mut u64) -> Result<(), MaterialError> {
+fn pad_to(f: &mut impl Write, path: &Path, pos: &mut u64) -> Result<(), MaterialError> {
     let pad = (ALIGN - *pos % ALIGN) % ALIGN;
     f.write_all(&vec![0u8; pad as usize]).map_err(io_err(path))?;
     *pos += pad;
@@ -275,20 +276,22 @@ fn write_shard(
     let partial = part.join(format!(".{name}.partial"));
     let mut f = create_private_file(&partial)?;
     f.write_all(&[0u8; PREAMBLE as usize]).map_err(io_err(&partial))?;
+    let mut data = ChunkHasher { out: f, buf: Vec::with_capacity(ChunkHasher::BATCH), hex: String::new() };
     let mut pos = PREAMBLE;
     let mut sections = BTreeMap::new();
     for (stream, w) in tmps {
         let (tmp_path, elements, bits) = w.finish()?;
-        pad_to(&mut f, &partial, &mut pos)?;
+        pad_to(&mut data, &partial, &mut pos)?;
         let mut src = File::open(&tmp_path).map_err(io_err(&tmp_path))?;
-        let n = std::io::copy(&mut src, &mut f).map_err(io_err(&partial))?;
+        let n = std::io::copy(&mut src, &mut data).map_err(io_err(&partial))?;
         sections.insert(stream, Section { offset: pos, words: n / 8, elements, bits });
         pos += n;
         fs::remove_file(&tmp_path).map_err(io_err(&tmp_path))?;
     }
-    pad_to(&mut f, &partial, &mut pos)?;
+    pad_to(&mut data, &partial, &mut pos)?;
+    let (mut f, chunks) = data.finish().map_err(io_err(&partial))?;
     let trailer =
-        Trailer { party: PARTIES[p].into(), seed: seed.to_hex(), prg: DEFAULT_PRG, sections, totals };
+        Trailer { party: PARTIES[p].into(), seed: seed.to_hex(), prg: DEFAULT_PRG, sections, totals, chunks };
     let json = serde_json::to_vec(&trailer)
         .map_err(|e| MaterialError::Format { path: partial.clone(), detail: e.to_string() })?;
     f.write_all(&json).map_err(io_err(&partial))?;
@@ -302,9 +305,51 @@ fn write_shard(
     f.write_all(&pre).map_err(io_err(&partial))?;
     f.sync_all().map_err(io_err(&partial))?;
     drop(f);
-    let mut h = blake3::Hasher::new();
-    h.update_reader(File::open(&partial).map_err(io_err(&partial))?).map_err(io_err(&partial))?;
     fs::rename(&partial, &path).map_err(io_err(&path))?;
     sync_dir(part)?;
-    Ok(ShardInfo { file: name, blake3: h.finalize().to_hex().to_string(), bytes: pos + json.len() as u64 })
+    Ok(ShardInfo { file: name, index_blake3: index_blake3(&pre, &json), bytes: pos + json.len() as u64 })
+}
+
+/// Writes the shard's data through to `out`, hashing it in [`CHUNK_BYTES`] chunks (a
+/// batch of chunks at a time, in parallel) into `hex`.
+struct ChunkHasher {
+    out: File,
+    buf: Vec<u8>,
+    hex: String,
+}
+
+impl ChunkHasher {
+    /// Bytes buffered before a batch is written and hashed: a multiple of the chunk.
+    const BATCH: usize = 32 * CHUNK_BYTES as usize;
+
+    fn flush_batch(&mut self) -> std::io::Result<()> {
+        self.out.write_all(&self.buf)?;
+        let hashes: Vec<blake3::Hash> = self.buf.par_chunks(CHUNK_BYTES as usize).map(blake3::hash).collect();
+        self.hex.extend(hashes.iter().map(|h| h.to_hex().to_string()));
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes and hashes what is left (the last chunk may be short).
+    fn finish(mut self) -> std::io::Result<(File, String)> {
+        self.flush_batch()?;
+        Ok((self.out, self.hex))
+    }
+}
+
+impl Write for ChunkHasher {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(Self::BATCH - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == Self::BATCH {
+            self.flush_batch()?;
+        }
+        Ok(n)
+    }
+
+    /// Nothing: a batch is written whole (so that chunks stay aligned), the last one by
+    /// [`ChunkHasher::finish`].
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
