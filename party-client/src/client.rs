@@ -457,6 +457,9 @@ impl Private {
                         manifest.variant
                     );
                 }
+                if let Err(why) = shape.check_dealt(manifest.session_shape.as_ref()) {
+                    bail!("{}: {why}; nothing was used", dir.display());
+                }
                 let Some(next) = m.next_session() else {
                     bail!(
                         "{}: every session of this bundle is spent; deal more with `shardlm-client dealer --variant {variant} --sessions K`",

@@ -19,7 +19,7 @@ use shardlm_configs::{FixedPoint, ModelConfig, Timeouts, Variant};
 use shardlm_model::generate::{generate, StopPolicy};
 use shardlm_model::sampling::{Sampler, SamplingConfig};
 use shardlm_model::{Linear, Rows};
-use shardlm_mpc::material::Material;
+use shardlm_mpc::material::{BundleWriter, Material};
 use shardlm_mpc::prg::Seed;
 use shardlm_mpc::share::P0;
 use shardlm_testkit::bins::Binaries;
@@ -27,7 +27,7 @@ use shardlm_testkit::{campaign, fixtures};
 use shardlm_transport::handshake::{MaterialBinding, Request};
 use shardlm_transport::{Channel, Identity, Lane, QuicChannel, QuicClient, QuicConfig, TransportError};
 use shardlm_variants::limits::{params_of, recv_budget};
-use shardlm_variants::plan::SessionShape;
+use shardlm_variants::plan::{plan_session, SessionShape};
 use shardlm_variants::session::ClientSession;
 use shardlm_variants::v2::V2_LANE;
 use shardlm_variants::v3_mpc::MpcParty;
@@ -267,6 +267,19 @@ fn dealt_v3_mpc(model: &Path, out: &Path, prompt: usize, new: usize, sessions: u
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
+/// A one-session v3-mpc bundle for `shape` whose manifest does not record the shape.
+fn dealt_without_shape(model: &LocalModel, out: &Path, shape: SessionShape) {
+    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend).unwrap());
+    let plan = plan_session(Variant::V3Mpc, &model.weights, &ring, shape).unwrap();
+    let mut w = BundleWriter::create(out, &model.fingerprint, "v3-mpc", Seed::from_u64(61)).unwrap();
+    w.start_session();
+    for req in &plan.requests {
+        w.push(req, &*ring).unwrap();
+    }
+    assert!(w.finish().unwrap().session_shape.is_none());
+}
+
 fn quic_config() -> QuicConfig {
     QuicConfig::with_timeouts(Timeouts {
         connect: Duration::from_secs(30),
@@ -335,9 +348,13 @@ fn malformed_and_oversized_requests_end_the_session_and_the_server_keeps_serving
     let model = LocalModel::load(&dir).unwrap();
     let c = model.dir.config.clone();
     // v3-mpc: a bundle dealt for 6-token prompts (so that P0's own material fits the 6
-    // positions it runs), while the handshake declares 4.
+    // positions it runs), while the handshake declares 4. Its manifest does not record
+    // the shape (written request by request): with the shape recorded, the server
+    // refuses the mismatched declaration at the handshake already
+    // (`a_session_of_another_shape_than_its_bundle_is_refused_before_anything_is_spent`);
+    // this case checks the receive budget behind that.
     let bundle = tmp.path().join("mpc");
-    dealt_v3_mpc(&dir, &bundle, 6, 2, 1);
+    dealt_without_shape(&model, &bundle, SessionShape::new(6, 2, Rows::Last));
     let mut server = LoggedServer::start(&dir, &ids, &["--material".as_ref(), bundle.join("p1").as_os_str()]);
     let prompt = "The quick brown fox";
     let want = local_output(&dir, prompt, 16);
@@ -460,6 +477,60 @@ fn malformed_and_oversized_requests_end_the_session_and_the_server_keeps_serving
     assert!(sent < 2000, "the flood was never refused: all 2000 messages were taken");
     assert_named("(d) 2000 x 1 MiB on an unread lane", err, &mut server, &["receive budget"]);
     next(&server);
+}
+
+/// A bundle records the shape its sessions were dealt for: a client whose prompt has
+/// another length is refused before it connects, a handshake declaring another shape is
+/// refused by the server before it reserves anything, and the bundle's session is then
+/// served to a client of the right shape.
+#[test]
+fn a_session_of_another_shape_than_its_bundle_is_refused_before_anything_is_spent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixtures::tiny_bytes();
+    let ids = identities(tmp.path());
+    let model = LocalModel::load(&dir).unwrap();
+    let bundle = tmp.path().join("mpc");
+    dealt_v3_mpc(&dir, &bundle, 6, 2, 1);
+    let mut server = LoggedServer::start(&dir, &ids, &["--material".as_ref(), bundle.join("p1").as_os_str()]);
+    let p0 = bundle.join("p0");
+    let extra = ["--variant", "v3-mpc", "--material", p0.to_str().unwrap()];
+    let mut flags = remote_flags(&server.addr, &ids);
+    flags.extend(extra);
+
+    // The client: a 5-byte prompt (tiny-bytes has a token per byte) against 6.
+    let (out, _) = run_within(&mut generate_cmd(&dir, "Hello", 2, &flags), Duration::from_secs(60));
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a 5-token session ran on a 6-token bundle");
+    assert!(
+        err.contains("dealt for 6 prompt tokens + 2 new")
+            && err.contains("--prompt-tokens 5 --max-new-tokens 2"),
+        "{err}"
+    );
+    // Refused by the client itself, before it connected (the server's refusal says
+    // "bundle shape", below).
+    assert!(err.contains("nothing was used") && !err.contains("bundle shape"), "{err}");
+    // The server: a hand-made handshake declaring 4 tokens for the bundle's session 0.
+    let m = Material::<P0>::open(&p0, Some(&model.fingerprint)).unwrap();
+    let binding = MaterialBinding { bundle_id: m.manifest().unwrap().bundle_id.clone(), session: 0 };
+    drop(m);
+    let request = Request::Session {
+        variant: "v3-mpc".into(),
+        model_fingerprint: model.fingerprint.clone(),
+        session_id: rand::random(),
+        params: params_of(SessionShape::new(4, 2, Rows::Last)),
+        material: Some(binding),
+    };
+    let identity = Identity::load(&ids.client_dir).unwrap();
+    let refused =
+        QuicClient::session(server.addr.parse().unwrap(), &identity, &ids.server_fp, quic_config(), request)
+            .err()
+            .map(|e| e.to_string())
+            .expect("the server admitted a 4-token session on a 6-token bundle");
+    assert!(refused.contains("bundle shape") && refused.contains("6 prompt tokens + 2 new"), "{refused}");
+    // Nothing was spent: the bundle's only session serves a 6-token client.
+    let want = local_output(&dir, "Hello!", 2);
+    next_client_is_served(&dir, &server.addr, &ids, "Hello!", 2, &extra, &want);
+    assert!(server.alive());
 }
 
 /// `n` greedy tokens after `prompt`, every one a real step (end tokens ignored).

@@ -22,7 +22,7 @@ use crate::RingWeights;
 use shardlm_configs::{ModelConfig, Variant};
 use shardlm_model::planner::{PlannedOp, Planner};
 use shardlm_model::{Rows, Weights};
-use shardlm_mpc::material::{BundleWriter, MaskedLinearRequest, MaterialError, MaterialRequest};
+use shardlm_mpc::material::{BundleWriter, DealtShape, MaskedLinearRequest, MaterialError, MaterialRequest};
 use shardlm_transport::Counters;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,6 +59,30 @@ impl SessionShape {
     /// A session of `prompt_tokens` + `max_new_tokens` with logits for `rows`.
     pub fn new(prompt_tokens: usize, max_new_tokens: usize, rows: Rows) -> Self {
         SessionShape { prompt_tokens, max_new_tokens, rows }
+    }
+
+    /// The shape as a bundle's manifest records it.
+    pub fn dealt(&self) -> DealtShape {
+        DealtShape {
+            prompt_tokens: self.prompt_tokens as u64,
+            max_new_tokens: self.max_new_tokens as u64,
+            all_positions: self.rows == Rows::All,
+        }
+    }
+
+    /// Checks that a session of this shape may use a bundle dealt for `dealt` (`None`:
+    /// the bundle does not say): the message says what to do otherwise.
+    pub fn check_dealt(&self, dealt: Option<&DealtShape>) -> Result<(), String> {
+        match dealt {
+            Some(d) if *d != self.dealt() => Err(format!(
+                "the bundle's sessions were dealt for {d}, this session is {}: deal a bundle for this shape (`shardlm-client dealer --prompt-tokens {} --max-new-tokens {}{}`) or make the session match the bundle",
+                self.dealt(),
+                self.prompt_tokens,
+                self.max_new_tokens,
+                if self.rows == Rows::All { " --all-positions" } else { "" }
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks the shape against the model before anything is planned, dealt or sent:
@@ -180,6 +204,7 @@ pub fn deal_sessions(
     mut on_request: impl FnMut(usize, usize),
 ) -> Result<(), MaterialError> {
     let total = plan.requests.len() * sessions;
+    writer.session_shape(plan.shape.dealt());
     for s in 0..sessions {
         writer.start_session();
         for (i, req) in plan.requests.iter().enumerate() {

@@ -212,7 +212,7 @@ impl ServerParty {
     /// not sessions are always admitted.
     pub fn admit(&self, hello: &ClientHello, client_fingerprint: &str) -> Result<(), Mismatch> {
         let Request::Session { variant, params, material, .. } = &hello.request else { return Ok(()) };
-        shape_of(params, &self.config).map_err(|e| {
+        let shape = shape_of(params, &self.config).map_err(|e| {
             mismatch(
                 "session shape",
                 format!("{} positions", self.config.max_position_embeddings),
@@ -232,9 +232,11 @@ impl ServerParty {
             (Some(MpcMaterial::Bundle(m)), Some(binding)) => {
                 // A session in progress holds the lock; its bundle id and binding do not change.
                 match m.try_lock() {
-                    Ok(m) => check_binding(&m, binding, client_fingerprint),
+                    Ok(m) => check_binding(&m, binding, client_fingerprint, shape),
                     Err(TryLockError::WouldBlock) => Ok(()),
-                    Err(TryLockError::Poisoned(p)) => check_binding(&p.into_inner(), binding, client_fingerprint),
+                    Err(TryLockError::Poisoned(p)) => {
+                        check_binding(&p.into_inner(), binding, client_fingerprint, shape)
+                    }
                 }
             }
             (Some(MpcMaterial::Bundle(_)), None) => Err(mismatch(
@@ -330,7 +332,8 @@ impl ServerParty {
                         let index = usize::try_from(binding.session).unwrap_or(usize::MAX);
                         // The handshake admitted it; check again under the lock, then skip
                         // forward to it and reserve it before any material is used.
-                        check_binding(&slot, binding, "").map_err(|m| ServeError::Refused(m.to_string()))?;
+                        check_binding(&slot, binding, "", shape)
+                            .map_err(|m| ServeError::Refused(m.to_string()))?;
                         slot.start_session(index)?;
                         self.run_mpc(chan, &mut slot, mpc.nonlinear, shape)?
                     }
@@ -388,13 +391,19 @@ fn wait_for(
 }
 
 /// Whether `binding` fits the bundle `m` for client `client_fingerprint` (empty: not
-/// checked again).
+/// checked again) and a session of `shape` (the shape its sessions were dealt for).
 fn check_binding(
     m: &Material<P1>,
     binding: &MaterialBinding,
     client_fingerprint: &str,
+    shape: SessionShape,
 ) -> Result<(), Mismatch> {
     let Some(manifest) = m.manifest() else { return Ok(()) };
+    if let (Some(dealt), Err(why)) =
+        (&manifest.session_shape, shape.check_dealt(manifest.session_shape.as_ref()))
+    {
+        return Err(mismatch("bundle shape", dealt.to_string(), shape.dealt().to_string(), why));
+    }
     if binding.bundle_id != manifest.bundle_id {
         return Err(mismatch(
             "bundle",

@@ -33,8 +33,8 @@ pub mod kinds;
 mod recorder;
 
 pub use bundle::{
-    BundleWriter, Dealer, DealerRole, KindCount, Ledger, Manifest, OpenOptions, Reserve, ShardInfo,
-    FORMAT_VERSION,
+    BundleWriter, Dealer, DealerRole, DealtShape, KindCount, Ledger, Manifest, OpenOptions, Reserve,
+    ShardInfo, FORMAT_VERSION,
 };
 pub use ideal::{IdealDealer, SharedWeights};
 pub use kind::{Component, Kind, OnDemand, OnDemandReader, Request, Src};

@@ -126,6 +126,30 @@ pub struct Dealer {
     pub host: String,
 }
 
+/// The public shape every session of a bundle was dealt for. A session of another
+/// shape would take other material at the first step whose shape differs, after both
+/// parties reserved the session: the client checks it before connecting and the server
+/// before admitting, so a mismatch is refused without spending anything.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealtShape {
+    /// Prompt tokens per session.
+    pub prompt_tokens: u64,
+    /// New tokens (forward passes) per session.
+    pub max_new_tokens: u64,
+    /// Logits for every prefill position (`eval --all-positions`), not only the last.
+    pub all_positions: bool,
+}
+
+impl std::fmt::Display for DealtShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} prompt tokens + {} new", self.prompt_tokens, self.max_new_tokens)?;
+        if self.all_positions {
+            write!(f, ", logits at every position")?;
+        }
+        Ok(())
+    }
+}
+
 /// `manifest.json` of a bundle (also in each party's directory).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -153,6 +177,9 @@ pub struct Manifest {
     pub shards: BTreeMap<String, ShardInfo>,
     /// Counts per party, then per kind.
     pub counts: BTreeMap<String, BTreeMap<String, KindCount>>,
+    /// The shape every session was dealt for (`None`: not recorded, as for bundles
+    /// written request by request without a plan).
+    pub session_shape: Option<DealtShape>,
     /// Where each dealt session starts: the stream cursors at its first request. A
     /// session reserves everything up to the next start; a party that ends a session
     /// early skips to the next start, so sessions never share material and never

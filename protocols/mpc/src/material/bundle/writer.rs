@@ -5,7 +5,7 @@
 
 use super::journal::{create_private_dir, create_private_file, sync_dir, write_durably};
 use super::store::{index_blake3, Section, Trailer, ALIGN, CHUNK_BYTES, MAGIC, PREAMBLE};
-use super::{Dealer, DealerRole, KindCount, Manifest, ShardInfo, FORMAT_VERSION, PARTIES};
+use super::{Dealer, DealerRole, DealtShape, KindCount, Manifest, ShardInfo, FORMAT_VERSION, PARTIES};
 use crate::material::ideal::party_seeds;
 use crate::material::{deal, io_err, LinearWeights, MaterialError, MaterialRequest, Src};
 use crate::prg::{Seed, DEFAULT_PRG};
@@ -72,6 +72,7 @@ pub struct BundleWriter {
     tmp: [BTreeMap<String, StreamWriter>; 2],
     counts: [BTreeMap<String, KindCount>; 2],
     sessions: Vec<BTreeMap<String, u64>>,
+    session_shape: Option<DealtShape>,
 }
 
 impl std::fmt::Debug for BundleWriter {
@@ -112,7 +113,14 @@ impl BundleWriter {
             tmp: Default::default(),
             counts: Default::default(),
             sessions: Vec::new(),
+            session_shape: None,
         })
+    }
+
+    /// Records the shape every session is dealt for (the manifest's
+    /// [`Manifest::session_shape`]), checked by both parties before a session starts.
+    pub fn session_shape(&mut self, shape: DealtShape) {
+        self.session_shape = Some(shape);
     }
 
     /// Records who deals this bundle (and so which promise holds).
@@ -200,6 +208,7 @@ impl BundleWriter {
             tmp,
             counts,
             sessions,
+            session_shape,
         } = self;
         let mut shards = BTreeMap::new();
         for (p, tmps) in tmp.into_iter().enumerate() {
@@ -233,6 +242,7 @@ impl BundleWriter {
             bound_clients,
             shards,
             counts: [("p0".to_string(), c0), ("p1".to_string(), c1)].into_iter().collect(),
+            session_shape,
             sessions,
         };
         manifest.seal();
