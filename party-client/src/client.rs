@@ -466,6 +466,9 @@ impl Private {
                         dir.display()
                     );
                 };
+                // Read and check the session's material from disk now, not while the
+                // server waits on an admitted session.
+                m.verify_session(next)?;
                 let binding = MaterialBinding { bundle_id: manifest.bundle_id.clone(), session: next as u64 };
                 let mut m = m;
                 if both {

@@ -419,9 +419,15 @@ fn corruption_refuses_only_the_session_that_holds_it() {
     bytes[at] ^= 1;
     std::fs::write(&shard, &bytes).unwrap();
     let mut m = Material::<P0>::open_with(&dir.path().join("p0"), &opts).unwrap();
+    m.verify_session(0).unwrap();
     m.start_session(0).unwrap();
     m.take(TriplesRequest { n: N }).unwrap();
     let after_0 = m.consumed().clone();
+    // Checked ahead of the session (as a client does before it connects), then at its
+    // start: refused both times, nothing recorded.
+    let err = m.verify_session(1).unwrap_err();
+    assert!(matches!(err, MaterialError::Corrupted { .. }), "{err}");
+    assert_eq!(m.consumed(), &after_0);
     let err = m.start_session(1).unwrap_err();
     assert!(matches!(err, MaterialError::Corrupted { .. }), "{err}");
     assert!(err.to_string().contains("fail their blake3"), "{err}");

@@ -317,6 +317,9 @@ pub(crate) trait MaterialStore: Send {
     }
 }
 
+/// Stream cursors: words per component stream.
+type Cursors = BTreeMap<String, u64>;
+
 /// A party's material, from an [`IdealDealer`] or a dealer bundle.
 pub struct Material<R: Role> {
     seed: Seed,
@@ -362,8 +365,29 @@ impl<R: Role> Material<R> {
     /// Starts dealt session `index`: skips forward to its start (never back: an index
     /// before [`Material::next_session`] is refused as spent) and records the whole
     /// session as consumed before any of it is used, with one durable write. A crash
-    /// then wastes at most this session.
+    /// then wastes at most this session. The session's stored material is checked
+    /// first ([`Material::verify_session`]; chunks already checked are not read again).
     pub fn start_session(&mut self, index: usize) -> Result<(), MaterialError> {
+        let [start, end] = self.session_range(index)?;
+        // The session's material is checked whole before anything is recorded: a
+        // corrupted chunk refuses the session without spending it.
+        self.store.verify_range(&start, &end)?;
+        self.advance_to(&start)?;
+        self.store.reserve_to(&end)
+    }
+
+    /// Checks the integrity of dealt session `index`'s stored material (blake3 per
+    /// chunk) without recording anything. A client calls it before it connects, so
+    /// that reading a session's material from disk (seconds for a large model) is not
+    /// spent while the server waits; [`Material::start_session`] then finds it checked.
+    pub fn verify_session(&self, index: usize) -> Result<(), MaterialError> {
+        let [start, end] = self.session_range(index)?;
+        self.store.verify_range(&start, &end)
+    }
+
+    /// Where session `index` starts and ends (the next session's start, or the end of
+    /// every stream), refused if it is spent or was never dealt.
+    fn session_range(&self, index: usize) -> Result<[Cursors; 2], MaterialError> {
         let Some(m) = &self.manifest else {
             return Err(MaterialError::Mismatch(
                 "material without dealt sessions (the ideal dealer) has no session index".into(),
@@ -382,11 +406,7 @@ impl<R: Role> Material<R> {
             }
         };
         let end = m.sessions.get(index + 1).cloned().unwrap_or_else(|| self.stream_totals());
-        // The session's material is checked whole before anything is recorded: a
-        // corrupted chunk refuses the session without spending it.
-        self.store.verify_range(&start, &end)?;
-        self.advance_to(&start)?;
-        self.store.reserve_to(&end)
+        Ok([start, end])
     }
 
     /// Words in every stream this party holds (the end of the last session).
