@@ -11,7 +11,6 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use shardlm_configs::FixedPoint;
 use shardlm_model::qwen2::forward;
 use shardlm_model::sampling::argmax;
 use shardlm_model::{ModelDir, PlainEngine, Rows, Weights};
@@ -25,14 +24,16 @@ use shardlm_mpc::share::{reconstruct, share, Shares, P0, P1};
 use shardlm_testkit::fixtures;
 use shardlm_testkit::{chi_square_bytes, two_party};
 use shardlm_transport::memory::MemoryChannel;
-use shardlm_transport::Counters;
 use shardlm_variants::plan::SessionShape;
 use shardlm_variants::v3_mpc::{plan_session, MpcParty, MpcPartyError, Nonlinear};
 use shardlm_variants::RingWeights;
 use std::path::Path;
 use std::sync::Arc;
 
+mod private_run;
 mod shape_cost;
+
+use private_run::{agreement_on, load, plaintext, ring_weights, Pass, Run};
 
 const F: u32 = 16;
 
@@ -224,12 +225,6 @@ fn nonlinear_functions_within_their_bounds() {
     }
 }
 
-fn load(dir: &Path) -> (ModelDir, Arc<Weights>) {
-    let md = ModelDir::open(dir).unwrap();
-    let w = Arc::new(md.load_weights().unwrap());
-    (md, w)
-}
-
 /// The vendored oracle every default test runs on.
 fn tiny() -> (ModelDir, Arc<Weights>) {
     load(&fixtures::tiny_bytes())
@@ -239,14 +234,8 @@ fn cases() -> Vec<Vec<u32>> {
     fixtures::case_inputs(&fixtures::tiny_bytes())
 }
 
-struct Run {
-    logits: Vec<f32>,
-    greedy: Vec<u32>,
-    per_pass: Vec<Counters>,
-    audit0: Vec<AuditEntry>,
-    audit1: Vec<AuditEntry>,
-}
-
+/// One v3-mpc run (last-position logits for P0, then the greedy continuation) on
+/// ideal-dealer material from `seed`.
 fn run_mpc(
     md: &ModelDir,
     ring: &Arc<RingWeights>,
@@ -260,6 +249,7 @@ fn run_mpc(
     run_with(md, ring, w, ids, greedy_n, seed, record, m0, m1)
 }
 
+/// The same on the given material.
 #[allow(clippy::too_many_arguments)]
 fn run_with<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
     md: &ModelDir,
@@ -272,48 +262,8 @@ fn run_with<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
     m0: M0,
     m1: M1,
 ) -> Run {
-    let c = md.config.clone();
-    let c1 = md.config.clone();
-    let n = ids.len();
-    let ((logits, greedy, per_pass, audit0), audit1) = two_party(
-        |ch| {
-            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(seed ^ 0xa));
-            p.session().record_transfers(record);
-            let mut per_pass = Vec::new();
-            let before = p.counters();
-            let l = forward(&mut p, &c, ids, 0, Rows::Last).unwrap().expect("P0 gets logits");
-            per_pass.push(p.counters().since(&before));
-            let mut greedy = vec![argmax(l.last())];
-            let mut pos = n;
-            while greedy.len() < greedy_n {
-                let before = p.counters();
-                let s = forward(&mut p, &c, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
-                per_pass.push(p.counters().since(&before));
-                greedy.push(argmax(s.last()));
-                pos += 1;
-            }
-            (l.last().to_vec(), greedy, per_pass, p.audit().to_vec())
-        },
-        |ch| {
-            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(seed ^ 0xb));
-            p.session().record_transfers(record);
-            let placeholder = vec![0u32; n];
-            assert!(
-                forward(&mut p, &c1, &placeholder, 0, Rows::Last).unwrap().is_none(),
-                "P1 never gets logits"
-            );
-            for step in 1..greedy_n {
-                assert!(forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap().is_none());
-            }
-            p.audit().to_vec()
-        },
-    );
-    Run { logits, greedy, per_pass, audit0, audit1 }
-}
-
-fn ring_weights(w: &Weights) -> Arc<RingWeights> {
-    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
-    Arc::new(RingWeights::encode(w, FixedPoint::default(), backend).unwrap())
+    let pass = Pass { nonlinear: Nonlinear::Polynomial, rows: Rows::Last, greedy_n, seed, record };
+    private_run::run(pass, md, ring, w, ids, m0, m1)
 }
 
 #[test]
@@ -331,32 +281,23 @@ fn tiny_qwen2_matches_the_plaintext_engine() {
 /// `dir`, and greedy_8 equal in at least `min_greedy_equal` cases.
 fn matches_the_plaintext_engine(dir: &Path, min_greedy_equal: usize) {
     let (md, w) = load(dir);
-    let c = &md.config;
     let ring = ring_weights(&w);
-    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
     let mut greedy_equal = 0;
     let mut worst = 0.0f32;
     let cases = fixtures::case_inputs(dir);
     for (i, ids) in cases.iter().enumerate() {
-        plain.reset();
-        let pl = forward(&mut plain, c, ids, 0, Rows::Last).unwrap().unwrap();
-        let mut want = vec![argmax(pl.last())];
-        let mut pos = ids.len();
-        while want.len() < 8 {
-            let s = forward(&mut plain, c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
-            want.push(argmax(s.last()));
-            pos += 1;
-        }
+        let (pl, want) = plaintext(&w, &md, ids, 8);
         let t = std::time::Instant::now();
         let run = run_mpc(&md, &ring, &w, ids, 8, 100 + i as u64, false);
-        let err = run.logits.iter().zip(pl.last()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let last = pl.last().expect("a prefill row");
+        let err = run.last().iter().zip(last).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         worst = worst.max(err);
         let p = &run.per_pass[0];
         let d = run.per_pass.last().unwrap();
         eprintln!(
             "case {i}: {} tokens, max |logit err| {err:.4}, top-1 {} vs {}, greedy equal {}, prefill {} rounds {:.2} MiB sent, decode {} rounds {:.2} MiB sent, {:.1} s",
             ids.len(),
-            argmax(&run.logits),
+            argmax(run.last()),
             want[0],
             run.greedy == want,
             p.rounds,
@@ -365,7 +306,7 @@ fn matches_the_plaintext_engine(dir: &Path, min_greedy_equal: usize) {
             d.bytes_sent() as f64 / 1048576.0,
             t.elapsed().as_secs_f64()
         );
-        assert_eq!(argmax(&run.logits), want[0], "case {i}: last-position top-1");
+        assert_eq!(argmax(run.last()), want[0], "case {i}: last-position top-1");
         if run.greedy == want {
             greedy_equal += 1;
         } else {
@@ -531,89 +472,10 @@ fn real_model_agreement_over_all_positions() {
     let Some(dir) = fixtures::real_model_dir() else { return };
     let env_n = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let (n_cases, greedy_n) = (env_n("SHARDLM_MPC_CASES", 9), env_n("SHARDLM_MPC_GREEDY", 16));
-    let md = ModelDir::open(Path::new(&dir)).unwrap();
-    let w = Arc::new(md.load_weights().unwrap());
-    let c = md.config.clone();
-    let ring = ring_weights(&w);
-    let cases = fixtures::case_inputs(&fixtures::real_reference());
-    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
-    let (mut agree, mut total, mut greedy_eq) = (0usize, 0usize, 0usize);
-    let mut errs: Vec<f32> = Vec::new();
-    for (i, ids) in cases.iter().take(n_cases).enumerate() {
-        let t = std::time::Instant::now();
-        plain.reset();
-        let pl = forward(&mut plain, &c, ids, 0, Rows::All).unwrap().unwrap();
-        let mut want = vec![argmax(pl.last())];
-        let mut pos = ids.len();
-        while want.len() < greedy_n {
-            let s = forward(&mut plain, &c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
-            want.push(argmax(s.last()));
-            pos += 1;
-        }
-        let (m0, m1) = IdealDealer::new(Seed::from_u64(1000 + i as u64)).split();
-        let n = ids.len();
-        let (c0, c1) = (c.clone(), c.clone());
-        let ((all, greedy), ()) = two_party(
-            |ch| {
-                let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(i as u64));
-                let l = forward(&mut p, &c0, ids, 0, Rows::All).unwrap().unwrap();
-                let mut greedy = vec![argmax(l.last())];
-                let mut pos = n;
-                while greedy.len() < greedy_n {
-                    let s =
-                        forward(&mut p, &c0, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
-                    greedy.push(argmax(s.last()));
-                    pos += 1;
-                }
-                (l, greedy)
-            },
-            |ch| {
-                let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(99 + i as u64));
-                forward(&mut p, &c1, &vec![0; n], 0, Rows::All).unwrap();
-                for step in 1..greedy_n {
-                    forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap();
-                }
-            },
-        );
-        let mut case_agree = 0;
-        for r in 0..n {
-            if argmax(all.row(r)) == argmax(pl.row(r)) {
-                case_agree += 1;
-            } else {
-                let mut sorted = pl.row(r).to_vec();
-                sorted.sort_by(|a, b| b.total_cmp(a));
-                eprintln!(
-                    "case {i} position {r}: plaintext top-2 gap {:.4} (a near tie)",
-                    sorted[0] - sorted[1]
-                );
-            }
-            errs.extend(all.row(r).iter().zip(pl.row(r)).map(|(a, b)| (a - b).abs()));
-        }
-        agree += case_agree;
-        total += n;
-        let geq = greedy.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        if geq < greedy_n {
-            eprintln!("case {i}: greedy {greedy:?}\n    plaintext {want:?}");
-        }
-        if geq == greedy_n {
-            greedy_eq += 1;
-        }
-        eprintln!(
-            "case {i}: {n} tokens, top-1 agreement {case_agree}/{n}, greedy_{greedy_n} common prefix {geq}, {:.0} s",
-            t.elapsed().as_secs_f64()
-        );
-    }
-    errs.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| errs[((errs.len() - 1) as f64 * p) as usize];
-    eprintln!(
-        "top-1 agreement {agree}/{total} = {:.2}%, greedy_{greedy_n} equal {greedy_eq}/{n_cases}; |logit err| p50 {:.4} p90 {:.4} p99 {:.4} max {:.4}",
-        100.0 * agree as f64 / total as f64,
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(1.0)
-    );
-    assert!(agree as f64 >= 0.99 * total as f64, "top-1 agreement {agree}/{total}");
+    let cases: Vec<Vec<u32>> =
+        fixtures::case_inputs(&fixtures::real_reference()).into_iter().take(n_cases).collect();
+    let a = agreement_on(Nonlinear::Polynomial, Path::new(&dir), &cases, greedy_n, false, 1000);
+    assert!(a.agree as f64 >= 0.99 * a.total as f64, "top-1 agreement {}/{}", a.agree, a.total);
 }
 
 /// Bytes (both directions, per element) and rounds of each nonlinear function, printed as

@@ -3,45 +3,25 @@
 //! plaintext engine; two parties on two threads over the in-memory pair, material from
 //! the ideal dealer (DESIGN.md section 7).
 
-use shardlm_configs::FixedPoint;
 use shardlm_model::qwen2::forward;
-use shardlm_model::sampling::argmax;
-use shardlm_model::{ModelDir, PlainEngine, Rows, Weights};
+use shardlm_model::{ModelDir, Rows, Weights};
 use shardlm_mpc::material::{IdealDealer, MaterialSource};
 use shardlm_mpc::prg::Seed;
-use shardlm_mpc::session::AuditEntry;
 use shardlm_mpc::share::{P0, P1};
 use shardlm_testkit::fixtures;
 use shardlm_testkit::{chi_square_bytes, two_party};
-use shardlm_transport::Counters;
 use shardlm_variants::v3_mpc::{MpcParty, Nonlinear};
 use shardlm_variants::RingWeights;
 use std::path::Path;
 use std::sync::Arc;
 
+mod private_run;
 mod shape_cost;
 
-fn load(dir: &Path) -> (ModelDir, Arc<Weights>) {
-    let md = ModelDir::open(dir).unwrap();
-    let w = Arc::new(md.load_weights().unwrap());
-    (md, w)
-}
+use private_run::{agreement_on, load, plaintext, ring_weights, Pass, Run};
 
-fn ring_weights(w: &Weights) -> Arc<RingWeights> {
-    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
-    Arc::new(RingWeights::encode(w, FixedPoint::default(), backend).unwrap())
-}
-
-/// One v3-ot run: all-position logits of the prompt (P0), greedy continuation, per-pass
-/// counters and both audit logs.
-struct Run {
-    logits: Vec<Vec<f32>>,
-    greedy: Vec<u32>,
-    per_pass: Vec<Counters>,
-    audit0: Vec<AuditEntry>,
-    audit1: Vec<AuditEntry>,
-}
-
+/// One v3-ot run (all-position logits of the prompt for P0, then the greedy
+/// continuation).
 #[allow(clippy::too_many_arguments)]
 fn run_ot<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
     md: &ModelDir,
@@ -54,132 +34,19 @@ fn run_ot<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
     m0: M0,
     m1: M1,
 ) -> Run {
-    let (c, c1) = (md.config.clone(), md.config.clone());
-    let n = ids.len();
-    let ((logits, greedy, per_pass, audit0), audit1) = two_party(
-        |ch| {
-            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m0, Seed::from_u64(seed ^ 0xa))
-                .with_nonlinear(Nonlinear::Tables);
-            p.session().record_transfers(record);
-            let mut per_pass = Vec::new();
-            let before = p.counters();
-            let l = forward(&mut p, &c, ids, 0, Rows::All).unwrap().expect("P0 gets logits");
-            per_pass.push(p.counters().since(&before));
-            let mut greedy = vec![argmax(l.last())];
-            let mut pos = n;
-            while greedy.len() < greedy_n {
-                let before = p.counters();
-                let s = forward(&mut p, &c, &[*greedy.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
-                per_pass.push(p.counters().since(&before));
-                greedy.push(argmax(s.last()));
-                pos += 1;
-            }
-            let all = (0..n).map(|r| l.row(r).to_vec()).collect();
-            (all, greedy, per_pass, p.audit().to_vec())
-        },
-        |ch| {
-            let mut p = MpcParty::new(w.clone(), ring.clone(), ch, m1, Seed::from_u64(seed ^ 0xb))
-                .with_nonlinear(Nonlinear::Tables);
-            p.session().record_transfers(record);
-            assert!(
-                forward(&mut p, &c1, &vec![0u32; n], 0, Rows::All).unwrap().is_none(),
-                "P1 never gets logits"
-            );
-            for step in 1..greedy_n {
-                assert!(forward(&mut p, &c1, &[0], n + step - 1, Rows::Last).unwrap().is_none());
-            }
-            p.audit().to_vec()
-        },
-    );
-    Run { logits, greedy, per_pass, audit0, audit1 }
-}
-
-/// Plaintext all-position logits and greedy continuation.
-fn plaintext(w: &Arc<Weights>, md: &ModelDir, ids: &[u32], greedy_n: usize) -> (Vec<Vec<f32>>, Vec<u32>) {
-    let c = &md.config;
-    let mut plain = PlainEngine::new(w.clone(), Arc::new(shardlm_gpu::CpuBackend::new()));
-    let pl = forward(&mut plain, c, ids, 0, Rows::All).unwrap().unwrap();
-    let mut want = vec![argmax(pl.last())];
-    let mut pos = ids.len();
-    while want.len() < greedy_n {
-        let s = forward(&mut plain, c, &[*want.last().unwrap()], pos, Rows::Last).unwrap().unwrap();
-        want.push(argmax(s.last()));
-        pos += 1;
-    }
-    ((0..ids.len()).map(|r| pl.row(r).to_vec()).collect(), want)
+    let pass = Pass { nonlinear: Nonlinear::Tables, rows: Rows::All, greedy_n, seed, record };
+    private_run::run(pass, md, ring, w, ids, m0, m1)
 }
 
 /// Top-1 agreement over all positions, greedy equality and the logit errors of the
 /// oracle in `dir`; asserts every last position's top-1 and `min_greedy_equal` greedy_8.
 fn agreement(dir: &Path, min_greedy_equal: usize) {
     let cases = fixtures::case_inputs(dir);
-    let (agree, total, greedy_equal) = agreement_on(dir, &cases, 8, true, 300);
+    let a = agreement_on(Nonlinear::Tables, dir, &cases, 8, true, 300);
     // Every last position is asserted in `agreement_on`; over all positions a miss is a
     // near tie of the plaintext logits (printed with its gap).
-    assert!(agree as f64 >= 0.99 * total as f64, "top-1 {agree}/{total}");
-    assert!(greedy_equal >= min_greedy_equal, "greedy_8 equal in {greedy_equal} of {}", cases.len());
-}
-
-/// Runs every case, case `i` on material dealt from seed `seed + i`; returns (top-1
-/// agreements, positions, greedy_n equal).
-fn agreement_on(
-    dir: &Path,
-    cases: &[Vec<u32>],
-    greedy_n: usize,
-    strict_last: bool,
-    seed: u64,
-) -> (usize, usize, usize) {
-    let (md, w) = load(dir);
-    let ring = ring_weights(&w);
-    let (mut agree, mut total, mut greedy_equal) = (0, 0, 0);
-    let mut errs = Vec::new();
-    for (i, ids) in cases.iter().enumerate() {
-        let (want_logits, want) = plaintext(&w, &md, ids, greedy_n);
-        let (m0, m1) = IdealDealer::new(Seed::from_u64(seed + i as u64)).split();
-        let t = std::time::Instant::now();
-        let run = run_ot(&md, &ring, &w, ids, greedy_n, seed + i as u64, false, m0, m1);
-        for (r, (a, b)) in run.logits.iter().zip(&want_logits).enumerate() {
-            agree += usize::from(argmax(a) == argmax(b));
-            total += 1;
-            errs.extend(a.iter().zip(b).map(|(x, y)| (x - y).abs()));
-            if argmax(a) != argmax(b) {
-                let mut sorted = b.clone();
-                sorted.sort_by(|x, y| y.total_cmp(x));
-                eprintln!("case {i} position {r}: plaintext top-2 gap {:.4}", sorted[0] - sorted[1]);
-            }
-        }
-        let (p, d) = (&run.per_pass[0], run.per_pass.last().unwrap());
-        eprintln!(
-            "case {i}: {} tokens, top-1 last {} vs {}, greedy equal {}, prefill {} rounds {:.2} MiB sent, decode {} rounds, {:.1} s",
-            ids.len(),
-            argmax(run.logits.last().unwrap()),
-            want[0],
-            run.greedy == want,
-            p.rounds,
-            p.bytes_sent() as f64 / 1048576.0,
-            d.rounds,
-            t.elapsed().as_secs_f64()
-        );
-        if strict_last {
-            assert_eq!(argmax(run.logits.last().unwrap()), want[0], "case {i}: last-position top-1");
-        }
-        if run.greedy != want {
-            eprintln!("case {i}: greedy {:?}\n    plaintext {want:?}", run.greedy);
-        }
-        greedy_equal += usize::from(run.greedy == want);
-    }
-    errs.sort_by(f32::total_cmp);
-    let q = |p: f64| errs[((errs.len() - 1) as f64 * p) as usize];
-    eprintln!(
-        "top-1 {agree}/{total} = {:.2}%, greedy_{greedy_n} equal {greedy_equal}/{}; |logit err| p50 {:.4} p90 {:.4} p99 {:.4} max {:.4}",
-        100.0 * agree as f64 / total as f64,
-        cases.len(),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        q(1.0)
-    );
-    (agree, total, greedy_equal)
+    assert!(a.agree as f64 >= 0.99 * a.total as f64, "top-1 {}/{}", a.agree, a.total);
+    assert!(a.greedy_equal >= min_greedy_equal, "greedy_8 equal in {} of {}", a.greedy_equal, a.cases);
 }
 
 /// The real Qwen2.5-Coder-0.5B-Instruct when `SHARDLM_REAL_MODEL_DIR` is set: top-1
@@ -197,9 +64,9 @@ fn real_model_agreement_over_all_positions() {
         fixtures::case_inputs(&fixtures::real_reference()).into_iter().take(n).collect();
     let seed: u64 =
         std::env::var("SHARDLM_OT_MATERIAL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let (agree, total, greedy_equal) = agreement_on(Path::new(&dir), &cases, 16, false, seed);
-    assert!(agree as f64 >= 0.995 * total as f64, "top-1 agreement {agree}/{total} below 99.5%");
-    assert!(9 * greedy_equal >= 8 * cases.len(), "greedy_16 equal in {greedy_equal} of {}", cases.len());
+    let a = agreement_on(Nonlinear::Tables, Path::new(&dir), &cases, 16, false, seed);
+    assert!(a.agree as f64 >= 0.995 * a.total as f64, "top-1 agreement {}/{} below 99.5%", a.agree, a.total);
+    assert!(9 * a.greedy_equal >= 8 * a.cases, "greedy_16 equal in {} of {}", a.greedy_equal, a.cases);
 }
 
 /// Audit: every value P1 receives (and P0, but for the final logits) is a masked
