@@ -3,7 +3,7 @@
 //! `shardlm_client::commands` (or `lab` for the network experiments).
 
 use clap::{Parser, Subcommand};
-use shardlm_client::commands::{benchmark, dealer, demo, eval, generate, remote};
+use shardlm_client::commands::{benchmark, bundle, dealer, demo, eval, generate, remote};
 use shardlm_client::lab::{experiment, netem};
 
 #[derive(Parser)]
@@ -37,6 +37,9 @@ enum Command {
     Keygen(remote::KeygenArgs),
     /// Deal one-time material offline into a bundle (one part per party).
     Dealer(dealer::DealerArgs),
+    /// Show a dealt bundle: variant, model, session shape, dealer, and the sessions left
+    /// in each party's part; `--verify` checks every unspent session's material.
+    Bundle(bundle::BundleArgs),
     /// Relay UDP between the parties through an emulated link (delay, jitter, rate, loss, reorder).
     Netem(netem::NetemArgs),
     /// Sweep variants x RTTs x rates through the link emulator; write results, tables and plots.
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Info(a) => remote::info(a),
         Command::Keygen(a) => remote::keygen(a),
         Command::Dealer(a) => dealer::run(a),
+        Command::Bundle(a) => bundle::run(a),
         Command::Netem(a) => netem::run_netem(a),
         Command::Experiment(a) => experiment::run_experiment(a),
         Command::FetchModel(a) => shardlm_client::fetch::run(a),

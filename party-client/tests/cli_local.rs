@@ -239,3 +239,67 @@ fn a_hub_id_is_accepted_for_model_dir_through_the_local_hub_cache() {
     );
     assert!(!err.contains("huggingface.co"), "never downloads: {err}");
 }
+
+/// `bundle` reports what a dealt bundle holds and what is left of it per party, counts
+/// a session once a party started it, says when a part is in use, and with `--verify`
+/// finds a corrupted chunk of an unspent session.
+#[test]
+fn bundle_reports_sessions_left_and_verify_finds_corruption() {
+    use shardlm_mpc::material::{Material, OpenOptions};
+    use shardlm_mpc::share::P0;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures::tiny_bytes();
+    let out = tmp.path().join("b");
+    let state = tmp.path().join("state");
+    let dealt = client()
+        .args(["dealer", "--variant", "v3-ot", "--role", "independent", "--prompt-tokens", "6"])
+        .args(["--max-new-tokens", "2", "--sessions", "2", "--model-dir"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(dealt.status.success(), "{}", String::from_utf8_lossy(&dealt.stderr));
+    let bundle = |args: &[&str]| {
+        let o =
+            client().arg("bundle").arg(&out).args(args).env("SHARDLM_STATE_DIR", &state).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    let (ok, text, err) = bundle(&["--verify"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("v3-ot") && text.contains("2 session(s) of 6 prompt tokens + 2 new"), "{text}");
+    assert!(text.contains("p0 (client") && text.contains("p1 (server"), "{text}");
+    assert_eq!(text.matches("2 of 2 session(s) left").count(), 2, "{text}");
+    assert_eq!(text.matches("checked against their blake3").count(), 2, "{text}");
+
+    // P0 (in this process, with the same state directory) skips to session 1, so that
+    // session 0 is spent; while it holds the part the command says the part is in use.
+    // (A session started and closed without taking anything is given back.)
+    let opts = OpenOptions::default().ledger_in(&state.join("spent"));
+    let mut m = Material::<P0>::open_with(&out.join("p0"), &opts).unwrap();
+    m.start_session(1).unwrap();
+    let (ok, text, err) = bundle(&[]);
+    assert!(ok, "{err}");
+    assert!(text.contains("p0 (client") && text.contains("in use by a running party"), "{text}");
+    drop(m);
+    let (_, text, _) = bundle(&[]);
+    assert!(
+        text.contains("1 of 2 session(s) left (next: 1)") && text.contains("2 of 2 session(s) left"),
+        "{text}"
+    );
+
+    // A flipped byte in session 1's material: `--verify` names it.
+    let shard = out.join("p0/p0.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let t_off = u64::from_le_bytes(bytes[16..24].try_into().unwrap()) as usize;
+    let at = (0..t_off).rev().find(|&i| bytes[i] != 0).unwrap();
+    bytes[at] ^= 1;
+    std::fs::write(&shard, &bytes).unwrap();
+    let (ok, _, err) = bundle(&["--verify"]);
+    assert!(!ok && err.contains("p0 part") && err.contains("fail their blake3"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! struct) and its `run`. The flags every private command shares are here.
 
 pub mod benchmark;
+pub mod bundle;
 pub mod dealer;
 pub mod demo;
 pub mod eval;

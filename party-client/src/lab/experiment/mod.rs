@@ -37,7 +37,7 @@
 mod cost_model;
 mod plot;
 mod prompt;
-mod report;
+pub(crate) mod report;
 mod runner;
 
 use crate::lab::netem::{format_ms, format_rate, parse_duration, parse_rate, parse_size, LinkConfig};

@@ -108,13 +108,16 @@ pub(super) fn machine() -> String {
     format!("{cpu}, {cores} cores, {}", std::env::consts::OS)
 }
 
-/// Bytes as the table writes them (`12.3 MB`, `45.6 kB`, `789 B`).
+/// The default of a count missing from an older results file: one.
 fn one() -> usize {
     1
 }
 
-fn fmt_bytes(b: u64) -> String {
-    if b >= 10_000_000 {
+/// Bytes as the table writes them (`12.3 GB`, `12.3 MB`, `45.6 kB`, `789 B`).
+pub(crate) fn fmt_bytes(b: u64) -> String {
+    if b >= 10_000_000_000 {
+        format!("{:.1} GB", b as f64 / 1e9)
+    } else if b >= 10_000_000 {
         format!("{:.1} MB", b as f64 / 1e6)
     } else if b >= 10_000 {
         format!("{:.1} kB", b as f64 / 1e3)
