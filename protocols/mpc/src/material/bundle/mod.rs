@@ -19,8 +19,9 @@
 //!
 //! * [`Manifest`]: format version, bundle id, a random nonce, model fingerprint,
 //!   variant, PRG, created-at, who dealt ([`Dealer`]), the client fingerprints allowed
-//!   to consume the server's part, per-shard index blake3 and size, counts per material kind
-//!   per party, and where each session starts. The bundle id is the blake3 of the rest
+//!   to consume the server's part, per-shard index blake3 and size, counts per
+//!   material kind per party, the shape every session was dealt for ([`DealtShape`])
+//!   and where each session starts. The bundle id is the blake3 of the rest
 //!   of the manifest ([`Manifest::sealed_id`]; the nonce makes two bundles never share
 //!   an id), checked on every read: an edited or corrupted manifest (a moved session
 //!   start would start a party at the wrong place of its streams, silently) is refused.
@@ -28,8 +29,9 @@
 //!   trailer offset `u64`, trailer length `u64`, little-endian), then every raw
 //!   component stream of that party as a raw little-endian `u64` array at a 64-byte
 //!   aligned offset (narrow values, the OT strings, bit-packed at their width), then a
-//!   JSON trailer (the party's seed, each stream's offset and length and the blake3 of
-//!   each of its 1 MiB chunks, the words available in every component stream).
+//!   JSON trailer (the party's seed, each stream's offset and length, the words
+//!   available in every component stream, and the blake3 of every 1 MiB chunk of the
+//!   data: the streams and the padding between them).
 //!   Memory-mapped on open. The manifest holds the blake3 of the shard's index
 //!   (preamble and trailer), checked on open; each chunk is checked when the session
 //!   that uses it starts (or at its first read outside sessions), before anything is
@@ -59,7 +61,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Version of the bundle format this code writes and reads (4: on-demand streams are
-/// AES-128-CTR, [`crate::material::kind::ON_DEMAND_PRG`]; 5: streams are hashed in 1 MiB
+/// AES-128-CTR, [`crate::material::kind::ON_DEMAND_PRG`]; 5: the data is hashed in 1 MiB
 /// chunks listed in the trailer, the manifest holds the hash of the shard's index).
 pub const FORMAT_VERSION: u32 = 5;
 
@@ -81,8 +83,8 @@ pub struct ShardInfo {
     /// File name inside the party's directory.
     pub file: String,
     /// blake3 (hex) of the shard's index: its 64-byte preamble and its trailer, which
-    /// holds the blake3 of every 1 MiB chunk of every stream. Opening checks the index;
-    /// a session checks the chunks it will read when it starts.
+    /// holds the blake3 of every 1 MiB chunk of the data. Opening checks the index; a
+    /// session checks the chunks it will read when it starts.
     pub index_blake3: String,
     /// Size in bytes.
     pub bytes: u64,
