@@ -539,7 +539,8 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
 fn sweep_deals_each_fully_private_point_its_own_bundle() {
     let _cpu = exclusive();
     let _ = bins(); // asserts the server binary is built
-                    // Every fully private variant this build has (v3-mpc, v3-ot).
+
+    // Every fully private variant this build has (v3-mpc, v3-ot).
     let variants: Vec<&str> = shardlm_variants::registry::VARIANTS
         .iter()
         .filter(|s| s.implemented && s.material == shardlm_variants::registry::MaterialNeed::BothParties)
