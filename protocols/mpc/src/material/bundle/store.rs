@@ -65,7 +65,7 @@ fn le_words(bytes: &[u8]) -> Vec<u64> {
 
 /// The data chunks' hashes and which chunks have been checked in this process.
 struct Checks {
-    hashes: Vec<[u8; 32]>,
+    hashes: Vec<blake3::Hash>,
     verified: Vec<AtomicBool>,
     /// End of the data (the trailer's offset).
     end: u64,
@@ -76,19 +76,14 @@ impl Checks {
     /// exactly one hash per chunk.
     fn parse(hex: &str, end: u64) -> Option<Checks> {
         let n = usize::try_from(end.checked_sub(PREAMBLE)?.div_ceil(CHUNK_BYTES)).ok()?;
-        let hex = hex.as_bytes();
         if hex.len() != n.checked_mul(64)? {
             return None;
         }
-        let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let mut hashes = Vec::with_capacity(n);
-        for h in hex.chunks_exact(64) {
-            let mut out = [0u8; 32];
-            for (o, pair) in out.iter_mut().zip(h.chunks_exact(2)) {
-                *o = nibble(pair[0])? << 4 | nibble(pair[1])?;
-            }
-            hashes.push(out);
-        }
+        let hashes = hex
+            .as_bytes()
+            .chunks_exact(64)
+            .map(|h| blake3::Hash::from_hex(h).ok())
+            .collect::<Option<Vec<_>>>()?;
         Some(Checks { verified: (0..n).map(|_| AtomicBool::new(false)).collect(), hashes, end })
     }
 
@@ -218,7 +213,7 @@ impl FileStore {
                     .ok()
                     .zip(usize::try_from(end).ok())
                     .and_then(|(a, b)| self.map.get(a..b));
-                let ok = bytes.is_some_and(|b| blake3::hash(b).as_bytes() == &checks.hashes[c]);
+                let ok = bytes.is_some_and(|b| blake3::hash(b) == checks.hashes[c]);
                 if ok {
                     checks.verified[c].store(true, Ordering::Relaxed);
                 }
