@@ -33,7 +33,7 @@ use std::sync::Arc;
 mod private_run;
 mod shape_cost;
 
-use private_run::{agreement_on, load, plaintext, ring_weights, Pass, Run};
+use private_run::{agreement_on, load, ring_weights, Pass, Run};
 
 const F: u32 = 16;
 
@@ -278,49 +278,16 @@ fn tiny_qwen2_matches_the_plaintext_engine() {
 }
 
 /// Last-position top-1 equal to the plaintext engine for every case of the oracle in
-/// `dir`, and greedy_8 equal in at least `min_greedy_equal` cases.
+/// `dir` (asserted by `agreement_on`), and greedy_8 equal in at least
+/// `min_greedy_equal` cases.
 fn matches_the_plaintext_engine(dir: &Path, min_greedy_equal: usize) {
-    let (md, w) = load(dir);
-    let ring = ring_weights(&w);
-    let mut greedy_equal = 0;
-    let mut worst = 0.0f32;
     let cases = fixtures::case_inputs(dir);
-    for (i, ids) in cases.iter().enumerate() {
-        let (pl, want) = plaintext(&w, &md, ids, 8);
-        let t = std::time::Instant::now();
-        let run = run_mpc(&md, &ring, &w, ids, 8, 100 + i as u64, false);
-        let last = pl.last().expect("a prefill row");
-        let err = run.last().iter().zip(last).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        worst = worst.max(err);
-        let p = &run.per_pass[0];
-        let d = run.per_pass.last().unwrap();
-        eprintln!(
-            "case {i}: {} tokens, max |logit err| {err:.4}, top-1 {} vs {}, greedy equal {}, prefill {} rounds {:.2} MiB sent, decode {} rounds {:.2} MiB sent, {:.1} s",
-            ids.len(),
-            argmax(run.last()),
-            want[0],
-            run.greedy == want,
-            p.rounds,
-            p.bytes_sent() as f64 / 1048576.0,
-            d.rounds,
-            d.bytes_sent() as f64 / 1048576.0,
-            t.elapsed().as_secs_f64()
-        );
-        assert_eq!(argmax(run.last()), want[0], "case {i}: last-position top-1");
-        if run.greedy == want {
-            greedy_equal += 1;
-        } else {
-            eprintln!("case {i}: greedy {:?} vs plaintext {:?}", run.greedy, want);
-        }
-    }
-    eprintln!(
-        "max |logit error| over cases: {worst:.4}; greedy_8 equal in {greedy_equal} of {}",
-        cases.len()
-    );
+    let a = agreement_on(Nonlinear::Polynomial, Rows::Last, dir, &cases, 8, true, 100);
     assert!(
-        greedy_equal >= min_greedy_equal,
-        "greedy_8 equal in only {greedy_equal} of {} cases",
-        cases.len()
+        a.greedy_equal >= min_greedy_equal,
+        "greedy_8 equal in only {} of {} cases",
+        a.greedy_equal,
+        a.cases
     );
 }
 
@@ -474,7 +441,7 @@ fn real_model_agreement_over_all_positions() {
     let (n_cases, greedy_n) = (env_n("SHARDLM_MPC_CASES", 9), env_n("SHARDLM_MPC_GREEDY", 16));
     let cases: Vec<Vec<u32>> =
         fixtures::case_inputs(&fixtures::real_reference()).into_iter().take(n_cases).collect();
-    let a = agreement_on(Nonlinear::Polynomial, Path::new(&dir), &cases, greedy_n, false, 1000);
+    let a = agreement_on(Nonlinear::Polynomial, Rows::All, Path::new(&dir), &cases, greedy_n, false, 1000);
     assert!(a.agree as f64 >= 0.99 * a.total as f64, "top-1 agreement {}/{}", a.agree, a.total);
 }
 

@@ -42,7 +42,7 @@ fn run_ot<M0: MaterialSource<P0>, M1: MaterialSource<P1> + Send>(
 /// oracle in `dir`; asserts every last position's top-1 and `min_greedy_equal` greedy_8.
 fn agreement(dir: &Path, min_greedy_equal: usize) {
     let cases = fixtures::case_inputs(dir);
-    let a = agreement_on(Nonlinear::Tables, dir, &cases, 8, true, 300);
+    let a = agreement_on(Nonlinear::Tables, Rows::All, dir, &cases, 8, true, 300);
     // Every last position is asserted in `agreement_on`; over all positions a miss is a
     // near tie of the plaintext logits (printed with its gap).
     assert!(a.agree as f64 >= 0.99 * a.total as f64, "top-1 {}/{}", a.agree, a.total);
@@ -64,7 +64,7 @@ fn real_model_agreement_over_all_positions() {
         fixtures::case_inputs(&fixtures::real_reference()).into_iter().take(n).collect();
     let seed: u64 =
         std::env::var("SHARDLM_OT_MATERIAL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let a = agreement_on(Nonlinear::Tables, Path::new(&dir), &cases, 16, false, seed);
+    let a = agreement_on(Nonlinear::Tables, Rows::All, Path::new(&dir), &cases, 16, false, seed);
     assert!(a.agree as f64 >= 0.995 * a.total as f64, "top-1 agreement {}/{} below 99.5%", a.agree, a.total);
     assert!(9 * a.greedy_equal >= 8 * a.cases, "greedy_16 equal in {} of {}", a.greedy_equal, a.cases);
 }

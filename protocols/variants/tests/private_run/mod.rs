@@ -134,11 +134,13 @@ pub struct Agreement {
 }
 
 /// Runs every case of `cases` on the model in `dir` (case `i` on ideal-dealer material
-/// from seed `seed + i`) and compares all positions with the plaintext engine; prints
-/// each miss with its plaintext top-2 gap, per-case traffic and the |logit error|
-/// quantiles. `strict_last` asserts every last position's top-1.
+/// from seed `seed + i`) with logits for `rows` (every prefill position, or the last)
+/// and compares them with the plaintext engine's; prints each miss with its plaintext
+/// top-2 gap, per-case traffic and the |logit error| quantiles. `strict_last` asserts
+/// every last position's top-1.
 pub fn agreement_on(
     nonlinear: Nonlinear,
+    rows: Rows,
     dir: &Path,
     cases: &[Vec<u32>],
     greedy_n: usize,
@@ -154,9 +156,12 @@ pub fn agreement_on(
         let case_seed = seed + i as u64;
         let (m0, m1) = IdealDealer::new(Seed::from_u64(case_seed)).split();
         let t = std::time::Instant::now();
-        let pass = Pass { nonlinear, rows: Rows::All, greedy_n, seed: case_seed, record: false };
+        let pass = Pass { nonlinear, rows, greedy_n, seed: case_seed, record: false };
         let run = run(pass, &md, &ring, &w, ids, m0, m1);
-        for (r, (a, b)) in run.logits.iter().zip(&want_logits).enumerate() {
+        // The run's rows are the last `run.logits.len()` prefill positions.
+        let first = want_logits.len() - run.logits.len();
+        for (r, (a, b)) in run.logits.iter().zip(&want_logits[first..]).enumerate() {
+            let r = first + r;
             agree += usize::from(argmax(a) == argmax(b));
             total += 1;
             errs.extend(a.iter().zip(b).map(|(x, y)| (x - y).abs()));
