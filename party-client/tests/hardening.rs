@@ -267,10 +267,15 @@ fn dealt_v3_mpc(model: &Path, out: &Path, prompt: usize, new: usize, sessions: u
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
+/// The model's weights in ring encoding (CPU).
+fn ring_weights(model: &LocalModel) -> Arc<RingWeights> {
+    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
+    Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend).unwrap())
+}
+
 /// A one-session v3-mpc bundle for `shape` whose manifest does not record the shape.
 fn dealt_without_shape(model: &LocalModel, out: &Path, shape: SessionShape) {
-    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
-    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend).unwrap());
+    let ring = ring_weights(model);
     let plan = plan_session(Variant::V3Mpc, &model.weights, &ring, shape).unwrap();
     let mut w = BundleWriter::create(out, &model.fingerprint, "v3-mpc", Seed::from_u64(61)).unwrap();
     w.start_session();
@@ -397,8 +402,7 @@ fn malformed_and_oversized_requests_end_the_session_and_the_server_keeps_serving
     };
     let chan = raw_session(&server.addr, &ids, &model, "v3-mpc", shape, Some(binding.clone()));
     material.start_session(binding.session as usize).unwrap();
-    let backend: Arc<dyn shardlm_gpu::Backend> = Arc::new(shardlm_gpu::CpuBackend::new());
-    let ring = Arc::new(RingWeights::encode(&model.weights, FixedPoint::default(), backend).unwrap());
+    let ring = ring_weights(&model);
     let mut party =
         MpcParty::new(model.weights.clone(), ring, chan, material, Seed::random(&mut rand::rngs::OsRng))
             .driven();
