@@ -399,10 +399,10 @@ fn check_binding(
     shape: SessionShape,
 ) -> Result<(), Mismatch> {
     let Some(manifest) = m.manifest() else { return Ok(()) };
-    if let (Some(dealt), Err(why)) =
-        (&manifest.session_shape, shape.check_dealt(manifest.session_shape.as_ref()))
-    {
-        return Err(mismatch("bundle shape", dealt.to_string(), shape.dealt().to_string(), why));
+    if let Some(dealt) = &manifest.session_shape {
+        shape
+            .check_dealt(Some(dealt))
+            .map_err(|why| mismatch("bundle shape", dealt.to_string(), shape.dealt().to_string(), why))?;
     }
     if binding.bundle_id != manifest.bundle_id {
         return Err(mismatch(
