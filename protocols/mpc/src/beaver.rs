@@ -557,22 +557,42 @@ pub struct BitVecMulState<R: Role> {
 }
 crate::debug_lengths!(BitVecMulState<R> { eps, d, e });
 
-/// Core: starts `sum_j w_j s_ij x_i y_i` for XOR-shared bits `s` (`bits` per element,
-/// element-major, 0 or 1) and arithmetic shares `x`, `y`
+/// XOR-shared bits (0 or 1), `weights.len()` per element (element-major), the public
+/// weight of each bit position, and a public constant: the weighted sum is
+/// `constant + sum_j weights[j] bit_j` (the constant costs no material: it multiplies
+/// a product the triple gives anyway).
+#[derive(Clone, Debug, Default)]
+pub struct WeightedBits {
+    /// The bits, element-major.
+    pub bits: Vec<u64>,
+    /// One public weight per bit position.
+    pub weights: Vec<u64>,
+    /// Public constant added to the weighted sum.
+    pub constant: u64,
+}
+
+/// Core: starts `(c + sum_j w_j s_ij) x_i y_i + (c' + sum_j w'_j t_ij) y_i` for
+/// XOR-shared bits `s` (`xy`) and `t` (`y_only`), public weights and constants, and
+/// arithmetic shares `x`, `y`
 /// ([`crate::material::kinds::bit_vector_triples`]). Our message is `d_i = x_i - a_i`,
-/// `e_i = y_i - b_i` (`2 n` words), then the packed `s_ij XOR r_ij`.
+/// `e_i = y_i - b_i` (`2 n` words), then the packed `s_ij XOR r_ij` and `t_ij XOR q_ij`.
 pub fn bit_vector_mul_start<R: Role>(
-    bits: &[u64],
+    xy: &WeightedBits,
+    y_only: &WeightedBits,
     x: &Shares<R>,
     y: &Shares<R>,
     triples: BitVectorTriples<R>,
 ) -> Result<(BitVecMulState<R>, Vec<u64>), MpcError> {
+    const OP: &str = "bit-vector mul";
     let n = x.len();
-    let nb = n * triples.bits;
-    check_len("bit-vector mul", "y", y.len(), n)?;
-    check_len("bit-vector mul", "bits", bits.len(), nb)?;
+    let (nb, ny) = (n * triples.bits, n * triples.y_bits);
+    check_len(OP, "y", y.len(), n)?;
+    check_len(OP, "x y weights", xy.weights.len(), triples.bits)?;
+    check_len(OP, "y weights", y_only.weights.len(), triples.y_bits)?;
+    check_len(OP, "x y bits", xy.bits.len(), nb)?;
+    check_len(OP, "y bits", y_only.bits.len(), ny)?;
     for (what, len) in [("a", triples.a.len()), ("b", triples.b.len()), ("c", triples.c.len())] {
-        check_len("bit-vector mul", what, len, n)?;
+        check_len(OP, what, len, n)?;
     }
     for (what, len) in [
         ("s", triples.s.len()),
@@ -581,9 +601,15 @@ pub fn bit_vector_mul_start<R: Role>(
         ("rb", triples.rb.len()),
         ("rab", triples.rab.len()),
     ] {
-        check_len("bit-vector mul", what, len, nb)?;
+        check_len(OP, what, len, nb)?;
     }
-    let eps: Vec<u64> = bits.iter().zip(&triples.s).map(|(b, r)| (b ^ r) & 1).collect();
+    for (what, len) in [("sy", triples.sy.len()), ("q", triples.q.len()), ("qb", triples.qb.len())] {
+        check_len(OP, what, len, ny)?;
+    }
+    let eps: Vec<u64> = (xy.bits.iter().zip(&triples.s))
+        .chain(y_only.bits.iter().zip(&triples.sy))
+        .map(|(b, r)| (b ^ r) & 1)
+        .collect();
     let d = ring::sub(x.as_slice(), triples.a.as_slice());
     let e = ring::sub(y.as_slice(), triples.b.as_slice());
     let mut msg = d.clone();
@@ -592,26 +618,31 @@ pub fn bit_vector_mul_start<R: Role>(
     Ok((BitVecMulState { triples, eps, d, e }, msg))
 }
 
-/// Words of one party's bit-vector message for `n` elements of `bits` bits.
-pub fn bit_vector_mul_words(n: usize, bits: usize) -> usize {
-    2 * n + ring::packed_words(n * bits, 1)
+/// Words of one party's bit-vector message for `n` elements of `bits` bits times `x y`
+/// and `y_bits` times `y`.
+pub fn bit_vector_mul_words(n: usize, bits: usize, y_bits: usize) -> usize {
+    2 * n + ring::packed_words(n * (bits + y_bits), 1)
 }
 
 /// Core: finishes with the peer's message; returns shares of
-/// `sum_j weights[j] s_ij x_i y_i` (`weights` public, one per bit position).
+/// `(xy_constant + sum_j xy_weights[j] s_ij) x_i y_i + (y_constant + sum_j y_weights[j] t_ij) y_i`.
 pub fn bit_vector_mul_finish<R: Role>(
     st: BitVecMulState<R>,
     peer: &[u64],
-    weights: &[u64],
+    (xy_weights, xy_constant): (&[u64], u64),
+    (y_weights, y_constant): (&[u64], u64),
 ) -> Result<Shares<R>, MpcError> {
-    let (n, bits) = (st.d.len(), st.triples.bits);
-    check_len("bit-vector mul", "weights", weights.len(), bits)?;
-    check_len("bit-vector mul", "peer message", peer.len(), bit_vector_mul_words(n, bits))?;
-    let pe = ring::unpack_bits(&peer[2 * n..], 1, n * bits)
-        .ok_or_else(|| shape("bit-vector mul", "short message"))?;
-    let t = &st.triples;
+    const OP: &str = "bit-vector mul";
+    let (n, bits, y_bits) = (st.d.len(), st.triples.bits, st.triples.y_bits);
+    check_len(OP, "x y weights", xy_weights.len(), bits)?;
+    check_len(OP, "y weights", y_weights.len(), y_bits)?;
+    check_len(OP, "peer message", peer.len(), bit_vector_mul_words(n, bits, y_bits))?;
+    let pe = ring::unpack_bits(&peer[2 * n..], 1, n * (bits + y_bits))
+        .ok_or_else(|| shape(OP, "short message"))?;
+    let (nb, t) = (n * bits, &st.triples);
     let (a, b, c) = (t.a.as_slice(), t.b.as_slice(), t.c.as_slice());
     let (r, ra, rb, rab) = (t.r.as_slice(), t.ra.as_slice(), t.rb.as_slice(), t.rab.as_slice());
+    let (q, qb) = (t.q.as_slice(), t.qb.as_slice());
     let p0 = R::ID == 0;
     let z = (0..n)
         .map(|i| {
@@ -623,7 +654,7 @@ pub fn bit_vector_mul_finish<R: Role>(
             if p0 {
                 xy = xy.wrapping_add(de);
             }
-            (0..bits).fold(0u64, |acc, j| {
+            let acc = (0..bits).fold(xy.wrapping_mul(xy_constant), |acc, j| {
                 let at = i * bits + j;
                 let eps = (st.eps[at] ^ pe[at]) & 1;
                 let rxy = de
@@ -633,7 +664,16 @@ pub fn bit_vector_mul_finish<R: Role>(
                     .wrapping_add(rab[at]);
                 // s = eps + (1 - 2 eps) r.
                 let sxy = if eps == 1 { xy.wrapping_sub(rxy) } else { rxy };
-                acc.wrapping_add(sxy.wrapping_mul(weights[j]))
+                acc.wrapping_add(sxy.wrapping_mul(xy_weights[j]))
+            });
+            // y = e + b; q y = e q + qb (P0 adds e to its share of y).
+            let yv = if p0 { b[i].wrapping_add(e) } else { b[i] };
+            (0..y_bits).fold(acc.wrapping_add(yv.wrapping_mul(y_constant)), |acc, j| {
+                let at = i * y_bits + j;
+                let eps = (st.eps[nb + at] ^ pe[nb + at]) & 1;
+                let qy = e.wrapping_mul(q[at]).wrapping_add(qb[at]);
+                let ty = if eps == 1 { yv.wrapping_sub(qy) } else { qy };
+                acc.wrapping_add(ty.wrapping_mul(y_weights[j]))
             })
         })
         .collect();

@@ -667,7 +667,7 @@ enum Staged<R: Role> {
     Mul(beaver::MulState<R>),
     Powers(beaver::PowersState<R>),
     BitMul(beaver::BitMulState<R>),
-    BitVec(beaver::BitVecMulState<R>, Vec<u64>),
+    BitVec(beaver::BitVecMulState<R>, [(Vec<u64>, u64); 2]),
     BitProduct3(beaver::BitProduct3State<R>),
     And(boolean::AndState<R>, Vec<usize>),
     Lookup(lut::LutState<R>),
@@ -782,21 +782,22 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(Self::stage(round, Staged::BitMul(st), Opened::MaskedProduct, m, len))
     }
 
-    /// Stages `sum_j weights[j] b_ij x_i y_i` for XOR-shared bits `b` (`weights.len()`
-    /// per element, element-major): `x` and `y` opened once
+    /// Stages `(c + sum_j w_j s_ij) x_i y_i + (c' + sum_j w'_j t_ij) y_i` for XOR-shared
+    /// bits `s` (`xy`) and `t` (`y_only`): `x` and `y` opened once
     /// ([`beaver::bit_vector_mul_start`]).
     pub fn stage_bit_vector_mul(
         &mut self,
         round: &mut Round<R>,
-        b: &[u64],
+        xy: beaver::WeightedBits,
+        y_only: beaver::WeightedBits,
         x: &Shares<R>,
         y: &Shares<R>,
-        weights: Vec<u64>,
     ) -> Result<usize, MpcError> {
-        let bits = weights.len();
-        let t = self.material.take(BitVectorTriplesRequest { n: x.len(), bits: bits as u32 })?;
-        let (st, m) = beaver::bit_vector_mul_start(b, x, y, t)?;
+        let (bits, y_bits) = (xy.weights.len() as u32, y_only.weights.len() as u32);
+        let t = self.material.take(BitVectorTriplesRequest { n: x.len(), bits, y_bits })?;
+        let (st, m) = beaver::bit_vector_mul_start(&xy, &y_only, x, y, t)?;
         let len = m.len();
+        let weights = [(xy.weights, xy.constant), (y_only.weights, y_only.constant)];
         Ok(Self::stage(round, Staged::BitVec(st, weights), Opened::MaskedProduct, m, len))
     }
 
@@ -886,7 +887,9 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
                 Staged::Mul(st) => Done::Shares(beaver::mul_finish(st, p)?),
                 Staged::Powers(st) => Done::Powers(beaver::powers_finish(st, p)?),
                 Staged::BitMul(st) => Done::Shares(beaver::bit_mul_finish(st, p)?),
-                Staged::BitVec(st, w) => Done::Shares(beaver::bit_vector_mul_finish(st, p, &w)?),
+                Staged::BitVec(st, [(w, c), (wy, cy)]) => {
+                    Done::Shares(beaver::bit_vector_mul_finish(st, p, (&w, c), (&wy, cy))?)
+                }
                 Staged::BitProduct3(st) => Done::Shares(beaver::bit_product3_finish(st, p)?),
                 Staged::And(st, lens) => {
                     let n: usize = lens.iter().sum();

@@ -14,28 +14,58 @@
 //!
 //! | function | method | rounds | input range assumed | max error measured (tests in `ot_v3.rs`) |
 //! |---|---|---|---|---|
-//! | [`silu_times`] `silu(g) u` | `g u (p + inr sigmoid(g))`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2, `sigmoid` as 9 XOR bits from an 8-bit table of `g` at step 1/16, ANDed with `inr`; the 10 bits times `g u` by one bit-vector product triple (`g`, `u` opened once) | 3 (with the truncations of `g` and `u`; the output is left untruncated, [`SILU_OUT_FRAC`] bits, for the down projection's truncation) | `abs(g) < 64` | 0.0129 per unit of `abs(u)`, `g` in [-40, 40] |
+//! | [`silu_times`] `silu(g) u` | the tangent line at the table point `x` next to `g`, `silu(g) ~ slope(x) g - intercept(x)`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2; slope (7 bits) and intercept (9 bits) as XOR bits from one 7-bit table of `g` at step 1/8 ([`TableFn::SiluLine`], biased to be nonnegative), ANDed with `inr` (beyond the table: slope 1 where `p`, else 0, intercept 0, XORed in locally); the slope's bits times `g u` and the intercept's times `u` by one bit-vector product triple (`g`, `u` opened once, the biases public constants) | 3 (with the truncations of `g` and `u`; the output is left untruncated, [`SILU_OUT_FRAC`] bits, for the down projection's truncation) | `abs(g) < 64` | 0.006 per unit of `max(abs(u), 1)`, `g` in [-40, 40] (`u`'s rounding times large `g`); 5e-4 rms per unit of `abs(u)` for `abs(g) < 7` |
 //! | [`max_rows`] | tournament on the 10-bit reduced scores (step 1): `max(a, b) = b + relu(a - b)`, `relu` read from a table modulo `2^10` | `ceil(log2 n)` | `abs(score) < 256` | within 1 (the softmax is invariant to it) |
 //! | [`softmax_exp`] | `exp(x - c) = [z >= -16] exp(z) exp(e1) (1 + e2)`: `z = v - c` (integers, exact in the reduced ring), `e1` the residual at step 1/32, `e2` below it; the clipping bit times the three factors by one bit-weighted product triple | 3 | row spread of `abs` scores below 512 | 2.0e-5 after normalizing, scores in [-60, 40] |
 //! | [`inverse`] (reciprocal, rsqrt) | levels: the input reduced at several scales, each level's table answering for its top bits; a second lookup on the count of coarser levels that answered selects the right one, by bit products | 3 | the plan's levels (8+ significant bits) | reciprocal 3.7e-3 relative on [0.37, 300]; rsqrt of the mean square 1.6e-3 on [2^-20, 2^17] |
 
 use super::material::{Read, TableFn};
 use super::session::{Done, Round, Session};
-use super::{lut, shape, MpcError};
+use super::{beaver, lut, shape, MpcError};
 use crate::material::MaterialSource;
 use crate::ring::{arith_shr, low_mask};
 use crate::share::{Role, Shares};
 use shardlm_transport::Channel;
 
-/// Fractional bits of the sigmoid read for SiLU (its XOR bits feed the bit-vector product).
-pub const SIG_BITS: u32 = 9;
-/// Fractional bits `g` is truncated to for SiLU's product (its quantization, `2^-11`,
-/// is a twentieth of the sigmoid table's error).
-pub const SILU_G_FRAC: u32 = 11;
-/// Fractional bits `u` is truncated to for SiLU's product.
-pub const SILU_U_FRAC: u32 = 12;
-/// Fractional bits of [`silu_times`]'s untruncated output: `g u sigmoid(g)`.
-pub const SILU_OUT_FRAC: u32 = SILU_G_FRAC + SILU_U_FRAC + SIG_BITS;
+/// Step of SiLU's fine table, `2^-SILU_STEP`: a 7-bit index covers `[-8, 8)`. The
+/// tangent line's error is the curvature term, at most `silu''(0) step^2 / 2` = 0.004
+/// (its mean under the index's stochastic rounding is folded into the intercept).
+pub const SILU_STEP: u32 = 3;
+/// Fractional bits of SiLU's slope. Its rounding error multiplies only `g - x`, below
+/// one step: at most `2^-(SILU_SLOPE_FRAC + 1 + SILU_STEP)`.
+pub const SILU_SLOPE_FRAC: u32 = 6;
+/// Added to the slope (`2^-3`): `silu'` lies in `[-0.1, 1.1]`, the stored slope in
+/// `[2, 78]` of [`SILU_SLOPE_BITS`] unsigned bits.
+pub const SILU_SLOPE_BIAS: u32 = 1 << (SILU_SLOPE_FRAC - 3);
+/// Width of SiLU's slope.
+pub const SILU_SLOPE_BITS: u32 = 7;
+/// Fractional bits of SiLU's intercept (its rounding, at most `2^-11`, is the line's
+/// error at the table point).
+pub const SILU_INTERCEPT_FRAC: u32 = 10;
+/// Added to the intercept (`2^-8`): `slope x - silu(x)` with the slope rounded lies in
+/// `[-2^-10, 0.43]`, the stored intercept in `[3, 440]` of [`SILU_INTERCEPT_BITS`]
+/// unsigned bits.
+pub const SILU_INTERCEPT_BIAS: u32 = 1 << (SILU_INTERCEPT_FRAC - 8);
+/// Width of SiLU's intercept (slope and intercept fill 16 bits: four entries a word).
+pub const SILU_INTERCEPT_BITS: u32 = 9;
+/// SiLU's fine table read.
+pub const SILU_LINE: TableFn = TableFn::SiluLine {
+    frac_in: SILU_STEP,
+    slope_frac: SILU_SLOPE_FRAC,
+    slope_bias: SILU_SLOPE_BIAS,
+    slope_bits: SILU_SLOPE_BITS,
+    intercept_frac: SILU_INTERCEPT_FRAC,
+    intercept_bias: SILU_INTERCEPT_BIAS,
+    intercept_bits: SILU_INTERCEPT_BITS,
+};
+/// Fractional bits `g` is truncated to for SiLU's product (its rounding, `2^-12` times
+/// the slope, is below the intercept's).
+pub const SILU_G_FRAC: u32 = 12;
+/// Fractional bits `u` is truncated to for SiLU's product (its rounding, `2^-14` times
+/// `silu(g)`).
+pub const SILU_U_FRAC: u32 = 14;
+/// Fractional bits of [`silu_times`]'s untruncated output: `slope g u`.
+pub const SILU_OUT_FRAC: u32 = SILU_G_FRAC + SILU_U_FRAC + SILU_SLOPE_FRAC;
 /// Index width of the softmax's reduced scores (tournament and clipping).
 pub const SCORE_K: u32 = 10;
 /// Clipping of the softmax exponent: `exp(z)` is 0 for `z < -EXP_CLIP`.
@@ -57,11 +87,21 @@ fn bit(values: &[u64], j: u32) -> Vec<u64> {
     values.iter().map(|v| (v >> j) & 1).collect()
 }
 
+/// Weights `2^j scale` of an unsigned value's bits.
+fn bit_weights(bits: u32, scale: u64) -> Vec<u64> {
+    (0..bits).map(|j| (1u64 << j).wrapping_mul(scale)).collect()
+}
+
 /// `silu(g) u` for gate `g` and up `u` with `fg` fractional bits (the untruncated
 /// gate/up projection), returned untruncated with [`SILU_OUT_FRAC`] fractional bits: the
 /// caller's next truncation (the down projection's) absorbs them, so SwiGLU ends on its
 /// product round (module doc). `|g| < 64` is assumed (the coarse index wraps beyond;
 /// Qwen2.5-0.5B's gates reach 36), and `|silu(g) u| < 2^(62 - SILU_OUT_FRAC)` (2^30).
+///
+/// The fine index `x` is within one step of `g` ([`lut::reduce`]); the table holds the
+/// tangent line of SiLU at `x`, so the error is second order in `g - x` instead of first
+/// (a table of the sigmoid alone would need a step of 1/128, sixteen times the entries,
+/// for the same error: `docs/v3-ot.md`).
 pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
     sess: &mut Session<R, C, M>,
     gate: &Shares<R>,
@@ -75,8 +115,8 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
         ));
     }
     let n = gate.len();
-    let (coarse, fine) = (lut::reduce(gate, fg - 1, 8), lut::reduce(gate, fg - 4, 8));
-    // Round 1: both lookups and the truncations of g and u to f bits.
+    let (coarse, fine) = (lut::reduce(gate, fg - 1, 8), lut::reduce(gate, fg - SILU_STEP, 7));
+    // Round 1: both lookups and the truncations of g and u.
     let mut r = Round::default();
     sess.stage_lookup(
         &mut r,
@@ -87,36 +127,59 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
             Read { func: TableFn::Between { lo: -14, hi: 14 }, bits: 8 },
         ],
     )?;
-    sess.stage_lookup(
-        &mut r,
-        &fine,
-        8,
-        &[Read { func: TableFn::Sigmoid { frac_in: 4, frac_out: SIG_BITS }, bits: 8 }],
-    )?;
+    sess.stage_lookup(&mut r, &fine, 7, &[Read { func: SILU_LINE, bits: 7 }])?;
     sess.stage_trunc(&mut r, gate.clone(), fg - SILU_G_FRAC)?;
     sess.stage_trunc(&mut r, up.clone(), fg - SILU_U_FRAC)?;
     let mut out = sess.run(r)?.into_iter();
     let mut pi = next(&mut out)?.tables()?.into_iter();
     let (p, inr) = (pi.next().unwrap_or_default(), pi.next().unwrap_or_default());
-    let sig = next(&mut out)?.tables()?.pop().unwrap_or_default();
+    let line = next(&mut out)?.tables()?.pop().unwrap_or_default();
     let (g, u) = (next(&mut out)?.shares()?, next(&mut out)?.shares()?);
-    // Round 2: inr AND each bit of sigmoid(g).
-    let sig_bits: Vec<Vec<u64>> = (0..SIG_BITS).map(|j| bit(&sig, j)).collect();
-    let pairs: Vec<(&[u64], &[u64])> = sig_bits.iter().map(|b| (&inr[..], &b[..])).collect();
+    // Round 2: inr AND each bit of the line (slope, then intercept).
+    let width = SILU_SLOPE_BITS + SILU_INTERCEPT_BITS;
+    let line_bits: Vec<Vec<u64>> = (0..width).map(|j| bit(&line, j)).collect();
+    let pairs: Vec<(&[u64], &[u64])> = line_bits.iter().map(|b| (&inr[..], &b[..])).collect();
     let mut r = Round::default();
     sess.stage_and(&mut r, &pairs)?;
-    let c = next(&mut sess.run(r)?.into_iter())?.bits()?;
-    // Round 3: (p 2^SIG + sum_j 2^j (inr AND sigma_j)) g u, g and u opened once.
-    let width = SIG_BITS as usize + 1;
-    let mut bits = Vec::with_capacity(n * width);
-    for i in 0..n {
-        bits.push(p[i] & 1);
-        bits.extend(c.iter().map(|cj| cj[i] & 1));
+    let mut c = next(&mut sess.run(r)?.into_iter())?.bits()?;
+    // Beyond the table (inr = 0, where the ANDs gave 0) the stored line is slope 0 and
+    // intercept 0, or slope 1 where p = 1: their biases' bits XOR NOT inr, and the
+    // bits where 1 + bias differs from bias XOR p (p = 1 implies inr = 0). All local.
+    let not_inr: Vec<u64> = inr.iter().map(|b| (b ^ u64::from(R::ID == 0)) & 1).collect();
+    let one = (1u64 << SILU_SLOPE_FRAC) + u64::from(SILU_SLOPE_BIAS);
+    let stored_outside = [
+        (0, u64::from(SILU_SLOPE_BIAS), &not_inr),
+        (SILU_SLOPE_BITS, u64::from(SILU_INTERCEPT_BIAS), &not_inr),
+        (0, one ^ u64::from(SILU_SLOPE_BIAS), &p),
+    ];
+    for (at, bits, flag) in stored_outside {
+        for j in (0..64).filter(|j| (bits >> j) & 1 == 1) {
+            for (cj, fj) in c[(at + j) as usize].iter_mut().zip(flag.iter()) {
+                *cj ^= fj & 1;
+            }
+        }
     }
-    let weights: Vec<u64> =
-        std::iter::once(1u64 << SIG_BITS).chain((0..SIG_BITS).map(|j| 1u64 << j)).collect();
+    let (sb, ib) = (SILU_SLOPE_BITS as usize, SILU_INTERCEPT_BITS as usize);
+    // Round 3: (slope + bias - bias) g u - (intercept + bias - bias) u 2^scale: the
+    // intercept (SILU_INTERCEPT_FRAC bits) times u is scaled up to the slope term's
+    // fractional bits; the biases are public constants of the product.
+    let scale = SILU_G_FRAC + SILU_SLOPE_FRAC - SILU_INTERCEPT_FRAC;
+    let mut slope = beaver::WeightedBits {
+        bits: Vec::with_capacity(n * sb),
+        weights: bit_weights(SILU_SLOPE_BITS, 1),
+        constant: u64::from(SILU_SLOPE_BIAS).wrapping_neg(),
+    };
+    let mut intercept = beaver::WeightedBits {
+        bits: Vec::with_capacity(n * ib),
+        weights: bit_weights(SILU_INTERCEPT_BITS, (1u64 << scale).wrapping_neg()),
+        constant: u64::from(SILU_INTERCEPT_BIAS) << scale,
+    };
+    for i in 0..n {
+        slope.bits.extend(c[..sb].iter().map(|cj| cj[i] & 1));
+        intercept.bits.extend(c[sb..].iter().map(|cj| cj[i] & 1));
+    }
     let mut r = Round::default();
-    sess.stage_bit_vector_mul(&mut r, &bits, &g, &u, weights)?;
+    sess.stage_bit_vector_mul(&mut r, slope, intercept, &g, &u)?;
     next(&mut sess.run(r)?.into_iter())?.shares()
 }
 

@@ -5,9 +5,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shardlm_mpc::material::kinds::causal_matrix_triples::zero_hidden;
 use shardlm_mpc::material::{
-    BitProduct3TriplesRequest, BitTriplesRequest, CausalMatrixTripleRequest, MatrixTripleRequest,
-    NormTriplesRequest, PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest, TriplesRequest,
-    TruncOtsRequest,
+    BitProduct3TriplesRequest, BitTriplesRequest, BitVectorTriplesRequest, CausalMatrixTripleRequest,
+    MatrixTripleRequest, NormTriplesRequest, PowerTuplesRequest, RowTriplesRequest, SquarePairsRequest,
+    TriplesRequest, TruncOtsRequest,
 };
 use shardlm_mpc::material::{IdealDealer, MaterialSource};
 use shardlm_mpc::prg::Seed;
@@ -35,8 +35,68 @@ fn bit_product3<R: shardlm_mpc::share::Role>(
     beaver::bit_product3_finish(st, &peer).unwrap()
 }
 
+/// One party's bit-vector product through the core functions, checking the message
+/// length.
+fn bit_vector_mul<R: shardlm_mpc::share::Role>(
+    ch: &mut impl Channel,
+    xy: &beaver::WeightedBits,
+    y_only: &beaver::WeightedBits,
+    x: &Shares<R>,
+    y: &Shares<R>,
+    t: shardlm_mpc::material::BitVectorTriples<R>,
+) -> Shares<R> {
+    let (st, msg) = beaver::bit_vector_mul_start(xy, y_only, x, y, t).unwrap();
+    assert_eq!(msg.len(), beaver::bit_vector_mul_words(x.len(), xy.weights.len(), y_only.weights.len()));
+    ch.send_u64s(Lane::Openings, &msg).unwrap();
+    let peer = ch.recv_u64s(Lane::Openings, msg.len()).unwrap();
+    beaver::bit_vector_mul_finish(st, &peer, (&xy.weights, xy.constant), (&y_only.weights, y_only.constant))
+        .unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn bit_vectors_times_a_product_and_a_value_are_exact(
+        n in 1usize..60,
+        bits in 1u32..9,
+        y_bits in 0u32..11,
+        seed in any::<u64>(),
+    ) {
+        let mut r = rng(seed);
+        let draw = |r: &mut ChaCha8Rng, k: usize| -> Vec<u64> { (0..k).map(|_| r.next_u64()).collect() };
+        let (x, y) = (draw(&mut r, n), draw(&mut r, n));
+        let (wxy, wy) = (draw(&mut r, bits as usize), draw(&mut r, y_bits as usize));
+        let (cxy, cy) = (r.next_u64(), r.next_u64());
+        // Bits and their XOR shares.
+        let mut split = |k: usize| {
+            let b: Vec<u64> = (0..k).map(|_| r.next_u64() & 1).collect();
+            let b0: Vec<u64> = (0..k).map(|_| r.next_u64() & 1).collect();
+            let b1: Vec<u64> = b.iter().zip(&b0).map(|(b, m)| b ^ m).collect();
+            (b, b0, b1)
+        };
+        let (s, s0, s1) = split(n * bits as usize);
+        let (t, t0, t1) = split(n * y_bits as usize);
+        let ((x0, x1), (y0, y1)) = (share(&x, &mut r), share(&y, &mut r));
+        let weighted = |b: Vec<u64>, w: &[u64], c: u64| beaver::WeightedBits { bits: b, weights: w.to_vec(), constant: c };
+        let (xy0, xy1) = (weighted(s0, &wxy, cxy), weighted(s1, &wxy, cxy));
+        let (yo0, yo1) = (weighted(t0, &wy, cy), weighted(t1, &wy, cy));
+        let req = BitVectorTriplesRequest { n, bits, y_bits };
+        let (mut m0, mut m1) = IdealDealer::new(Seed::from_u64(seed)).split();
+        let (z0, z1) = two_party(
+            |ch| bit_vector_mul(ch, &xy0, &yo0, &x0, &y0, m0.take(req).unwrap()),
+            |ch| bit_vector_mul(ch, &xy1, &yo1, &x1, &y1, m1.take(req).unwrap()),
+        );
+        let (bb, yb) = (bits as usize, y_bits as usize);
+        let want: Vec<u64> = (0..n)
+            .map(|i| {
+                let sw = (0..bb).fold(cxy, |a, j| a.wrapping_add(wxy[j].wrapping_mul(s[i * bb + j])));
+                let tw = (0..yb).fold(cy, |a, j| a.wrapping_add(wy[j].wrapping_mul(t[i * yb + j])));
+                sw.wrapping_mul(x[i]).wrapping_mul(y[i]).wrapping_add(tw.wrapping_mul(y[i]))
+            })
+            .collect();
+        prop_assert_eq!(reconstruct(&z0, &z1).unwrap(), want);
+    }
 
     #[test]
     fn reconstruct_of_share_is_identity(x in proptest::collection::vec(any::<u64>(), 0..200), seed in any::<u64>()) {

@@ -130,7 +130,7 @@ fn session_requests() -> Vec<MaterialRequest> {
             reads: vec![Read { func: TableFn::Relu, bits: 6 }, Read { func: TableFn::IsZero, bits: 4 }],
         }
         .into(),
-        BitVectorTriplesRequest { n: 3, bits: 5 }.into(),
+        BitVectorTriplesRequest { n: 3, bits: 5, y_bits: 2 }.into(),
         BitProduct3TriplesRequest { n: 3 }.into(),
     ]
 }

@@ -8,6 +8,7 @@ use shardlm_configs::FixedPoint;
 use shardlm_model::{Rows, Weights};
 use shardlm_variants::v3_mpc::{plan_session_with, Nonlinear};
 use shardlm_variants::RingWeights;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A prefill's cost scaled to the model's layers.
@@ -23,7 +24,8 @@ pub struct Scaled {
 }
 
 /// Plans `tokens`-token prefills with 1 and 2 layers of the 1.5B shape, prints the
-/// per-operation table of one layer and returns the cost scaled to 28 layers.
+/// per-operation table of one layer and where one layer's P0 material goes (by kind),
+/// and returns the cost scaled to 28 layers.
 pub fn at_qwen2_5_1_5b(nonlinear: Nonlinear, tokens: usize) -> Scaled {
     let layers = 28u64;
     let base = shardlm_configs::ModelConfig::preset("qwen2.5-1.5b").unwrap();
@@ -44,6 +46,7 @@ pub fn at_qwen2_5_1_5b(nonlinear: Nonlinear, tokens: usize) -> Scaled {
         .collect();
     let gib = |b: f64| b / (1u64 << 30) as f64;
     let mut m = Vec::new();
+    let mut by_kind: [BTreeMap<String, f64>; 2] = Default::default();
     for nl in [1usize, 2] {
         let mut cfg = base.clone();
         cfg.num_hidden_layers = nl;
@@ -80,6 +83,9 @@ pub fn at_qwen2_5_1_5b(nonlinear: Nonlinear, tokens: usize) -> Scaled {
                 );
             }
         }
+        for r in &plan.requests {
+            *by_kind[nl - 1].entry(r.kind().name()).or_default() += r.raw_bytes(0).unwrap();
+        }
         m.push((online, dealer, plan.counters.rounds));
     }
     let ((o1, d1, r1), (o2, d2, r2)) = (m[0], m[1]);
@@ -91,6 +97,13 @@ pub fn at_qwen2_5_1_5b(nonlinear: Nonlinear, tokens: usize) -> Scaled {
         dealer_p1_bytes: d1[1] + (layers - 1) as f64 * (d2[1] - d1[1]),
     };
     eprintln!("per layer: online {:.3} GiB, dealer P0 {:.3} GiB, {lr} rounds", gib(lo), gib(d2[0] - d1[0]));
+    eprintln!("| P0 material kind (1 layer) | GiB |");
+    for (kind, b2) in &by_kind[1] {
+        let layer = b2 - by_kind[0].get(kind).copied().unwrap_or(0.0);
+        if layer > 0.0 {
+            eprintln!("| {kind} | {:.4} |", gib(layer));
+        }
+    }
     eprintln!(
         "scaled to {layers} layers: online {:.3} GiB, dealer P0 {:.3} GiB, P1 {:.0} bytes, rounds {}",
         scaled.online_gib,

@@ -62,8 +62,9 @@ use std::path::{Path, PathBuf};
 
 /// Version of the bundle format this code writes and reads (4: on-demand streams are
 /// AES-128-CTR, [`crate::material::kind::ON_DEMAND_PRG`]; 5: the data is hashed in 1 MiB
-/// chunks listed in the trailer, the manifest holds the hash of the shard's index).
-pub const FORMAT_VERSION: u32 = 5;
+/// chunks listed in the trailer, the manifest holds the hash of the shard's index; 6:
+/// v3-ot's SiLU reads a tangent line, its bit-vector triples carry bits times `y` alone).
+pub const FORMAT_VERSION: u32 = 6;
 
 pub(crate) const PARTIES: [&str; 2] = ["p0", "p1"];
 

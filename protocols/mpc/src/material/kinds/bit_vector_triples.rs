@@ -1,13 +1,18 @@
-//! Bit-vector product triples: a Beaver triple `(a, b, c = ab)` per element and `bits`
-//! daBits `r_j` with `r_j a`, `r_j b` and `r_j ab`. One opening of `x - a`, `y - b`
-//! (two words) and of `s_j XOR r_j` (`bits` bits) gives shares of
-//! `sum_j w_j s_j x y` for XOR-shared bits `s_j` and public weights `w_j`
-//! ([`crate::beaver::bit_vector_mul_start`]): v3-ot's `(p + inr sigmoid(g)) g u` in one
-//! round, `g` and `u` opened once instead of once for `g u` and again for the bits.
+//! Bit-vector product triples: a Beaver triple `(a, b, c = ab)` per element, `bits`
+//! daBits `r_j` with `r_j a`, `r_j b` and `r_j ab`, and `y_bits` daBits `q_j` with
+//! `q_j b`. One opening of `x - a`, `y - b` (two words) and of the bits XOR their daBits
+//! (`bits + y_bits` bits) gives shares of `sum_j w_j s_j x y + sum_j w'_j t_j y` for
+//! XOR-shared bits `s_j`, `t_j` and public weights `w_j`, `w'_j` (plus public constants
+//! times `x y` and `y`, which the triple yields anyway)
+//! ([`crate::beaver::bit_vector_mul_start`]): v3-ot's SiLU tangent line
+//! `(slope g - intercept) u` in one round, `g` and `u` opened once instead of once for
+//! `g u` and again for the bits. A bit times `x y` costs four words of P0 material, a
+//! bit times `y` alone two.
 //!
 //! Layout: `a`, `b` seeded for both; `c` raw for P0, seeded for P1; `s` (the daBits' XOR
 //! bits, `bits` per element) seeded for both; `r`, `ra`, `rb`, `rab` raw for P0, seeded
-//! for P1.
+//! for P1; then `sy` (XOR bits, `y_bits` per element) seeded for both, `q`, `qb` raw for
+//! P0, seeded for P1.
 
 use super::super::kind::{both, checked_len, parts, Component, Kind, Layout, Request, Seeded, Src};
 use super::super::{LinearWeights, MaterialError};
@@ -34,30 +39,41 @@ pub struct BitVectorTriples<R: Role> {
     pub rb: Shares<R>,
     /// Shares of `r_j ab`.
     pub rab: Shares<R>,
+    /// Bits per element multiplied by `y` alone.
+    pub y_bits: usize,
+    /// XOR shares of the `y`-only daBits, `y_bits` per element (element-major).
+    pub sy: Vec<u64>,
+    /// Additive shares of the `y`-only daBits.
+    pub q: Shares<R>,
+    /// Shares of `q_j b`.
+    pub qb: Shares<R>,
 }
-crate::debug_lengths!(BitVectorTriples<R> { a, b, c, s, r, ra, rb, rab });
+crate::debug_lengths!(BitVectorTriples<R> { a, b, c, s, r, ra, rb, rab, sy, q, qb });
 
-/// `n` bit-vector product triples of `bits` bits.
+/// `n` bit-vector product triples of `bits` bits times `x y` and `y_bits` times `y`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BitVectorTriplesRequest {
     /// Elements.
     pub n: usize,
-    /// Bits per element (1..=64).
+    /// Bits per element multiplied by `x y` (1..=64).
     pub bits: u32,
+    /// Bits per element multiplied by `y` alone (0..=64).
+    pub y_bits: u32,
 }
 
 impl Kind for BitVectorTriplesRequest {
     fn name(&self) -> String {
-        format!("bit-vector-triples-{}", self.bits)
+        format!("bit-vector-triples-{}-{}", self.bits, self.y_bits)
     }
     fn layout(&self) -> Result<Vec<Component>, MaterialError> {
-        if !(1..=64).contains(&self.bits) {
+        if !(1..=64).contains(&self.bits) || self.y_bits > 64 {
             return Err(MaterialError::InvalidRequest(format!(
-                "bit-vector triples of {} bits: 1..=64 are supported",
-                self.bits
+                "bit-vector triples of {} + {} bits: 1..=64 and 0..=64 are supported",
+                self.bits, self.y_bits
             )));
         }
         let (n, nb) = (self.n as u64, checked_len(self.n, self.bits as usize, self)?);
+        let ny = checked_len(self.n, self.y_bits as usize, self)?;
         Ok(Layout::new(self.name())
             .comp("a", n, Src::Seed, Src::Seed)
             .comp("b", n, Src::Seed, Src::Seed)
@@ -67,6 +83,9 @@ impl Kind for BitVectorTriplesRequest {
             .comp("ra", nb, Src::Raw, Src::Seed)
             .comp("rb", nb, Src::Raw, Src::Seed)
             .comp("rab", nb, Src::Raw, Src::Seed)
+            .comp("sy", ny, Src::Seed, Src::Seed)
+            .comp("q", ny, Src::Raw, Src::Seed)
+            .comp("qb", ny, Src::Raw, Src::Seed)
             .build())
     }
     fn deal(&self, s: &Seeded<'_>, _: &dyn LinearWeights) -> Result<[Vec<Vec<u64>>; 2], MaterialError> {
@@ -78,6 +97,9 @@ impl Kind for BitVectorTriplesRequest {
             r.iter().enumerate().map(|(i, &ri)| ri.wrapping_mul(v[i / bits])).collect()
         };
         let (ra, rb, rab) = (times(&a), times(&b), times(&ab));
+        let y_bits = self.y_bits as usize;
+        let q: Vec<u64> = s.get(0, 8).iter().zip(s.get(1, 8)).map(|(x, y)| (x ^ y) & 1).collect();
+        let qb: Vec<u64> = q.iter().enumerate().map(|(i, &qi)| qi.wrapping_mul(b[i / y_bits])).collect();
         Ok([
             vec![
                 ring::sub(&ab, &s.get(1, 2)),
@@ -85,6 +107,8 @@ impl Kind for BitVectorTriplesRequest {
                 ring::sub(&ra, &s.get(1, 5)),
                 ring::sub(&rb, &s.get(1, 6)),
                 ring::sub(&rab, &s.get(1, 7)),
+                ring::sub(&q, &s.get(1, 9)),
+                ring::sub(&qb, &s.get(1, 10)),
             ],
             vec![],
         ])
@@ -97,7 +121,7 @@ impl Kind for BitVectorTriplesRequest {
 impl<R: Role> Request<R> for BitVectorTriplesRequest {
     type Output = BitVectorTriples<R>;
     fn assemble(&self, p: Vec<Vec<u64>>) -> Result<BitVectorTriples<R>, MaterialError> {
-        let [a, b, c, s, r, ra, rb, rab] = parts(p)?;
+        let [a, b, c, s, r, ra, rb, rab, sy, q, qb] = parts(p)?;
         Ok(BitVectorTriples {
             bits: self.bits as usize,
             a: Shares::from_raw(a),
@@ -108,6 +132,10 @@ impl<R: Role> Request<R> for BitVectorTriplesRequest {
             ra: Shares::from_raw(ra),
             rb: Shares::from_raw(rb),
             rab: Shares::from_raw(rab),
+            y_bits: self.y_bits as usize,
+            sy: sy.into_iter().map(|w| w & 1).collect(),
+            q: Shares::from_raw(q),
+            qb: Shares::from_raw(qb),
         })
     }
 }

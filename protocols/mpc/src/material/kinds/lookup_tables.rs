@@ -77,13 +77,32 @@ pub enum TableFn {
         /// Threshold.
         t: i32,
     },
-    /// `sigmoid(v 2^-frac_in)` of a signed `v` with `frac_out` fractional bits (rounded,
-    /// at most `2^frac_out - 1`), as `frac_out` XOR bits that feed bit products.
-    Sigmoid {
+    /// SiLU's tangent line at `x = v 2^-frac_in` for a signed `v`, as XOR bits that feed
+    /// bit products: the slope `silu'(x)` with `slope_frac` fractional bits plus
+    /// `slope_bias` (`slope_bits` unsigned bits, the low ones), and above it the intercept
+    /// `k = slope x - silu(x) - silu''(x) 2^(-2 frac_in) / 12` with `intercept_frac`
+    /// fractional bits plus `intercept_bias` (`intercept_bits` unsigned bits). Then
+    /// `silu(g) ~ slope g - k` for `g` within one step of `x`
+    /// ([`crate::tables::silu_times`], which subtracts the biases publicly). The intercept
+    /// holds the *rounded* slope, so the line is exact at `x` whatever the slope's
+    /// rounding, and its last term is the mean of the curvature term
+    /// `silu''(x) (g - x)^2 / 2` under the index's stochastic rounding
+    /// ([`crate::lut::reduce`]: `E (g - x)^2 = step^2 / 6`).
+    SiluLine {
         /// Fractional bits of `v`.
         frac_in: u32,
-        /// Fractional bits (and width) of the output.
-        frac_out: u32,
+        /// Fractional bits of the slope.
+        slope_frac: u32,
+        /// Added to the slope (in its units) so that it is nonnegative.
+        slope_bias: u32,
+        /// Width of the slope.
+        slope_bits: u32,
+        /// Fractional bits of the intercept.
+        intercept_frac: u32,
+        /// Added to the intercept (in its units) so that it is nonnegative.
+        intercept_bias: u32,
+        /// Width of the intercept.
+        intercept_bits: u32,
     },
     /// `exp(v 2^-frac_in)` of a signed `v` with `frac_out` fractional bits, ring shares.
     Exp {
@@ -128,6 +147,19 @@ pub fn signed(v: u64, bits: u32) -> i64 {
     }
 }
 
+/// SiLU's tangent line at `x = v 2^-frac_in` ([`TableFn::SiluLine`]), unclamped: the
+/// rounded slope (`slope_frac` fractional bits) and the intercept (`intercept_frac`).
+pub fn silu_line(v: i64, frac_in: u32, slope_frac: u32, intercept_frac: u32) -> (i64, i64) {
+    let x = v as f64 / (1u64 << frac_in) as f64;
+    let sig = 1.0 / (1.0 + (-x).exp());
+    let d1 = sig * (1.0 + x * (1.0 - sig));
+    let d2 = sig * (1.0 - sig) * (2.0 + x * (1.0 - 2.0 * sig));
+    let slope = (d1 * (1u64 << slope_frac) as f64).round() as i64;
+    let step = 1.0 / (1u64 << frac_in) as f64;
+    let k = slope as f64 / (1u64 << slope_frac) as f64 * x - x * sig - d2 * step * step / 12.0;
+    (slope, (k * (1u64 << intercept_frac) as f64).round() as i64)
+}
+
 fn round_to(x: f64, frac: u32) -> u64 {
     (x * (1u64 << frac) as f64).round() as i64 as u64
 }
@@ -138,7 +170,7 @@ impl TableFn {
         match *self {
             TableFn::Relu => Out::Add(bits),
             TableFn::Between { .. } | TableFn::AtLeast { .. } | TableFn::IsZero => Out::Xor(1),
-            TableFn::Sigmoid { frac_out, .. } => Out::Xor(frac_out),
+            TableFn::SiluLine { slope_bits, intercept_bits, .. } => Out::Xor(slope_bits + intercept_bits),
             TableFn::Exp { .. } | TableFn::Inverse { .. } => Out::Add(64),
             TableFn::Count { width, .. } => Out::Add(width),
         }
@@ -152,9 +184,20 @@ impl TableFn {
             TableFn::Relu => s.max(0) as u64,
             TableFn::Between { lo, hi } => u64::from(s >= i64::from(lo) && s <= i64::from(hi)),
             TableFn::AtLeast { t } => u64::from(s >= i64::from(t)),
-            TableFn::Sigmoid { frac_in, frac_out } => {
-                let x = s as f64 / (1u64 << frac_in) as f64;
-                round_to(1.0 / (1.0 + (-x).exp()), frac_out).min(low_mask(frac_out))
+            TableFn::SiluLine {
+                frac_in,
+                slope_frac,
+                slope_bias,
+                slope_bits,
+                intercept_frac,
+                intercept_bias,
+                intercept_bits,
+            } => {
+                let (slope, intercept) = silu_line(s, frac_in, slope_frac, intercept_frac);
+                let slope = (slope + i64::from(slope_bias)).clamp(0, low_mask(slope_bits) as i64) as u64;
+                let intercept =
+                    (intercept + i64::from(intercept_bias)).clamp(0, low_mask(intercept_bits) as i64) as u64;
+                slope | (intercept << slope_bits)
             }
             TableFn::Exp { frac_in, frac_out } => {
                 round_to((s as f64 / (1u64 << frac_in) as f64).exp(), frac_out)
@@ -179,7 +222,17 @@ impl TableFn {
             TableFn::Relu => "relu".into(),
             TableFn::Between { lo, hi } => format!("in{lo}:{hi}"),
             TableFn::AtLeast { t } => format!("ge{t}"),
-            TableFn::Sigmoid { frac_in, frac_out } => format!("sig{frac_in}:{frac_out}"),
+            TableFn::SiluLine {
+                frac_in,
+                slope_frac,
+                slope_bias,
+                slope_bits,
+                intercept_frac,
+                intercept_bias,
+                intercept_bits,
+            } => format!(
+                "siluline{frac_in}:{slope_frac}+{slope_bias}:{slope_bits}:{intercept_frac}+{intercept_bias}:{intercept_bits}"
+            ),
             TableFn::Exp { frac_in, frac_out } => format!("exp{frac_in}:{frac_out}"),
             TableFn::Inverse { shift, div, root, frac_out, min } => {
                 format!("{}{shift}:{div}:{frac_out}:{min}", if root { "rsqrt" } else { "recip" })
@@ -448,7 +501,7 @@ mod tests {
     fn p0_tables_recombine_to_the_rotated_table_on_both_paths() {
         use crate::prg::{Prg, Seed};
         let reads = [
-            Read { func: TableFn::Sigmoid { frac_in: 4, frac_out: 9 }, bits: 8 },
+            Read { func: crate::tables::SILU_LINE, bits: 7 },
             Read { func: TableFn::Relu, bits: 8 },
             Read { func: TableFn::AtLeast { t: 3 }, bits: 6 },
         ];
@@ -477,6 +530,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// SiLU's line table: every entry fits its widths unclamped (the biases and widths
+    /// of [`crate::tables`] cover the slope and intercept at every index).
+    #[test]
+    fn silu_line_entries_fit_their_widths() {
+        let TableFn::SiluLine {
+            frac_in,
+            slope_frac,
+            slope_bias,
+            slope_bits,
+            intercept_frac,
+            intercept_bias,
+            intercept_bits,
+        } = crate::tables::SILU_LINE
+        else {
+            panic!("SILU_LINE is a SiluLine");
+        };
+        for v in -64i64..64 {
+            let (slope, intercept) = silu_line(v, frac_in, slope_frac, intercept_frac);
+            let (s, k) = (slope + i64::from(slope_bias), intercept + i64::from(intercept_bias));
+            assert!((0..1i64 << slope_bits).contains(&s), "slope {s} at {v}");
+            assert!((0..1i64 << intercept_bits).contains(&k), "intercept {k} at {v}");
+            let x = v as f64 / 8.0;
+            let line = slope as f64 / 64.0 * x - intercept as f64 / 1024.0;
+            let silu = x / (1.0 + (-x).exp());
+            assert!((line - silu).abs() < 2e-3, "line {line} against silu {silu} at {x}");
         }
     }
 

@@ -20,7 +20,7 @@
 //! | [`trunc_ots`] | faithful truncation | n F/64 (packed) | 0 |
 //! | [`random_ots`] | 1-of-N lookups | count bits/64 (packed) | 0 |
 //! | [`lookup_tables`] | v3-ot's table lookups | count x reads x `2^bits` entries (packed) | 0 |
-//! | [`bit_vector_triples`] | several bits times one value | n (2 bits + 0) | 0 |
+//! | [`bit_vector_triples`] | bits times a product `x y`, other bits times `y` (SiLU's line) | n (1 + 4 bits + 2 y_bits) | 0 |
 //! | [`bit_product3_triples`] | a bit times three values | 12 n | 0 |
 //! | [`masked_linear`] | v2/v3 linear layers | n d_out + 4 | - |
 //!
