@@ -9,7 +9,7 @@
 //! bits online instead (SiLU alone: ~0.4 KB per gate element, 10 GB per prefill, over
 //! the 2 GiB budget); an FSS/DPF lookup needs correction words that P1 cannot derive
 //! from a seed and `2^bits` PRG calls per lookup on the CPU. Tables are kept small by
-//! reducing first: 8-bit indices for the 25 M gate elements of a 1.5B prefill, 10-12
+//! reducing first: 7- and 8-bit indices for the 25 M gate elements of a 1.5B prefill, 10-12
 //! bits only for the few thousand softmax rows and norm rows.
 //!
 //! | function | method | rounds | input range assumed | max error measured (tests in `ot_v3.rs`) |
