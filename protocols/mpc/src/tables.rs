@@ -142,6 +142,9 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
     let mut r = Round::default();
     sess.stage_and(&mut r, &pairs)?;
     let mut c = next(&mut sess.run(r)?.into_iter())?.bits()?;
+    if c.len() != width as usize || c.iter().any(|cj| cj.len() != n) {
+        return Err(shape("silu", "the ANDs returned another shape"));
+    }
     // Beyond the table (inr = 0, where the ANDs gave 0) the stored line is slope 0 and
     // intercept 0, or slope 1 where p = 1: their biases' bits XOR NOT inr, and the
     // bits where 1 + bias differs from bias XOR p (p = 1 implies inr = 0). All local.
