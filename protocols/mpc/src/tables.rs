@@ -31,6 +31,8 @@ use shardlm_transport::Channel;
 /// tangent line's error is the curvature term, at most `silu''(0) step^2 / 2` = 0.004
 /// (its mean under the index's stochastic rounding is folded into the intercept).
 pub const SILU_STEP: u32 = 3;
+/// Index bits of SiLU's fine table (`2^SILU_INDEX_BITS` entries at step `2^-SILU_STEP`).
+pub const SILU_INDEX_BITS: u32 = 7;
 /// Fractional bits of SiLU's slope. Its rounding error multiplies only `g - x`, below
 /// one step: at most `2^-(SILU_SLOPE_FRAC + 1 + SILU_STEP)`.
 pub const SILU_SLOPE_FRAC: u32 = 6;
@@ -115,7 +117,7 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
         ));
     }
     let n = gate.len();
-    let (coarse, fine) = (lut::reduce(gate, fg - 1, 8), lut::reduce(gate, fg - SILU_STEP, 7));
+    let (coarse, fine) = (lut::reduce(gate, fg - 1, 8), lut::reduce(gate, fg - SILU_STEP, SILU_INDEX_BITS));
     // Round 1: both lookups and the truncations of g and u.
     let mut r = Round::default();
     sess.stage_lookup(
@@ -127,7 +129,7 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
             Read { func: TableFn::Between { lo: -14, hi: 14 }, bits: 8 },
         ],
     )?;
-    sess.stage_lookup(&mut r, &fine, 7, &[Read { func: SILU_LINE, bits: 7 }])?;
+    sess.stage_lookup(&mut r, &fine, SILU_INDEX_BITS, &[Read { func: SILU_LINE, bits: SILU_INDEX_BITS }])?;
     sess.stage_trunc(&mut r, gate.clone(), fg - SILU_G_FRAC)?;
     sess.stage_trunc(&mut r, up.clone(), fg - SILU_U_FRAC)?;
     let mut out = sess.run(r)?.into_iter();

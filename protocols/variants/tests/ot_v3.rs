@@ -318,7 +318,7 @@ fn every_table_function_over_its_whole_domain() {
     use shardlm_mpc::prg::Seed;
     use shardlm_mpc::ring::low_mask;
     use shardlm_mpc::session::{Round, Session};
-    use shardlm_mpc::tables::{EXP_CLIP, SILU_LINE};
+    use shardlm_mpc::tables::{EXP_CLIP, SILU_INDEX_BITS, SILU_LINE};
     let cases: Vec<(u32, Vec<Read>)> = vec![
         (10, vec![Read { func: TableFn::Relu, bits: 10 }]),
         (
@@ -328,7 +328,7 @@ fn every_table_function_over_its_whole_domain() {
                 Read { func: TableFn::Between { lo: -14, hi: 14 }, bits: 8 },
             ],
         ),
-        (7, vec![Read { func: SILU_LINE, bits: 7 }]),
+        (SILU_INDEX_BITS, vec![Read { func: SILU_LINE, bits: SILU_INDEX_BITS }]),
         (
             10,
             vec![

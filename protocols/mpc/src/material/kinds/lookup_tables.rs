@@ -501,7 +501,7 @@ mod tests {
     fn p0_tables_recombine_to_the_rotated_table_on_both_paths() {
         use crate::prg::{Prg, Seed};
         let reads = [
-            Read { func: crate::tables::SILU_LINE, bits: 7 },
+            Read { func: crate::tables::SILU_LINE, bits: crate::tables::SILU_INDEX_BITS },
             Read { func: TableFn::Relu, bits: 8 },
             Read { func: TableFn::AtLeast { t: 3 }, bits: 6 },
         ];
@@ -537,6 +537,7 @@ mod tests {
     /// of [`crate::tables`] cover the slope and intercept at every index).
     #[test]
     fn silu_line_entries_fit_their_widths() {
+        use crate::tables::SILU_INDEX_BITS;
         let TableFn::SiluLine {
             frac_in,
             slope_frac,
@@ -549,13 +550,15 @@ mod tests {
         else {
             panic!("SILU_LINE is a SiluLine");
         };
-        for v in -64i64..64 {
+        let half = 1i64 << (SILU_INDEX_BITS - 1);
+        for v in -half..half {
             let (slope, intercept) = silu_line(v, frac_in, slope_frac, intercept_frac);
             let (s, k) = (slope + i64::from(slope_bias), intercept + i64::from(intercept_bias));
             assert!((0..1i64 << slope_bits).contains(&s), "slope {s} at {v}");
             assert!((0..1i64 << intercept_bits).contains(&k), "intercept {k} at {v}");
-            let x = v as f64 / 8.0;
-            let line = slope as f64 / 64.0 * x - intercept as f64 / 1024.0;
+            let unit = |frac: u32| (1u64 << frac) as f64;
+            let x = v as f64 / unit(frac_in);
+            let line = slope as f64 / unit(slope_frac) * x - intercept as f64 / unit(intercept_frac);
             let silu = x / (1.0 + (-x).exp());
             assert!((line - silu).abs() < 2e-3, "line {line} against silu {silu} at {x}");
         }
