@@ -14,12 +14,12 @@
 //!
 //! | function | method | rounds | input range assumed | max error measured (tests in `ot_v3.rs`) |
 //! |---|---|---|---|---|
-//! | [`silu_times`] `silu(g) u` | the tangent line at the table point `x` next to `g`, `silu(g) ~ slope(x) g - intercept(x)`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2; slope (7 bits) and intercept (9 bits) as XOR bits from one 7-bit table of `g` at step 1/8 ([`TableFn::SiluLine`], biased to be nonnegative), ANDed with `inr` (beyond the table: slope 1 where `p`, else 0, intercept 0, XORed in locally); the slope's bits times `g u` and the intercept's times `u` by one bit-vector product triple (`g`, `u` opened once, the biases public constants) | 3 (with the truncations of `g` and `u`; the output is left untruncated, [`SILU_OUT_FRAC`] bits, for the down projection's truncation) | `abs(g) < 64` | 0.006 per unit of `max(abs(u), 1)`, `g` in [-40, 40] (`u`'s rounding times large `g`); 5e-4 rms per unit of `abs(u)` for `abs(g) < 7` |
+//! | [`silu_times`] `silu(g) u` | the tangent line at the table point `x` next to `g`, `silu(g) ~ slope(x) g - intercept(x)`: `p = [g >= 7]`, `inr = [abs(g) < 7.5]` from an 8-bit table of `g` at step 1/2; slope (7 bits) and intercept (9 bits) as XOR bits from one 7-bit table of `g` at step 1/8 ([`SiluLine`], biased to be nonnegative), ANDed with `inr` (beyond the table: slope 1 where `p`, else 0, intercept 0, XORed in locally); the slope's bits times `g u` and the intercept's times `u` by one bit-vector product triple (`g`, `u` opened once, the biases public constants) | 3 (with the truncations of `g` and `u`; the output is left untruncated, [`SILU_OUT_FRAC`] bits, for the down projection's truncation) | `abs(g) < 64` | 0.006 per unit of `max(abs(u), 1)`, `g` in [-40, 40] (`u`'s rounding times large `g`); 5e-4 rms per unit of `abs(u)` for `abs(g) < 7` |
 //! | [`max_rows`] | tournament on the 10-bit reduced scores (step 1): `max(a, b) = b + relu(a - b)`, `relu` read from a table modulo `2^10` | `ceil(log2 n)` | `abs(score) < 256` | within 1 (the softmax is invariant to it) |
 //! | [`softmax_exp`] | `exp(x - c) = [z >= -16] exp(z) exp(e1) (1 + e2)`: `z = v - c` (integers, exact in the reduced ring), `e1` the residual at step 1/32, `e2` below it; the clipping bit times the three factors by one bit-weighted product triple | 3 | row spread of `abs` scores below 512 | 2.0e-5 after normalizing, scores in [-60, 40] |
 //! | [`inverse`] (reciprocal, rsqrt) | levels: the input reduced at several scales, each level's table answering for its top bits; a second lookup on the count of coarser levels that answered selects the right one, by bit products | 3 | the plan's levels (8+ significant bits) | reciprocal 3.7e-3 relative on [0.37, 300]; rsqrt of the mean square 1.6e-3 on [2^-20, 2^17] |
 
-use super::material::{Read, TableFn};
+use super::material::{Read, SiluLine, TableFn};
 use super::session::{Done, Round, Session};
 use super::{beaver, lut, shape, MpcError};
 use crate::material::MaterialSource;
@@ -51,7 +51,7 @@ pub const SILU_INTERCEPT_BIAS: u32 = 1 << (SILU_INTERCEPT_FRAC - 8);
 /// Width of SiLU's intercept (slope and intercept fill 16 bits: four entries a word).
 pub const SILU_INTERCEPT_BITS: u32 = 9;
 /// SiLU's fine table read.
-pub const SILU_LINE: TableFn = TableFn::SiluLine {
+pub const SILU_LINE: TableFn = TableFn::SiluLine(SiluLine {
     frac_in: SILU_STEP,
     slope_frac: SILU_SLOPE_FRAC,
     slope_bias: SILU_SLOPE_BIAS,
@@ -59,7 +59,7 @@ pub const SILU_LINE: TableFn = TableFn::SiluLine {
     intercept_frac: SILU_INTERCEPT_FRAC,
     intercept_bias: SILU_INTERCEPT_BIAS,
     intercept_bits: SILU_INTERCEPT_BITS,
-};
+});
 /// Fractional bits `g` is truncated to for SiLU's product (its rounding, `2^-12` times
 /// the slope, is below the intercept's).
 pub const SILU_G_FRAC: u32 = 12;

@@ -91,15 +91,17 @@ impl Kind for BitVectorTriplesRequest {
     fn deal(&self, s: &Seeded<'_>, _: &dyn LinearWeights) -> Result<[Vec<Vec<u64>>; 2], MaterialError> {
         let (a, b) = (both(s, 0), both(s, 1));
         let ab = ring::mul(&a, &b);
-        let bits = self.bits as usize;
-        let r: Vec<u64> = s.get(0, 3).iter().zip(s.get(1, 3)).map(|(x, y)| (x ^ y) & 1).collect();
-        let times = |v: &[u64]| -> Vec<u64> {
-            r.iter().enumerate().map(|(i, &ri)| ri.wrapping_mul(v[i / bits])).collect()
+        // The daBits of component `i` (XOR of both seeded bits) and their products with
+        // the values of their elements (`per` bits each).
+        let dabits = |i: usize| -> Vec<u64> {
+            s.get(0, i).iter().zip(s.get(1, i)).map(|(x, y)| (x ^ y) & 1).collect()
         };
-        let (ra, rb, rab) = (times(&a), times(&b), times(&ab));
-        let y_bits = self.y_bits as usize;
-        let q: Vec<u64> = s.get(0, 8).iter().zip(s.get(1, 8)).map(|(x, y)| (x ^ y) & 1).collect();
-        let qb: Vec<u64> = q.iter().enumerate().map(|(i, &qi)| qi.wrapping_mul(b[i / y_bits])).collect();
+        let times = |bits: &[u64], per: u32, v: &[u64]| -> Vec<u64> {
+            bits.iter().enumerate().map(|(i, &bi)| bi.wrapping_mul(v[i / per as usize])).collect()
+        };
+        let (r, q) = (dabits(3), dabits(8));
+        let (ra, rb, rab) = (times(&r, self.bits, &a), times(&r, self.bits, &b), times(&r, self.bits, &ab));
+        let qb = times(&q, self.y_bits, &b);
         Ok([
             vec![
                 ring::sub(&ab, &s.get(1, 2)),

@@ -77,33 +77,9 @@ pub enum TableFn {
         /// Threshold.
         t: i32,
     },
-    /// SiLU's tangent line at `x = v 2^-frac_in` for a signed `v`, as XOR bits that feed
-    /// bit products: the slope `silu'(x)` with `slope_frac` fractional bits plus
-    /// `slope_bias` (`slope_bits` unsigned bits, the low ones), and above it the intercept
-    /// `k = slope x - silu(x) - silu''(x) 2^(-2 frac_in) / 12` with `intercept_frac`
-    /// fractional bits plus `intercept_bias` (`intercept_bits` unsigned bits). Then
-    /// `silu(g) ~ slope g - k` for `g` within one step of `x`
-    /// ([`crate::tables::silu_times`], which subtracts the biases publicly). The intercept
-    /// holds the *rounded* slope, so the line is exact at `x` whatever the slope's
-    /// rounding, and its last term is the mean of the curvature term
-    /// `silu''(x) (g - x)^2 / 2` under the index's stochastic rounding
-    /// ([`crate::lut::reduce`]: `E (g - x)^2 = step^2 / 6`).
-    SiluLine {
-        /// Fractional bits of `v`.
-        frac_in: u32,
-        /// Fractional bits of the slope.
-        slope_frac: u32,
-        /// Added to the slope (in its units) so that it is nonnegative.
-        slope_bias: u32,
-        /// Width of the slope.
-        slope_bits: u32,
-        /// Fractional bits of the intercept.
-        intercept_frac: u32,
-        /// Added to the intercept (in its units) so that it is nonnegative.
-        intercept_bias: u32,
-        /// Width of the intercept.
-        intercept_bits: u32,
-    },
+    /// SiLU's tangent line at the table point: slope and intercept as XOR bits that feed
+    /// bit products ([`SiluLine`]).
+    SiluLine(SiluLine),
     /// `exp(v 2^-frac_in)` of a signed `v` with `frac_out` fractional bits, ring shares.
     Exp {
         /// Fractional bits of `v`.
@@ -147,17 +123,61 @@ pub fn signed(v: u64, bits: u32) -> i64 {
     }
 }
 
-/// SiLU's tangent line at `x = v 2^-frac_in` ([`TableFn::SiluLine`]), unclamped: the
-/// rounded slope (`slope_frac` fractional bits) and the intercept (`intercept_frac`).
-pub fn silu_line(v: i64, frac_in: u32, slope_frac: u32, intercept_frac: u32) -> (i64, i64) {
-    let x = v as f64 / (1u64 << frac_in) as f64;
-    let sig = 1.0 / (1.0 + (-x).exp());
-    let d1 = sig * (1.0 + x * (1.0 - sig));
-    let d2 = sig * (1.0 - sig) * (2.0 + x * (1.0 - 2.0 * sig));
-    let slope = (d1 * (1u64 << slope_frac) as f64).round() as i64;
-    let step = 1.0 / (1u64 << frac_in) as f64;
-    let k = slope as f64 / (1u64 << slope_frac) as f64 * x - x * sig - d2 * step * step / 12.0;
-    (slope, (k * (1u64 << intercept_frac) as f64).round() as i64)
+/// SiLU's tangent line at `x = v 2^-frac_in` for a signed `v` ([`TableFn::SiluLine`]):
+/// the slope `silu'(x)` with `slope_frac` fractional bits plus `slope_bias`
+/// (`slope_bits` unsigned bits, the low ones), and above it the intercept
+/// `k = slope x - silu(x) - silu''(x) 2^(-2 frac_in) / 12` with `intercept_frac`
+/// fractional bits plus `intercept_bias` (`intercept_bits` unsigned bits). Then
+/// `silu(g) ~ slope g - k` for `g` within one step of `x`
+/// ([`crate::tables::silu_times`], which subtracts the biases publicly). The intercept
+/// holds the *rounded* slope, so the line is exact at `x` whatever the slope's rounding,
+/// and its last term is the mean of the curvature term `silu''(x) (g - x)^2 / 2` under
+/// the index's stochastic rounding ([`crate::lut::reduce`]: `E (g - x)^2 = step^2 / 6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SiluLine {
+    /// Fractional bits of `v`.
+    pub frac_in: u32,
+    /// Fractional bits of the slope.
+    pub slope_frac: u32,
+    /// Added to the slope (in its units) so that it is nonnegative.
+    pub slope_bias: u32,
+    /// Width of the slope.
+    pub slope_bits: u32,
+    /// Fractional bits of the intercept.
+    pub intercept_frac: u32,
+    /// Added to the intercept (in its units) so that it is nonnegative.
+    pub intercept_bias: u32,
+    /// Width of the intercept.
+    pub intercept_bits: u32,
+}
+
+impl SiluLine {
+    /// The rounded slope and intercept at index `v`, unbiased and unclamped.
+    pub fn at(&self, v: i64) -> (i64, i64) {
+        let x = v as f64 / (1u64 << self.frac_in) as f64;
+        let sig = 1.0 / (1.0 + (-x).exp());
+        let d1 = sig * (1.0 + x * (1.0 - sig));
+        let d2 = sig * (1.0 - sig) * (2.0 + x * (1.0 - 2.0 * sig));
+        let slope = (d1 * (1u64 << self.slope_frac) as f64).round() as i64;
+        let step = 1.0 / (1u64 << self.frac_in) as f64;
+        let k = slope as f64 / (1u64 << self.slope_frac) as f64 * x - x * sig - d2 * step * step / 12.0;
+        (slope, (k * (1u64 << self.intercept_frac) as f64).round() as i64)
+    }
+
+    /// Bits of a table entry.
+    pub fn bits(&self) -> u32 {
+        self.slope_bits + self.intercept_bits
+    }
+
+    /// The table entry at index `v`: both biased, clamped to their widths, packed.
+    fn entry(&self, v: i64) -> u64 {
+        let (slope, intercept) = self.at(v);
+        let biased = |value: i64, bias: u32, bits: u32| {
+            (value + i64::from(bias)).clamp(0, low_mask(bits) as i64) as u64
+        };
+        biased(slope, self.slope_bias, self.slope_bits)
+            | biased(intercept, self.intercept_bias, self.intercept_bits) << self.slope_bits
+    }
 }
 
 fn round_to(x: f64, frac: u32) -> u64 {
@@ -170,7 +190,7 @@ impl TableFn {
         match *self {
             TableFn::Relu => Out::Add(bits),
             TableFn::Between { .. } | TableFn::AtLeast { .. } | TableFn::IsZero => Out::Xor(1),
-            TableFn::SiluLine { slope_bits, intercept_bits, .. } => Out::Xor(slope_bits + intercept_bits),
+            TableFn::SiluLine(line) => Out::Xor(line.bits()),
             TableFn::Exp { .. } | TableFn::Inverse { .. } => Out::Add(64),
             TableFn::Count { width, .. } => Out::Add(width),
         }
@@ -184,21 +204,7 @@ impl TableFn {
             TableFn::Relu => s.max(0) as u64,
             TableFn::Between { lo, hi } => u64::from(s >= i64::from(lo) && s <= i64::from(hi)),
             TableFn::AtLeast { t } => u64::from(s >= i64::from(t)),
-            TableFn::SiluLine {
-                frac_in,
-                slope_frac,
-                slope_bias,
-                slope_bits,
-                intercept_frac,
-                intercept_bias,
-                intercept_bits,
-            } => {
-                let (slope, intercept) = silu_line(s, frac_in, slope_frac, intercept_frac);
-                let slope = (slope + i64::from(slope_bias)).clamp(0, low_mask(slope_bits) as i64) as u64;
-                let intercept =
-                    (intercept + i64::from(intercept_bias)).clamp(0, low_mask(intercept_bits) as i64) as u64;
-                slope | (intercept << slope_bits)
-            }
+            TableFn::SiluLine(line) => line.entry(s),
             TableFn::Exp { frac_in, frac_out } => {
                 round_to((s as f64 / (1u64 << frac_in) as f64).exp(), frac_out)
             }
@@ -222,16 +228,15 @@ impl TableFn {
             TableFn::Relu => "relu".into(),
             TableFn::Between { lo, hi } => format!("in{lo}:{hi}"),
             TableFn::AtLeast { t } => format!("ge{t}"),
-            TableFn::SiluLine {
-                frac_in,
-                slope_frac,
-                slope_bias,
-                slope_bits,
-                intercept_frac,
-                intercept_bias,
-                intercept_bits,
-            } => format!(
-                "siluline{frac_in}:{slope_frac}+{slope_bias}:{slope_bits}:{intercept_frac}+{intercept_bias}:{intercept_bits}"
+            TableFn::SiluLine(l) => format!(
+                "siluline{}:{}+{}:{}:{}+{}:{}",
+                l.frac_in,
+                l.slope_frac,
+                l.slope_bias,
+                l.slope_bits,
+                l.intercept_frac,
+                l.intercept_bias,
+                l.intercept_bits
             ),
             TableFn::Exp { frac_in, frac_out } => format!("exp{frac_in}:{frac_out}"),
             TableFn::Inverse { shift, div, root, frac_out, min } => {
@@ -538,29 +543,20 @@ mod tests {
     #[test]
     fn silu_line_entries_fit_their_widths() {
         use crate::tables::SILU_INDEX_BITS;
-        let TableFn::SiluLine {
-            frac_in,
-            slope_frac,
-            slope_bias,
-            slope_bits,
-            intercept_frac,
-            intercept_bias,
-            intercept_bits,
-        } = crate::tables::SILU_LINE
-        else {
+        let TableFn::SiluLine(line) = crate::tables::SILU_LINE else {
             panic!("SILU_LINE is a SiluLine");
         };
         let half = 1i64 << (SILU_INDEX_BITS - 1);
         for v in -half..half {
-            let (slope, intercept) = silu_line(v, frac_in, slope_frac, intercept_frac);
-            let (s, k) = (slope + i64::from(slope_bias), intercept + i64::from(intercept_bias));
-            assert!((0..1i64 << slope_bits).contains(&s), "slope {s} at {v}");
-            assert!((0..1i64 << intercept_bits).contains(&k), "intercept {k} at {v}");
+            let (slope, intercept) = line.at(v);
+            let (s, k) = (slope + i64::from(line.slope_bias), intercept + i64::from(line.intercept_bias));
+            assert!((0..1i64 << line.slope_bits).contains(&s), "slope {s} at {v}");
+            assert!((0..1i64 << line.intercept_bits).contains(&k), "intercept {k} at {v}");
             let unit = |frac: u32| (1u64 << frac) as f64;
-            let x = v as f64 / unit(frac_in);
-            let line = slope as f64 / unit(slope_frac) * x - intercept as f64 / unit(intercept_frac);
+            let x = v as f64 / unit(line.frac_in);
+            let fit = slope as f64 / unit(line.slope_frac) * x - intercept as f64 / unit(line.intercept_frac);
             let silu = x / (1.0 + (-x).exp());
-            assert!((line - silu).abs() < 2e-3, "line {line} against silu {silu} at {x}");
+            assert!((fit - silu).abs() < 2e-3, "line {fit} against silu {silu} at {x}");
         }
     }
 

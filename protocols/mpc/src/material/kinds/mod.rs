@@ -53,7 +53,7 @@ pub use bit_vector_triples::{BitVectorTriples, BitVectorTriplesRequest};
 pub use carry_tables::{CarryTables, CarryTablesRequest};
 pub use causal_matrix_triples::CausalMatrixTripleRequest;
 pub use dabits::{DaBits, DaBitsRequest};
-pub use lookup_tables::{LookupRequest, Lookups, Out, Read, TableFn};
+pub use lookup_tables::{LookupRequest, Lookups, Out, Read, SiluLine, TableFn};
 pub use masked_linear::{MaskedLinear, MaskedLinearRequest};
 pub use matrix_triples::{MatrixTriple, MatrixTripleRequest};
 pub use norm_triples::{NormTriples, NormTriplesRequest};
