@@ -654,27 +654,47 @@ pub fn bit_vector_mul_finish<R: Role>(
             if p0 {
                 xy = xy.wrapping_add(de);
             }
-            let acc = (0..bits).fold(xy.wrapping_mul(xy_constant), |acc, j| {
+            // s_j = eps_j + (1 - 2 eps_j) r_j, so sum_j w_j s_j x y is
+            // (sum_j w_j eps_j) x y + sum_j sigma_j r_j x y with sigma_j = (1 - 2 eps_j) w_j,
+            // and r_j x y = de r_j + d rb_j + e ra_j + rab_j: four sums of `bits` terms.
+            let (mut on, mut sr, mut srb, mut sra, mut srab) = (0u64, 0u64, 0u64, 0u64, 0u64);
+            for (j, &w) in xy_weights.iter().enumerate() {
                 let at = i * bits + j;
-                let eps = (st.eps[at] ^ pe[at]) & 1;
-                let rxy = de
-                    .wrapping_mul(r[at])
-                    .wrapping_add(d.wrapping_mul(rb[at]))
-                    .wrapping_add(e.wrapping_mul(ra[at]))
-                    .wrapping_add(rab[at]);
-                // s = eps + (1 - 2 eps) r.
-                let sxy = if eps == 1 { xy.wrapping_sub(rxy) } else { rxy };
-                acc.wrapping_add(sxy.wrapping_mul(xy_weights[j]))
-            });
-            // y = e + b; q y = e q + qb (P0 adds e to its share of y).
+                let sigma = if (st.eps[at] ^ pe[at]) & 1 == 1 {
+                    on = on.wrapping_add(w);
+                    w.wrapping_neg()
+                } else {
+                    w
+                };
+                sr = sr.wrapping_add(sigma.wrapping_mul(r[at]));
+                srb = srb.wrapping_add(sigma.wrapping_mul(rb[at]));
+                sra = sra.wrapping_add(sigma.wrapping_mul(ra[at]));
+                srab = srab.wrapping_add(sigma.wrapping_mul(rab[at]));
+            }
+            let rxy = de
+                .wrapping_mul(sr)
+                .wrapping_add(d.wrapping_mul(srb))
+                .wrapping_add(e.wrapping_mul(sra))
+                .wrapping_add(srab);
+            let acc = xy.wrapping_mul(xy_constant.wrapping_add(on)).wrapping_add(rxy);
+            // y = e + b; t_j y = eps_j y + (1 - 2 eps_j) (e q_j + qb_j) (P0 adds e to its
+            // share of y).
             let yv = if p0 { b[i].wrapping_add(e) } else { b[i] };
-            (0..y_bits).fold(acc.wrapping_add(yv.wrapping_mul(y_constant)), |acc, j| {
+            let (mut on, mut sq, mut sqb) = (0u64, 0u64, 0u64);
+            for (j, &w) in y_weights.iter().enumerate() {
                 let at = i * y_bits + j;
-                let eps = (st.eps[nb + at] ^ pe[nb + at]) & 1;
-                let qy = e.wrapping_mul(q[at]).wrapping_add(qb[at]);
-                let ty = if eps == 1 { yv.wrapping_sub(qy) } else { qy };
-                acc.wrapping_add(ty.wrapping_mul(y_weights[j]))
-            })
+                let sigma = if (st.eps[nb + at] ^ pe[nb + at]) & 1 == 1 {
+                    on = on.wrapping_add(w);
+                    w.wrapping_neg()
+                } else {
+                    w
+                };
+                sq = sq.wrapping_add(sigma.wrapping_mul(q[at]));
+                sqb = sqb.wrapping_add(sigma.wrapping_mul(qb[at]));
+            }
+            acc.wrapping_add(yv.wrapping_mul(y_constant.wrapping_add(on)))
+                .wrapping_add(e.wrapping_mul(sq))
+                .wrapping_add(sqb)
         })
         .collect();
     Ok(Shares::from_raw(z))

@@ -172,8 +172,17 @@ fn dot(a: &[u64], b: &[u64]) -> u64 {
 pub fn pack_bits(values: &[u64], width: u32) -> Vec<u64> {
     let width = width.clamp(1, 64) as usize;
     let total = values.len() * width;
-    let mut out = vec![0u64; total.div_ceil(64)];
     let mask = low_mask(width as u32);
+    if 64 % width == 0 {
+        // No value straddles two words (1-bit planes, 8- and 16-bit indices): one word
+        // per `64 / width` values, built in a register.
+        let per = 64 / width;
+        return values
+            .chunks(per)
+            .map(|c| c.iter().enumerate().fold(0u64, |w, (k, &v)| w | (v & mask) << (k * width)))
+            .collect();
+    }
+    let mut out = vec![0u64; total.div_ceil(64)];
     for (i, &v) in values.iter().enumerate() {
         let v = v & mask;
         let bit = i * width;
@@ -202,6 +211,22 @@ pub fn unpack_bits_at(words: &[u64], bit_offset: usize, width: u32, count: usize
     }
     let mask = low_mask(width as u32);
     let mut out = Vec::with_capacity(count);
+    if 64 % width == 0 && bit_offset.is_multiple_of(width) {
+        // No value straddles two words: whole words, `64 / width` values each.
+        let per = 64 / width;
+        let (first, skip) = (bit_offset / 64, (bit_offset % 64) / width);
+        let mut left = count;
+        for (n, &w) in words[first..].iter().enumerate() {
+            if left == 0 {
+                break;
+            }
+            let from = if n == 0 { skip } else { 0 };
+            let take = (per - from).min(left);
+            out.extend((from..from + take).map(|k| (w >> (k * width)) & mask));
+            left -= take;
+        }
+        return Some(out);
+    }
     for i in 0..count {
         let bit = bit_offset + i * width;
         let (w, off) = (bit / 64, bit % 64);
@@ -278,6 +303,27 @@ mod tests {
             assert_eq!(unpack_bits(&p, width, 100).unwrap(), vals);
         }
         assert!(unpack_bits(&[0], 16, 5).is_none());
+        // Widths dividing 64 take the whole-word path: against a bit-by-bit reference,
+        // with high garbage bits dropped and reads starting mid-word.
+        for width in [1u32, 2, 4, 8, 16, 32] {
+            let vals: Vec<u64> =
+                (0..203u64).map(|i| i.wrapping_mul(0xd134_2543_de82_ef95) ^ (i << 40)).collect();
+            let p = pack_bits(&vals, width);
+            let mut reference = vec![0u64; packed_words(vals.len(), width)];
+            for (i, v) in vals.iter().enumerate() {
+                for b in 0..width as usize {
+                    let at = i * width as usize + b;
+                    reference[at / 64] |= ((v >> b) & 1) << (at % 64);
+                }
+            }
+            assert_eq!(p, reference, "width {width}");
+            let low: Vec<u64> = vals.iter().map(|v| v & low_mask(width)).collect();
+            for start in [0usize, 1, 7, 64, 65, 200] {
+                let got = unpack_bits_at(&p, start * width as usize, width, vals.len() - start).unwrap();
+                assert_eq!(got, low[start..], "width {width}, from element {start}");
+            }
+            assert!(unpack_bits(&p, width, vals.len() + 64).is_none());
+        }
         let vals: Vec<u64> = (0..50u64).map(|i| i * 977 % 8192).collect();
         let p = pack_bits(&vals, 13);
         for start in [0usize, 1, 4, 5, 31] {

@@ -681,7 +681,7 @@ pub enum Done<R: Role> {
     Shares(Shares<R>),
     /// Powers `x^1 ..= x^D`.
     Powers(Vec<Shares<R>>),
-    /// XOR-shared bits, one vector per staged pair (ANDs).
+    /// XOR-shared bits, one packed plane per staged pair (ANDs).
     Bits(Vec<Vec<u64>>),
     /// Table outputs, one vector per function read (lookups).
     Tables(Vec<Vec<u64>>),
@@ -702,7 +702,7 @@ impl<R: Role> Done<R> {
             _ => Err(super::shape("round", "expected powers from this part")),
         }
     }
-    /// The AND results.
+    /// The AND results (packed planes).
     pub fn bits(self) -> Result<Vec<Vec<u64>>, MpcError> {
         match self {
             Done::Bits(b) => Ok(b),
@@ -815,17 +815,20 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
         Ok(Self::stage(round, Staged::BitProduct3(st), Opened::MaskedProduct, m, len))
     }
 
-    /// Stages ANDs of XOR-shared bits, every pair at once (packed 64 to a word).
+    /// Stages ANDs of XOR-shared bit planes, every pair at once: each operand is a plane
+    /// of bits packed 64 to a word ([`crate::ring::pack_bits`] with width 1), both of a
+    /// pair the same number of words. The result ([`Done::Bits`]) is one packed plane per
+    /// pair; bits past an operand's last element are ANDed too (padding, ignored).
     pub fn stage_and(&mut self, round: &mut Round<R>, pairs: &[(&[u64], &[u64])]) -> Result<usize, MpcError> {
-        let (mut xs, mut ys, mut lens) = (Vec::new(), Vec::new(), Vec::new());
+        let words: usize = pairs.iter().map(|(x, _)| x.len()).sum();
+        let (mut xw, mut yw, mut lens) = (Vec::with_capacity(words), Vec::with_capacity(words), Vec::new());
         for (x, y) in pairs {
-            super::check_len("and", "right operand", y.len(), x.len())?;
-            xs.extend_from_slice(x);
-            ys.extend_from_slice(y);
+            super::check_len("and", "right operand (words)", y.len(), x.len())?;
+            xw.extend_from_slice(x);
+            yw.extend_from_slice(y);
             lens.push(x.len());
         }
-        let (xw, yw) = (crate::ring::pack_bits(&xs, 1), crate::ring::pack_bits(&ys, 1));
-        let t = self.material.take(AndTriplesRequest { words: xw.len() })?;
+        let t = self.material.take(AndTriplesRequest { words })?;
         let (st, m) = boolean::and_start(&BitShares::from_raw(xw), &BitShares::from_raw(yw), t)?;
         let len = m.len();
         Ok(Self::stage(round, Staged::And(st, lens), Opened::MaskedAnd, m, len))
@@ -892,17 +895,16 @@ impl<R: Role, C: Channel, M: MaterialSource<R>> Session<R, C, M> {
                 }
                 Staged::BitProduct3(st) => Done::Shares(beaver::bit_product3_finish(st, p)?),
                 Staged::And(st, lens) => {
-                    let n: usize = lens.iter().sum();
                     let z = boolean::and_finish(st, p)?.into_raw();
-                    let bits = crate::ring::unpack_bits(&z, 1, n)
-                        .ok_or_else(|| super::shape("and", "short result"))?;
-                    let mut parts = Vec::with_capacity(lens.len());
-                    let mut b = 0;
+                    let mut at = 0;
+                    let mut planes = Vec::with_capacity(lens.len());
                     for l in lens {
-                        parts.push(bits[b..b + l].to_vec());
-                        b += l;
+                        planes.push(
+                            z.get(at..at + l).ok_or_else(|| super::shape("and", "short result"))?.to_vec(),
+                        );
+                        at += l;
                     }
-                    Done::Bits(parts)
+                    Done::Bits(planes)
                 }
                 Staged::Lookup(st) => Done::Tables(lut::lut_finish(st, p)?),
                 Staged::MatMul(st) => Done::Shares(beaver::matmul_finish(st, p)?),

@@ -23,7 +23,7 @@ use super::material::{Read, SiluLine, TableFn};
 use super::session::{Done, Round, Session};
 use super::{beaver, lut, shape, MpcError};
 use crate::material::MaterialSource;
-use crate::ring::{arith_shr, low_mask};
+use crate::ring::{arith_shr, low_mask, pack_bits, packed_words};
 use crate::share::{Role, Shares};
 use shardlm_transport::Channel;
 
@@ -85,8 +85,16 @@ fn next<R: Role>(it: &mut impl Iterator<Item = Done<R>>) -> Result<Done<R>, MpcE
     it.next().ok_or_else(|| shape("round", "missing part"))
 }
 
-fn bit(values: &[u64], j: u32) -> Vec<u64> {
-    values.iter().map(|v| (v >> j) & 1).collect()
+/// Bits `0..width` of every value as packed planes: plane `j` holds bit `j` of value
+/// `i` at bit `i % 64` of word `i / 64` (as [`pack_bits`] with width 1 would).
+fn bit_planes(values: &[u64], width: u32) -> Vec<Vec<u64>> {
+    let mut planes = vec![vec![0u64; packed_words(values.len(), 1)]; width as usize];
+    for (w, chunk) in values.chunks(64).enumerate() {
+        for (j, plane) in planes.iter_mut().enumerate() {
+            plane[w] = chunk.iter().enumerate().fold(0u64, |acc, (k, &v)| acc | ((v >> j) & 1) << k);
+        }
+    }
+    planes
 }
 
 /// Weights `2^j scale` of an unsigned value's bits.
@@ -137,20 +145,23 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
     let (p, inr) = (pi.next().unwrap_or_default(), pi.next().unwrap_or_default());
     let line = next(&mut out)?.tables()?.pop().unwrap_or_default();
     let (g, u) = (next(&mut out)?.shares()?, next(&mut out)?.shares()?);
-    // Round 2: inr AND each bit of the line (slope, then intercept).
+    // Round 2: inr AND each bit of the line (slope, then intercept), as packed planes.
     let width = SILU_SLOPE_BITS + SILU_INTERCEPT_BITS;
-    let line_bits: Vec<Vec<u64>> = (0..width).map(|j| bit(&line, j)).collect();
-    let pairs: Vec<(&[u64], &[u64])> = line_bits.iter().map(|b| (&inr[..], &b[..])).collect();
+    let words = packed_words(n, 1);
+    let line_planes = bit_planes(&line, width);
+    let inr_plane = pack_bits(&inr, 1);
+    let pairs: Vec<(&[u64], &[u64])> = line_planes.iter().map(|b| (&inr_plane[..], &b[..])).collect();
     let mut r = Round::default();
     sess.stage_and(&mut r, &pairs)?;
     let mut c = next(&mut sess.run(r)?.into_iter())?.bits()?;
-    if c.len() != width as usize || c.iter().any(|cj| cj.len() != n) {
+    if c.len() != width as usize || c.iter().any(|cj| cj.len() != words) {
         return Err(shape("silu", "the ANDs returned another shape"));
     }
     // Beyond the table (inr = 0, where the ANDs gave 0) the stored line is slope 0 and
     // intercept 0, or slope 1 where p = 1: their biases' bits XOR NOT inr, and the
     // bits where 1 + bias differs from bias XOR p (p = 1 implies inr = 0). All local.
-    let not_inr: Vec<u64> = inr.iter().map(|b| (b ^ u64::from(R::ID == 0)) & 1).collect();
+    let not_inr: Vec<u64> = inr.iter().map(|b| b ^ u64::from(R::ID == 0)).collect();
+    let (not_inr, p) = (pack_bits(&not_inr, 1), pack_bits(&p, 1));
     let one = (1u64 << SILU_SLOPE_FRAC) + u64::from(SILU_SLOPE_BIAS);
     let stored_outside = [
         (0, u64::from(SILU_SLOPE_BIAS), &not_inr),
@@ -160,7 +171,7 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
     for (at, bits, flag) in stored_outside {
         for j in (0..64).filter(|j| (bits >> j) & 1 == 1) {
             for (cj, fj) in c[(at + j) as usize].iter_mut().zip(flag.iter()) {
-                *cj ^= fj & 1;
+                *cj ^= fj;
             }
         }
     }
@@ -180,8 +191,9 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
         constant: u64::from(SILU_INTERCEPT_BIAS) << scale,
     };
     for i in 0..n {
-        slope.bits.extend(c[..sb].iter().map(|cj| cj[i] & 1));
-        intercept.bits.extend(c[sb..].iter().map(|cj| cj[i] & 1));
+        let (w, k) = (i / 64, i % 64);
+        slope.bits.extend(c[..sb].iter().map(|cj| (cj[w] >> k) & 1));
+        intercept.bits.extend(c[sb..].iter().map(|cj| (cj[w] >> k) & 1));
     }
     let mut r = Round::default();
     sess.stage_bit_vector_mul(&mut r, slope, intercept, &g, &u)?;
