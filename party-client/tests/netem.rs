@@ -533,6 +533,20 @@ fn sweep_of_two_points_writes_results_table_and_plots() {
         assert_eq!(text.matches("<svg").count(), text.matches("</svg>").count());
     }
     assert!(Path::new(&out_dir.join("logs")).is_dir());
+    // Listed variant by variant, but run link by link with the variants in turn (so a
+    // drifting machine cannot favour one variant): each point's report is written as it
+    // ends.
+    let listed: Vec<(&str, f64)> =
+        points.iter().map(|p| (p["variant"].as_str().unwrap(), p["rtt_ms"].as_f64().unwrap())).collect();
+    assert_eq!(listed, [("v2", 2.0), ("v2", 10.0), ("v3", 2.0), ("v3", 10.0)]);
+    let ended = |name: &str| {
+        std::fs::metadata(out_dir.join("logs").join(format!("{name}.report.json")))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    let ran = ["v2-rtt2ms-1gbit", "v3-rtt2ms-1gbit", "v2-rtt10ms-1gbit", "v3-rtt10ms-1gbit"].map(ended);
+    assert!(ran.windows(2).all(|w| w[0] <= w[1]), "points did not run link by link: {ran:?}");
 }
 
 #[test]

@@ -216,8 +216,11 @@ fn grid(args: &ExperimentArgs) -> (Vec<Duration>, Vec<u64>) {
     (rtts, rates)
 }
 
-/// Runs every point, variant by variant, rate by rate, RTT by RTT, with a progress bar
-/// on a terminal; a point that fails is kept with its error, and the sweep goes on.
+/// Runs every point, rate by rate, RTT by RTT, and at each link every variant in turn
+/// (so variants compared at one link run minutes apart, not a whole variant's sweep
+/// apart: a shared machine's speed drifts), with a progress bar on a terminal; a point
+/// that fails is kept with its error, and the sweep goes on. Points are returned
+/// variant by variant, rate by rate, RTT by RTT.
 fn sweep(
     parties: &Parties<'_>,
     variants: &[Variant],
@@ -228,9 +231,9 @@ fn sweep(
     let args = parties.args;
     let bar = progress_bar((variants.len() * rtts.len() * rates.len()) as u64);
     let mut points = Vec::new();
-    for v in variants {
-        for &rate in rates {
-            for &rtt in rtts {
+    for &rate in rates {
+        for &rtt in rtts {
+            for v in variants {
                 let name = format!("{v}-rtt{}-{}", format_ms(rtt), format_rate(rate));
                 bar.set_message(format!("{v} rtt {} rate {}", format_ms(rtt), format_rate(rate)));
                 let link = LinkConfig {
@@ -250,6 +253,8 @@ fn sweep(
         }
     }
     bar.finish_and_clear();
+    // Stable: within a variant, the run order (rates, then RTTs) is kept.
+    points.sort_by_key(|p: &Point| variants.iter().position(|v| v.to_string() == p.variant));
     points
 }
 
