@@ -624,6 +624,17 @@ pub fn bit_vector_mul_words(n: usize, bits: usize, y_bits: usize) -> usize {
     2 * n + ring::packed_words(n * (bits + y_bits), 1)
 }
 
+/// `sigma_j = (1 - 2 eps_j) w_j` for the opened bit `eps_j` (low bit of `eps`), adding
+/// `w_j` to `on` where `eps_j = 1` (the `sum_j w_j eps_j` term).
+fn signed_weight(w: u64, eps: u64, on: &mut u64) -> u64 {
+    if eps & 1 == 1 {
+        *on = on.wrapping_add(w);
+        w.wrapping_neg()
+    } else {
+        w
+    }
+}
+
 /// Core: finishes with the peer's message; returns shares of
 /// `(xy_constant + sum_j xy_weights[j] s_ij) x_i y_i + (y_constant + sum_j y_weights[j] t_ij) y_i`.
 pub fn bit_vector_mul_finish<R: Role>(
@@ -660,12 +671,7 @@ pub fn bit_vector_mul_finish<R: Role>(
             let (mut on, mut sr, mut srb, mut sra, mut srab) = (0u64, 0u64, 0u64, 0u64, 0u64);
             for (j, &w) in xy_weights.iter().enumerate() {
                 let at = i * bits + j;
-                let sigma = if (st.eps[at] ^ pe[at]) & 1 == 1 {
-                    on = on.wrapping_add(w);
-                    w.wrapping_neg()
-                } else {
-                    w
-                };
+                let sigma = signed_weight(w, st.eps[at] ^ pe[at], &mut on);
                 sr = sr.wrapping_add(sigma.wrapping_mul(r[at]));
                 srb = srb.wrapping_add(sigma.wrapping_mul(rb[at]));
                 sra = sra.wrapping_add(sigma.wrapping_mul(ra[at]));
@@ -683,12 +689,7 @@ pub fn bit_vector_mul_finish<R: Role>(
             let (mut on, mut sq, mut sqb) = (0u64, 0u64, 0u64);
             for (j, &w) in y_weights.iter().enumerate() {
                 let at = i * y_bits + j;
-                let sigma = if (st.eps[nb + at] ^ pe[nb + at]) & 1 == 1 {
-                    on = on.wrapping_add(w);
-                    w.wrapping_neg()
-                } else {
-                    w
-                };
+                let sigma = signed_weight(w, st.eps[nb + at] ^ pe[nb + at], &mut on);
                 sq = sq.wrapping_add(sigma.wrapping_mul(q[at]));
                 sqb = sqb.wrapping_add(sigma.wrapping_mul(qb[at]));
             }

@@ -160,8 +160,9 @@ pub fn silu_times<R: Role, C: Channel, M: MaterialSource<R>>(
     // Beyond the table (inr = 0, where the ANDs gave 0) the stored line is slope 0 and
     // intercept 0, or slope 1 where p = 1: their biases' bits XOR NOT inr, and the
     // bits where 1 + bias differs from bias XOR p (p = 1 implies inr = 0). All local.
-    let not_inr: Vec<u64> = inr.iter().map(|b| b ^ u64::from(R::ID == 0)).collect();
-    let (not_inr, p) = (pack_bits(&not_inr, 1), pack_bits(&p, 1));
+    // NOT inr from its plane: P0 flips its share (the padding bits too, never read).
+    let not_inr: Vec<u64> = inr_plane.iter().map(|w| if R::ID == 0 { !w } else { *w }).collect();
+    let p = pack_bits(&p, 1);
     let one = (1u64 << SILU_SLOPE_FRAC) + u64::from(SILU_SLOPE_BIAS);
     let stored_outside = [
         (0, u64::from(SILU_SLOPE_BIAS), &not_inr),
